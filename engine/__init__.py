@@ -1,0 +1,1 @@
+"""Interlock engine: blueprint language, compiler, DOT export and the job store."""

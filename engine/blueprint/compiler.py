@@ -1,0 +1,462 @@
+"""Blueprint data to a compiled `Blueprint`, collecting every problem on the way.
+
+The order is: shape of each state (exactly one kind), the JSON Schema, transition targets,
+expressions and embedded schemas, then graph checks (reachability, trap cycles) once the
+rest is sound. Pure: no I/O beyond what the caller hands in.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+import networkx as nx
+from jsonschema import Draft202012Validator
+
+from engine.blueprint.model import (
+    NEVER_RETRIED,
+    STATE_KINDS,
+    ApprovalState,
+    Blueprint,
+    ChoiceRule,
+    ChoiceState,
+    EndState,
+    ParallelState,
+    RetryPolicy,
+    SetState,
+    State,
+    SubflowState,
+    TaskSpec,
+    TaskState,
+    Timeouts,
+    Transition,
+    WaitState,
+)
+from engine.blueprint.schema import did_you_mean, json_schema_problems, schema_problems
+from engine.blueprint.transitions import raw_transitions, state_kind
+from engine.blueprint.yamlsource import Path, Source
+from engine.durations import parse_duration
+from engine.errors import ExpressionError, Problem
+from engine.expressions import Const, Expression, Template, compile_expression, compile_template
+
+_KINDS_TEXT = ", ".join(STATE_KINDS)
+_TRANSITION_KEYS = ("next", "on", "otherwise")
+
+
+def content_hash(data: Any) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def compile_source(source: Source) -> tuple[Blueprint | None, list[Problem]]:
+    """Compile parsed YAML. Returns the blueprint (None if any error) and all problems."""
+    return _Compiler(source).run()
+
+
+class _Compiler:
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.problems: list[Problem] = []
+        self.expressions: dict[Path, Expression] = {}
+        self.templates: dict[Path, Template] = {}
+        self.validators: dict[Path, Any] = {}
+
+    def error(self, path: Path, message: str, *, key: bool = False) -> None:
+        self.problems.append(self.source.problem(path, message, key=key))
+
+    def warn(self, path: Path, message: str, *, key: bool = False) -> None:
+        self.problems.append(self.source.problem(path, message, key=key, severity="warning"))
+
+    @property
+    def has_errors(self) -> bool:
+        return any(p.severity == "error" for p in self.problems)
+
+    # -- driver ---------------------------------------------------------------------------
+
+    def run(self) -> tuple[Blueprint | None, list[Problem]]:
+        data = self.source.data
+        if not isinstance(data, dict):
+            kind = type(data).__name__ if data is not None else "null"
+            self.error(
+                (), f"the top level must be a mapping with blueprint, start and states, not {kind}"
+            )
+            return None, self.problems
+        checked, skip = self._check_state_shapes(data)
+        self.problems.extend(schema_problems(self.source, checked, skip))
+        raw_states = data.get("states")
+        states: dict[str, Any] = raw_states if isinstance(raw_states, dict) else {}
+        names = [n for n in states if isinstance(n, str)]
+        linked = self._check_targets(data, states, names)
+        for name, raw in states.items():
+            self._scan_state(name, raw)
+        if "input_schema" in data:
+            self._embedded_schema(("input_schema",), data["input_schema"])
+        if linked and not skip:
+            self._graph_checks(states, data["start"])
+        self._choice_warnings(states)
+        blueprint = None if self.has_errors else self._build(data, states)
+        return blueprint, sorted(self.problems, key=lambda p: p.sort_key)
+
+    def _check_state_shapes(self, data: dict[str, Any]) -> tuple[dict[str, Any], set[Path]]:
+        """Exactly one kind per state; end states without transitions. Returns the data to
+        give the schema (transitions of end states removed) and paths whose schema errors
+        would only repeat a problem reported here."""
+        skip: set[Path] = set()
+        states = data.get("states")
+        if not isinstance(states, dict):
+            return data, skip
+        checked = dict(data)
+        checked["states"] = dict(states)
+        for name, raw in states.items():
+            if not isinstance(raw, dict):
+                continue
+            path: Path = ("states", name)
+            kinds = [k for k in STATE_KINDS if k in raw]
+            if not kinds:
+                self.error(
+                    path, f"state {name!r} has no kind; give exactly one of {_KINDS_TEXT}", key=True
+                )
+                skip.add(path)
+            elif len(kinds) > 1:
+                self.error(
+                    path,
+                    f"state {name!r} has several kinds ({', '.join(kinds)}); give exactly one",
+                    key=True,
+                )
+                skip.add(path)
+            elif kinds == ["end"]:
+                extra = [k for k in _TRANSITION_KEYS if k in raw]
+                for key in extra:
+                    self.error(
+                        (*path, key),
+                        f"an end state has no outgoing transitions; remove {key!r}",
+                        key=True,
+                    )
+                if extra:
+                    checked["states"][name] = {k: v for k, v in raw.items() if k not in extra}
+        return checked, skip
+
+    # -- transitions ----------------------------------------------------------------------
+
+    def _check_targets(
+        self, data: dict[str, Any], states: dict[str, Any], names: list[str]
+    ) -> bool:
+        """Report transitions to undeclared states; True when start and every target exist."""
+        linked = True
+        start = data.get("start")
+        if not isinstance(start, str) or start not in states:
+            linked = False
+            if isinstance(start, str) and names:
+                self.error(
+                    ("start",), f"start state {start!r} is not declared{did_you_mean(start, names)}"
+                )
+        for name, raw in states.items():
+            for transition, path in raw_transitions(name, raw):
+                if transition.target not in states:
+                    linked = False
+                    self.error(
+                        path,
+                        f"transition to undeclared state {transition.target!r}"
+                        f"{did_you_mean(transition.target, names)}",
+                    )
+        return linked
+
+    # -- expressions, templates and embedded schemas ----------------------------------------
+
+    def _expression(self, path: Path, text: Any) -> None:
+        if not isinstance(text, str):
+            return
+        try:
+            self.expressions[path] = compile_expression(text)
+        except ExpressionError as exc:
+            self.error(path, str(exc))
+
+    def _template(self, path: Path, value: Any) -> None:
+        errors: list[tuple[Path, str]] = []
+        self.templates[path] = compile_template(value, path, errors)
+        for where, message in errors:
+            self.error(where, message)
+
+    def _embedded_schema(self, path: Path, schema: Any) -> None:
+        if not isinstance(schema, dict | bool):
+            return
+        problems = json_schema_problems(self.source, path, schema)
+        self.problems.extend(problems)
+        if not problems:
+            self.validators[path] = Draft202012Validator(schema)
+
+    def _scan_task_fields(self, path: Path, raw: dict[str, Any]) -> None:
+        if "params" in raw:
+            self._template((*path, "params"), raw["params"])
+        if "output_schema" in raw:
+            self._embedded_schema((*path, "output_schema"), raw["output_schema"])
+        retry = raw.get("retry")
+        if isinstance(retry, dict):
+            codes = retry.get("on")
+            for i, code in enumerate(codes if isinstance(codes, list) else []):
+                if code in NEVER_RETRIED:
+                    self.error((*path, "retry", "on", i), f"{code} is never retried; remove it")
+            try:
+                initial = parse_duration(retry.get("initial", 1))
+                longest = parse_duration(retry.get("max", 300))
+            except ValueError:
+                return  # the schema reports bad durations
+            if initial > longest:
+                self.error((*path, "retry", "initial"), "retry.initial is longer than retry.max")
+
+    def _scan_state(self, name: str, raw: Any) -> None:
+        kind = state_kind(raw)
+        if kind is None:
+            return
+        assert isinstance(raw, dict)
+        path: Path = ("states", name)
+        if kind == "task":
+            self._scan_task_fields(path, raw)
+        elif kind == "choice":
+            rules = raw.get("choice")
+            for i, rule in enumerate(rules if isinstance(rules, list) else []):
+                if isinstance(rule, dict):
+                    self._expression((*path, "choice", i, "when"), rule.get("when"))
+        elif kind == "parallel":
+            spec = raw.get("parallel")
+            if isinstance(spec, dict):
+                self._expression((*path, "parallel", "for_each"), spec.get("for_each"))
+                self._scan_task_fields((*path, "parallel"), spec)
+                branches = spec.get("branches")
+                for branch, body in branches.items() if isinstance(branches, dict) else []:
+                    if isinstance(body, dict):
+                        self._scan_task_fields((*path, "parallel", "branches", branch), body)
+        elif kind == "set":
+            self._template((*path, "set"), raw.get("set"))
+        elif kind == "end":
+            for field in ("output", "error"):
+                if field in raw:
+                    self._template((*path, field), raw[field])
+            if raw.get("end") == "finished" and "error" in raw:
+                self.error((*path, "error"), "`error` is only for `end: failed`", key=True)
+        elif kind == "subflow":
+            sub = raw.get("subflow")
+            if isinstance(sub, dict) and "input" in sub:
+                self._template((*path, "subflow", "input"), sub["input"])
+        elif kind == "approval":
+            self._scan_approval(path, raw)
+        elif kind == "wait":
+            self._scan_wait(path, raw)
+
+    def _scan_approval(self, path: Path, raw: dict[str, Any]) -> None:
+        approval = raw.get("approval")
+        approval = approval if isinstance(approval, dict) else {}
+        if isinstance(approval.get("message"), str):
+            self._template((*path, "approval", "message"), approval["message"])
+        on = raw.get("on")
+        has_timeout_edge = isinstance(on, dict) and "timeout" in on
+        if "timeout" in approval and not has_timeout_edge:
+            self.error(
+                (*path, "approval", "timeout"), "approval.timeout needs an `on.timeout` transition"
+            )
+        if has_timeout_edge and "timeout" not in approval:
+            self.error(
+                (*path, "on", "timeout"),
+                "on.timeout is never taken without approval.timeout",
+                key=True,
+            )
+        if isinstance(on, dict) and not [k for k in on if k != "timeout"]:
+            self.error((*path, "on"), "an approval needs at least one decision besides `timeout`")
+
+    def _scan_wait(self, path: Path, raw: dict[str, Any]) -> None:
+        wait = raw.get("wait")
+        if not isinstance(wait, dict) or not isinstance(wait.get("until"), str):
+            return
+        until = wait["until"]
+        where = (*path, "wait", "until")
+        if "${" in until:
+            self._template(where, until)
+            return
+        try:
+            moment = datetime.fromisoformat(until.replace("Z", "+00:00"))
+        except ValueError:
+            self.error(
+                where, f"{until!r} is not an ISO 8601 date-time such as 2030-01-31T09:00:00Z"
+            )
+            return
+        if moment.tzinfo is None:
+            self.error(where, f"{until!r} has no timezone; add Z or an offset such as +02:00")
+        self.templates[where] = Const(until)
+
+    # -- graph and compiled states ----------------------------------------------------------
+
+    def _build(self, data: dict[str, Any], states: dict[str, Any]) -> Blueprint:
+        compiled: dict[str, State] = {}
+        graph: nx.DiGraph[str] = nx.DiGraph()
+        for name, raw in states.items():
+            transitions = tuple(t for t, _ in raw_transitions(name, raw))
+            state = self._compile_state(name, raw, transitions)
+            compiled[name] = state
+            graph.add_node(name, state=state)
+        for name, state in compiled.items():
+            for transition in state.transitions:
+                if graph.has_edge(name, transition.target):
+                    graph.edges[name, transition.target]["transitions"] += (transition,)
+                else:
+                    graph.add_edge(name, transition.target, transitions=(transition,))
+        start = data["start"]
+        limits = data.get("limits") or {}
+        return Blueprint(
+            name=data["blueprint"],
+            version=data.get("version", 1),
+            start=start,
+            states=MappingProxyType(compiled),
+            graph=nx.freeze(graph),
+            content_hash=content_hash(data),
+            source=self.source,
+            description=data.get("description", ""),
+            api_endpoint=data.get("api_endpoint"),
+            input_schema=data.get("input_schema"),
+            input_validator=self.validators.get(("input_schema",)),
+            max_transitions=limits.get("max_transitions"),
+            raw=MappingProxyType(copy.deepcopy(data)),
+        )
+
+    def _task_spec(self, path: Path, raw: dict[str, Any]) -> TaskSpec:
+        retry = raw.get("retry", {})
+        defaults = RetryPolicy()
+        policy = RetryPolicy(
+            max_attempts=retry.get("max_attempts", defaults.max_attempts),
+            backoff=retry.get("backoff", defaults.backoff),
+            initial=parse_duration(retry.get("initial", defaults.initial)),
+            max=parse_duration(retry.get("max", defaults.max)),
+            jitter=float(retry.get("jitter", defaults.jitter)),
+            on=frozenset(retry["on"]) if "on" in retry else defaults.on,
+        )
+        timeouts = raw.get("timeouts", {})
+        return TaskSpec(
+            task_type=raw["task"],
+            params=self.templates.get((*path, "params"), Const({})),
+            priority=raw.get("priority", 0),
+            retry=policy,
+            timeouts=Timeouts(
+                **{
+                    k: parse_duration(timeouts[k])
+                    for k in ("dispatch", "run", "heartbeat")
+                    if k in timeouts
+                }
+            ),
+            output_schema=self.validators.get((*path, "output_schema")),
+        )
+
+    def _compile_state(
+        self, name: str, raw: dict[str, Any], transitions: tuple[Transition, ...]
+    ) -> State:
+        path: Path = ("states", name)
+        common: dict[str, Any] = {
+            "name": name,
+            "transitions": transitions,
+            "description": raw.get("description", ""),
+        }
+        kind = state_kind(raw)
+        if kind == "task":
+            return TaskState(kind="task", spec=self._task_spec(path, raw), **common)
+        if kind == "choice":
+            rules = tuple(
+                ChoiceRule(self.expressions[(*path, "choice", i, "when")], rule["goto"])
+                for i, rule in enumerate(raw["choice"])
+            )
+            return ChoiceState(kind="choice", rules=rules, otherwise=raw.get("otherwise"), **common)
+        if kind == "parallel":
+            spec = raw["parallel"]
+            ppath: Path = (*path, "parallel")
+            branches = tuple(
+                (branch, self._task_spec((*ppath, "branches", branch), body))
+                for branch, body in spec.get("branches", {}).items()
+            )
+            return ParallelState(
+                kind="parallel",
+                branches=branches,
+                for_each=self.expressions.get((*ppath, "for_each")),
+                item_spec=self._task_spec(ppath, spec) if "for_each" in spec else None,
+                max_concurrency=spec.get("max_concurrency"),
+                on_branch_failure=spec.get("on_branch_failure", "fail_fast"),
+                **common,
+            )
+        if kind == "wait":
+            wait = raw["wait"]
+            if isinstance(wait, dict):
+                return WaitState(
+                    kind="wait", until=self.templates[(*path, "wait", "until")], **common
+                )
+            return WaitState(kind="wait", seconds=parse_duration(wait), **common)
+        if kind == "approval":
+            approval = raw.get("approval", {})
+            timeout = approval.get("timeout")
+            return ApprovalState(
+                kind="approval",
+                message=self.templates.get((*path, "approval", "message")),
+                timeout=parse_duration(timeout) if timeout is not None else None,
+                **common,
+            )
+        if kind == "subflow":
+            return SubflowState(
+                kind="subflow",
+                blueprint=raw["subflow"]["blueprint"],
+                input=self.templates.get((*path, "subflow", "input")),
+                **common,
+            )
+        if kind == "set":
+            return SetState(kind="set", values=self.templates[(*path, "set")], **common)
+        assert kind == "end"
+        return EndState(
+            kind="end",
+            outcome=raw["end"],
+            output=self.templates.get((*path, "output")),
+            error=self.templates.get((*path, "error")),
+            **common,
+        )
+
+    def _graph_checks(self, states: dict[str, Any], start: str) -> None:
+        """Unreachable states, and reachable states from which no end state can be reached."""
+        graph: nx.DiGraph[str] = nx.DiGraph()
+        graph.add_nodes_from(states)
+        for name, raw in states.items():
+            graph.add_edges_from((name, t.target) for t, _ in raw_transitions(name, raw))
+        reachable = {start} | nx.descendants(graph, start)
+        ends = {name for name, raw in states.items() if state_kind(raw) == "end"}
+        can_end = set(ends)
+        for end in ends:
+            can_end |= nx.ancestors(graph, end)
+        for name in states:
+            if name not in reachable:
+                self.error(
+                    ("states", name),
+                    f"state {name!r} is unreachable: no path from start state {start!r} leads to it",
+                    key=True,
+                )
+            elif name not in can_end:
+                trapped = sorted({name} | nx.descendants(graph, name))
+                self.error(
+                    ("states", name),
+                    f"no end state can be reached from {name!r}: every path from it stays within "
+                    f"{', '.join(trapped)} (a trap cycle)",
+                    key=True,
+                )
+
+    def _choice_warnings(self, states: dict[str, Any]) -> None:
+        for name, raw in states.items():
+            if state_kind(raw) != "choice" or "otherwise" in raw:
+                continue
+            rules = raw.get("choice")
+            count = len(rules) if isinstance(rules, list) else 0
+            whens = [
+                self.expressions.get(("states", name, "choice", i, "when")) for i in range(count)
+            ]
+            if any(w is not None and not w.references_data() and w.truthy({}) for w in whens):
+                continue
+            self.warn(
+                ("states", name, "choice"),
+                "no `otherwise`: when no condition holds the job fails with NO_CHOICE_MATCHED; "
+                "add `otherwise` to choose a state",
+                key=True,
+            )

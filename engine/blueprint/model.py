@@ -1,0 +1,226 @@
+"""The compiled, immutable form of a blueprint.
+
+Everything a running job needs is decided here once: durations are seconds, expressions
+and templates are compiled, transitions are resolved to state names, and the graph is a
+frozen networkx DiGraph whose nodes carry the state and whose edges carry the triggers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import networkx as nx
+from jsonschema.protocols import Validator
+
+from engine.blueprint.yamlsource import Source
+from engine.durations import format_duration
+from engine.expressions import Expression, Template
+
+StateKind = Literal["task", "choice", "parallel", "wait", "approval", "subflow", "set", "end"]
+STATE_KINDS: tuple[StateKind, ...] = (
+    "task",
+    "choice",
+    "parallel",
+    "wait",
+    "approval",
+    "subflow",
+    "set",
+    "end",
+)
+
+#: Error codes a retry policy never retries, whatever it lists.
+NEVER_RETRIED = frozenset({"PERMANENT_ERROR", "INVALID_INPUT_ERROR"})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    backoff: Literal["fixed", "linear", "exponential"] = "exponential"
+    initial: float = 1.0
+    max: float = 300.0
+    jitter: float = 0.1
+    on: frozenset[str] = frozenset({"TRANSIENT_ERROR", "TIMEOUT"})
+
+    def retries(self, code: str, attempt: int) -> bool:
+        """Whether a failure with `code` on attempt number `attempt` (1-based) is retried."""
+        return attempt < self.max_attempts and code in self.on and code not in NEVER_RETRIED
+
+    def delay(self, attempt: int, spread: float = 0.0) -> float:
+        """Seconds to wait before attempt `attempt + 1`; `spread` in [-1, 1] applies jitter."""
+        if self.backoff == "fixed":
+            base = self.initial
+        elif self.backoff == "linear":
+            base = self.initial * attempt
+        else:
+            base = self.initial * 2.0 ** min(attempt - 1, 64)
+        base = min(base, self.max)
+        return max(0.0, base * (1.0 + self.jitter * spread))
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    dispatch: float | None = None
+    run: float | None = None
+    heartbeat: float | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TaskSpec:
+    """One unit of work for a worker (a task state, or one branch of a parallel state)."""
+
+    task_type: str
+    params: Template
+    priority: int = 0
+    retry: RetryPolicy = RetryPolicy()
+    timeouts: Timeouts = Timeouts()
+    output_schema: Validator | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """An edge of the graph: `trigger` is what takes it, `label` how the graph shows it."""
+
+    trigger: str
+    target: str
+    label: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class State:
+    name: str
+    kind: StateKind
+    transitions: tuple[Transition, ...]
+    description: str = ""
+
+    def target(self, trigger: str) -> str | None:
+        for transition in self.transitions:
+            if transition.trigger == trigger:
+                return transition.target
+        return None
+
+    @property
+    def summary(self) -> str:
+        """One short line for graph labels and listings."""
+        return self.kind
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TaskState(State):
+    spec: TaskSpec | None = None
+
+    @property
+    def summary(self) -> str:
+        assert self.spec is not None
+        return f"task: {self.spec.task_type}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceRule:
+    when: Expression
+    goto: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ChoiceState(State):
+    rules: tuple[ChoiceRule, ...] = ()
+    otherwise: str | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ParallelState(State):
+    branches: tuple[tuple[str, TaskSpec], ...] = ()
+    for_each: Expression | None = None
+    item_spec: TaskSpec | None = None
+    max_concurrency: int | None = None
+    on_branch_failure: Literal["fail_fast", "collect"] = "fail_fast"
+
+    @property
+    def summary(self) -> str:
+        if self.for_each is not None and self.item_spec is not None:
+            return f"parallel: for_each {self.for_each.source} -> {self.item_spec.task_type}"
+        names = ", ".join(f"{name}: {spec.task_type}" for name, spec in self.branches)
+        return f"parallel: {names}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WaitState(State):
+    seconds: float | None = None
+    until: Template | None = None
+
+    @property
+    def summary(self) -> str:
+        if self.seconds is not None:
+            return f"wait: {format_duration(self.seconds)}"
+        return "wait: until a time"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ApprovalState(State):
+    message: Template | None = None
+    timeout: float | None = None
+
+    @property
+    def summary(self) -> str:
+        return f"approval: {' / '.join(self.decisions)}"
+
+    @property
+    def decisions(self) -> tuple[str, ...]:
+        return tuple(t.trigger for t in self.transitions if t.trigger != "timeout")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SubflowState(State):
+    blueprint: str = ""
+    input: Template | None = None
+
+    @property
+    def summary(self) -> str:
+        return f"subflow: {self.blueprint}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SetState(State):
+    values: Template | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EndState(State):
+    outcome: Literal["finished", "failed"] = "finished"
+    output: Template | None = None
+    error: Template | None = None
+
+    @property
+    def summary(self) -> str:
+        return f"end: {self.outcome}"
+
+
+@dataclass(frozen=True, eq=False)
+class Blueprint:
+    """A compiled blueprint. Build it with `engine.blueprint.load_blueprint*`."""
+
+    name: str
+    version: int
+    start: str
+    states: Mapping[str, State]
+    graph: nx.DiGraph[str]  # frozen; node attr "state", edge attr "transitions"
+    content_hash: str  # sha256 of the canonical JSON of the blueprint; jobs pin it
+    source: Source  # the parsed YAML with positions, for messages about this blueprint
+    description: str = ""
+    api_endpoint: str | None = None
+    input_schema: Mapping[str, Any] | bool | None = None
+    input_validator: Validator | None = None
+    max_transitions: int | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def source_file(self) -> str:
+        return self.source.file
+
+    @property
+    def subflows(self) -> frozenset[str]:
+        return frozenset(s.blueprint for s in self.states.values() if isinstance(s, SubflowState))
+
+    def state(self, name: str) -> State:
+        return self.states[name]

@@ -1,0 +1,98 @@
+"""The `interlock` command line: validate, graph, serve."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine.blueprint.dot import GraphvizMissing, render, to_dot
+from engine.blueprint.loader import load_blueprint, validate_paths
+from engine.errors import BlueprintError
+
+
+def _validate(args: argparse.Namespace) -> int:
+    blueprints, problems = validate_paths(args.paths)
+    errors = [p for p in problems if p.severity == "error"]
+    warnings = [p for p in problems if p.severity == "warning"]
+    for problem in problems:
+        if problem.severity == "error" or not args.no_warnings:
+            print(problem)
+    if not args.quiet:
+        print(
+            f"{len(blueprints)} blueprint(s) valid, {len(errors)} error(s), "
+            f"{len(warnings)} warning(s)",
+            file=sys.stderr,
+        )
+    return 1 if errors else 0
+
+
+def _graph(args: argparse.Namespace) -> int:
+    try:
+        blueprint = load_blueprint(args.file)
+    except BlueprintError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    if args.format == "dot":
+        data = to_dot(blueprint).encode("utf-8")
+    else:
+        try:
+            data = render(blueprint, args.format)
+        except GraphvizMissing as exc:
+            print(f"interlock graph: {exc}", file=sys.stderr)
+            return 2
+    if args.output:
+        Path(args.output).write_bytes(data)
+    elif args.format == "dot":
+        sys.stdout.write(data.decode("utf-8"))
+    elif sys.stdout.isatty():
+        print(f"interlock graph: {args.format} output is binary; use -o FILE", file=sys.stderr)
+        return 2
+    else:
+        sys.stdout.buffer.write(data)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interlock", description="Interlock: a declarative workflow orchestrator."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser(
+        "validate",
+        help="check blueprint files or folders and report every problem",
+        description="Check blueprints; print each problem as FILE:LINE:COL: PATH: MESSAGE. "
+        "Exit status 1 if any error was found.",
+    )
+    validate.add_argument("paths", nargs="+", metavar="PATH", help="blueprint file or folder")
+    validate.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+    validate.add_argument("--no-warnings", action="store_true", help="print errors only")
+    validate.set_defaults(handler=_validate)
+
+    graph = commands.add_parser(
+        "graph",
+        help="print a blueprint as Graphviz DOT (or render it)",
+        description="Print the blueprint's graph as DOT for Graphviz Online, or render it "
+        "with Graphviz `dot`.",
+    )
+    graph.add_argument("file", metavar="FILE", help="blueprint file")
+    graph.add_argument("-f", "--format", choices=("dot", "svg", "png"), default="dot")
+    graph.add_argument("-o", "--output", metavar="OUT", help="write to this file")
+    graph.set_defaults(handler=_graph)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""JMESPath expressions and `${ }` templates, compiled once and evaluated many times.
+
+A template is any JSON value. A string that is exactly `${ expr }` evaluates to the
+expression's value with its type; `${ expr }` inside a longer string is replaced by the
+value as text (strings as they are, anything else as compact JSON); `$${` is a literal `${`.
+Compilation happens when a blueprint is loaded, so a job never parses an expression.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jmespath
+import jmespath.exceptions
+import jmespath.parser
+
+from engine.errors import ExpressionError
+
+_OPTIONS = jmespath.Options(dict_cls=dict)
+
+TemplatePath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Expression:
+    """A compiled JMESPath expression."""
+
+    source: str
+    parsed: jmespath.parser.ParsedResult
+
+    def search(self, context: Mapping[str, Any]) -> Any:
+        try:
+            return self.parsed.search(context, options=_OPTIONS)
+        except jmespath.exceptions.JMESPathError as exc:
+            raise ExpressionError(f"{self.source!r}: {exc}") from None
+
+    def truthy(self, context: Mapping[str, Any]) -> bool:
+        """JMESPath truth: false, null, "", [] and {} are false; everything else is true."""
+        value = self.search(context)
+        return not (value is None or value is False or value in ("", [], {}))
+
+    def references_data(self) -> bool:
+        """Whether the expression reads the context at all (a constant does not)."""
+        return any(node.get("type") in {"field", "current"} for node in _walk(self.parsed.parsed))
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for child in node.get("children", ()):
+            yield from _walk(child)
+
+
+def compile_expression(source: str) -> Expression:
+    """Compile a JMESPath expression or raise ExpressionError naming the problem."""
+    text = source.strip()
+    if not text:
+        raise ExpressionError("empty expression")
+    try:
+        return Expression(text, jmespath.compile(text))
+    except jmespath.exceptions.JMESPathError as exc:
+        raise ExpressionError(_describe_parse_error(text, exc)) from None
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise ExpressionError(f"invalid JMESPath expression {text!r}: {exc}") from None
+
+
+def _describe_parse_error(text: str, exc: jmespath.exceptions.JMESPathError) -> str:
+    where = getattr(exc, "lex_position", None)
+    token = getattr(exc, "token_value", None)
+    detail = getattr(exc, "msg", None) or str(exc).splitlines()[0]
+    if isinstance(where, int) and where >= 0:
+        near = f" near {token!r}" if token not in (None, "") else ""
+        return f"invalid JMESPath expression {text!r} at character {where + 1}{near}: {detail}"
+    return f"invalid JMESPath expression {text!r}: {detail}"
+
+
+class Template(Protocol):
+    """Something that renders to a JSON value given the job context."""
+
+    @property
+    def constant(self) -> bool: ...
+
+    def render(self, context: Mapping[str, Any]) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Const:
+    value: Any
+    constant: bool = True
+
+    def render(self, context: Mapping[str, Any]) -> Any:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Whole:
+    expression: Expression
+    constant: bool = False
+
+    def render(self, context: Mapping[str, Any]) -> Any:
+        return self.expression.search(context)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Interpolated:
+    parts: tuple[str | Expression, ...]
+    constant: bool = False
+
+    def render(self, context: Mapping[str, Any]) -> Any:
+        return "".join(p if isinstance(p, str) else _as_text(p.search(context)) for p in self.parts)
+
+
+@dataclass(frozen=True, slots=True)
+class MappingTemplate:
+    items: tuple[tuple[str, Template], ...]
+    constant: bool = False
+
+    def render(self, context: Mapping[str, Any]) -> Any:
+        return {key: value.render(context) for key, value in self.items}
+
+
+@dataclass(frozen=True, slots=True)
+class ListTemplate:
+    items: tuple[Template, ...]
+    constant: bool = False
+
+    def render(self, context: Mapping[str, Any]) -> Any:
+        return [item.render(context) for item in self.items]
+
+
+def split_template(text: str) -> list[str | Expression]:
+    """Split a string into literal text and compiled `${ }` expressions."""
+    parts: list[str | Expression] = []
+    literal: list[str] = []
+    i = 0
+    while i < len(text):
+        if text.startswith("$${", i):
+            literal.append("${")
+            i += 3
+        elif text.startswith("${", i):
+            end = _closing_brace(text, i + 2)
+            if end < 0:
+                raise ExpressionError(f"unterminated '${{' at character {i + 1} of {text!r}")
+            if literal:
+                parts.append("".join(literal))
+                literal = []
+            parts.append(compile_expression(text[i + 2 : end]))
+            i = end + 1
+        else:
+            literal.append(text[i])
+            i += 1
+    if literal:
+        parts.append("".join(literal))
+    return parts
+
+
+def _closing_brace(text: str, start: int) -> int:
+    """Index of the `}` closing a `${` whose body starts at `start`, skipping quoted parts."""
+    depth = 0
+    i = start
+    while i < len(text):
+        ch = text[i]
+        if ch in "'\"`":
+            i += 1
+            while i < len(text) and text[i] != ch:
+                i += 2 if text[i] == "\\" else 1
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            if depth == 0:
+                return i
+            depth -= 1
+        i += 1
+    return -1
+
+
+def compile_template(
+    value: Any,
+    path: TemplatePath = (),
+    errors: list[tuple[TemplatePath, str]] | None = None,
+) -> Template:
+    """Compile a JSON value into a Template.
+
+    With `errors`, every bad expression is appended as (path, message) and compilation goes
+    on; without it, the first one raises ExpressionError.
+    """
+    if isinstance(value, str):
+        if "${" not in value:
+            return Const(value)
+        try:
+            parts = split_template(value)
+        except ExpressionError as exc:
+            if errors is None:
+                raise
+            errors.append((path, str(exc)))
+            return Const(value)
+        if len(parts) == 1 and isinstance(parts[0], Expression):
+            return Whole(parts[0])
+        if all(isinstance(p, str) for p in parts):
+            return Const("".join(p for p in parts if isinstance(p, str)))
+        return Interpolated(tuple(parts))
+    if isinstance(value, dict):
+        items = tuple((k, compile_template(v, (*path, k), errors)) for k, v in value.items())
+        if all(t.constant for _, t in items):
+            return Const(value)
+        return MappingTemplate(items)
+    if isinstance(value, list):
+        elements = tuple(compile_template(v, (*path, i), errors) for i, v in enumerate(value))
+        if all(t.constant for t in elements):
+            return Const(value)
+        return ListTemplate(elements)
+    return Const(value)
