@@ -431,7 +431,8 @@ class _Compiler:
             if name not in reachable:
                 self.error(
                     ("states", name),
-                    f"state {name!r} is unreachable: no path from start state {start!r} leads to it",
+                    f"state {name!r} is unreachable: no path from start state {start!r} "
+                    "leads to it",
                     key=True,
                 )
             elif name not in can_end:

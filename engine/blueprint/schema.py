@@ -140,7 +140,9 @@ def _translate(error: ValidationError, path: Path, here: Any) -> Iterator[tuple[
         return
     if keyword == "enum":
         options = ", ".join(json.dumps(v) for v in value)
-        yield path, f"{_describe(instance)} is not allowed; use one of {options}", False
+        plain = not isinstance(instance, dict | list)
+        shown = json.dumps(instance) if plain else _describe(instance)
+        yield path, f"{shown} is not allowed here; use one of {options}", False
         return
     if keyword in ("minProperties", "minItems", "minLength"):
         yield path, "must not be empty", False
