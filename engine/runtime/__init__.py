@@ -1,0 +1,1 @@
+"""Running jobs: transition rules (pure), dispatching, timers and the orchestrator."""

@@ -1,0 +1,366 @@
+"""The orchestrator: reads a job, applies a transition rule, commits it in one guarded step.
+
+Every change follows the same shape: read the job hash, compute the new document with the
+pure `Machine`, then commit with the version read. A version mismatch means someone else
+(another orchestrator, the timer loop, a late worker) changed the job first; we re-read and
+decide again, so at most one of them wins each step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from engine.blueprint.model import Blueprint
+from engine.jsonutil import dumps
+from engine.runtime.dispatcher import Dispatcher
+from engine.runtime.machine import TERMINAL, Effects, Ignored, Lease, Machine, new_job
+from engine.runtime.registry import Registry, UnknownBlueprintVersion
+from engine.store.client import Commit, JobRecord, Store, StoreUnavailable
+
+log = logging.getLogger("interlock.orchestrator")
+
+MAX_CONFLICT_RETRIES = 20
+T = TypeVar("T")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class OrchestratorSettings:
+    timer_interval_s: float = 0.1
+    timer_batch: int = 200
+    timer_claim_ms: int = 30_000
+    worker_ttl_ms: int = 24 * 3_600_000  # a registration is forgotten after this silence
+    cancel_ttl_ms: int = 3_600_000
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class Orchestrator:
+    def __init__(self, store: Store, registry: Registry, settings: OrchestratorSettings) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.dispatcher = Dispatcher(store)
+        self._done_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rng = random.Random()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.registry.publish(self.store)
+        self._tasks = [
+            asyncio.create_task(self.dispatcher.run(), name="interlock-dispatcher"),
+            asyncio.create_task(self._timer_loop(), name="interlock-timers"),
+            asyncio.create_task(self._listen(), name="interlock-notifications"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    # -- clients -----------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        blueprint: Blueprint,
+        initial_data: Any,
+        *,
+        client: str,
+        webhook_url: str | None = None,
+        dispatch_timeout_ms: int | None = None,
+        result_timeout_ms: int | None = None,
+    ) -> str:
+        job_id = uuid.uuid4().hex
+        now = now_ms()
+        doc = new_job(
+            job_id=job_id,
+            blueprint=blueprint,
+            client=client,
+            initial_data=initial_data,
+            now=now,
+            webhook_url=webhook_url,
+            dispatch_timeout_ms=dispatch_timeout_ms,
+            result_timeout_ms=result_timeout_ms,
+        )
+        machine = await self.registry.machine(blueprint.content_hash, self.store)
+        fx = machine.start(doc, now)
+        committed = await self._commit(machine, None, doc, fx, index=(client, now))
+        if not committed:  # a uuid4 collision: astronomically unlikely, but never overwrite
+            raise RuntimeError("job id collision; retry the request")
+        return job_id
+
+    async def get_job(self, job_id: str, client: str | None) -> dict[str, Any] | None:
+        record = await self.store.read_job(job_id)
+        if record is None or (client is not None and record.doc.get("client") != client):
+            return None
+        return record.doc
+
+    async def wait_job(
+        self, job_id: str, client: str | None, wait_s: float
+    ) -> dict[str, Any] | None:
+        """The job once it is terminal, or as it is when `wait_s` seconds have passed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._done_waiters.setdefault(job_id, []).append(future)
+        try:
+            doc = await self.get_job(job_id, client)
+            if doc is None or doc["status"] in TERMINAL or wait_s <= 0:
+                return doc
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await future
+            return await self.get_job(job_id, client)
+        finally:
+            waiters = self._done_waiters.get(job_id, [])
+            with contextlib.suppress(ValueError):
+                waiters.remove(future)
+            if not waiters:
+                self._done_waiters.pop(job_id, None)
+
+    async def history(self, job_id: str, client: str | None) -> list[dict[str, Any]] | None:
+        if await self.get_job(job_id, client) is None:
+            return None
+        return await self.store.history(job_id)
+
+    async def list_jobs(
+        self,
+        client: str,
+        *,
+        status: str | None,
+        blueprint: str | None,
+        limit: int,
+        before_ms: int | None,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """The client's jobs, newest first, filtered; returns (jobs, cursor for the next page)."""
+        jobs: list[dict[str, Any]] = []
+        cursor = before_ms
+        while len(jobs) < limit:
+            batch = await self.store.job_ids_for_client(
+                client, limit=max(limit, 50), before_ms=cursor
+            )
+            if not batch:
+                return jobs, None
+            for job_id, created in batch:
+                cursor = created
+                record = await self.store.read_job(job_id)
+                if record is None:
+                    continue
+                doc = record.doc
+                if (status is None or doc["status"] == status) and (
+                    blueprint is None or doc["blueprint"] == blueprint
+                ):
+                    jobs.append(doc)
+                    if len(jobs) == limit:
+                        return jobs, created
+        return jobs, cursor
+
+    async def cancel(self, job_id: str, client: str | None) -> dict[str, Any] | Ignored | None:
+        """Cancel a job: its new document, Ignored when already ended, None when unknown."""
+
+        async def attempt(
+            record: JobRecord, machine: Machine
+        ) -> tuple[bool, dict[str, Any] | Ignored]:
+            doc = record.doc
+            outcome = machine.cancel(doc, _lease(record), now_ms())
+            if isinstance(outcome, Ignored):
+                return True, outcome
+            return await self._commit(machine, record, doc, outcome), doc
+
+        if await self.get_job(job_id, client) is None:
+            return None
+        return await self._retrying(job_id, attempt)
+
+    # -- workers -----------------------------------------------------------------------------------
+
+    async def register_worker(self, worker_id: str, registration: dict[str, Any]) -> None:
+        await self.store.register_worker(worker_id, registration, self.settings.worker_ttl_ms)
+
+    async def heartbeat(
+        self, worker_id: str, tasks: list[str], alive_ms: int
+    ) -> tuple[bool, list[str]]:
+        return await self.store.heartbeat(worker_id, tasks, alive_ms, self.settings.worker_ttl_ms)
+
+    async def next_task(
+        self, worker_id: str, skills: tuple[str, ...], wait_s: float
+    ) -> dict[str, Any] | None:
+        return await self.dispatcher.next_task(worker_id, skills, wait_s)
+
+    async def submit_result(self, worker_id: str, result: dict[str, Any]) -> dict[str, Any]:
+        """Apply a worker's result once; anything else is answered `ignored` with a reason."""
+        job_id = str(result.get("job_id", ""))
+        body = {**result, "worker_id": worker_id}
+
+        async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, dict[str, Any]]:
+            doc = record.doc
+            outcome = machine.on_result(doc, _lease(record), body, now_ms(), self._rng)
+            if isinstance(outcome, Ignored):
+                return True, {"status": "ignored", "reason": outcome.reason}
+            ok = await self._commit(machine, record, doc, outcome)
+            return ok, {"status": "accepted"}
+
+        answer = await self._retrying(job_id, attempt)
+        return answer if answer is not None else {"status": "ignored", "reason": "job_not_found"}
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _retrying(
+        self, job_id: str, attempt: Callable[[JobRecord, Machine], Awaitable[tuple[bool, T]]]
+    ) -> T | None:
+        """Run read-decide-commit until the commit applies (optimistic concurrency)."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            record = await self.store.read_job(job_id)
+            if record is None:
+                return None
+            machine = await self.registry.machine(record.doc["hash"], self.store)
+            done, value = await attempt(record, machine)
+            if done:
+                return value
+            await asyncio.sleep(self._rng.uniform(0, 0.005))
+        raise StoreUnavailable(f"job {job_id} changed {MAX_CONFLICT_RETRIES} times while we tried")
+
+    async def _commit(
+        self,
+        machine: Machine,
+        record: JobRecord | None,
+        doc: dict[str, Any],
+        fx: Effects,
+        *,
+        index: tuple[str, int] | None = None,
+    ) -> bool:
+        now = now_ms()
+        doc["updated_at"] = now
+        history_start = doc["hseq"]
+        doc["hseq"] += len(fx.history)
+        lease = fx.lease
+        version = (record.version if record else 0) + 1
+        fields = {
+            "v": str(version),
+            "doc": dumps(doc),
+            "task": lease.task,
+            "tstate": lease.tstate,
+            "worker": lease.worker,
+            "leased_at": str(lease.leased_at),
+        }
+        enqueue = None
+        if fx.enqueue is not None:
+            fields["payload"] = dumps(fx.enqueue["payload"])
+            fields["lease_ms"] = str(fx.enqueue["lease_ms"])
+            enqueue = (fx.enqueue["type"], fx.enqueue["member"], fx.enqueue["score"])
+        change = Commit(
+            job_id=doc["id"],
+            expected_version=record.version if record else None,
+            fields=fields,
+            timer_ms=machine.next_due(doc, lease),
+            enqueue=enqueue,
+            dequeue=fx.dequeue,
+            ttl_ms=machine.settings.retention_ms if fx.terminal else None,
+            index=index,
+            done=fx.terminal,
+            history=fx.history,
+        )
+        if not await self.store.commit(change, history_start=history_start):
+            return False
+        if enqueue is not None:
+            self.dispatcher.task_queued(enqueue[0], self.store.keys.partition(doc["id"]))
+        if fx.cancel_on_worker is not None:
+            worker_id, task_id = fx.cancel_on_worker
+            await self.store.request_cancel(worker_id, task_id, self.settings.cancel_ttl_ms)
+        if fx.terminal:
+            self._job_done(doc["id"])
+        return True
+
+    def _job_done(self, job_id: str) -> None:
+        for future in self._done_waiters.get(job_id, []):
+            if not future.done():
+                future.set_result(None)
+
+    async def _listen(self) -> None:
+        ready, done = self.store.keys.ready_channel, self.store.keys.done_channel
+        while True:
+            try:
+                async for channel, message in self.store.notifications():
+                    if channel == ready:
+                        task_type, _, partition = message.rpartition("|")
+                        with contextlib.suppress(ValueError):
+                            self.dispatcher.task_queued(task_type, int(partition))
+                    elif channel == done:
+                        self._job_done(message)
+            except Exception as exc:  # redis-py raises its own ConnectionError tree here
+                raise_if_cancelling(exc)
+                log.warning("notification subscription lost (%s); resubscribing", exc)
+            await asyncio.sleep(0.5)
+            self.dispatcher.wake.set()  # we may have missed ready notifications meanwhile
+
+    async def _timer_loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self._fire_timers()
+            except StoreUnavailable as exc:
+                raise_if_cancelling(exc)
+                log.warning("timer loop: %s", exc)
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(0.0, self.settings.timer_interval_s - elapsed))
+
+    async def _fire_timers(self) -> None:
+        now = now_ms()
+        for partition in range(self.store.keys.partitions):
+            due = await self.store.claim_timers(
+                partition, now, self.settings.timer_batch, self.settings.timer_claim_ms
+            )
+            if due:
+                await asyncio.gather(*(self._fire(job_id) for job_id in due))
+
+    async def _fire(self, job_id: str) -> None:
+        async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, bool]:
+            doc = record.doc
+            lease = _lease(record)
+            alive = None
+            if lease.tstate == "leased" and lease.worker:
+                alive = await self.store.worker_alive(lease.worker)
+            fx = machine.on_timer(doc, lease, now_ms(), self._rng, alive)
+            if fx is None:
+                fx = Effects(lease=lease)  # nothing due: just put the timer back
+            return await self._commit(machine, record, doc, fx), True
+
+        try:
+            if await self._retrying(job_id, attempt) is None and not await self.store.exists(
+                job_id
+            ):
+                await self.store.drop_timer(job_id)
+        except UnknownBlueprintVersion as exc:
+            log.error("job %s uses blueprint %s, which no orchestrator knows", job_id, exc)
+        except StoreUnavailable as exc:
+            raise_if_cancelling(exc)
+            log.warning("timer for job %s: %s", job_id, exc)
+
+
+def raise_if_cancelling(exc: BaseException) -> None:
+    """Re-raise a cancellation that a driver turned into its own error on the way out."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+
+
+def _lease(record: JobRecord) -> Lease:
+    return Lease(
+        task=record.task, tstate=record.tstate, worker=record.worker, leased_at=record.leased_at
+    )
