@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+
+from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 BLUEPRINTS = ROOT / "blueprints"
@@ -27,3 +31,29 @@ def require_program(name: str, hint: str) -> str:
 @pytest.fixture
 def dot_program() -> str:
     return require_program("dot", "apt-get install graphviz")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server per test session, on a free port."""
+    server = RedisServer(require_program("redis-server", "apt-get install redis-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, flushed before each test."""
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """Run a test against a real Redis and against the embedded `memory://` store."""
+    if request.param == "memory":
+        return "memory://"
+    url: str = request.getfixturevalue("redis_url")
+    return url

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.jsonutil import loads
+from engine.runtime.aio import checkpoint
 from engine.store.client import Store, StoreUnavailable
 
 log = logging.getLogger("interlock.dispatcher")
@@ -82,6 +83,7 @@ class Dispatcher:
     async def run(self) -> None:
         last_sweep = time.monotonic()
         while True:
+            checkpoint()
             try:
                 async with asyncio.timeout(SWEEP_INTERVAL_S):
                     await self.wake.wait()
@@ -94,9 +96,7 @@ class Dispatcher:
             try:
                 await self._pump()
             except StoreUnavailable as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from exc
+                checkpoint(exc)
                 log.warning("cannot lease tasks: %s", exc)
                 await asyncio.sleep(0.5)
                 self.wake.set()

@@ -334,6 +334,30 @@ class Machine:
             return fx
         return None if not fx.history else fx
 
+    def on_progress(
+        self, doc: dict[str, Any], lease: Lease, worker: str, task_id: str, payload: Any, now: int
+    ) -> Effects | Ignored:
+        """A progress event from the worker holding the task: kept on the job and in history."""
+        task = doc.get("task")
+        if doc["status"] in TERMINAL or not task or task["id"] != task_id:
+            return Ignored("stale_task")
+        if lease.tstate != "leased" or lease.worker != worker:
+            return Ignored("worker_mismatch")
+        fx = Effects(lease=lease)
+        details = payload if isinstance(payload, dict) else {"value": payload}
+        doc["progress"] = {"at": now, "state": task["state"], **details}
+        self._event(
+            doc,
+            fx,
+            now,
+            "task_progress",
+            state=task["state"],
+            task_id=task_id,
+            worker=worker,
+            **{k: v for k, v in details.items() if k in ("progress", "message")},
+        )
+        return fx
+
     def cancel(self, doc: dict[str, Any], lease: Lease, now: int) -> Effects | Ignored:
         if doc["status"] in TERMINAL:
             return Ignored(f"job already {doc['status']}")

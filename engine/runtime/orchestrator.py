@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from engine.blueprint.model import Blueprint
 from engine.jsonutil import dumps
+from engine.runtime.aio import checkpoint
 from engine.runtime.dispatcher import Dispatcher
 from engine.runtime.machine import TERMINAL, Effects, Ignored, Lease, Machine, new_job
 from engine.runtime.registry import Registry, UnknownBlueprintVersion
@@ -71,9 +72,9 @@ class Orchestrator:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        _, pending = await asyncio.wait(self._tasks, timeout=5)
+        for task in pending:
+            log.error("background task %s did not stop within 5 s", task.get_name())
         self._tasks = []
 
     # -- clients -----------------------------------------------------------------------------------
@@ -219,6 +220,18 @@ class Orchestrator:
         answer = await self._retrying(job_id, attempt)
         return answer if answer is not None else {"status": "ignored", "reason": "job_not_found"}
 
+    async def progress(self, worker_id: str, job_id: str, task_id: str, payload: Any) -> str:
+        """Record a progress event; returns "accepted" or the reason it was ignored."""
+
+        async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, str]:
+            doc = record.doc
+            fx = machine.on_progress(doc, _lease(record), worker_id, task_id, payload, now_ms())
+            if isinstance(fx, Ignored):
+                return True, fx.reason
+            return await self._commit(machine, record, doc, fx), "accepted"
+
+        return await self._retrying(job_id, attempt) or "job_not_found"
+
     # -- internals ---------------------------------------------------------------------------
 
     async def _retrying(
@@ -295,8 +308,13 @@ class Orchestrator:
     async def _listen(self) -> None:
         ready, done = self.store.keys.ready_channel, self.store.keys.done_channel
         while True:
+            checkpoint()
             try:
-                async for channel, message in self.store.notifications():
+                async for item in self.store.notifications():
+                    checkpoint()
+                    if item is None:
+                        continue
+                    channel, message = item
                     if channel == ready:
                         task_type, _, partition = message.rpartition("|")
                         with contextlib.suppress(ValueError):
@@ -304,18 +322,19 @@ class Orchestrator:
                     elif channel == done:
                         self._job_done(message)
             except Exception as exc:  # redis-py raises its own ConnectionError tree here
-                raise_if_cancelling(exc)
+                checkpoint(exc)
                 log.warning("notification subscription lost (%s); resubscribing", exc)
             await asyncio.sleep(0.5)
             self.dispatcher.wake.set()  # we may have missed ready notifications meanwhile
 
     async def _timer_loop(self) -> None:
         while True:
+            checkpoint()
             started = time.monotonic()
             try:
                 await self._fire_timers()
             except StoreUnavailable as exc:
-                raise_if_cancelling(exc)
+                checkpoint(exc)
                 log.warning("timer loop: %s", exc)
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(0.0, self.settings.timer_interval_s - elapsed))
@@ -349,15 +368,8 @@ class Orchestrator:
         except UnknownBlueprintVersion as exc:
             log.error("job %s uses blueprint %s, which no orchestrator knows", job_id, exc)
         except StoreUnavailable as exc:
-            raise_if_cancelling(exc)
+            checkpoint(exc)
             log.warning("timer for job %s: %s", job_id, exc)
-
-
-def raise_if_cancelling(exc: BaseException) -> None:
-    """Re-raise a cancellation that a driver turned into its own error on the way out."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from exc
 
 
 def _lease(record: JobRecord) -> Lease:

@@ -326,8 +326,9 @@ class Store:
         raw = await self.redis.get(self.keys.blueprint(content_hash))
         return loads(raw) if raw else None
 
-    async def notifications(self) -> AsyncIterator[tuple[str, str]]:
-        """(channel, message) for queued tasks and finished jobs, from every orchestrator."""
+    async def notifications(self) -> AsyncIterator[tuple[str, str] | None]:
+        """(channel, message) for queued tasks and finished jobs, from every orchestrator;
+        None after each second without one, so the consumer can check whether to stop."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(self.keys.ready_channel, self.keys.done_channel)
         try:
@@ -335,6 +336,8 @@ class Store:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message.get("type") == "message":
                     yield str(message["channel"]), str(message["data"])
+                else:
+                    yield None
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
 
