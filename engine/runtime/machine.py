@@ -1,129 +1,54 @@
 """The transition rules: pure functions from (job document, event) to (new document, effects).
 
-Nothing here touches Redis or the network; the orchestrator reads a job, calls one of
-`start`, `on_result`, `on_timer` or `cancel`, and commits the returned effects in one
-guarded script. A job document is a plain JSON-able dict (see `new_job`).
+Nothing here touches Redis or the network. The orchestrator reads a job, calls one entry
+point (`start`, `on_result`, `on_timer`, `on_decision`, `on_child_done`, `on_progress`,
+`cancel`) and commits the returned effects in one guarded script. `rng` must be a
+`random.SystemRandom` where its output is a secret (approval tokens, child job ids).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from engine.blueprint.model import (
+    ApprovalState,
     Blueprint,
     ChoiceState,
     EndState,
+    ParallelState,
     SetState,
     State,
+    SubflowState,
     TaskSpec,
     TaskState,
     WaitState,
 )
 from engine.errors import ExpressionError
-
-TERMINAL = frozenset({"finished", "failed", "cancelled"})
-DONE_TASKS_KEPT = 16
-
-# Error codes the engine itself produces.
-TIMEOUT = "TIMEOUT"  # run or heartbeat timeout, worker lost
-DISPATCH_TIMEOUT = "DISPATCH_TIMEOUT"  # no worker took the task in time
-JOB_TIMEOUT = "JOB_TIMEOUT"  # the job's result_timeout passed
-INVALID_OUTPUT = "INVALID_OUTPUT"  # a result broke the state's output_schema
-UNDECLARED_STATUS = "UNDECLARED_STATUS"  # a worker status the state has no transition for
-NO_CHOICE_MATCHED = "NO_CHOICE_MATCHED"
-EXPRESSION_ERROR = "EXPRESSION_ERROR"
-MAX_TRANSITIONS = "MAX_TRANSITIONS"
-UNSUPPORTED_STATE = "UNSUPPORTED_STATE"
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeSettings:
-    default_run_timeout_ms: int = 3_600_000
-    heartbeat_timeout_ms: int = 60_000  # a leased task's worker must heartbeat this often
-    max_transitions: int = 1000
-    retention_ms: int = 7 * 86_400_000  # finished jobs are kept this long
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """The lease fields of a job hash, maintained by Lua when a worker takes a task."""
-
-    task: str = ""
-    tstate: str = ""  # "", "queued" or "leased"
-    worker: str = ""
-    leased_at: int = 0
-
-
-@dataclass(slots=True)
-class Effects:
-    """What a transition asks the store to do, besides writing the new document."""
-
-    history: list[dict[str, Any]] = field(default_factory=list)
-    enqueue: dict[str, Any] | None = None  # task type, member, score, payload, lease_ms
-    dequeue: tuple[str, str] | None = None  # (task type, member)
-    lease: Lease = Lease()
-    cancel_on_worker: tuple[str, str] | None = None  # (worker id, task id)
-    terminal: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Ignored:
-    reason: str
-
-
-def new_job(
-    *,
-    job_id: str,
-    blueprint: Blueprint,
-    client: str,
-    initial_data: Any,
-    now: int,
-    webhook_url: str | None = None,
-    dispatch_timeout_ms: int | None = None,
-    result_timeout_ms: int | None = None,
-) -> dict[str, Any]:
-    return {
-        "id": job_id,
-        "blueprint": blueprint.name,
-        "version": blueprint.version,
-        "hash": blueprint.content_hash,
-        "client": client,
-        "status": "pending",
-        "state": None,
-        "created_at": now,
-        "updated_at": now,
-        "finished_at": None,
-        "initial_data": initial_data,
-        "state_history": {},
-        "steps": {},
-        "transitions": 0,
-        "task": None,
-        "wait_until": None,
-        "deadline": now + result_timeout_ms if result_timeout_ms else None,
-        "dispatch_timeout_ms": dispatch_timeout_ms,
-        "webhook_url": webhook_url,
-        "result": None,
-        "error": None,
-        "seq": 0,
-        "hseq": 0,
-        "done_tasks": [],
-    }
-
-
-def member(job_id: str, task_id: str) -> str:
-    return f"{job_id}|{task_id}"
-
-
-def queue_score(priority: int, now: int) -> float:
-    """Higher priority first, then oldest first (ZPOPMIN order)."""
-    return float(-priority * (1 << 41) + (now - 1_600_000_000_000))
+from engine.runtime import parallel, tasks
+from engine.runtime.jobdoc import (
+    APPROVAL_TIMEOUT,
+    DISPATCH_TIMEOUT,
+    EXPRESSION_ERROR,
+    INVALID_OUTPUT,
+    JOB_TIMEOUT,
+    MAX_TRANSITIONS,
+    NO_CHOICE_MATCHED,
+    SUBFLOW_DEPTH,
+    TERMINAL,
+    TIMEOUT,
+    UNDECLARED_STATUS,
+    ChildJob,
+    Effects,
+    Ignored,
+    Leases,
+    RuntimeSettings,
+)
 
 
 class Machine:
-    """Applies a blueprint's rules to one job document."""
+    """Applies one blueprint's rules to job documents."""
 
     def __init__(self, blueprint: Blueprint, settings: RuntimeSettings) -> None:
         self.bp = blueprint
@@ -132,263 +57,304 @@ class Machine:
 
     # -- entry points ----------------------------------------------------------------------
 
-    def start(self, doc: dict[str, Any], now: int) -> Effects:
+    def start(self, doc: dict[str, Any], now: int, rng: random.Random) -> Effects:
         fx = Effects()
-        self._event(doc, fx, now, "job_created", state=self.bp.start)
-        self._enter(doc, self.bp.start, now, fx, rng=random.Random())
+        fx.event(now, "job_created", state=self.bp.start)
+        self.enter(doc, self.bp.start, now, fx, rng)
         return fx
 
     def on_result(
         self,
         doc: dict[str, Any],
-        lease: Lease,
+        leases: Leases,
         result: dict[str, Any],
         now: int,
         rng: random.Random,
     ) -> Effects | Ignored:
-        task = doc.get("task")
         task_id = str(result.get("task_id", ""))
         if doc["status"] in TERMINAL:
             return Ignored("job_cancelled" if doc["status"] == "cancelled" else "job_finished")
-        if not task or task["id"] != task_id:
+        if task_id not in doc["tasks"]:
             return Ignored("duplicate" if task_id in doc["done_tasks"] else "stale_task")
-        if lease.tstate != "leased":
-            return Ignored("not_leased")
+        lease = leases.get(task_id)
         worker = str(result.get("worker_id", ""))
+        if lease is None or lease.state != "leased":
+            return Ignored("not_leased")
         if lease.worker != worker:
             return Ignored("worker_mismatch")
-        fx = Effects()
-        state = self.bp.states[task["state"]]
-        spec = self._spec(state)
-        status = result.get("status") or "success"
+        fx = Effects(leases=leases)
+        task = tasks.retire(doc, fx, task_id)
+        status = str(result.get("status") or "success")
         data = result.get("data")
-        self._event(
-            doc,
-            fx,
+        common = {
+            "state": task["state"],
+            "task_id": task_id,
+            "worker": worker,
+            "attempt": task["attempt"],
+            "branch": task.get("branch"),
+        }
+        fx.event(
             lease.leased_at,
             "task_picked_up",
-            state=state.name,
-            task_id=task_id,
-            worker=worker,
-            attempt=task["attempt"],
+            **common,
             waited_ms=max(0, lease.leased_at - task["queued_at"]),
         )
-        self._event(
-            doc,
-            fx,
+        fx.event(
             now,
             "task_result",
-            state=state.name,
-            task_id=task_id,
-            worker=worker,
-            attempt=task["attempt"],
+            **common,
             status=status,
             duration_ms=max(0, now - lease.leased_at),
-            **({"error": result["error"]} if result.get("error") else {}),
+            error=result.get("error") if result.get("error") else None,
         )
-        self._task_done(doc, task_id)
+        spec = self.spec_of(task)
         if status == "failure":
-            raw_error = result.get("error")
-            error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
-            code = str(error.get("code") or "TRANSIENT_ERROR")
-            self._fail_task(
+            raw = result.get("error")
+            error: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            self.task_failed(
                 doc,
-                state,
-                spec,
-                code,
+                fx,
+                task,
+                str(error.get("code") or "TRANSIENT_ERROR"),
                 str(error.get("message", "")),
                 now,
-                fx,
                 rng,
-                details=error.get("details"),
+                error.get("details"),
             )
-            return fx
-        if status == "cancelled":
-            self._fail_task(
-                doc, state, spec, "TRANSIENT_ERROR", "the worker cancelled the task", now, fx, rng
+        elif status == "cancelled":
+            self.task_failed(
+                doc, fx, task, "TRANSIENT_ERROR", "the worker cancelled the task", now, rng
             )
-            return fx
-        if spec.output_schema is not None and status == "success":
-            problems = sorted(spec.output_schema.iter_errors(data), key=lambda e: list(e.path))
-            if problems:
-                details = [f"{e.json_path}: {e.message}" for e in problems[:20]]
-                self._fail_task(
-                    doc,
-                    state,
-                    spec,
-                    INVALID_OUTPUT,
-                    "the result does not match the state's output_schema",
-                    now,
-                    fx,
-                    rng,
-                    details=details,
-                )
-                return fx
-        target = state.target(status)
-        if target is None:
-            self._fail_task(
+        elif (
+            status == "success"
+            and spec.output_schema is not None
+            and (
+                problems := sorted(spec.output_schema.iter_errors(data), key=lambda e: list(e.path))
+            )
+        ):
+            details = [f"{e.json_path}: {e.message}" for e in problems[:20]]
+            self.task_failed(
                 doc,
-                state,
-                spec,
-                UNDECLARED_STATUS,
-                f"state {state.name!r} has no transition for status {status!r}",
-                now,
                 fx,
+                task,
+                INVALID_OUTPUT,
+                "the result does not match the state's output_schema",
+                now,
                 rng,
+                details,
             )
-            return fx
-        self._record(doc, state.name, data)
-        self._leave(doc, state, now, fx, status)
-        self._enter(doc, target, now, fx, rng)
+        elif task.get("branch") is not None:
+            if status != "success":
+                self.task_failed(
+                    doc,
+                    fx,
+                    task,
+                    UNDECLARED_STATUS,
+                    f"parallel branches succeed or fail; got status {status!r}",
+                    now,
+                    rng,
+                )
+            else:
+                parallel.branch_succeeded(self, doc, fx, task, data, now, rng)
+        else:
+            state = self.bp.states[task["state"]]
+            target = state.target(status)
+            if target is None:
+                self.task_failed(
+                    doc,
+                    fx,
+                    task,
+                    UNDECLARED_STATUS,
+                    f"state {state.name!r} has no transition for status {status!r}",
+                    now,
+                    rng,
+                )
+            else:
+                self.record(doc, state.name, data)
+                self.move(doc, state, status, target, now, fx, rng)
         return fx
 
     def on_timer(
         self,
         doc: dict[str, Any],
-        lease: Lease,
+        leases: Leases,
         now: int,
         rng: random.Random,
-        worker_alive: dict[str, Any] | None,
+        alive: dict[str, dict[str, Any] | None],
+        child: dict[str, Any] | None,
     ) -> Effects | None:
-        """Handle whatever deadline has passed; None when nothing is due yet."""
+        """Handle whatever has fallen due; None when nothing has.
+
+        `alive` maps the workers holding this job's tasks to their last heartbeat (None when
+        gone); `child` is the subflow child's document when the job waits for one.
+        """
         if doc["status"] in TERMINAL:
             return None
-        fx = Effects(lease=lease)
-        deadline = doc.get("deadline")
-        if deadline is not None and now >= deadline:
-            self._cancel_task(doc, lease, fx)
-            self._finish(
+        fx = Effects(leases=leases)
+        if doc.get("deadline") is not None and now >= doc["deadline"]:
+            self.abort(
                 doc,
-                now,
                 fx,
+                now,
                 "failed",
-                error={
+                {
                     "code": JOB_TIMEOUT,
                     "message": "the job did not end within its result_timeout",
                     "state": doc["state"],
                 },
             )
             return fx
-        task = doc.get("task")
-        if task is not None:
-            state = self.bp.states[task["state"]]
-            spec = self._spec(state)
-            if task.get("retry_at") is not None:
-                if now >= task["retry_at"]:
-                    self._dispatch(doc, state, spec, task["attempt"], now, fx)
-                    return fx
-            elif lease.tstate == "queued":
-                dispatch = task.get("dispatch_deadline")
-                if dispatch is not None and now >= dispatch:
-                    fx.dequeue = (task["type"], member(doc["id"], task["id"]))
-                    fx.lease = Lease()
-                    self._event(
-                        doc,
-                        fx,
+        for retry in [r for r in doc["retries"] if now >= r["at"]]:
+            doc["retries"].remove(retry)
+            self.launch(doc, fx, retry["state"], retry["branch"], retry["attempt"], now)
+        for task_id, task in list(doc["tasks"].items()):
+            lease = leases.get(task_id)
+            if lease is None or doc["status"] in TERMINAL or task_id not in doc["tasks"]:
+                continue
+            if lease.state == "queued":
+                if task.get("dispatch_deadline") is not None and now >= task["dispatch_deadline"]:
+                    tasks.retire(doc, fx, task_id)
+                    fx.event(
                         now,
                         "task_timeout",
-                        state=state.name,
-                        task_id=task["id"],
+                        state=task["state"],
+                        task_id=task_id,
                         attempt=task["attempt"],
+                        branch=task.get("branch"),
                         timeout="dispatch",
                     )
-                    self._task_done(doc, task["id"])
-                    self._fail_task(
+                    self.task_failed(
                         doc,
-                        state,
-                        spec,
+                        fx,
+                        task,
                         DISPATCH_TIMEOUT,
                         "no worker took the task within its dispatch timeout",
                         now,
-                        fx,
                         rng,
                     )
-                    return fx
-            elif lease.tstate == "leased":
-                reason = self._lease_broken(task, lease, now, worker_alive)
-                if reason is not None:
-                    fx.lease = Lease()
-                    fx.cancel_on_worker = (lease.worker, task["id"])
-                    self._event(
-                        doc,
-                        fx,
-                        now,
-                        "task_timeout",
-                        state=state.name,
-                        task_id=task["id"],
-                        worker=lease.worker,
-                        attempt=task["attempt"],
-                        timeout=reason,
-                    )
-                    self._task_done(doc, task["id"])
-                    self._fail_task(doc, state, spec, TIMEOUT, _TIMEOUT_TEXT[reason], now, fx, rng)
-                    return fx
-                task["checked_at"] = now
-                return fx
-        wait_until = doc.get("wait_until")
-        if wait_until is not None and now >= wait_until:
+                continue
+            reason = tasks.lease_problem(task, lease, now, alive.get(lease.worker))
+            if reason is None:
+                if now >= max(task.get("checked_at") or 0, lease.leased_at) + task["lease_ms"]:
+                    task["checked_at"] = now
+                continue
+            tasks.retire(doc, fx, task_id)
+            fx.cancel_on_worker.append((lease.worker, task_id))
+            fx.event(
+                now,
+                "task_timeout",
+                state=task["state"],
+                task_id=task_id,
+                worker=lease.worker,
+                attempt=task["attempt"],
+                branch=task.get("branch"),
+                timeout=reason,
+            )
+            self.task_failed(doc, fx, task, TIMEOUT, tasks.TIMEOUT_TEXT[reason], now, rng)
+        if doc["status"] in TERMINAL:
+            return fx
+        if doc.get("wait_until") is not None and now >= doc["wait_until"]:
             state = self.bp.states[doc["state"]]
             doc["wait_until"] = None
-            self._leave(doc, state, now, fx, "next")
-            self._enter(doc, _required(state.target("next")), now, fx, rng)
-            return fx
-        return None if not fx.history else fx
+            self.move(doc, state, "next", _target(state, "next"), now, fx, rng)
+        approval = doc.get("approval")
+        if approval and approval.get("timeout_at") is not None and now >= approval["timeout_at"]:
+            self.decide(doc, fx, "timeout", now, rng, by="timeout")
+        subflow = doc.get("subflow")
+        if subflow and now >= subflow["check_at"]:
+            if child is not None and child["status"] in TERMINAL:
+                self.child_done(doc, fx, child, now, rng)
+            else:
+                subflow["check_at"] = now + self.settings.subflow_check_ms
+                if child is None:
+                    fx.children.append(
+                        self.child_job(
+                            doc,
+                            self.bp.states[subflow["state"]],
+                            subflow["child_id"],
+                            subflow["input"],
+                        )
+                    )
+        return fx
+
+    def on_decision(
+        self, doc: dict[str, Any], decision: str, now: int, rng: random.Random, by: str
+    ) -> Effects | Ignored:
+        approval = doc.get("approval")
+        if doc["status"] != "waiting_for_human" or not approval:
+            return Ignored("not_waiting_for_approval")
+        if decision not in approval["decisions"]:
+            return Ignored("unknown_decision")
+        fx = Effects()
+        self.decide(doc, fx, decision, now, rng, by=by)
+        return fx
+
+    def on_child_done(
+        self, doc: dict[str, Any], child: dict[str, Any], now: int, rng: random.Random
+    ) -> Effects | Ignored:
+        subflow = doc.get("subflow")
+        if doc["status"] in TERMINAL or not subflow or subflow["child_id"] != child["id"]:
+            return Ignored("not_waiting_for_this_child")
+        if child["status"] not in TERMINAL:
+            return Ignored("child_not_finished")
+        fx = Effects()
+        self.child_done(doc, fx, child, now, rng)
+        return fx
 
     def on_progress(
-        self, doc: dict[str, Any], lease: Lease, worker: str, task_id: str, payload: Any, now: int
+        self,
+        doc: dict[str, Any],
+        leases: Leases,
+        worker: str,
+        task_id: str,
+        payload: Any,
+        now: int,
     ) -> Effects | Ignored:
         """A progress event from the worker holding the task: kept on the job and in history."""
-        task = doc.get("task")
-        if doc["status"] in TERMINAL or not task or task["id"] != task_id:
+        task = doc["tasks"].get(task_id)
+        lease = leases.get(task_id)
+        if doc["status"] in TERMINAL or task is None:
             return Ignored("stale_task")
-        if lease.tstate != "leased" or lease.worker != worker:
+        if lease is None or lease.state != "leased" or lease.worker != worker:
             return Ignored("worker_mismatch")
-        fx = Effects(lease=lease)
+        fx = Effects()
         details = payload if isinstance(payload, dict) else {"value": payload}
-        doc["progress"] = {"at": now, "state": task["state"], **details}
-        self._event(
-            doc,
-            fx,
+        doc["progress"] = {"at": now, "state": task["state"], "task_id": task_id, **details}
+        fx.event(
             now,
             "task_progress",
             state=task["state"],
             task_id=task_id,
             worker=worker,
-            **{k: v for k, v in details.items() if k in ("progress", "message")},
+            progress=details.get("progress"),
+            message=details.get("message"),
         )
         return fx
 
-    def cancel(self, doc: dict[str, Any], lease: Lease, now: int) -> Effects | Ignored:
+    def cancel(self, doc: dict[str, Any], leases: Leases, now: int) -> Effects | Ignored:
         if doc["status"] in TERMINAL:
-            return Ignored(f"job already {doc['status']}")
-        fx = Effects(lease=lease)
-        self._cancel_task(doc, lease, fx)
-        self._finish(doc, now, fx, "cancelled", error=None)
+            return Ignored(f"job_{doc['status']}")
+        fx = Effects(leases=leases)
+        self.abort(doc, fx, now, "cancelled", None)
         return fx
 
-    def next_due(self, doc: dict[str, Any], lease: Lease) -> int | None:
+    def next_due(self, doc: dict[str, Any], leases: Leases) -> int | None:
         """The earliest moment something can happen to this job without outside input."""
         if doc["status"] in TERMINAL:
             return None
-        due: list[int] = []
-        if doc.get("deadline") is not None:
-            due.append(doc["deadline"])
-        if doc.get("wait_until") is not None:
-            due.append(doc["wait_until"])
-        task = doc.get("task")
-        if task is not None:
-            if task.get("retry_at") is not None:
-                due.append(task["retry_at"])
-            elif lease.tstate == "queued" and task.get("dispatch_deadline") is not None:
-                due.append(task["dispatch_deadline"])
-            elif lease.tstate == "leased":
-                due.append(lease.leased_at + task["run_ms"])
-                due.append(max(task.get("checked_at") or 0, lease.leased_at) + task["lease_ms"])
+        due = tasks.next_due(doc, leases)
+        for moment in (doc.get("deadline"), doc.get("wait_until")):
+            if moment is not None:
+                due.append(moment)
+        if doc.get("approval") and doc["approval"].get("timeout_at") is not None:
+            due.append(doc["approval"]["timeout_at"])
+        if doc.get("subflow"):
+            due.append(doc["subflow"]["check_at"])
         return min(due) if due else None
 
-    # -- internals --------------------------------------------------------------------------
+    # -- moving between states --------------------------------------------------------------
 
-    def _context(self, doc: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    def context(self, doc: dict[str, Any], **extra: Any) -> dict[str, Any]:
         return {
             "initial_data": doc["initial_data"],
             "state_history": doc["state_history"],
@@ -397,40 +363,37 @@ class Machine:
             **extra,
         }
 
-    def _event(self, doc: dict[str, Any], fx: Effects, now: int, event: str, **data: Any) -> None:
-        fx.history.append(
-            {"at": now, "event": event, **{k: v for k, v in data.items() if v is not None}}
-        )
-
-    def _record(self, doc: dict[str, Any], state: str, data: Any) -> None:
+    def record(self, doc: dict[str, Any], state: str, data: Any) -> None:
         doc["steps"][state] = data
         if isinstance(data, dict):
             doc["state_history"].update(data)
 
-    def _task_done(self, doc: dict[str, Any], task_id: str) -> None:
-        doc["done_tasks"] = [*doc["done_tasks"][-(DONE_TASKS_KEPT - 1) :], task_id]
+    def move(
+        self,
+        doc: dict[str, Any],
+        state: State,
+        via: str,
+        target: str,
+        now: int,
+        fx: Effects,
+        rng: random.Random,
+    ) -> None:
+        fx.event(now, "state_left", state=state.name, via=via, to=target)
+        self.enter(doc, target, now, fx, rng)
 
-    def _spec(self, state: State) -> TaskSpec:
-        assert isinstance(state, TaskState)
-        assert state.spec is not None
-        return state.spec
-
-    def _leave(self, doc: dict[str, Any], state: State, now: int, fx: Effects, via: str) -> None:
-        self._event(doc, fx, now, "state_left", state=state.name, via=via)
-
-    def _enter(
+    def enter(
         self, doc: dict[str, Any], name: str, now: int, fx: Effects, rng: random.Random
     ) -> None:
         """Move into `name` and on through states that need no outside input."""
         while True:
             doc["transitions"] += 1
             if doc["transitions"] > self.max_transitions:
-                self._finish(
+                self.finish(
                     doc,
-                    now,
                     fx,
+                    now,
                     "failed",
-                    error={
+                    {
                         "code": MAX_TRANSITIONS,
                         "state": name,
                         "message": f"the job made more than {self.max_transitions} transitions "
@@ -440,51 +403,47 @@ class Machine:
                 return
             state = self.bp.states[name]
             doc["state"] = name
-            doc["task"] = None
-            self._event(doc, fx, now, "state_entered", state=name, kind=state.kind)
+            fx.event(now, "state_entered", state=name, kind=state.kind)
             try:
-                following = self._run_state(doc, state, now, fx)
+                following = self.run_state(doc, state, now, fx, rng)
             except ExpressionError as exc:
-                self._finish(
+                tasks.cancel_all(doc, fx, now, "expression error")
+                self.finish(
                     doc,
-                    now,
                     fx,
+                    now,
                     "failed",
-                    error={
-                        "code": EXPRESSION_ERROR,
-                        "state": name,
-                        "message": f"state {name!r}: {exc}",
-                    },
+                    {"code": EXPRESSION_ERROR, "state": name, "message": f"state {name!r}: {exc}"},
                 )
                 return
             if following is None:
                 return
-            trigger, name = following
-            self._leave(doc, state, now, fx, trigger)
+            via, target = following
+            fx.event(now, "state_left", state=name, via=via, to=target)
+            name = target
 
-    def _run_state(
-        self, doc: dict[str, Any], state: State, now: int, fx: Effects
+    def run_state(
+        self, doc: dict[str, Any], state: State, now: int, fx: Effects, rng: random.Random
     ) -> tuple[str, str] | None:
-        """Run one state. Returns (trigger, next state) to go on; None when the job waits or
-        ends."""
+        """Run one state. Returns (trigger, next state) to go on at once, or None when the
+        job now waits for something or has ended."""
         if isinstance(state, SetState):
             assert state.values is not None
-            values = state.values.render(self._context(doc))
-            self._record(doc, state.name, values)
-            return "next", _required(state.target("next"))
+            self.record(doc, state.name, state.values.render(self.context(doc)))
+            return "next", _target(state, "next")
         if isinstance(state, ChoiceState):
-            context = self._context(doc)
+            context = self.context(doc)
             for index, rule in enumerate(state.rules):
                 if rule.when.truthy(context):
                     return f"when[{index}]", rule.goto
             if state.otherwise is not None:
                 return "otherwise", state.otherwise
-            self._finish(
+            self.finish(
                 doc,
-                now,
                 fx,
+                now,
                 "failed",
-                error={
+                {
                     "code": NO_CHOICE_MATCHED,
                     "state": state.name,
                     "message": f"no condition of choice {state.name!r} held, and it has no "
@@ -493,206 +452,297 @@ class Machine:
             )
             return None
         if isinstance(state, EndState):
-            context = self._context(doc)
-            output = (
-                state.output.render(context) if state.output is not None else doc["state_history"]
-            )
-            error = None
-            if state.outcome == "failed":
-                given = state.error.render(context) if state.error is not None else {}
-                error = {
-                    "code": str(given.get("code") or "FAILED"),
-                    "message": str(
-                        given.get("message") or f"the job ended in state {state.name!r}"
-                    ),
-                    "state": state.name,
-                }
-            doc["result"] = output
-            self._finish(doc, now, fx, state.outcome, error=error)
+            self.end(doc, fx, state, now)
             return None
         if isinstance(state, TaskState):
-            self._dispatch(doc, state, self._spec(state), 1, now, fx)
+            self.launch(doc, fx, state.name, None, 1, now)
+            doc["status"] = "queued"
             return None
         if isinstance(state, WaitState):
             if state.seconds is not None:
-                until = now + int(state.seconds * 1000)
+                doc["wait_until"] = now + int(state.seconds * 1000)
             else:
                 assert state.until is not None
-                until = _parse_time(state.until.render(self._context(doc)))
-            doc["wait_until"] = until
+                doc["wait_until"] = _parse_time(state.until.render(self.context(doc)))
             doc["status"] = "waiting"
             return None
-        self._finish(
-            doc,
-            now,
-            fx,
-            "failed",
-            error={
-                "code": UNSUPPORTED_STATE,
+        if isinstance(state, ParallelState):
+            return parallel.fan_out(self, doc, fx, state, now, rng)
+        if isinstance(state, ApprovalState):
+            self.ask(doc, fx, state, now, rng)
+            return None
+        assert isinstance(state, SubflowState)
+        return self.start_child(doc, fx, state, now, rng)
+
+    def end(self, doc: dict[str, Any], fx: Effects, state: EndState, now: int) -> None:
+        context = self.context(doc)
+        output = state.output.render(context) if state.output is not None else doc["state_history"]
+        error = None
+        if state.outcome == "failed":
+            given = state.error.render(context) if state.error is not None else {}
+            given = given if isinstance(given, dict) else {}
+            error = {
+                "code": str(given.get("code") or "FAILED"),
+                "message": str(given.get("message") or f"the job ended in state {state.name!r}"),
                 "state": state.name,
-                "message": f"{state.kind} states are not supported by this server version yet",
-            },
-        )
-        return None
+            }
+        doc["result"] = output
+        self.finish(doc, fx, now, state.outcome, error)
 
-    def _dispatch(
-        self, doc: dict[str, Any], state: State, spec: TaskSpec, attempt: int, now: int, fx: Effects
+    def finish(
+        self, doc: dict[str, Any], fx: Effects, now: int, status: str, error: dict[str, Any] | None
     ) -> None:
-        doc["seq"] += 1
-        task_id = f"{doc['id']}-{doc['seq']}"
-        params = spec.params.render(self._context(doc))
-        dispatch_ms = doc.get("dispatch_timeout_ms")
-        if dispatch_ms is None and spec.timeouts.dispatch is not None:
-            dispatch_ms = int(spec.timeouts.dispatch * 1000)
-        run_ms = (
-            int(spec.timeouts.run * 1000)
-            if spec.timeouts.run
-            else self.settings.default_run_timeout_ms
-        )
-        heartbeat_ms = (
-            int(spec.timeouts.heartbeat * 1000)
-            if spec.timeouts.heartbeat
-            else self.settings.heartbeat_timeout_ms
-        )
-        doc["task"] = {
-            "id": task_id,
-            "type": spec.task_type,
-            "state": state.name,
-            "attempt": attempt,
-            "queued_at": now,
-            "dispatch_deadline": now + dispatch_ms if dispatch_ms else None,
-            "run_ms": run_ms,
-            "lease_ms": min(run_ms, heartbeat_ms),
-            "heartbeat_ms": heartbeat_ms,
-            "retry_at": None,
-        }
-        doc["status"] = "queued"
-        payload = {
-            "job_id": doc["id"],
-            "task_id": task_id,
-            "type": spec.task_type,
-            "params": params if isinstance(params, dict) else {"value": params},
-            "priority": spec.priority,
-            "tracing_context": {},
-            "metadata": {"state": state.name, "attempt": attempt, "blueprint": doc["blueprint"]},
-        }
-        fx.enqueue = {
-            "type": spec.task_type,
-            "member": member(doc["id"], task_id),
-            "score": queue_score(spec.priority, now),
-            "payload": payload,
-            "lease_ms": min(run_ms, heartbeat_ms),
-        }
-        fx.lease = Lease(task=task_id, tstate="queued")
-        self._event(
-            doc,
-            fx,
-            now,
-            "task_queued",
-            state=state.name,
-            task_id=task_id,
-            task_type=spec.task_type,
-            attempt=attempt,
-        )
+        doc["status"] = status
+        doc["error"] = error
+        doc["finished_at"] = now
+        doc["retries"] = []
+        doc["wait_until"] = None
+        doc["approval"] = None
+        doc["parallel"] = None
+        fx.terminal = True
+        fx.notify_parent = doc.get("parent") is not None
+        fx.event(now, f"job_{status}", state=doc["state"], error=error)
 
-    def _fail_task(
+    def abort(
+        self, doc: dict[str, Any], fx: Effects, now: int, status: str, error: dict[str, Any] | None
+    ) -> None:
+        """End the job from outside its flow (cancel, job timeout): stop everything running."""
+        tasks.cancel_all(doc, fx, now, f"job {status}")
+        if doc.get("subflow"):
+            fx.cancel_children.append(doc["subflow"]["child_id"])
+            doc["subflow"] = None
+        self.finish(doc, fx, now, status, error)
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    def spec_of(self, task: dict[str, Any]) -> TaskSpec:
+        return self.branch_spec(self.bp.states[task["state"]], task.get("branch"))
+
+    def branch_spec(self, state: State, branch: int | None) -> TaskSpec:
+        if isinstance(state, TaskState):
+            assert state.spec is not None
+            return state.spec
+        assert isinstance(state, ParallelState)
+        if state.item_spec is not None:
+            return state.item_spec
+        assert branch is not None
+        return state.branches[branch][1]
+
+    def launch(
         self,
         doc: dict[str, Any],
-        state: State,
-        spec: TaskSpec,
+        fx: Effects,
+        state_name: str,
+        branch: int | None,
+        attempt: int,
+        now: int,
+    ) -> None:
+        """Dispatch the task of a task state, or one branch of a parallel state."""
+        state = self.bp.states[state_name]
+        spec = self.branch_spec(state, branch)
+        context = self.context(doc)
+        if branch is not None:
+            context.update(parallel.branch_context(self, doc, branch))
+        tasks.dispatch(
+            doc,
+            fx,
+            state=state_name,
+            spec=spec,
+            params=spec.params.render(context),
+            attempt=attempt,
+            now=now,
+            settings=self.settings,
+            branch=branch,
+        )
+
+    def task_failed(
+        self,
+        doc: dict[str, Any],
+        fx: Effects,
+        task: dict[str, Any],
         code: str,
         message: str,
         now: int,
-        fx: Effects,
         rng: random.Random,
         details: Any = None,
     ) -> None:
-        task = doc["task"]
+        """A task attempt failed: retry it, or fail its branch or state."""
+        spec = self.spec_of(task)
         attempt = task["attempt"]
-        error = {"code": code, "message": message, "state": state.name, "attempt": attempt}
+        error: dict[str, Any] = {
+            "code": code,
+            "message": message,
+            "state": task["state"],
+            "attempt": attempt,
+        }
         if details is not None:
             error["details"] = details
-        fx.lease = Lease() if fx.enqueue is None else fx.lease
         if spec.retry.retries(code, attempt):
             delay_ms = int(spec.retry.delay(attempt, rng.uniform(-1.0, 1.0)) * 1000)
-            task["retry_at"] = now + delay_ms
-            task["attempt"] = attempt + 1
-            task["last_error"] = error
-            doc["status"] = "retrying"
-            self._event(
-                doc,
-                fx,
+            doc["retries"].append(
+                {
+                    "state": task["state"],
+                    "branch": task.get("branch"),
+                    "attempt": attempt + 1,
+                    "at": now + delay_ms,
+                }
+            )
+            if task.get("branch") is None:
+                doc["status"] = "retrying"
+            fx.event(
                 now,
                 "task_retry_scheduled",
-                state=state.name,
+                state=task["state"],
+                branch=task.get("branch"),
                 attempt=attempt + 1,
                 delay_ms=delay_ms,
                 error=error,
             )
             return
+        if task.get("branch") is not None:
+            parallel.branch_failed(self, doc, fx, task, error, now, rng)
+            return
+        state = self.bp.states[task["state"]]
         trigger = (
             "timeout"
             if code in (TIMEOUT, DISPATCH_TIMEOUT) and state.target("timeout")
             else "failure"
         )
-        target = state.target(trigger)
-        if target is None:
-            self._finish(doc, now, fx, "failed", error=error)
-            return
-        doc["steps"][state.name] = {"error": error}
-        self._leave(doc, state, now, fx, trigger)
-        self._enter(doc, target, now, fx, rng)
+        self.state_failed(doc, fx, state, trigger, error, now, rng)
 
-    def _lease_broken(
-        self, task: dict[str, Any], lease: Lease, now: int, alive: dict[str, Any] | None
-    ) -> str | None:
-        if now >= lease.leased_at + task["run_ms"]:
-            return "run"
-        if alive is None:
-            return "worker_lost"
-        beat = int(alive.get("at", 0))
-        if now - beat > task["heartbeat_ms"]:
-            return "heartbeat"
-        grace = 2 * task["lease_ms"]
-        if beat > lease.leased_at + grace and task["id"] not in alive.get("tasks", [task["id"]]):
-            return "worker_lost"
-        return None
-
-    def _cancel_task(self, doc: dict[str, Any], lease: Lease, fx: Effects) -> None:
-        task = doc.get("task")
-        if task is None:
-            return
-        if lease.tstate == "queued":
-            fx.dequeue = (task["type"], member(doc["id"], task["id"]))
-        elif lease.tstate == "leased":
-            fx.cancel_on_worker = (lease.worker, task["id"])
-        self._task_done(doc, task["id"])
-        fx.lease = Lease()
-
-    def _finish(
-        self, doc: dict[str, Any], now: int, fx: Effects, status: str, error: dict[str, Any] | None
+    def state_failed(
+        self,
+        doc: dict[str, Any],
+        fx: Effects,
+        state: State,
+        trigger: str,
+        error: dict[str, Any],
+        now: int,
+        rng: random.Random,
     ) -> None:
-        doc["status"] = status
-        doc["error"] = error
-        doc["finished_at"] = now
-        doc["task"] = None
-        doc["wait_until"] = None
-        fx.terminal = True
-        fx.enqueue = None
-        fx.lease = Lease()
-        self._event(
-            doc, fx, now, f"job_{status}", state=doc["state"], **({"error": error} if error else {})
+        """Follow the state's failure transition, or fail the job with `error`."""
+        target = state.target(trigger) or state.target("failure")
+        doc["steps"][state.name] = {"error": error}
+        if target is None:
+            self.finish(doc, fx, now, "failed", error)
+        else:
+            self.move(doc, state, trigger, target, now, fx, rng)
+
+    # -- approval ---------------------------------------------------------------------------
+
+    def ask(
+        self, doc: dict[str, Any], fx: Effects, state: ApprovalState, now: int, rng: random.Random
+    ) -> None:
+        message = state.message.render(self.context(doc)) if state.message is not None else None
+        doc["approval"] = {
+            "state": state.name,
+            "decisions": list(state.decisions),
+            "message": message,
+            "token": f"{rng.getrandbits(192):048x}",
+            "timeout_at": now + int(state.timeout * 1000) if state.timeout else None,
+            "asked_at": now,
+        }
+        doc["status"] = "waiting_for_human"
+        fx.event(
+            now,
+            "approval_requested",
+            state=state.name,
+            decisions=list(state.decisions),
+            message=message,
         )
 
+    def decide(
+        self, doc: dict[str, Any], fx: Effects, decision: str, now: int, rng: random.Random, by: str
+    ) -> None:
+        approval = doc["approval"]
+        state = self.bp.states[approval["state"]]
+        doc["approval"] = None
+        doc["steps"][state.name] = {"decision": decision, "by": by, "at": now}
+        fx.event(now, "approval_decided", state=state.name, decision=decision, by=by)
+        target = state.target(decision)
+        if target is None:  # an approval.timeout without on.timeout cannot compile
+            self.finish(
+                doc,
+                fx,
+                now,
+                "failed",
+                {
+                    "code": APPROVAL_TIMEOUT,
+                    "state": state.name,
+                    "message": "nobody decided in time",
+                },
+            )
+            return
+        self.move(doc, state, decision, target, now, fx, rng)
 
-_TIMEOUT_TEXT = {
-    "run": "the worker did not send a result within the run timeout",
-    "heartbeat": "the worker holding the task stopped heartbeating",
-    "worker_lost": "the worker holding the task is gone",
-}
+    # -- subflows ---------------------------------------------------------------------------
+
+    def child_job(self, doc: dict[str, Any], state: State, child_id: str, data: Any) -> ChildJob:
+        assert isinstance(state, SubflowState)
+        depth = (doc["parent"] or {}).get("depth", 0) + 1
+        return ChildJob(
+            job_id=child_id,
+            blueprint=state.blueprint,
+            initial_data=data,
+            parent={"job_id": doc["id"], "state": state.name, "depth": depth},
+        )
+
+    def start_child(
+        self, doc: dict[str, Any], fx: Effects, state: SubflowState, now: int, rng: random.Random
+    ) -> tuple[str, str] | None:
+        depth = (doc["parent"] or {}).get("depth", 0) + 1
+        if depth > self.settings.max_subflow_depth:
+            error = {
+                "code": SUBFLOW_DEPTH,
+                "state": state.name,
+                "message": f"subflows nest deeper than {self.settings.max_subflow_depth}",
+            }
+            self.state_failed(doc, fx, state, "failure", error, now, rng)
+            return None
+        data = (
+            state.input.render(self.context(doc))
+            if state.input is not None
+            else doc["initial_data"]
+        )
+        child_id = f"{rng.getrandbits(128):032x}"
+        doc["subflow"] = {
+            "state": state.name,
+            "child_id": child_id,
+            "input": data,
+            "check_at": now + self.settings.subflow_check_ms,
+        }
+        doc["status"] = "waiting"
+        fx.children.append(self.child_job(doc, state, child_id, data))
+        fx.event(
+            now,
+            "subflow_started",
+            state=state.name,
+            child_job_id=child_id,
+            blueprint=state.blueprint,
+        )
+        return None
+
+    def child_done(
+        self, doc: dict[str, Any], fx: Effects, child: dict[str, Any], now: int, rng: random.Random
+    ) -> None:
+        subflow = doc["subflow"]
+        state = self.bp.states[subflow["state"]]
+        doc["subflow"] = None
+        fx.event(
+            now, "subflow_ended", state=state.name, child_job_id=child["id"], status=child["status"]
+        )
+        if child["status"] == "finished":
+            self.record(doc, state.name, child.get("result"))
+            self.move(doc, state, "success", _target(state, "success"), now, fx, rng)
+        else:
+            error = child.get("error") or {"code": "CHILD_CANCELLED", "message": "child cancelled"}
+            self.state_failed(
+                doc, fx, state, "failure", {**error, "child_job_id": child["id"]}, now, rng
+            )
 
 
-def _required(target: str | None) -> str:
+def _target(state: State, trigger: str) -> str:
+    target = state.target(trigger)
     assert target is not None, "the compiler guarantees this transition"
     return target
 

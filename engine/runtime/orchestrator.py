@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import random
 import time
@@ -22,7 +23,16 @@ from engine.blueprint.model import Blueprint
 from engine.jsonutil import dumps
 from engine.runtime.aio import checkpoint
 from engine.runtime.dispatcher import Dispatcher
-from engine.runtime.machine import TERMINAL, Effects, Ignored, Lease, Machine, new_job
+from engine.runtime.jobdoc import (
+    TERMINAL,
+    ChildJob,
+    Effects,
+    Ignored,
+    Leases,
+    TaskLease,
+    new_job,
+)
+from engine.runtime.machine import Machine
 from engine.runtime.registry import Registry, UnknownBlueprintVersion
 from engine.store.client import Commit, JobRecord, Store, StoreUnavailable
 
@@ -43,6 +53,8 @@ class OrchestratorSettings:
     timer_claim_ms: int = 30_000
     worker_ttl_ms: int = 24 * 3_600_000  # a registration is forgotten after this silence
     cancel_ttl_ms: int = 3_600_000
+    webhook_secret: str = ""
+    webhook_claim_ms: int = 60_000
 
 
 class JobNotFound(LookupError):
@@ -57,7 +69,9 @@ class Orchestrator:
         self.dispatcher = Dispatcher(store)
         self._done_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._rng = random.Random()
+        # Approval tokens and child job ids come from it: it must be unpredictable.
+        self._rng: random.Random = random.SystemRandom()
+        self.webhook_wake = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -90,6 +104,30 @@ class Orchestrator:
         result_timeout_ms: int | None = None,
     ) -> str:
         job_id = uuid.uuid4().hex
+        created = await self._create(
+            job_id,
+            blueprint,
+            initial_data,
+            client=client,
+            webhook_url=webhook_url,
+            dispatch_timeout_ms=dispatch_timeout_ms,
+            result_timeout_ms=result_timeout_ms,
+        )
+        if not created:  # a uuid4 collision: astronomically unlikely, but never overwrite
+            raise StoreUnavailable("job id collision; retry the request")
+        return job_id
+
+    async def _create(
+        self,
+        job_id: str,
+        blueprint: Blueprint,
+        initial_data: Any,
+        *,
+        client: str,
+        parent: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> bool:
+        """Create and start a job with a given id; False if that id exists already."""
         now = now_ms()
         doc = new_job(
             job_id=job_id,
@@ -97,16 +135,12 @@ class Orchestrator:
             client=client,
             initial_data=initial_data,
             now=now,
-            webhook_url=webhook_url,
-            dispatch_timeout_ms=dispatch_timeout_ms,
-            result_timeout_ms=result_timeout_ms,
+            parent=parent,
+            **options,
         )
         machine = await self.registry.machine(blueprint.content_hash, self.store)
-        fx = machine.start(doc, now)
-        committed = await self._commit(machine, None, doc, fx, index=(client, now))
-        if not committed:  # a uuid4 collision: astronomically unlikely, but never overwrite
-            raise RuntimeError("job id collision; retry the request")
-        return job_id
+        fx = machine.start(doc, now, self._rng)
+        return await self._commit(machine, None, doc, fx, index=(client, now))
 
     async def get_job(self, job_id: str, client: str | None) -> dict[str, Any] | None:
         record = await self.store.read_job(job_id)
@@ -180,7 +214,7 @@ class Orchestrator:
             record: JobRecord, machine: Machine
         ) -> tuple[bool, dict[str, Any] | Ignored]:
             doc = record.doc
-            outcome = machine.cancel(doc, _lease(record), now_ms())
+            outcome = machine.cancel(doc, _leases(record), now_ms())
             if isinstance(outcome, Ignored):
                 return True, outcome
             return await self._commit(machine, record, doc, outcome), doc
@@ -188,6 +222,54 @@ class Orchestrator:
         if await self.get_job(job_id, client) is None:
             return None
         return await self._retrying(job_id, attempt)
+
+    async def decide(
+        self, job_id: str, client: str | None, decision: str, *, token: str | None = None
+    ) -> dict[str, Any] | Ignored | None:
+        """Apply an approval decision by the job's owner (client) or through the approval
+        link (token). Returns the new document, Ignored with a reason, or None if unknown."""
+
+        async def attempt(
+            record: JobRecord, machine: Machine
+        ) -> tuple[bool, dict[str, Any] | Ignored]:
+            doc = record.doc
+            approval = doc.get("approval") or {}
+            if token is not None and not hmac.compare_digest(str(approval.get("token", "")), token):
+                return True, Ignored("invalid_token")
+            by = "link" if token is not None else f"client:{client}"
+            outcome = machine.on_decision(doc, decision, now_ms(), self._rng, by=by)
+            if isinstance(outcome, Ignored):
+                return True, outcome
+            return await self._commit(machine, record, doc, outcome), doc
+
+        if token is None and await self.get_job(job_id, client) is None:
+            return None
+        return await self._retrying(job_id, attempt)
+
+    async def _start_child(self, child: ChildJob, client: str) -> None:
+        blueprint = self.registry.current(child.blueprint)
+        if blueprint is None:
+            log.error(
+                "subflow blueprint %s is not loaded; job %s waits",
+                child.blueprint,
+                child.parent["job_id"],
+            )
+            return
+        await self._create(
+            child.job_id, blueprint, child.initial_data, client=client, parent=child.parent
+        )
+
+    async def _notify_parent(self, child: dict[str, Any]) -> None:
+        """Resume the parent of a finished child (exactly once: the parent's guard checks the
+        child id; if we die first, the parent's periodic check finds the child ended)."""
+
+        async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, None]:
+            outcome = machine.on_child_done(record.doc, child, now_ms(), self._rng)
+            if isinstance(outcome, Ignored):
+                return True, None
+            return await self._commit(machine, record, record.doc, outcome), None
+
+        await self._retrying(child["parent"]["job_id"], attempt)
 
     # -- workers -----------------------------------------------------------------------------------
 
@@ -211,7 +293,7 @@ class Orchestrator:
 
         async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, dict[str, Any]]:
             doc = record.doc
-            outcome = machine.on_result(doc, _lease(record), body, now_ms(), self._rng)
+            outcome = machine.on_result(doc, _leases(record), body, now_ms(), self._rng)
             if isinstance(outcome, Ignored):
                 return True, {"status": "ignored", "reason": outcome.reason}
             ok = await self._commit(machine, record, doc, outcome)
@@ -225,7 +307,7 @@ class Orchestrator:
 
         async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, str]:
             doc = record.doc
-            fx = machine.on_progress(doc, _lease(record), worker_id, task_id, payload, now_ms())
+            fx = machine.on_progress(doc, _leases(record), worker_id, task_id, payload, now_ms())
             if isinstance(fx, Ignored):
                 return True, fx.reason
             return await self._commit(machine, record, doc, fx), "accepted"
@@ -262,43 +344,50 @@ class Orchestrator:
         doc["updated_at"] = now
         history_start = doc["hseq"]
         doc["hseq"] += len(fx.history)
-        lease = fx.lease
-        version = (record.version if record else 0) + 1
-        fields = {
-            "v": str(version),
-            "doc": dumps(doc),
-            "task": lease.task,
-            "tstate": lease.tstate,
-            "worker": lease.worker,
-            "leased_at": str(lease.leased_at),
-        }
-        enqueue = None
-        if fx.enqueue is not None:
-            fields["payload"] = dumps(fx.enqueue["payload"])
-            fields["lease_ms"] = str(fx.enqueue["lease_ms"])
-            enqueue = (fx.enqueue["type"], fx.enqueue["member"], fx.enqueue["score"])
+        leases = {k: v for k, v in fx.leases.items() if k not in fx.dropped}
+        queued = {e.task_id: TaskLease("queued", e.lease_ms) for e in fx.enqueue}
+        leases.update(queued)
+        webhook = fx.terminal and bool(doc.get("webhook_url"))
         change = Commit(
             job_id=doc["id"],
             expected_version=record.version if record else None,
-            fields=fields,
-            timer_ms=machine.next_due(doc, lease),
-            enqueue=enqueue,
+            fields={"v": str((record.version if record else 0) + 1), "doc": dumps(doc)},
+            timer_ms=machine.next_due(doc, leases),
+            leases={task_id: lease.encode() for task_id, lease in queued.items()},
+            payloads={e.task_id: dumps(e.payload) for e in fx.enqueue},
+            drop=fx.dropped,
+            enqueue=[(e.task_type, e.member, e.score) for e in fx.enqueue],
             dequeue=fx.dequeue,
             ttl_ms=machine.settings.retention_ms if fx.terminal else None,
             index=index,
+            webhook_ms=now if webhook else None,
             done=fx.terminal,
             history=fx.history,
         )
         if not await self.store.commit(change, history_start=history_start):
             return False
-        if enqueue is not None:
-            self.dispatcher.task_queued(enqueue[0], self.store.keys.partition(doc["id"]))
-        if fx.cancel_on_worker is not None:
-            worker_id, task_id = fx.cancel_on_worker
+        await self._after_commit(doc, fx, webhook)
+        return True
+
+    async def _after_commit(self, doc: dict[str, Any], fx: Effects, webhook: bool) -> None:
+        """Work outside the job's slot. Each step is safe to lose in a crash: leases expire,
+        children are re-created by the parent's periodic check, and a parent finds its
+        ended child on that same check."""
+        partition = self.store.keys.partition(doc["id"])
+        for task_type in {e.task_type for e in fx.enqueue}:
+            self.dispatcher.task_queued(task_type, partition)
+        for worker_id, task_id in fx.cancel_on_worker:
             await self.store.request_cancel(worker_id, task_id, self.settings.cancel_ttl_ms)
+        for child in fx.children:
+            await self._start_child(child, doc["client"])
+        for child_id in fx.cancel_children:
+            await self.cancel(child_id, None)
         if fx.terminal:
             self._job_done(doc["id"])
-        return True
+            if webhook:
+                self.webhook_wake.set()
+            if fx.notify_parent:
+                await self._notify_parent(doc)
 
     def _job_done(self, job_id: str) -> None:
         for future in self._done_waiters.get(job_id, []):
@@ -351,13 +440,16 @@ class Orchestrator:
     async def _fire(self, job_id: str) -> None:
         async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, bool]:
             doc = record.doc
-            lease = _lease(record)
-            alive = None
-            if lease.tstate == "leased" and lease.worker:
-                alive = await self.store.worker_alive(lease.worker)
-            fx = machine.on_timer(doc, lease, now_ms(), self._rng, alive)
+            leases = _leases(record)
+            holders = {lease.worker for lease in leases.values() if lease.state == "leased"}
+            alive = {worker: await self.store.worker_alive(worker) for worker in holders}
+            child = None
+            if doc.get("subflow") and now_ms() >= doc["subflow"]["check_at"]:
+                found = await self.store.read_job(doc["subflow"]["child_id"])
+                child = found.doc if found else None
+            fx = machine.on_timer(doc, leases, now_ms(), self._rng, alive, child)
             if fx is None:
-                fx = Effects(lease=lease)  # nothing due: just put the timer back
+                fx = Effects(leases=leases)  # nothing due: just put the timer back
             return await self._commit(machine, record, doc, fx), True
 
         try:
@@ -372,7 +464,5 @@ class Orchestrator:
             log.warning("timer for job %s: %s", job_id, exc)
 
 
-def _lease(record: JobRecord) -> Lease:
-    return Lease(
-        task=record.task, tstate=record.tstate, worker=record.worker, leased_at=record.leased_at
-    )
+def _leases(record: JobRecord) -> Leases:
+    return {task_id: TaskLease.decode(raw) for task_id, raw in record.leases.items()}

@@ -11,7 +11,8 @@ from engine.blueprint.compiler import compile_source
 from engine.blueprint.loader import BlueprintSet
 from engine.blueprint.model import Blueprint
 from engine.blueprint.yamlsource import Source
-from engine.runtime.machine import Machine, RuntimeSettings
+from engine.runtime.jobdoc import RuntimeSettings
+from engine.runtime.machine import Machine
 from engine.store.client import Store
 
 

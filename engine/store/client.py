@@ -40,14 +40,11 @@ def _script(name: str) -> str:
 
 @dataclass(slots=True)
 class JobRecord:
-    """A job as read from its hash: the document plus the lease fields Lua maintains."""
+    """A job as read: its version, document, and the raw lease of each active task."""
 
     version: int
     doc: dict[str, Any]
-    task: str
-    tstate: str
-    worker: str
-    leased_at: int
+    leases: dict[str, str]
 
 
 @dataclass(slots=True)
@@ -58,10 +55,14 @@ class Commit:
     expected_version: int | None  # None: create; the job must not exist yet
     fields: dict[str, str]
     timer_ms: int | str | None = KEEP  # None removes the timer
-    enqueue: tuple[str, str, float] | None = None  # (task type, member, score)
-    dequeue: tuple[str, str] | None = None  # (task type, member)
+    leases: dict[str, str] = field(default_factory=dict)  # task id -> encoded lease
+    payloads: dict[str, str] = field(default_factory=dict)  # task id -> payload JSON
+    drop: list[str] = field(default_factory=list)  # task ids no longer active
+    enqueue: list[tuple[str, str, float]] = field(default_factory=list)  # (type, member, score)
+    dequeue: list[tuple[str, str]] = field(default_factory=list)  # (type, member)
     ttl_ms: int | None = None
     index: tuple[str, int] | None = None  # (client, created ms)
+    webhook_ms: int | None = None
     done: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -113,64 +114,69 @@ class Store:
     # -- jobs --------------------------------------------------------------------------------
 
     async def read_job(self, job_id: str) -> JobRecord | None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.keys.job(job_id), ["v", "doc"])
+        pipe.hgetall(self.keys.leases(job_id))
         try:
-            v, doc, task, tstate, worker, leased_at = await self.redis.hmget(
-                self.keys.job(job_id), ["v", "doc", "task", "tstate", "worker", "leased_at"]
-            )
+            (v, doc), leases = await pipe.execute()
         except redis.exceptions.RedisError as exc:
             raise StoreUnavailable(str(exc)) from exc
         if v is None or doc is None:
             return None
-        return JobRecord(
-            int(v),
-            loads(doc),
-            str(task or ""),
-            str(tstate or ""),
-            str(worker or ""),
-            int(leased_at or 0),
-        )
+        return JobRecord(int(v), loads(doc), {str(k): str(val) for k, val in leases.items()})
 
     async def commit(self, change: Commit, *, history_start: int) -> bool:
         """Apply `change` if the job's version still matches. History entries are stored as
         fields h:<seq> numbered from `history_start`."""
         keys = self.keys
-        job_key = keys.job(change.job_id)
-        partition = keys.partition(change.job_id)
+        job_id = change.job_id
+        partition = keys.partition(job_id)
         fields = dict(change.fields)
         for offset, event in enumerate(change.history):
             fields[f"h:{history_start + offset:08d}"] = dumps(event)
-        flat: list[str] = []
-        for name, value in fields.items():
-            flat += [name, value]
-        enqueue_key = keys.queue(partition, change.enqueue[0]) if change.enqueue else job_key
-        dequeue_key = keys.queue(partition, change.dequeue[0]) if change.dequeue else job_key
-        index_key = keys.client_jobs(partition, change.index[0]) if change.index else job_key
-        timer = (
-            KEEP
-            if change.timer_ms == KEEP
-            else ("" if change.timer_ms is None else str(change.timer_ms))
-        )
-        argv = [
-            "" if change.expected_version is None else str(change.expected_version),
-            str(len(fields)),
-            *flat,
-            timer,
-            change.enqueue[1] if change.enqueue else "",
-            repr(change.enqueue[2]) if change.enqueue else "",
-            change.dequeue[1] if change.dequeue else "",
-            str(change.ttl_ms) if change.ttl_ms else "",
-            str(change.index[1]) if change.index else "",
-            f"{change.enqueue[0]}|{partition}" if change.enqueue else "",
-            keys.ready_channel,
-            change.job_id if change.done else "",
-            keys.done_channel,
-            change.job_id,
+        key_list = [
+            keys.job(job_id),
+            keys.leases(job_id),
+            keys.payloads(job_id),
+            keys.timers(partition),
+            keys.client_jobs(partition, change.index[0]) if change.index else keys.job(job_id),
+            keys.webhooks(partition),
         ]
+        queue_index: dict[str, int] = {}
+
+        def queue_key(task_type: str) -> int:
+            if task_type not in queue_index:
+                key_list.append(keys.queue(partition, task_type))
+                queue_index[task_type] = len(key_list)  # Lua indexes KEYS from 1
+            return queue_index[task_type]
+
+        timer: str | bool
+        if change.timer_ms == KEEP:
+            timer = "keep"
+        elif change.timer_ms is None:
+            timer = False
+        else:
+            timer = str(change.timer_ms)
+        plan = {
+            "job": job_id,
+            "fields": fields,
+            "leases": change.leases or {},
+            "payloads": change.payloads or {},
+            "drop": change.drop,
+            "enqueue": [[queue_key(t), repr(score), m] for t, m, score in change.enqueue],
+            "dequeue": [[queue_key(t), m] for t, m in change.dequeue],
+            "timer": timer,
+            "ttl": str(change.ttl_ms) if change.ttl_ms else False,
+            "index": str(change.index[1]) if change.index else False,
+            "webhook": str(change.webhook_ms) if change.webhook_ms is not None else False,
+            "ready": sorted({f"{t}|{partition}" for t, _, _ in change.enqueue}),
+            "ready_channel": keys.ready_channel,
+            "done": change.done,
+            "done_channel": keys.done_channel,
+        }
+        expected = "" if change.expected_version is None else str(change.expected_version)
         try:
-            result = await self._commit(
-                keys=[job_key, keys.timers(partition), enqueue_key, dequeue_key, index_key],
-                args=argv,
-            )
+            result = await self._commit(keys=key_list, args=[expected, dumps(plan)])
         except redis.exceptions.RedisError as exc:
             raise StoreUnavailable(str(exc)) from exc
         return bool(result)
@@ -249,7 +255,9 @@ class Store:
     ) -> list[tuple[str, str]]:
         """Lease candidates (queue members) to workers in order; returns (worker, payload)."""
         keys = [self.keys.queue(partition, task_type), self.keys.timers(partition)]
-        keys += [self.keys.job(member.split("|", 1)[0]) for member in candidates]
+        for member in candidates:
+            job_id = member.split("|", 1)[0]
+            keys += [self.keys.job(job_id), self.keys.leases(job_id), self.keys.payloads(job_id)]
         try:
             flat = await self._lease(
                 keys=keys, args=[str(now_ms), str(len(candidates)), *candidates, *workers]
@@ -261,13 +269,29 @@ class Store:
     async def claim_timers(
         self, partition: int, now_ms: int, limit: int, claim_ms: int
     ) -> list[str]:
+        """Job ids whose timer is due, claimed for `claim_ms` so one orchestrator handles each."""
+        return await self._claim_due(self.keys.timers(partition), now_ms, limit, claim_ms)
+
+    async def claim_webhooks(
+        self, partition: int, now_ms: int, limit: int, claim_ms: int
+    ) -> list[str]:
+        """Job ids whose webhook delivery is due, claimed likewise."""
+        return await self._claim_due(self.keys.webhooks(partition), now_ms, limit, claim_ms)
+
+    async def _claim_due(self, key: str, now_ms: int, limit: int, claim_ms: int) -> list[str]:
         try:
             due: list[str] = await self._claim(
-                keys=[self.keys.timers(partition)], args=[str(now_ms), str(limit), str(claim_ms)]
+                keys=[key], args=[str(now_ms), str(limit), str(claim_ms)]
             )
         except redis.exceptions.RedisError as exc:
             raise StoreUnavailable(str(exc)) from exc
         return due
+
+    async def webhook_delivered(self, job_id: str) -> None:
+        await self.redis.zrem(self.keys.webhooks(self.keys.partition(job_id)), job_id)
+
+    async def webhook_retry(self, job_id: str, at_ms: int) -> None:
+        await self.redis.zadd(self.keys.webhooks(self.keys.partition(job_id)), {job_id: at_ms})
 
     # -- workers -------------------------------------------------------------------------------
 

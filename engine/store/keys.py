@@ -24,8 +24,20 @@ class Keys:
         return f"{self.prefix}:{{p{partition}}}"
 
     def job(self, job_id: str) -> str:
-        """Hash: v, doc, task lease fields and h:<seq> history entries of one job."""
+        """Hash: v (version), doc (JSON document) and h:<seq> history entries of one job."""
         return f"{self._p(self.partition(job_id))}:job:{job_id}"
+
+    def leases(self, job_id: str) -> str:
+        """Hash: task id -> lease (`q|<lease_ms>` or `l|<lease_ms>|<worker>|<ms>`)."""
+        return f"{self._p(self.partition(job_id))}:leases:{job_id}"
+
+    def payloads(self, job_id: str) -> str:
+        """Hash: task id -> the task payload handed to the worker (JSON)."""
+        return f"{self._p(self.partition(job_id))}:payloads:{job_id}"
+
+    def webhooks(self, partition: int) -> str:
+        """Sorted set of job ids whose terminal webhook is due, by next attempt (ms)."""
+        return f"{self._p(partition)}:webhooks"
 
     def queue(self, partition: int, task_type: str) -> str:
         """Sorted set of `job_id|task_id` waiting for a worker of `task_type`."""

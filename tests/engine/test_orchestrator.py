@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.blueprint.loader import load_blueprints
-from engine.runtime.machine import RuntimeSettings
+from engine.runtime.jobdoc import RuntimeSettings
 from engine.runtime.orchestrator import Orchestrator, OrchestratorSettings
 from engine.runtime.registry import Registry
 from engine.store.client import Store
