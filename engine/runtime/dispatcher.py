@@ -112,8 +112,7 @@ class Dispatcher:
             for task_type, partition in list(self.hints):
                 waiting = [w for w in self.waiters.get(task_type, ()) if not w.claimed]
                 if not waiting:
-                    self.hints.discard((task_type, partition))
-                    continue
+                    continue  # keep the hint: the next worker to ask will want it
                 members = await self.store.peek(partition, task_type, len(waiting))
                 if not members:
                     self.hints.discard((task_type, partition))

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,7 +38,7 @@ from engine.store.client import Commit, JobRecord, Store, StoreUnavailable
 
 log = logging.getLogger("interlock.orchestrator")
 
-MAX_CONFLICT_RETRIES = 20
+MAX_CONFLICT_RETRIES = 100
 T = TypeVar("T")
 
 
@@ -72,6 +72,8 @@ class Orchestrator:
         # Approval tokens and child job ids come from it: it must be unpredictable.
         self._rng: random.Random = random.SystemRandom()
         self.webhook_wake = asyncio.Event()
+        self._locks: dict[str, list[Any]] = {}  # job id -> [lock, users]
+        self._followups: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -84,6 +86,8 @@ class Orchestrator:
         ]
 
     async def stop(self) -> None:
+        if self._followups:
+            await asyncio.wait(self._followups, timeout=5)
         for task in self._tasks:
             task.cancel()
         _, pending = await asyncio.wait(self._tasks, timeout=5)
@@ -319,17 +323,39 @@ class Orchestrator:
     async def _retrying(
         self, job_id: str, attempt: Callable[[JobRecord, Machine], Awaitable[tuple[bool, T]]]
     ) -> T | None:
-        """Run read-decide-commit until the commit applies (optimistic concurrency)."""
-        for _ in range(MAX_CONFLICT_RETRIES):
-            record = await self.store.read_job(job_id)
-            if record is None:
-                return None
-            machine = await self.registry.machine(record.doc["hash"], self.store)
-            done, value = await attempt(record, machine)
-            if done:
-                return value
-            await asyncio.sleep(self._rng.uniform(0, 0.005))
+        """Run read-decide-commit until the commit applies (optimistic concurrency).
+
+        Changes to one job from this process queue on a local lock, so versions only clash
+        with other orchestrators and with leases; those clashes back off and try again.
+        """
+        async with self._lock(job_id):
+            for retry in range(MAX_CONFLICT_RETRIES):
+                record = await self.store.read_job(job_id)
+                if record is None:
+                    return None
+                machine = await self.registry.machine(record.doc["hash"], self.store)
+                done, value = await attempt(record, machine)
+                if done:
+                    return value
+                # The usual clash is a lease (one quick script): re-read at once, back off
+                # only if clashes persist.
+                if retry >= 3:
+                    await asyncio.sleep(self._rng.uniform(0, min(0.02, 0.0005 * 2**retry)))
         raise StoreUnavailable(f"job {job_id} changed {MAX_CONFLICT_RETRIES} times while we tried")
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, job_id: str) -> AsyncIterator[None]:
+        entry = self._locks.get(job_id)
+        if entry is None:
+            entry = self._locks[job_id] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[job_id]
 
     async def _commit(
         self,
@@ -372,22 +398,36 @@ class Orchestrator:
     async def _after_commit(self, doc: dict[str, Any], fx: Effects, webhook: bool) -> None:
         """Work outside the job's slot. Each step is safe to lose in a crash: leases expire,
         children are re-created by the parent's periodic check, and a parent finds its
-        ended child on that same check."""
+        ended child on that same check. Steps that change other jobs run as tasks of their
+        own, outside this job's lock (a parent and its child must never wait on each other).
+        """
         partition = self.store.keys.partition(doc["id"])
         for task_type in {e.task_type for e in fx.enqueue}:
             self.dispatcher.task_queued(task_type, partition)
         for worker_id, task_id in fx.cancel_on_worker:
             await self.store.request_cancel(worker_id, task_id, self.settings.cancel_ttl_ms)
         for child in fx.children:
-            await self._start_child(child, doc["client"])
+            self._spawn(self._start_child(child, doc["client"]))
         for child_id in fx.cancel_children:
-            await self.cancel(child_id, None)
+            self._spawn(self.cancel(child_id, None))
         if fx.terminal:
             self._job_done(doc["id"])
             if webhook:
                 self.webhook_wake.set()
             if fx.notify_parent:
-                await self._notify_parent(doc)
+                self._spawn(self._notify_parent(doc))
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
+        self._followups.add(task)
+        task.add_done_callback(self._followup_done)
+
+    def _followup_done(self, task: asyncio.Task[Any]) -> None:
+        self._followups.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "follow-up step failed (a periodic check will retry it): %r", task.exception()
+            )
 
     def _job_done(self, job_id: str) -> None:
         for future in self._done_waiters.get(job_id, []):
