@@ -13,37 +13,33 @@ import contextlib
 import hmac
 import logging
 import random
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from engine.blueprint.model import Blueprint
 from engine.jsonutil import dumps
-from engine.runtime.aio import checkpoint
+from engine.runtime import background, webhooks
+from engine.runtime.background import leases_of, now_ms
 from engine.runtime.dispatcher import Dispatcher
 from engine.runtime.jobdoc import (
     TERMINAL,
     ChildJob,
     Effects,
     Ignored,
-    Leases,
     TaskLease,
     new_job,
 )
 from engine.runtime.machine import Machine
-from engine.runtime.registry import Registry, UnknownBlueprintVersion
+from engine.runtime.registry import Registry
+from engine.runtime.schedules import Schedule
 from engine.store.client import Commit, JobRecord, Store, StoreUnavailable
 
 log = logging.getLogger("interlock.orchestrator")
 
 MAX_CONFLICT_RETRIES = 100
 T = TypeVar("T")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +58,25 @@ class JobNotFound(LookupError):
 
 
 class Orchestrator:
-    def __init__(self, store: Store, registry: Registry, settings: OrchestratorSettings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        settings: OrchestratorSettings,
+        *,
+        webhook_sender: webhooks.Sender | None = None,
+        schedules: Sequence[Schedule] = (),
+    ) -> None:
         self.store = store
         self.registry = registry
         self.settings = settings
         self.dispatcher = Dispatcher(store)
+        self.webhook_sender = webhook_sender
+        self.schedules = tuple(schedules)
         self._done_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # Approval tokens and child job ids come from it: it must be unpredictable.
-        self._rng: random.Random = random.SystemRandom()
+        self.rng: random.Random = random.SystemRandom()
         self.webhook_wake = asyncio.Event()
         self._locks: dict[str, list[Any]] = {}  # job id -> [lock, users]
         self._followups: set[asyncio.Task[Any]] = set()
@@ -79,10 +85,17 @@ class Orchestrator:
 
     async def start(self) -> None:
         await self.registry.publish(self.store)
+        loops = {
+            "dispatcher": self.dispatcher.run(),
+            "timers": background.timer_loop(self),
+            "notifications": background.listen(self),
+        }
+        if self.webhook_sender is not None:
+            loops["webhooks"] = background.webhook_loop(self)
+        if self.schedules:
+            loops["schedules"] = background.schedule_loop(self)
         self._tasks = [
-            asyncio.create_task(self.dispatcher.run(), name="interlock-dispatcher"),
-            asyncio.create_task(self._timer_loop(), name="interlock-timers"),
-            asyncio.create_task(self._listen(), name="interlock-notifications"),
+            asyncio.create_task(work, name=f"interlock-{name}") for name, work in loops.items()
         ]
 
     async def stop(self) -> None:
@@ -108,7 +121,7 @@ class Orchestrator:
         result_timeout_ms: int | None = None,
     ) -> str:
         job_id = uuid.uuid4().hex
-        created = await self._create(
+        created = await self.create(
             job_id,
             blueprint,
             initial_data,
@@ -121,7 +134,7 @@ class Orchestrator:
             raise StoreUnavailable("job id collision; retry the request")
         return job_id
 
-    async def _create(
+    async def create(
         self,
         job_id: str,
         blueprint: Blueprint,
@@ -143,8 +156,8 @@ class Orchestrator:
             **options,
         )
         machine = await self.registry.machine(blueprint.content_hash, self.store)
-        fx = machine.start(doc, now, self._rng)
-        return await self._commit(machine, None, doc, fx, index=(client, now))
+        fx = machine.start(doc, now, self.rng)
+        return await self.commit(machine, None, doc, fx, index=(client, now))
 
     async def get_job(self, job_id: str, client: str | None) -> dict[str, Any] | None:
         record = await self.store.read_job(job_id)
@@ -218,14 +231,14 @@ class Orchestrator:
             record: JobRecord, machine: Machine
         ) -> tuple[bool, dict[str, Any] | Ignored]:
             doc = record.doc
-            outcome = machine.cancel(doc, _leases(record), now_ms())
+            outcome = machine.cancel(doc, leases_of(record), now_ms())
             if isinstance(outcome, Ignored):
                 return True, outcome
-            return await self._commit(machine, record, doc, outcome), doc
+            return await self.commit(machine, record, doc, outcome), doc
 
         if await self.get_job(job_id, client) is None:
             return None
-        return await self._retrying(job_id, attempt)
+        return await self.retrying(job_id, attempt)
 
     async def decide(
         self, job_id: str, client: str | None, decision: str, *, token: str | None = None
@@ -241,14 +254,14 @@ class Orchestrator:
             if token is not None and not hmac.compare_digest(str(approval.get("token", "")), token):
                 return True, Ignored("invalid_token")
             by = "link" if token is not None else f"client:{client}"
-            outcome = machine.on_decision(doc, decision, now_ms(), self._rng, by=by)
+            outcome = machine.on_decision(doc, decision, now_ms(), self.rng, by=by)
             if isinstance(outcome, Ignored):
                 return True, outcome
-            return await self._commit(machine, record, doc, outcome), doc
+            return await self.commit(machine, record, doc, outcome), doc
 
         if token is None and await self.get_job(job_id, client) is None:
             return None
-        return await self._retrying(job_id, attempt)
+        return await self.retrying(job_id, attempt)
 
     async def _start_child(self, child: ChildJob, client: str) -> None:
         blueprint = self.registry.current(child.blueprint)
@@ -259,7 +272,7 @@ class Orchestrator:
                 child.parent["job_id"],
             )
             return
-        await self._create(
+        await self.create(
             child.job_id, blueprint, child.initial_data, client=client, parent=child.parent
         )
 
@@ -268,12 +281,12 @@ class Orchestrator:
         child id; if we die first, the parent's periodic check finds the child ended)."""
 
         async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, None]:
-            outcome = machine.on_child_done(record.doc, child, now_ms(), self._rng)
+            outcome = machine.on_child_done(record.doc, child, now_ms(), self.rng)
             if isinstance(outcome, Ignored):
                 return True, None
-            return await self._commit(machine, record, record.doc, outcome), None
+            return await self.commit(machine, record, record.doc, outcome), None
 
-        await self._retrying(child["parent"]["job_id"], attempt)
+        await self.retrying(child["parent"]["job_id"], attempt)
 
     # -- workers -----------------------------------------------------------------------------------
 
@@ -297,13 +310,13 @@ class Orchestrator:
 
         async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, dict[str, Any]]:
             doc = record.doc
-            outcome = machine.on_result(doc, _leases(record), body, now_ms(), self._rng)
+            outcome = machine.on_result(doc, leases_of(record), body, now_ms(), self.rng)
             if isinstance(outcome, Ignored):
                 return True, {"status": "ignored", "reason": outcome.reason}
-            ok = await self._commit(machine, record, doc, outcome)
+            ok = await self.commit(machine, record, doc, outcome)
             return ok, {"status": "accepted"}
 
-        answer = await self._retrying(job_id, attempt)
+        answer = await self.retrying(job_id, attempt)
         return answer if answer is not None else {"status": "ignored", "reason": "job_not_found"}
 
     async def progress(self, worker_id: str, job_id: str, task_id: str, payload: Any) -> str:
@@ -311,16 +324,16 @@ class Orchestrator:
 
         async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, str]:
             doc = record.doc
-            fx = machine.on_progress(doc, _leases(record), worker_id, task_id, payload, now_ms())
+            fx = machine.on_progress(doc, leases_of(record), worker_id, task_id, payload, now_ms())
             if isinstance(fx, Ignored):
                 return True, fx.reason
-            return await self._commit(machine, record, doc, fx), "accepted"
+            return await self.commit(machine, record, doc, fx), "accepted"
 
-        return await self._retrying(job_id, attempt) or "job_not_found"
+        return await self.retrying(job_id, attempt) or "job_not_found"
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def _retrying(
+    async def retrying(
         self, job_id: str, attempt: Callable[[JobRecord, Machine], Awaitable[tuple[bool, T]]]
     ) -> T | None:
         """Run read-decide-commit until the commit applies (optimistic concurrency).
@@ -340,7 +353,7 @@ class Orchestrator:
                 # The usual clash is a lease (one quick script): re-read at once, back off
                 # only if clashes persist.
                 if retry >= 3:
-                    await asyncio.sleep(self._rng.uniform(0, min(0.02, 0.0005 * 2**retry)))
+                    await asyncio.sleep(self.rng.uniform(0, min(0.02, 0.0005 * 2**retry)))
         raise StoreUnavailable(f"job {job_id} changed {MAX_CONFLICT_RETRIES} times while we tried")
 
     @contextlib.asynccontextmanager
@@ -357,7 +370,7 @@ class Orchestrator:
             if entry[1] == 0:
                 del self._locks[job_id]
 
-    async def _commit(
+    async def commit(
         self,
         machine: Machine,
         record: JobRecord | None,
@@ -411,7 +424,7 @@ class Orchestrator:
         for child_id in fx.cancel_children:
             self._spawn(self.cancel(child_id, None))
         if fx.terminal:
-            self._job_done(doc["id"])
+            self.job_done(doc["id"])
             if webhook:
                 self.webhook_wake.set()
             if fx.notify_parent:
@@ -429,80 +442,7 @@ class Orchestrator:
                 "follow-up step failed (a periodic check will retry it): %r", task.exception()
             )
 
-    def _job_done(self, job_id: str) -> None:
+    def job_done(self, job_id: str) -> None:
         for future in self._done_waiters.get(job_id, []):
             if not future.done():
                 future.set_result(None)
-
-    async def _listen(self) -> None:
-        ready, done = self.store.keys.ready_channel, self.store.keys.done_channel
-        while True:
-            checkpoint()
-            try:
-                async for item in self.store.notifications():
-                    checkpoint()
-                    if item is None:
-                        continue
-                    channel, message = item
-                    if channel == ready:
-                        task_type, _, partition = message.rpartition("|")
-                        with contextlib.suppress(ValueError):
-                            self.dispatcher.task_queued(task_type, int(partition))
-                    elif channel == done:
-                        self._job_done(message)
-            except Exception as exc:  # redis-py raises its own ConnectionError tree here
-                checkpoint(exc)
-                log.warning("notification subscription lost (%s); resubscribing", exc)
-            await asyncio.sleep(0.5)
-            self.dispatcher.wake.set()  # we may have missed ready notifications meanwhile
-
-    async def _timer_loop(self) -> None:
-        while True:
-            checkpoint()
-            started = time.monotonic()
-            try:
-                await self._fire_timers()
-            except StoreUnavailable as exc:
-                checkpoint(exc)
-                log.warning("timer loop: %s", exc)
-            elapsed = time.monotonic() - started
-            await asyncio.sleep(max(0.0, self.settings.timer_interval_s - elapsed))
-
-    async def _fire_timers(self) -> None:
-        now = now_ms()
-        for partition in range(self.store.keys.partitions):
-            due = await self.store.claim_timers(
-                partition, now, self.settings.timer_batch, self.settings.timer_claim_ms
-            )
-            if due:
-                await asyncio.gather(*(self._fire(job_id) for job_id in due))
-
-    async def _fire(self, job_id: str) -> None:
-        async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, bool]:
-            doc = record.doc
-            leases = _leases(record)
-            holders = {lease.worker for lease in leases.values() if lease.state == "leased"}
-            alive = {worker: await self.store.worker_alive(worker) for worker in holders}
-            child = None
-            if doc.get("subflow") and now_ms() >= doc["subflow"]["check_at"]:
-                found = await self.store.read_job(doc["subflow"]["child_id"])
-                child = found.doc if found else None
-            fx = machine.on_timer(doc, leases, now_ms(), self._rng, alive, child)
-            if fx is None:
-                fx = Effects(leases=leases)  # nothing due: just put the timer back
-            return await self._commit(machine, record, doc, fx), True
-
-        try:
-            if await self._retrying(job_id, attempt) is None and not await self.store.exists(
-                job_id
-            ):
-                await self.store.drop_timer(job_id)
-        except UnknownBlueprintVersion as exc:
-            log.error("job %s uses blueprint %s, which no orchestrator knows", job_id, exc)
-        except StoreUnavailable as exc:
-            checkpoint(exc)
-            log.warning("timer for job %s: %s", job_id, exc)
-
-
-def _leases(record: JobRecord) -> Leases:
-    return {task_id: TaskLease.decode(raw) for task_id, raw in record.leases.items()}

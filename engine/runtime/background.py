@@ -1,0 +1,192 @@
+"""The orchestrator's background loops: timers, notifications, webhooks and schedules.
+
+Each loop is owned by `Orchestrator.start()`, which cancels and awaits it on `stop()`; each
+calls `checkpoint()` on every turn so that a cancellation swallowed by a driver still ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from engine.runtime import webhooks
+from engine.runtime.aio import checkpoint
+from engine.runtime.jobdoc import Effects, Leases, TaskLease
+from engine.runtime.machine import Machine
+from engine.runtime.registry import UnknownBlueprintVersion
+from engine.runtime.schedules import CATCH_UP
+from engine.store.client import JobRecord, StoreUnavailable
+
+if TYPE_CHECKING:
+    from engine.runtime.orchestrator import Orchestrator
+
+log = logging.getLogger("interlock.orchestrator")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def leases_of(record: JobRecord) -> Leases:
+    return {task_id: TaskLease.decode(raw) for task_id, raw in record.leases.items()}
+
+
+async def listen(orch: Orchestrator) -> None:
+    ready, done = orch.store.keys.ready_channel, orch.store.keys.done_channel
+    while True:
+        checkpoint()
+        try:
+            async for item in orch.store.notifications():
+                checkpoint()
+                if item is None:
+                    continue
+                channel, message = item
+                if channel == ready:
+                    task_type, _, partition = message.rpartition("|")
+                    with contextlib.suppress(ValueError):
+                        orch.dispatcher.task_queued(task_type, int(partition))
+                elif channel == done:
+                    orch.job_done(message)
+        except Exception as exc:  # redis-py raises its own ConnectionError tree here
+            checkpoint(exc)
+            log.warning("notification subscription lost (%s); resubscribing", exc)
+        await asyncio.sleep(0.5)
+        orch.dispatcher.wake.set()  # we may have missed ready notifications meanwhile
+
+
+async def timer_loop(orch: Orchestrator) -> None:
+    while True:
+        checkpoint()
+        started = time.monotonic()
+        try:
+            await fire_timers(orch)
+        except StoreUnavailable as exc:
+            checkpoint(exc)
+            log.warning("timer loop: %s", exc)
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(max(0.0, orch.settings.timer_interval_s - elapsed))
+
+
+async def fire_timers(orch: Orchestrator) -> None:
+    now = now_ms()
+    for partition in range(orch.store.keys.partitions):
+        due = await orch.store.claim_timers(
+            partition, now, orch.settings.timer_batch, orch.settings.timer_claim_ms
+        )
+        if due:
+            await asyncio.gather(*(fire(orch, job_id) for job_id in due))
+
+
+async def fire(orch: Orchestrator, job_id: str) -> None:
+    async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, bool]:
+        doc = record.doc
+        leases = leases_of(record)
+        holders = {lease.worker for lease in leases.values() if lease.state == "leased"}
+        alive = {worker: await orch.store.worker_alive(worker) for worker in holders}
+        child = None
+        if doc.get("subflow") and now_ms() >= doc["subflow"]["check_at"]:
+            found = await orch.store.read_job(doc["subflow"]["child_id"])
+            child = found.doc if found else None
+        fx = machine.on_timer(doc, leases, now_ms(), orch.rng, alive, child)
+        if fx is None:
+            fx = Effects(leases=leases)  # nothing due: just put the timer back
+        return await orch.commit(machine, record, doc, fx), True
+
+    try:
+        if await orch.retrying(job_id, attempt) is None and not await orch.store.exists(job_id):
+            await orch.store.drop_timer(job_id)
+    except UnknownBlueprintVersion as exc:
+        log.error("job %s uses blueprint %s, which no orchestrator knows", job_id, exc)
+    except StoreUnavailable as exc:
+        checkpoint(exc)
+        log.warning("timer for job %s: %s", job_id, exc)
+
+
+async def webhook_loop(orch: Orchestrator) -> None:
+    while True:
+        checkpoint()
+        try:
+            now = now_ms()
+            for partition in range(orch.store.keys.partitions):
+                due = await orch.store.claim_webhooks(
+                    partition, now, 50, orch.settings.webhook_claim_ms
+                )
+                await asyncio.gather(*(deliver(orch, job_id) for job_id in due))
+        except StoreUnavailable as exc:
+            checkpoint(exc)
+            log.warning("webhook loop: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await orch.webhook_wake.wait()
+        orch.webhook_wake.clear()
+
+
+async def deliver(orch: Orchestrator, job_id: str) -> None:
+    assert orch.webhook_sender is not None
+    record = await orch.store.read_job(job_id)
+    url = record.doc.get("webhook_url") if record else None
+    if record is None or not url:
+        await orch.store.webhook_delivered(job_id)
+        return
+    attempt = await orch.store.webhook_attempt(job_id)
+    body, headers = webhooks.request(record.doc, orch.settings.webhook_secret, attempt)
+    try:
+        status = await orch.webhook_sender(url, body, headers)
+        problem = f"HTTP {status}"
+    except (OSError, TimeoutError) as exc:
+        status, problem = 0, repr(exc)
+    if 200 <= status < 300:
+        await orch.store.webhook_delivered(job_id)
+    elif attempt >= webhooks.MAX_ATTEMPTS:
+        log.error(
+            "webhook for job %s to %s failed %d times (%s); giving up",
+            job_id,
+            url,
+            attempt,
+            problem,
+        )
+        await orch.store.webhook_delivered(job_id)
+    else:
+        log.warning("webhook for job %s to %s failed (%s); retrying", job_id, url, problem)
+        await orch.store.webhook_retry(job_id, now_ms() + webhooks.backoff_ms(attempt))
+
+
+async def schedule_loop(orch: Orchestrator) -> None:
+    """Start the job of every schedule tick (see engine/runtime/schedules.py)."""
+    last = datetime.now(UTC) - CATCH_UP
+    first = True
+    while True:
+        checkpoint()
+        now = datetime.now(UTC)
+        for schedule in orch.schedules:
+            blueprint = orch.registry.current(schedule.blueprint)
+            if blueprint is None:
+                continue
+            ticks = schedule.ticks(last, now)
+            if first:  # catch up on the latest missed tick only, not on every one
+                ticks = ticks[-1:]
+            for tick in ticks:
+                try:
+                    created = await orch.create(
+                        schedule.job_id(tick),
+                        blueprint,
+                        schedule.initial_data,
+                        client=schedule.client,
+                    )
+                except StoreUnavailable as exc:
+                    checkpoint(exc)
+                    log.warning("schedule %s: %s", schedule.name, exc)
+                    continue
+                if created:
+                    log.info(
+                        "schedule %s started job %s for %s",
+                        schedule.name,
+                        schedule.job_id(tick),
+                        tick.isoformat(),
+                    )
+        last, first = now, False
+        await asyncio.sleep(0.5)
