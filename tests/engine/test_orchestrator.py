@@ -383,3 +383,22 @@ async def test_two_orchestrators_share_one_redis(redis_url: str, tmp_path: Path)
         for i, job_id in enumerate(jobs):
             doc = await finished(b, job_id)
             assert doc["result"] == {"n": i}
+
+
+async def test_the_job_graph_highlights_the_path_taken(store_url: str, tmp_path: Path) -> None:
+    from engine.runtime.jobgraph import job_dot
+
+    async with orchestrator(store_url, tmp_path, CHECKED) as orch:
+        bp = orch.registry.by_name["checked"]
+        job_id = await orch.submit(bp, {}, client="c")
+        doc = await orch.get_job(job_id, "c")
+        assert doc is not None
+        running = job_dot(bp, doc, await orch.history(job_id, "c") or [])
+        assert 'xlabel="current"' in running
+        await run_task(orch, "w", "check", lambda t: {"status": "out_of_stock", "data": {}})
+        doc = await finished(orch, job_id)
+        ended = job_dot(bp, doc, await orch.history(job_id, "c") or [])
+        assert "current" not in ended
+        taken = [line for line in ended.splitlines() if "->" in line and "#1565c0" in line]
+        assert any('"work" -> "none_left"' in line for line in taken)
+        assert not any('"work" -> "done"' in line for line in taken)
