@@ -36,6 +36,10 @@ class Expression:
             return self.parsed.search(context, options=_OPTIONS)
         except jmespath.exceptions.JMESPathError as exc:
             raise ExpressionError(f"{self.source!r}: {exc}") from None
+        except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
+            # jmespath's functions let some Python errors through, e.g.
+            # `contains('', null)` raises TypeError.
+            raise ExpressionError(f"{self.source!r}: {type(exc).__name__}: {exc}") from None
 
     def truthy(self, context: Mapping[str, Any]) -> bool:
         """JMESPath truth: false, null, "", [] and {} are false; everything else is true."""

@@ -2,7 +2,9 @@
 
 The order is: shape of each state (exactly one kind), the JSON Schema, transition targets,
 expressions and embedded schemas, then graph checks (reachability, trap cycles) once the
-rest is sound. Pure: no I/O beyond what the caller hands in.
+states are sound, so that a broken state is not reported again as a knock-on. The rules
+the schema cannot express live in `engine.blueprint.checks`. Pure: no I/O beyond what the
+caller hands in.
 """
 
 from __future__ import annotations
@@ -10,16 +12,22 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
 import networkx as nx
 from jsonschema import Draft202012Validator
 
+from engine.blueprint.checks import (
+    Finding,
+    approval_findings,
+    date_time_problem,
+    end_findings,
+    graph_findings,
+    retry_findings,
+    state_shapes,
+)
 from engine.blueprint.model import (
-    NEVER_RETRIED,
-    STATE_KINDS,
     ApprovalState,
     Blueprint,
     ChoiceRule,
@@ -36,15 +44,17 @@ from engine.blueprint.model import (
     Transition,
     WaitState,
 )
-from engine.blueprint.schema import did_you_mean, json_schema_problems, schema_problems
+from engine.blueprint.schema import (
+    describe_type,
+    did_you_mean,
+    json_schema_problems,
+    schema_problems,
+)
 from engine.blueprint.transitions import raw_transitions, state_kind
 from engine.blueprint.yamlsource import Path, Source
 from engine.durations import parse_duration
 from engine.errors import ExpressionError, Problem
 from engine.expressions import Const, Expression, Template, compile_expression, compile_template
-
-_KINDS_TEXT = ", ".join(STATE_KINDS)
-_TRANSITION_KEYS = ("next", "on", "otherwise")
 
 
 def content_hash(data: Any) -> str:
@@ -75,17 +85,32 @@ class _Compiler:
     def has_errors(self) -> bool:
         return any(p.severity == "error" for p in self.problems)
 
+    def found(self, findings: list[Finding]) -> None:
+        for path, message, key in findings:
+            self.error(path, message, key=key)
+
+    @property
+    def states_sound(self) -> bool:
+        """No error so far inside `states` (graph checks would only repeat one)."""
+        return not any(
+            p.severity == "error"
+            and (p.path == "$.states" or p.path.startswith(("$.states.", "$.states[")))
+            for p in self.problems
+        )
+
     # -- driver ---------------------------------------------------------------------------
 
     def run(self) -> tuple[Blueprint | None, list[Problem]]:
         data = self.source.data
         if not isinstance(data, dict):
-            kind = type(data).__name__ if data is not None else "null"
-            self.error(
-                (), f"the top level must be a mapping with blueprint, start and states, not {kind}"
-            )
+            message = "the top level must be a mapping with blueprint, start and states"
+            if data is None:  # nothing to point at but the start of the file
+                self.problems.append(Problem(self.source.file, 1, 1, "$", f"{message}, not null"))
+            else:
+                self.error((), f"{message}, not {describe_type(data)}")
             return None, self.problems
-        checked, skip = self._check_state_shapes(data)
+        checked, skip, findings = state_shapes(data)
+        self.found(findings)
         self.problems.extend(schema_problems(self.source, checked, skip))
         raw_states = data.get("states")
         states: dict[str, Any] = raw_states if isinstance(raw_states, dict) else {}
@@ -95,50 +120,11 @@ class _Compiler:
             self._scan_state(name, raw)
         if "input_schema" in data:
             self._embedded_schema(("input_schema",), data["input_schema"])
-        if linked and not skip:
-            self._graph_checks(states, data["start"])
+        if linked and self.states_sound:
+            self.found(graph_findings(states, data["start"]))
         self._choice_warnings(states)
         blueprint = None if self.has_errors else self._build(data, states)
         return blueprint, sorted(self.problems, key=lambda p: p.sort_key)
-
-    def _check_state_shapes(self, data: dict[str, Any]) -> tuple[dict[str, Any], set[Path]]:
-        """Exactly one kind per state; end states without transitions. Returns the data to
-        give the schema (transitions of end states removed) and paths whose schema errors
-        would only repeat a problem reported here."""
-        skip: set[Path] = set()
-        states = data.get("states")
-        if not isinstance(states, dict):
-            return data, skip
-        checked = dict(data)
-        checked["states"] = dict(states)
-        for name, raw in states.items():
-            if not isinstance(raw, dict):
-                continue
-            path: Path = ("states", name)
-            kinds = [k for k in STATE_KINDS if k in raw]
-            if not kinds:
-                self.error(
-                    path, f"state {name!r} has no kind; give exactly one of {_KINDS_TEXT}", key=True
-                )
-                skip.add(path)
-            elif len(kinds) > 1:
-                self.error(
-                    path,
-                    f"state {name!r} has several kinds ({', '.join(kinds)}); give exactly one",
-                    key=True,
-                )
-                skip.add(path)
-            elif kinds == ["end"]:
-                extra = [k for k in _TRANSITION_KEYS if k in raw]
-                for key in extra:
-                    self.error(
-                        (*path, key),
-                        f"an end state has no outgoing transitions; remove {key!r}",
-                        key=True,
-                    )
-                if extra:
-                    checked["states"][name] = {k: v for k, v in raw.items() if k not in extra}
-        return checked, skip
 
     # -- transitions ----------------------------------------------------------------------
 
@@ -194,19 +180,7 @@ class _Compiler:
             self._template((*path, "params"), raw["params"])
         if "output_schema" in raw:
             self._embedded_schema((*path, "output_schema"), raw["output_schema"])
-        retry = raw.get("retry")
-        if isinstance(retry, dict):
-            codes = retry.get("on")
-            for i, code in enumerate(codes if isinstance(codes, list) else []):
-                if code in NEVER_RETRIED:
-                    self.error((*path, "retry", "on", i), f"{code} is never retried; remove it")
-            try:
-                initial = parse_duration(retry.get("initial", 1))
-                longest = parse_duration(retry.get("max", 300))
-            except ValueError:
-                return  # the schema reports bad durations
-            if initial > longest:
-                self.error((*path, "retry", "initial"), "retry.initial is longer than retry.max")
+        self.found(retry_findings((*path, "retry"), raw.get("retry")))
 
     def _scan_state(self, name: str, raw: Any) -> None:
         kind = state_kind(raw)
@@ -236,36 +210,18 @@ class _Compiler:
             for field in ("output", "error"):
                 if field in raw:
                     self._template((*path, field), raw[field])
-            if raw.get("end") == "finished" and "error" in raw:
-                self.error((*path, "error"), "`error` is only for `end: failed`", key=True)
+            self.found(end_findings(path, raw))
         elif kind == "subflow":
             sub = raw.get("subflow")
             if isinstance(sub, dict) and "input" in sub:
                 self._template((*path, "subflow", "input"), sub["input"])
         elif kind == "approval":
-            self._scan_approval(path, raw)
+            approval = raw.get("approval")
+            if isinstance(approval, dict) and isinstance(approval.get("message"), str):
+                self._template((*path, "approval", "message"), approval["message"])
+            self.found(approval_findings(path, raw))
         elif kind == "wait":
             self._scan_wait(path, raw)
-
-    def _scan_approval(self, path: Path, raw: dict[str, Any]) -> None:
-        approval = raw.get("approval")
-        approval = approval if isinstance(approval, dict) else {}
-        if isinstance(approval.get("message"), str):
-            self._template((*path, "approval", "message"), approval["message"])
-        on = raw.get("on")
-        has_timeout_edge = isinstance(on, dict) and "timeout" in on
-        if "timeout" in approval and not has_timeout_edge:
-            self.error(
-                (*path, "approval", "timeout"), "approval.timeout needs an `on.timeout` transition"
-            )
-        if has_timeout_edge and "timeout" not in approval:
-            self.error(
-                (*path, "on", "timeout"),
-                "on.timeout is never taken without approval.timeout",
-                key=True,
-            )
-        if isinstance(on, dict) and not [k for k in on if k != "timeout"]:
-            self.error((*path, "on"), "an approval needs at least one decision besides `timeout`")
 
     def _scan_wait(self, path: Path, raw: dict[str, Any]) -> None:
         wait = raw.get("wait")
@@ -276,16 +232,11 @@ class _Compiler:
         if "${" in until:
             self._template(where, until)
             return
-        try:
-            moment = datetime.fromisoformat(until.replace("Z", "+00:00"))
-        except ValueError:
-            self.error(
-                where, f"{until!r} is not an ISO 8601 date-time such as 2030-01-31T09:00:00Z"
-            )
-            return
-        if moment.tzinfo is None:
-            self.error(where, f"{until!r} has no timezone; add Z or an offset such as +02:00")
-        self.templates[where] = Const(until)
+        problem = date_time_problem(until)
+        if problem:
+            self.error(where, problem)
+        else:
+            self.templates[where] = Const(until)
 
     # -- graph and compiled states ----------------------------------------------------------
 
@@ -416,34 +367,6 @@ class _Compiler:
             **common,
         )
 
-    def _graph_checks(self, states: dict[str, Any], start: str) -> None:
-        """Unreachable states, and reachable states from which no end state can be reached."""
-        graph: nx.DiGraph[str] = nx.DiGraph()
-        graph.add_nodes_from(states)
-        for name, raw in states.items():
-            graph.add_edges_from((name, t.target) for t, _ in raw_transitions(name, raw))
-        reachable = {start} | nx.descendants(graph, start)
-        ends = {name for name, raw in states.items() if state_kind(raw) == "end"}
-        can_end = set(ends)
-        for end in ends:
-            can_end |= nx.ancestors(graph, end)
-        for name in states:
-            if name not in reachable:
-                self.error(
-                    ("states", name),
-                    f"state {name!r} is unreachable: no path from start state {start!r} "
-                    "leads to it",
-                    key=True,
-                )
-            elif name not in can_end:
-                trapped = sorted({name} | nx.descendants(graph, name))
-                self.error(
-                    ("states", name),
-                    f"no end state can be reached from {name!r}: every path from it stays within "
-                    f"{', '.join(trapped)} (a trap cycle)",
-                    key=True,
-                )
-
     def _choice_warnings(self, states: dict[str, Any]) -> None:
         for name, raw in states.items():
             if state_kind(raw) != "choice" or "otherwise" in raw:
@@ -453,7 +376,7 @@ class _Compiler:
             whens = [
                 self.expressions.get(("states", name, "choice", i, "when")) for i in range(count)
             ]
-            if any(w is not None and not w.references_data() and w.truthy({}) for w in whens):
+            if any(w is not None and _always_true(w) for w in whens):
                 continue
             self.warn(
                 ("states", name, "choice"),
@@ -461,3 +384,13 @@ class _Compiler:
                 "add `otherwise` to choose a state",
                 key=True,
             )
+
+
+def _always_true(expression: Expression) -> bool:
+    """Whether a condition holds whatever the job data (a constant that is true)."""
+    if expression.references_data():
+        return False
+    try:
+        return expression.truthy({})
+    except ExpressionError:
+        return False

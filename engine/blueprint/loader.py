@@ -10,6 +10,7 @@ import networkx as nx
 
 from engine.blueprint.compiler import compile_source
 from engine.blueprint.model import Blueprint, SubflowState
+from engine.blueprint.schema import did_you_mean
 from engine.blueprint.yamlsource import parse_yaml
 from engine.errors import BlueprintError, BlueprintInvalid, Problem
 
@@ -146,32 +147,38 @@ def load_blueprints(paths: Iterable[str | FsPath]) -> BlueprintSet:
 
 
 def _subflow_problems(blueprints: Mapping[str, Blueprint]) -> list[Problem]:
-    """Subflows must name a loaded blueprint, and must not call each other in a cycle."""
+    """Subflows must name a loaded blueprint, and must not call each other in a cycle.
+
+    `blueprints` is in load order (sorted file order); each cycle is reported once, from
+    the member loaded first, so the report does not depend on set or hash order."""
     problems: list[Problem] = []
     calls: nx.DiGraph[str] = nx.DiGraph()
+    calls.add_nodes_from(blueprints)
     for blueprint in blueprints.values():
-        calls.add_node(blueprint.name)
         for state in blueprint.states.values():
             if not isinstance(state, SubflowState):
                 continue
             if state.blueprint not in blueprints:
-                problems.append(
-                    _state_problem(
-                        blueprint,
-                        state.name,
-                        f"subflow blueprint {state.blueprint!r} is not loaded",
-                    )
-                )
-            else:
+                hint = did_you_mean(state.blueprint, blueprints)
+                message = f"subflow blueprint {state.blueprint!r} is not loaded{hint}"
+                problems.append(_state_problem(blueprint, state.name, message))
+            elif not calls.has_edge(blueprint.name, state.blueprint):
                 calls.add_edge(blueprint.name, state.blueprint, state=state.name)
+    order = {name: i for i, name in enumerate(blueprints)}
+    cycles: list[list[str]] = []
     for cycle in nx.simple_cycles(calls):
+        earliest = min(range(len(cycle)), key=lambda i: order[cycle[i]])
+        cycles.append(cycle[earliest:] + cycle[:earliest])
+    for cycle in sorted(cycles, key=lambda c: [order[name] for name in c]):
         first = cycle[0]
         after = cycle[1] if len(cycle) > 1 else first
         state = calls.edges[first, after]["state"]
         loop = " -> ".join([*cycle, first])
-        problems.append(
-            _state_problem(blueprints[first], state, f"subflows call each other in a cycle: {loop}")
-        )
+        if len(cycle) == 1:
+            message = f"subflow calls its own blueprint {first!r}, a cycle: {loop}"
+        else:
+            message = f"subflows call each other in a cycle: {loop}"
+        problems.append(_state_problem(blueprints[first], state, message))
     return problems
 
 

@@ -7,6 +7,7 @@ lose information: duplicate keys, non-string keys, tags it cannot map to JSON.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
+_NULL = "tag:yaml.org,2002:null"
 
 MAX_DEPTH = 100
 MAX_EXPANDED_NODES = 200_000
@@ -94,14 +96,45 @@ def _pos(mark: yaml.Mark | None) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
 
 
+_TAB_PROBLEM = "found character '\\t' that cannot start any token"
+
+
+def _is_empty_document(node: yaml.Node) -> bool:
+    """A document with no content at all (`---` alone, maybe with comments)."""
+    return isinstance(node, yaml.ScalarNode) and node.tag == _NULL and node.value == ""
+
+
+def _reader_problem(text: str, file: str, exc: yaml.reader.ReaderError) -> Problem:
+    """A character YAML does not allow in a document (control characters and the like)."""
+    before = text[: max(exc.position, 0)]
+    line = before.count("\n") + 1
+    column = len(before) - (before.rfind("\n") + 1) + 1
+    character = exc.character if isinstance(exc.character, int) else ord(exc.character)
+    return Problem(
+        file,
+        line,
+        column,
+        "$",
+        f"YAML syntax error: character U+{character:04X} is not allowed in YAML; remove it",
+    )
+
+
 def parse_yaml(text: str, file: str) -> Source:
     """Parse one YAML document into JSON-compatible data, or raise BlueprintSyntaxError."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:
+        raise BlueprintSyntaxError([_reader_problem(text, file, exc)]) from None
     try:
         node = loader.get_single_node()
+    except yaml.reader.ReaderError as exc:
+        raise BlueprintSyntaxError([_reader_problem(text, file, exc)]) from None
     except yaml.MarkedYAMLError as exc:
         line, column = _pos(exc.problem_mark or exc.context_mark)
-        message = " ".join(filter(None, [exc.context, exc.problem])) or str(exc)
+        if exc.problem == _TAB_PROBLEM:
+            message = "a tab character cannot indent YAML; use spaces"
+        else:
+            message = " ".join(filter(None, [exc.context, exc.problem])) or str(exc)
         raise BlueprintSyntaxError(
             [Problem(file, line, column, "$", f"YAML syntax error: {message}")]
         ) from None
@@ -113,7 +146,7 @@ def parse_yaml(text: str, file: str) -> Source:
         ) from None
     finally:
         loader.dispose()
-    if node is None:
+    if node is None or _is_empty_document(node):
         raise BlueprintSyntaxError(
             [Problem(file, 1, 1, "$", "the file is empty; a blueprint is a YAML mapping")]
         )
@@ -155,7 +188,13 @@ class _Builder:
                 self.fail(node, path, f"more than {MAX_EXPANDED_NODES} values after aliases")
             return None
         if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node, path)
+            value = self._scalar(node, path)
+            if isinstance(value, float) and not math.isfinite(value):
+                self.fail(
+                    node, path, f"{node.value} is not a finite number (JSON has no infinity or NaN)"
+                )
+                return None
+            return value
         self._active.add(id(node))
         try:
             if isinstance(node, yaml.SequenceNode):
@@ -174,6 +213,12 @@ class _Builder:
             value = self.loader.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
             self.fail(node, path, f"cannot read value: {getattr(exc, 'problem', None) or exc}")
+            return None
+        except (ValueError, TypeError, LookupError, AttributeError, ArithmeticError):
+            # PyYAML's constructors trust an explicit tag: `!!int ''`, `!!bool a` and
+            # `!!timestamp a` raise plain Python errors.
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            self.fail(node, path, f"cannot read {node.value!r} as {tag}")
             return None
         if value is None or isinstance(value, str | bool | int | float):
             return value
