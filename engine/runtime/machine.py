@@ -21,25 +21,21 @@ from engine.blueprint.model import (
     SetState,
     State,
     SubflowState,
-    TaskSpec,
     TaskState,
     WaitState,
 )
 from engine.errors import ExpressionError
-from engine.runtime import parallel, tasks
+from engine.runtime import parallel, tasks, waiting
 from engine.runtime.jobdoc import (
-    APPROVAL_TIMEOUT,
     DISPATCH_TIMEOUT,
     EXPRESSION_ERROR,
     INVALID_OUTPUT,
     JOB_TIMEOUT,
     MAX_TRANSITIONS,
     NO_CHOICE_MATCHED,
-    SUBFLOW_DEPTH,
     TERMINAL,
     TIMEOUT,
     UNDECLARED_STATUS,
-    ChildJob,
     Effects,
     Ignored,
     Leases,
@@ -107,11 +103,12 @@ class Machine:
             duration_ms=max(0, now - lease.leased_at),
             error=result.get("error") if result.get("error") else None,
         )
-        spec = self.spec_of(task)
+        spec = tasks.spec_of(self, task)
         if status == "failure":
             raw = result.get("error")
             error: dict[str, Any] = raw if isinstance(raw, dict) else {}
-            self.task_failed(
+            tasks.task_failed(
+                self,
                 doc,
                 fx,
                 task,
@@ -122,8 +119,8 @@ class Machine:
                 error.get("details"),
             )
         elif status == "cancelled":
-            self.task_failed(
-                doc, fx, task, "TRANSIENT_ERROR", "the worker cancelled the task", now, rng
+            tasks.task_failed(
+                self, doc, fx, task, "TRANSIENT_ERROR", "the worker cancelled the task", now, rng
             )
         elif (
             status == "success"
@@ -133,7 +130,8 @@ class Machine:
             )
         ):
             details = [f"{e.json_path}: {e.message}" for e in problems[:20]]
-            self.task_failed(
+            tasks.task_failed(
+                self,
                 doc,
                 fx,
                 task,
@@ -145,7 +143,8 @@ class Machine:
             )
         elif task.get("branch") is not None:
             if status != "success":
-                self.task_failed(
+                tasks.task_failed(
+                    self,
                     doc,
                     fx,
                     task,
@@ -160,7 +159,8 @@ class Machine:
             state = self.bp.states[task["state"]]
             target = state.target(status)
             if target is None:
-                self.task_failed(
+                tasks.task_failed(
+                    self,
                     doc,
                     fx,
                     task,
@@ -206,7 +206,7 @@ class Machine:
             return fx
         for retry in [r for r in doc["retries"] if now >= r["at"]]:
             doc["retries"].remove(retry)
-            self.launch(doc, fx, retry["state"], retry["branch"], retry["attempt"], now)
+            tasks.launch(self, doc, fx, retry["state"], retry["branch"], retry["attempt"], now)
         for task_id, task in list(doc["tasks"].items()):
             lease = leases.get(task_id)
             if lease is None or doc["status"] in TERMINAL or task_id not in doc["tasks"]:
@@ -223,7 +223,8 @@ class Machine:
                         branch=task.get("branch"),
                         timeout="dispatch",
                     )
-                    self.task_failed(
+                    tasks.task_failed(
+                        self,
                         doc,
                         fx,
                         task,
@@ -250,7 +251,7 @@ class Machine:
                 branch=task.get("branch"),
                 timeout=reason,
             )
-            self.task_failed(doc, fx, task, TIMEOUT, tasks.TIMEOUT_TEXT[reason], now, rng)
+            tasks.task_failed(self, doc, fx, task, TIMEOUT, tasks.TIMEOUT_TEXT[reason], now, rng)
         if doc["status"] in TERMINAL:
             return fx
         if doc.get("wait_until") is not None and now >= doc["wait_until"]:
@@ -259,16 +260,17 @@ class Machine:
             self.move(doc, state, "next", _target(state, "next"), now, fx, rng)
         approval = doc.get("approval")
         if approval and approval.get("timeout_at") is not None and now >= approval["timeout_at"]:
-            self.decide(doc, fx, "timeout", now, rng, by="timeout")
+            waiting.decide(self, doc, fx, "timeout", now, rng, by="timeout")
         subflow = doc.get("subflow")
         if subflow and now >= subflow["check_at"]:
             if child is not None and child["status"] in TERMINAL:
-                self.child_done(doc, fx, child, now, rng)
+                waiting.child_done(self, doc, fx, child, now, rng)
             else:
                 subflow["check_at"] = now + self.settings.subflow_check_ms
                 if child is None:
                     fx.children.append(
-                        self.child_job(
+                        waiting.child_job(
+                            self,
                             doc,
                             self.bp.states[subflow["state"]],
                             subflow["child_id"],
@@ -286,7 +288,7 @@ class Machine:
         if decision not in approval["decisions"]:
             return Ignored("unknown_decision")
         fx = Effects()
-        self.decide(doc, fx, decision, now, rng, by=by)
+        waiting.decide(self, doc, fx, decision, now, rng, by=by)
         return fx
 
     def on_child_done(
@@ -298,7 +300,7 @@ class Machine:
         if child["status"] not in TERMINAL:
             return Ignored("child_not_finished")
         fx = Effects()
-        self.child_done(doc, fx, child, now, rng)
+        waiting.child_done(self, doc, fx, child, now, rng)
         return fx
 
     def on_progress(
@@ -455,7 +457,7 @@ class Machine:
             self.end(doc, fx, state, now)
             return None
         if isinstance(state, TaskState):
-            self.launch(doc, fx, state.name, None, 1, now)
+            tasks.launch(self, doc, fx, state.name, None, 1, now)
             doc["status"] = "queued"
             return None
         if isinstance(state, WaitState):
@@ -469,10 +471,10 @@ class Machine:
         if isinstance(state, ParallelState):
             return parallel.fan_out(self, doc, fx, state, now, rng)
         if isinstance(state, ApprovalState):
-            self.ask(doc, fx, state, now, rng)
+            waiting.ask(self, doc, fx, state, now, rng)
             return None
         assert isinstance(state, SubflowState)
-        return self.start_child(doc, fx, state, now, rng)
+        return waiting.start_child(self, doc, fx, state, now, rng)
 
     def end(self, doc: dict[str, Any], fx: Effects, state: EndState, now: int) -> None:
         context = self.context(doc)
@@ -513,103 +515,6 @@ class Machine:
             doc["subflow"] = None
         self.finish(doc, fx, now, status, error)
 
-    # -- tasks ------------------------------------------------------------------------------
-
-    def spec_of(self, task: dict[str, Any]) -> TaskSpec:
-        return self.branch_spec(self.bp.states[task["state"]], task.get("branch"))
-
-    def branch_spec(self, state: State, branch: int | None) -> TaskSpec:
-        if isinstance(state, TaskState):
-            assert state.spec is not None
-            return state.spec
-        assert isinstance(state, ParallelState)
-        if state.item_spec is not None:
-            return state.item_spec
-        assert branch is not None
-        return state.branches[branch][1]
-
-    def launch(
-        self,
-        doc: dict[str, Any],
-        fx: Effects,
-        state_name: str,
-        branch: int | None,
-        attempt: int,
-        now: int,
-    ) -> None:
-        """Dispatch the task of a task state, or one branch of a parallel state."""
-        state = self.bp.states[state_name]
-        spec = self.branch_spec(state, branch)
-        context = self.context(doc)
-        if branch is not None:
-            context.update(parallel.branch_context(self, doc, branch))
-        tasks.dispatch(
-            doc,
-            fx,
-            state=state_name,
-            spec=spec,
-            params=spec.params.render(context),
-            attempt=attempt,
-            now=now,
-            settings=self.settings,
-            branch=branch,
-        )
-
-    def task_failed(
-        self,
-        doc: dict[str, Any],
-        fx: Effects,
-        task: dict[str, Any],
-        code: str,
-        message: str,
-        now: int,
-        rng: random.Random,
-        details: Any = None,
-    ) -> None:
-        """A task attempt failed: retry it, or fail its branch or state."""
-        spec = self.spec_of(task)
-        attempt = task["attempt"]
-        error: dict[str, Any] = {
-            "code": code,
-            "message": message,
-            "state": task["state"],
-            "attempt": attempt,
-        }
-        if details is not None:
-            error["details"] = details
-        if spec.retry.retries(code, attempt):
-            delay_ms = int(spec.retry.delay(attempt, rng.uniform(-1.0, 1.0)) * 1000)
-            doc["retries"].append(
-                {
-                    "state": task["state"],
-                    "branch": task.get("branch"),
-                    "attempt": attempt + 1,
-                    "at": now + delay_ms,
-                }
-            )
-            if task.get("branch") is None:
-                doc["status"] = "retrying"
-            fx.event(
-                now,
-                "task_retry_scheduled",
-                state=task["state"],
-                branch=task.get("branch"),
-                attempt=attempt + 1,
-                delay_ms=delay_ms,
-                error=error,
-            )
-            return
-        if task.get("branch") is not None:
-            parallel.branch_failed(self, doc, fx, task, error, now, rng)
-            return
-        state = self.bp.states[task["state"]]
-        trigger = (
-            "timeout"
-            if code in (TIMEOUT, DISPATCH_TIMEOUT) and state.target("timeout")
-            else "failure"
-        )
-        self.state_failed(doc, fx, state, trigger, error, now, rng)
-
     def state_failed(
         self,
         doc: dict[str, Any],
@@ -627,118 +532,6 @@ class Machine:
             self.finish(doc, fx, now, "failed", error)
         else:
             self.move(doc, state, trigger, target, now, fx, rng)
-
-    # -- approval ---------------------------------------------------------------------------
-
-    def ask(
-        self, doc: dict[str, Any], fx: Effects, state: ApprovalState, now: int, rng: random.Random
-    ) -> None:
-        message = state.message.render(self.context(doc)) if state.message is not None else None
-        doc["approval"] = {
-            "state": state.name,
-            "decisions": list(state.decisions),
-            "message": message,
-            "token": f"{rng.getrandbits(192):048x}",
-            "timeout_at": now + int(state.timeout * 1000) if state.timeout else None,
-            "asked_at": now,
-        }
-        doc["status"] = "waiting_for_human"
-        fx.event(
-            now,
-            "approval_requested",
-            state=state.name,
-            decisions=list(state.decisions),
-            message=message,
-        )
-
-    def decide(
-        self, doc: dict[str, Any], fx: Effects, decision: str, now: int, rng: random.Random, by: str
-    ) -> None:
-        approval = doc["approval"]
-        state = self.bp.states[approval["state"]]
-        doc["approval"] = None
-        doc["steps"][state.name] = {"decision": decision, "by": by, "at": now}
-        fx.event(now, "approval_decided", state=state.name, decision=decision, by=by)
-        target = state.target(decision)
-        if target is None:  # an approval.timeout without on.timeout cannot compile
-            self.finish(
-                doc,
-                fx,
-                now,
-                "failed",
-                {
-                    "code": APPROVAL_TIMEOUT,
-                    "state": state.name,
-                    "message": "nobody decided in time",
-                },
-            )
-            return
-        self.move(doc, state, decision, target, now, fx, rng)
-
-    # -- subflows ---------------------------------------------------------------------------
-
-    def child_job(self, doc: dict[str, Any], state: State, child_id: str, data: Any) -> ChildJob:
-        assert isinstance(state, SubflowState)
-        depth = (doc["parent"] or {}).get("depth", 0) + 1
-        return ChildJob(
-            job_id=child_id,
-            blueprint=state.blueprint,
-            initial_data=data,
-            parent={"job_id": doc["id"], "state": state.name, "depth": depth},
-        )
-
-    def start_child(
-        self, doc: dict[str, Any], fx: Effects, state: SubflowState, now: int, rng: random.Random
-    ) -> tuple[str, str] | None:
-        depth = (doc["parent"] or {}).get("depth", 0) + 1
-        if depth > self.settings.max_subflow_depth:
-            error = {
-                "code": SUBFLOW_DEPTH,
-                "state": state.name,
-                "message": f"subflows nest deeper than {self.settings.max_subflow_depth}",
-            }
-            self.state_failed(doc, fx, state, "failure", error, now, rng)
-            return None
-        data = (
-            state.input.render(self.context(doc))
-            if state.input is not None
-            else doc["initial_data"]
-        )
-        child_id = f"{rng.getrandbits(128):032x}"
-        doc["subflow"] = {
-            "state": state.name,
-            "child_id": child_id,
-            "input": data,
-            "check_at": now + self.settings.subflow_check_ms,
-        }
-        doc["status"] = "waiting"
-        fx.children.append(self.child_job(doc, state, child_id, data))
-        fx.event(
-            now,
-            "subflow_started",
-            state=state.name,
-            child_job_id=child_id,
-            blueprint=state.blueprint,
-        )
-        return None
-
-    def child_done(
-        self, doc: dict[str, Any], fx: Effects, child: dict[str, Any], now: int, rng: random.Random
-    ) -> None:
-        subflow = doc["subflow"]
-        state = self.bp.states[subflow["state"]]
-        doc["subflow"] = None
-        fx.event(
-            now, "subflow_ended", state=state.name, child_job_id=child["id"], status=child["status"]
-        )
-        if child["status"] == "finished":
-            self.record(doc, state.name, child.get("result"))
-            self.move(doc, state, "success", _target(state, "success"), now, fx, rng)
-        else:
-            error = child.get("error") or {"code": "CHILD_CANCELLED", "message": "child cancelled"}
-            self.state_failed(
-                doc, fx, state, "failure", {**error, "child_job_id": child["id"]}, now, rng
-            )
 
 
 def _target(state: State, trigger: str) -> str:

@@ -141,7 +141,7 @@ def _fill(
         branch = par["next"]
         par["next"] += 1
         par["running"] += 1
-        machine.launch(doc, fx, state.name, branch, 1, now)
+        tasks.launch(machine, doc, fx, state.name, branch, 1, now)
 
 
 def _join(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import random
+from typing import TYPE_CHECKING, Any
 
-from engine.blueprint.model import TaskSpec
+from engine.blueprint.model import ParallelState, State, TaskSpec, TaskState
+from engine.runtime import parallel
 from engine.runtime.jobdoc import (
+    DISPATCH_TIMEOUT,
     DONE_TASKS_KEPT,
+    TIMEOUT,
     Effects,
     Enqueue,
     Leases,
@@ -15,6 +19,9 @@ from engine.runtime.jobdoc import (
     member,
     queue_score,
 )
+
+if TYPE_CHECKING:
+    from engine.runtime.machine import Machine
 
 
 def dispatch(
@@ -166,6 +173,103 @@ def next_due(doc: dict[str, Any], leases: Leases) -> list[int]:
             due.append(lease.leased_at + task["run_ms"])
             due.append(max(task.get("checked_at") or 0, lease.leased_at) + task["lease_ms"])
     return due
+
+
+def spec_of(machine: Machine, task: dict[str, Any]) -> TaskSpec:
+    return branch_spec(machine, machine.bp.states[task["state"]], task.get("branch"))
+
+
+def branch_spec(machine: Machine, state: State, branch: int | None) -> TaskSpec:
+    if isinstance(state, TaskState):
+        assert state.spec is not None
+        return state.spec
+    assert isinstance(state, ParallelState)
+    if state.item_spec is not None:
+        return state.item_spec
+    assert branch is not None
+    return state.branches[branch][1]
+
+
+def launch(
+    machine: Machine,
+    doc: dict[str, Any],
+    fx: Effects,
+    state_name: str,
+    branch: int | None,
+    attempt: int,
+    now: int,
+) -> None:
+    """Dispatch the task of a task state, or one branch of a parallel state."""
+    state = machine.bp.states[state_name]
+    spec = branch_spec(machine, state, branch)
+    context = machine.context(doc)
+    if branch is not None:
+        context.update(parallel.branch_context(machine, doc, branch))
+    dispatch(
+        doc,
+        fx,
+        state=state_name,
+        spec=spec,
+        params=spec.params.render(context),
+        attempt=attempt,
+        now=now,
+        settings=machine.settings,
+        branch=branch,
+    )
+
+
+def task_failed(
+    machine: Machine,
+    doc: dict[str, Any],
+    fx: Effects,
+    task: dict[str, Any],
+    code: str,
+    message: str,
+    now: int,
+    rng: random.Random,
+    details: Any = None,
+) -> None:
+    """A task attempt failed: retry it, or fail its branch or state."""
+    spec = spec_of(machine, task)
+    attempt = task["attempt"]
+    error: dict[str, Any] = {
+        "code": code,
+        "message": message,
+        "state": task["state"],
+        "attempt": attempt,
+    }
+    if details is not None:
+        error["details"] = details
+    if spec.retry.retries(code, attempt):
+        delay_ms = int(spec.retry.delay(attempt, rng.uniform(-1.0, 1.0)) * 1000)
+        doc["retries"].append(
+            {
+                "state": task["state"],
+                "branch": task.get("branch"),
+                "attempt": attempt + 1,
+                "at": now + delay_ms,
+            }
+        )
+        if task.get("branch") is None:
+            doc["status"] = "retrying"
+        fx.event(
+            now,
+            "task_retry_scheduled",
+            state=task["state"],
+            branch=task.get("branch"),
+            attempt=attempt + 1,
+            delay_ms=delay_ms,
+            error=error,
+        )
+        return
+    if task.get("branch") is not None:
+        parallel.branch_failed(machine, doc, fx, task, error, now, rng)
+        return
+    state = machine.bp.states[task["state"]]
+    trigger = (
+        "timeout" if code in (TIMEOUT, DISPATCH_TIMEOUT) and state.target("timeout") else "failure"
+    )
+    machine.state_failed(doc, fx, state, trigger, error, now, rng)
 
 
 TIMEOUT_TEXT = {
