@@ -55,6 +55,12 @@ def _graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from server.main import serve_command  # lazily: `validate` and `graph` need no aiohttp
+
+    return serve_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="interlock", description="Interlock: a declarative workflow orchestrator."
@@ -82,6 +88,36 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("-f", "--format", choices=("dot", "svg", "png"), default="dot")
     graph.add_argument("-o", "--output", metavar="OUT", help="write to this file")
     graph.set_defaults(handler=_graph)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP server (client API, worker API) on Redis or the embedded store",
+        description="Serve the client API (/api/v1) and the worker API (/_worker). Settings "
+        "come from environment variables (REDIS_URL, BLUEPRINTS_DIR, CLIENT_TOKEN, ...); "
+        "these flags override them. Exit status 2 for a configuration mistake, 1 when the "
+        "blueprints or the store are not usable, 0 after SIGTERM or SIGINT.",
+    )
+    serve.add_argument("--host", metavar="HOST", help="address to listen on (API_HOST)")
+    serve.add_argument("--port", metavar="PORT", help="port to listen on (API_PORT)")
+    serve.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="memory://, redis://host:6379/0, rediss://... or unix:///path (REDIS_URL)",
+    )
+    serve.add_argument(
+        "--blueprints", metavar="DIR", help="folder of blueprint YAML files (BLUEPRINTS_DIR)"
+    )
+    serve.add_argument(
+        "--clients-config",
+        metavar="FILE",
+        help="clients.toml with client tokens (CLIENTS_CONFIG_PATH)",
+    )
+    serve.add_argument(
+        "--workers-config",
+        metavar="FILE",
+        help="workers.toml with worker tokens (WORKERS_CONFIG_PATH)",
+    )
+    serve.set_defaults(handler=_serve)
 
     return parser
 

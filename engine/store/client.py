@@ -287,6 +287,10 @@ class Store:
             raise StoreUnavailable(str(exc)) from exc
         return due
 
+    async def webhook_attempt(self, job_id: str) -> int:
+        """Count one more delivery attempt for the job's webhook; returns the count."""
+        return int(await self.redis.hincrby(self.keys.job(job_id), "webhook_attempts", 1))
+
     async def webhook_delivered(self, job_id: str) -> None:
         await self.redis.zrem(self.keys.webhooks(self.keys.partition(job_id)), job_id)
 

@@ -1,0 +1,99 @@
+"""The aiohttp application: middleware, the three sub-applications, and the engine's life.
+
+`build_app(settings)` owns everything: a `cleanup_ctx` loads the blueprints, connects the
+store, opens the webhook session, starts the orchestrator, and on shutdown stops and closes
+them in reverse order.
+`build_app_around(orchestrator, settings)` serves an orchestrator someone else owns (tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from engine.blueprint.loader import load_blueprints
+from engine.runtime.jobdoc import RuntimeSettings
+from engine.runtime.orchestrator import Orchestrator, OrchestratorSettings
+from engine.runtime.registry import Registry
+from engine.store.client import Store
+from server.auth import ClientAuth, WorkerAuth
+from server.client_api import client_app
+from server.config import Settings
+from server.errors import error_middleware
+from server.public import public_app
+from server.state import CLIENT_AUTH, CLOSING, ORCHESTRATOR, SETTINGS, WORKER_AUTH
+from server.webhooks import WebhookSender
+from server.worker_api import SKILLS, SkillCache, worker_app
+
+
+def runtime_settings(settings: Settings) -> RuntimeSettings:
+    return RuntimeSettings(
+        default_run_timeout_ms=settings.default_run_timeout_ms,
+        heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
+        max_transitions=settings.max_transitions,
+        retention_ms=settings.job_retention_ms,
+    )
+
+
+def orchestrator_settings(settings: Settings) -> OrchestratorSettings:
+    return OrchestratorSettings(
+        worker_ttl_ms=settings.worker_ttl_ms, webhook_secret=settings.webhook_secret
+    )
+
+
+def build_app(settings: Settings) -> web.Application:
+    """The server, owning its store and orchestrator for the app's lifetime."""
+    app = _base_app(settings)
+    app.cleanup_ctx.append(_engine)
+    return app
+
+
+def build_app_around(orchestrator: Orchestrator, settings: Settings) -> web.Application:
+    """The server around a running orchestrator that the caller starts and stops."""
+    app = _base_app(settings)
+    app[ORCHESTRATOR] = orchestrator
+    return app
+
+
+def _base_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    app[CLIENT_AUTH] = ClientAuth.from_settings(settings)
+    app[WORKER_AUTH] = WorkerAuth.from_settings(settings)
+    app[CLOSING] = asyncio.Event()
+    app[SKILLS] = SkillCache()
+    app.on_shutdown.append(_release_long_polls)
+    app.add_subapp("/api/v1", client_app())
+    app.add_subapp("/_worker", worker_app())
+    app.add_subapp("/_public", public_app())
+    return app
+
+
+async def _release_long_polls(app: web.Application) -> None:
+    """Runs before aiohttp waits for open requests: long polls answer now (204, or the job
+    as it is) instead of holding the shutdown for up to a minute."""
+    app[CLOSING].set()
+
+
+async def _engine(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    blueprints = load_blueprints([settings.blueprints_dir])
+    store = await Store.connect(settings.redis_url, partitions=settings.redis_partitions)
+    try:
+        async with WebhookSender.session_for_webhooks() as session:
+            orchestrator = Orchestrator(
+                store,
+                Registry(blueprints, runtime_settings(settings)),
+                orchestrator_settings(settings),
+                webhook_sender=WebhookSender(session),
+            )
+            await orchestrator.start()
+            try:
+                app[ORCHESTRATOR] = orchestrator
+                yield
+            finally:
+                await orchestrator.stop()
+    finally:
+        await store.close()

@@ -1,0 +1,158 @@
+"""`interlock serve`: check everything, then serve until SIGTERM or SIGINT.
+
+Exit status: 0 after a clean stop, 1 when the blueprints, the store or the address are not
+usable, 2 for a configuration mistake. Nothing is started before every check has passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from engine.blueprint.loader import validate_paths
+from engine.errors import BlueprintError
+from engine.store.client import Store, StoreError
+from server.app import build_app
+from server.config import Settings, redact_url
+from server.errors import ConfigError
+
+log = logging.getLogger("interlock.server")
+
+STORE_CHECK_TIMEOUT_S = 10.0
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The serve flags, keyed by the variable each one overrides."""
+    return {
+        "API_HOST": args.host,
+        "API_PORT": args.port,
+        "REDIS_URL": args.redis_url,
+        "BLUEPRINTS_DIR": args.blueprints,
+        "CLIENTS_CONFIG_PATH": args.clients_config,
+        "WORKERS_CONFIG_PATH": args.workers_config,
+    }
+
+
+def _fail(message: str) -> None:
+    for line in message.splitlines():
+        print(f"interlock serve: {line}", file=sys.stderr)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_sources(os.environ, flags_from_args(args))
+    except ConfigError as exc:
+        _fail(str(exc))
+        return 2
+    blueprints, problems = validate_paths([settings.blueprints_dir])
+    errors = [p for p in problems if p.severity == "error"]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if errors:
+        _fail(
+            f"{len(errors)} error(s) in the blueprints in {settings.blueprints_dir}; "
+            f"fix them (interlock validate {settings.blueprints_dir}) and start again"
+        )
+        return 1
+    _setup_logging()
+    return asyncio.run(_serve(settings, len(blueprints)))
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    known = logging.getLevelNamesMapping()
+    logging.getLogger("interlock").setLevel(level if level in known else "INFO")
+
+
+async def check_store(settings: Settings) -> str | None:
+    """None when the store answers; otherwise what is wrong, without any password."""
+    where = redact_url(settings.redis_url)
+    try:
+        async with asyncio.timeout(STORE_CHECK_TIMEOUT_S):
+            store = await Store.connect(settings.redis_url, partitions=settings.redis_partitions)
+            try:
+                if not await store.ping():
+                    return f"the store at {where} does not answer PING"
+            finally:
+                await store.close()
+    except TimeoutError:
+        return f"cannot reach the store at {where}: no answer within {STORE_CHECK_TIMEOUT_S:g}s"
+    except (StoreError, ValueError, OSError) as exc:
+        reason = str(exc).replace(settings.redis_url, where)
+        return f"cannot use the store at {where}: {reason}"
+    return None
+
+
+async def _serve(settings: Settings, blueprint_count: int) -> int:
+    problem = await check_store(settings)
+    if problem is not None:
+        _fail(problem)
+        return 1
+    runner = web.AppRunner(
+        build_app(settings), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+    )
+    try:
+        await runner.setup()  # runs the app's cleanup_ctx: blueprints, store, orchestrator
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+    except (BlueprintError, StoreError, OSError) as exc:
+        reason = str(exc).replace(settings.redis_url, redact_url(settings.redis_url))
+        _fail(f"cannot start on {settings.host}:{settings.port}: {reason}")
+        await runner.cleanup()
+        return 1
+    _announce(settings, runner, blueprint_count)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):  # not on Windows
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(signum)
+        await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+def _announce(settings: Settings, runner: web.AppRunner, blueprint_count: int) -> None:
+    if settings.client_token_generated:
+        token = settings.client_tokens[0][1]
+        print(f"no CLIENT_TOKEN set; using generated token {token} for this run", file=sys.stderr)
+    if settings.worker_token_generated:
+        token = settings.worker_token or ""
+        print(f"no WORKER_TOKEN set; using generated token {token} for this run", file=sys.stderr)
+    if settings.webhook_secret_generated:
+        print(
+            f"no WEBHOOK_SECRET set; signing webhooks with generated secret "
+            f"{settings.webhook_secret} for this run",
+            file=sys.stderr,
+        )
+    port = settings.port
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            port = int(address[1])
+            break
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    blueprints = f"{blueprint_count} blueprint{'s' if blueprint_count != 1 else ''}"
+    print(
+        f"Interlock listening on http://{host}:{port} (store: {settings.store_label}, "
+        f"{blueprints})",
+        flush=True,
+    )

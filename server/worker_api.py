@@ -1,0 +1,206 @@
+"""The worker API under `/_worker`: the RXON protocol spoken by `avtomatika-worker` SDKs.
+
+See docs/rxon-protocol.md (§2 for the routes, §6 for why the status codes and the words
+"Unauthorized" and "not found" in messages are chosen as they are). Every route needs a
+valid `X-Worker-Token` for its `X-Worker-ID`; a path naming another worker is refused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+
+from server.auth import WORKER_ID_HEADER, WORKER_TOKEN_HEADER
+from server.errors import BadRequest, Handler, NotFound, json_response
+from server.params import json_object, json_type, optional_str, query_number, required_str
+from server.state import WORKER, WORKER_AUTH, orchestrator, settings, unless_closing
+
+DEFAULT_POLL_S = 30.0
+SKILLS_TTL_S = 10.0  # how long a worker's registered skills are trusted from memory
+
+
+class SkillCache:
+    """Registered skills per worker id, read from the store at most every SKILLS_TTL_S."""
+
+    def __init__(self, ttl_s: float = SKILLS_TTL_S, max_workers: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_workers = max_workers
+        self._skills: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
+
+    def get(self, worker_id: str) -> tuple[str, ...] | None:
+        entry = self._skills.get(worker_id)
+        if entry is None or time.monotonic() - entry[0] > self.ttl_s:
+            return None
+        return entry[1]
+
+    def put(self, worker_id: str, skills: tuple[str, ...]) -> None:
+        self._skills[worker_id] = (time.monotonic(), skills)
+        self._skills.move_to_end(worker_id)
+        while len(self._skills) > self.max_workers:
+            self._skills.popitem(last=False)
+
+
+SKILLS = web.AppKey("worker_skills", SkillCache)
+
+
+@web.middleware
+async def worker_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    auth = request.config_dict[WORKER_AUTH]
+    worker_id = auth.worker(
+        request.headers.get(WORKER_ID_HEADER), request.headers.get(WORKER_TOKEN_HEADER)
+    )
+    path_id = request.match_info.get("worker_id")
+    if path_id is not None and path_id != worker_id:
+        raise auth.mismatch(worker_id, path_id)
+    request[WORKER] = worker_id
+    return await handler(request)
+
+
+# -- registration and heartbeats ------------------------------------------------------------
+
+
+def _skill_names(body: dict[str, Any]) -> tuple[str, ...]:
+    """Skill names from `supported_skills[].name`, else from `available_skills`."""
+    supported = body.get("supported_skills")
+    if supported:
+        if not isinstance(supported, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("name"), str) and s["name"] for s in supported
+        ):
+            raise BadRequest(
+                "supported_skills must be a list of objects with a string name",
+                code="invalid_registration",
+            )
+        return tuple(dict.fromkeys(s["name"] for s in supported))
+    return _name_list(body.get("available_skills"), "available_skills")
+
+
+def _name_list(value: Any, field: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(
+            f"{field} must be a list of strings, not {json_type(value)}", code="invalid_field"
+        )
+    return tuple(dict.fromkeys(v for v in value if v))
+
+
+async def register(request: web.Request) -> web.Response:
+    worker_id = request[WORKER]
+    body = await json_object(request)
+    claimed = optional_str(body, "worker_id")
+    if claimed is not None and claimed != worker_id:
+        raise BadRequest(
+            f"the body's worker_id {claimed[:128]!r} differs from {WORKER_ID_HEADER} {worker_id!r}",
+            code="worker_id_mismatch",
+        )
+    skills = _skill_names(body)
+    registration: dict[str, Any] = {
+        "worker_id": worker_id,
+        "worker_type": optional_str(body, "worker_type") or "",
+        "skills": list(skills),
+        "registered_at": int(time.time() * 1000),
+    }
+    for key in ("capabilities", "resources"):
+        if isinstance(body.get(key), dict):
+            registration[key] = body[key]
+    await orchestrator(request).register_worker(worker_id, registration)
+    request.config_dict[SKILLS].put(worker_id, skills)
+    # No access_token: the SDK would switch its X-Worker-Token to it (protocol §2.1).
+    return json_response({"status": "registered"})
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    worker_id = request[WORKER]
+    body = await json_object(request, empty_ok=True)
+    tasks = _name_list(body.get("current_tasks"), "current_tasks")
+    alive_ms = settings(request).heartbeat_timeout_ms
+    known, cancels = await orchestrator(request).heartbeat(worker_id, list(tasks), alive_ms)
+    if not known:
+        # The SDK re-registers when the text holds "not found" (protocol §6). Only a worker
+        # whose registration really is gone gets this, or it would loop.
+        raise NotFound("Worker not found; register again", code="worker_not_found")
+    return json_response({"status": "ok", "cancel_task_ids": cancels})
+
+
+# -- tasks ------------------------------------------------------------------------------------
+
+
+async def _skills(request: web.Request, worker_id: str) -> tuple[str, ...]:
+    given = request.query.get("available_skills", "")
+    skills = tuple(dict.fromkeys(s.strip() for s in given.split(",") if s.strip()))
+    if skills:
+        return skills
+    cache = request.config_dict[SKILLS]
+    cached = cache.get(worker_id)
+    if cached is None:
+        registration = await orchestrator(request).store.worker_registration(worker_id)
+        raw = registration.get("skills", []) if registration else []
+        cached = tuple(s for s in raw if isinstance(s, str))
+        cache.put(worker_id, cached)
+    return cached
+
+
+async def next_task(request: web.Request) -> web.Response:
+    worker_id = request[WORKER]
+    poll_max = settings(request).worker_poll_max_s
+    wait_s = query_number(
+        request, "timeout", min(DEFAULT_POLL_S, poll_max), 0.0, poll_max, clamp=True
+    )
+    skills = await _skills(request, worker_id)
+    orch = orchestrator(request)
+    task = await unless_closing(request, orch.next_task(worker_id, skills, wait_s), None)
+    if task is None:
+        return web.Response(status=204)
+    return json_response(task)
+
+
+async def task_result(request: web.Request) -> web.Response:
+    body = await json_object(request)
+    required_str(body, "job_id")
+    required_str(body, "task_id")
+    status = optional_str(body, "status")  # missing means success (protocol §4)
+    if status == "":
+        raise BadRequest(
+            "'status' must not be empty; leave it out for success", code="invalid_field"
+        )
+    answer = await orchestrator(request).submit_result(request[WORKER], body)
+    return json_response(answer)
+
+
+async def worker_event(request: web.Request) -> web.Response:
+    body = await json_object(request)
+    event_type = required_str(body, "event_type")
+    job_id = optional_str(body, "target_job_id")
+    task_id = optional_str(body, "target_task_id") or optional_str(body, "origin_task_id")
+    if event_type != "progress":
+        return json_response({"status": "ignored", "reason": "unsupported_event_type"})
+    if not job_id or not task_id:
+        return json_response({"status": "ignored", "reason": "no_target_task"})
+    payload = body.get("payload", {})
+    outcome = await orchestrator(request).progress(request[WORKER], job_id, task_id, payload)
+    if outcome == "accepted":
+        return json_response({"status": "accepted"})
+    return json_response({"status": "ignored", "reason": outcome})
+
+
+async def no_token_service(request: web.Request) -> web.Response:
+    raise NotFound(
+        "this server has no token service; workers use their configured X-Worker-Token",
+        code="no_token_service",
+    )
+
+
+def worker_app() -> web.Application:
+    """The `/_worker` sub-application."""
+    app = web.Application(middlewares=[worker_auth_middleware])
+    app.router.add_post("/workers/register", register)
+    app.router.add_patch("/workers/{worker_id}", heartbeat)
+    app.router.add_get("/workers/{worker_id}/tasks/next", next_task)
+    app.router.add_post("/tasks/result", task_result)
+    app.router.add_post("/events", worker_event)
+    app.router.add_post("/auth/token", no_token_service)
+    app.router.add_post("/auth/token/refresh", no_token_service)
+    return app
