@@ -6,7 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint pytest graphviz clean
+COMPAT := .venv-compat
+COMPAT_STAMP := $(COMPAT)/.installed
+
+.PHONY: serve test lint pytest graphviz compat clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,15 +23,24 @@ serve: $(STAMP)
 graphviz:
 	@scripts/ensure-graphviz
 
+# The published avtomatika-worker SDK, in its own venv (it pins its own aiohttp), so the
+# tests can check that unmodified workers built with it run jobs on Interlock.
+$(COMPAT_STAMP):
+	$(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/python -m pip install --quiet avtomatika-worker==1.0b20
+	touch $(COMPAT_STAMP)
+
+compat: $(COMPAT_STAMP)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-pytest: $(STAMP) graphviz
+pytest: $(STAMP) graphviz compat
 	$(BIN)/pytest
 
 test: lint pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(COMPAT) .pytest_cache .mypy_cache .ruff_cache .hypothesis

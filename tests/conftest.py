@@ -28,6 +28,16 @@ def require_program(name: str, hint: str) -> str:
     return path
 
 
+def require_file(path: Path, hint: str) -> Path:
+    """`path`; skip locally when missing, but fail in CI."""
+    if not path.exists():
+        message = f"{path} is missing (run `{hint}`)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 @pytest.fixture
 def dot_program() -> str:
     return require_program("dot", "apt-get install graphviz")

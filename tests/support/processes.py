@@ -1,0 +1,150 @@
+"""Real `interlock serve` and worker processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.support.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENT_TOKEN = "test-client-token"
+WORKER_TOKEN = "test-worker-token"
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.process = process
+        self.port = port
+        self.log = log
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as when a machine dies."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def terminate(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=20)
+
+
+def _wait_ready(server: Server, deadline_s: float = 30) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"interlock serve exited early:\n{server.output()}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/_public/status", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"interlock serve did not become ready:\n{server.output()}")
+
+
+@contextmanager
+def serve(
+    tmp_path: Path,
+    redis_url: str,
+    blueprints: Path = ROOT / "blueprints",
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Server]:
+    port = free_port()
+    log = tmp_path / f"server-{port}.log"
+    environment = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(port),
+        "BLUEPRINTS_DIR": str(blueprints),
+        "CLIENT_TOKEN": CLIENT_TOKEN,
+        "WORKER_TOKEN": WORKER_TOKEN,
+        "REDIS_PARTITIONS": "4",
+        **(env or {}),
+    }
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "serve"],
+            cwd=ROOT,
+            env=environment,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(process, port, log)
+    try:
+        _wait_ready(server)
+        yield server
+    finally:
+        server.kill()
+
+
+class WorkerProcess:
+    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.process = process
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.output():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"worker never printed {text!r}:\n{self.output()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@contextmanager
+def worker(
+    tmp_path: Path, url: str, worker_id: str, skills: str, *extra: str, token: str = WORKER_TOKEN
+) -> Iterator[WorkerProcess]:
+    log = tmp_path / f"worker-{worker_id}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.support.rxon_worker",
+                "--url",
+                url,
+                "--id",
+                worker_id,
+                "--token",
+                token,
+                "--skills",
+                skills,
+                *extra,
+            ],
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    handle = WorkerProcess(process, log)
+    try:
+        yield handle
+    finally:
+        handle.stop()
