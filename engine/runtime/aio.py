@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 
 def checkpoint(cause: BaseException | None = None) -> None:
@@ -15,3 +17,23 @@ def checkpoint(cause: BaseException | None = None) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from cause
+
+
+class Throttle:
+    """Log a recurring problem once, then at most every `every_s` seconds (with a count)."""
+
+    def __init__(self, log: logging.Logger, every_s: float = 30.0) -> None:
+        self.log = log
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) < self.every_s:
+            self._skipped[key] = self._skipped.get(key, 0) + 1
+            return
+        skipped = self._skipped.pop(key, 0)
+        self._last[key] = now
+        suffix = f" ({skipped} more since the last report)" if skipped else ""
+        self.log.warning(message + suffix, *args)

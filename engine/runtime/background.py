@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from engine.runtime import webhooks
-from engine.runtime.aio import checkpoint
+from engine.runtime.aio import Throttle, checkpoint
 from engine.runtime.jobdoc import Effects, Leases, TaskLease
 from engine.runtime.machine import Machine
 from engine.runtime.registry import UnknownBlueprintVersion
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from engine.runtime.orchestrator import Orchestrator
 
 log = logging.getLogger("interlock.orchestrator")
+throttle = Throttle(log)
 
 
 def now_ms() -> int:
@@ -62,13 +63,15 @@ async def timer_loop(orch: Orchestrator) -> None:
     while True:
         checkpoint()
         started = time.monotonic()
+        pause = orch.settings.timer_interval_s
         try:
             await fire_timers(orch)
         except StoreUnavailable as exc:
             checkpoint(exc)
-            log.warning("timer loop: %s", exc)
+            throttle.warning("timers", "timer loop: %s", exc)
+            pause = 1.0  # the store is down: no point asking ten times a second
         elapsed = time.monotonic() - started
-        await asyncio.sleep(max(0.0, orch.settings.timer_interval_s - elapsed))
+        await asyncio.sleep(max(0.0, pause - elapsed))
 
 
 async def fire_timers(orch: Orchestrator) -> None:

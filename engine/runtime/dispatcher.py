@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.jsonutil import loads
-from engine.runtime.aio import checkpoint
+from engine.runtime.aio import Throttle, checkpoint
 from engine.store.client import Store, StoreUnavailable
 
 log = logging.getLogger("interlock.dispatcher")
+throttle = Throttle(log)
 
 SWEEP_INTERVAL_S = 1.0
 
@@ -44,6 +45,7 @@ class Dispatcher:
         self.waiters: dict[str, deque[Waiter]] = {}
         self.hints: set[tuple[str, int]] = set()
         self.wake = asyncio.Event()
+        self.closed = False
 
     # -- called by request handlers ------------------------------------------------------------
 
@@ -51,6 +53,8 @@ class Dispatcher:
         self, worker_id: str, skills: tuple[str, ...], wait_s: float
     ) -> dict[str, Any] | None:
         """A leased task payload for this worker, or None after `wait_s` seconds."""
+        if self.closed:
+            return None
         if not skills:
             await asyncio.sleep(min(wait_s, 1.0))
             return None
@@ -73,6 +77,16 @@ class Dispatcher:
             self._forget(waiter)
             if not waiter.future.done():
                 waiter.future.cancel()
+
+    def close(self) -> None:
+        """Shutting down: answer every waiting poll now (no task) and take no new ones.
+        Polls the pump is leasing for still get their task."""
+        self.closed = True
+        for queue in list(self.waiters.values()):
+            for waiter in list(queue):
+                waiter.expired = True
+                if not waiter.claimed and not waiter.future.done():
+                    waiter.future.set_result(None)
 
     def task_queued(self, task_type: str, partition: int) -> None:
         self.hints.add((task_type, partition))
@@ -97,7 +111,7 @@ class Dispatcher:
                 await self._pump()
             except StoreUnavailable as exc:
                 checkpoint(exc)
-                log.warning("cannot lease tasks: %s", exc)
+                throttle.warning("lease", "cannot lease tasks: %s", exc)
                 await asyncio.sleep(0.5)
                 self.wake.set()
 

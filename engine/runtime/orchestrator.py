@@ -99,6 +99,7 @@ class Orchestrator:
         ]
 
     async def stop(self) -> None:
+        self.dispatcher.close()
         if self._followups:
             await asyncio.wait(self._followups, timeout=5)
         for task in self._tasks:

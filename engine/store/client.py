@@ -6,11 +6,13 @@ single commands. Driver errors are translated into `StoreUnavailable` where they
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -18,6 +20,9 @@ import redis.exceptions
 from engine.errors import InterlockError
 from engine.jsonutil import dumps, loads
 from engine.store.keys import Keys
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 KEEP = "-"  # commit(timer_ms=KEEP) leaves the job's timer as it is
 
@@ -32,6 +37,28 @@ class StoreUnavailable(StoreError):
 
 class PartitionMismatch(StoreError):
     """This Redis was set up with another partition count than the one configured."""
+
+
+def translated(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn driver errors into StoreUnavailable where they enter the package."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except redis.exceptions.RedisError as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+
+    return wrapper
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _script(name: str) -> str:
@@ -87,7 +114,11 @@ class Store:
                 url, decode_responses=True, health_check_interval=30, socket_keepalive=True
             )
         store = cls(client, Keys(prefix, partitions), url)
-        await store._check_partitions()
+        try:
+            await store._check_partitions()
+        except BaseException:
+            await client.aclose()
+            raise
         return store
 
     async def close(self) -> None:
@@ -98,7 +129,7 @@ class Store:
             await self.redis.hsetnx(self.keys.meta, "partitions", str(self.keys.partitions))
             stored = str(await self.redis.hget(self.keys.meta, "partitions"))
         except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
+            raise StoreUnavailable(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
         if stored != str(self.keys.partitions):
             raise PartitionMismatch(
                 f"this Redis holds jobs in {stored} partitions but REDIS_PARTITIONS is "
@@ -113,18 +144,17 @@ class Store:
 
     # -- jobs --------------------------------------------------------------------------------
 
+    @translated
     async def read_job(self, job_id: str) -> JobRecord | None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hmget(self.keys.job(job_id), ["v", "doc"])
         pipe.hgetall(self.keys.leases(job_id))
-        try:
-            (v, doc), leases = await pipe.execute()
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        (v, doc), leases = await pipe.execute()
         if v is None or doc is None:
             return None
         return JobRecord(int(v), loads(doc), {str(k): str(val) for k, val in leases.items()})
 
+    @translated
     async def commit(self, change: Commit, *, history_start: int) -> bool:
         """Apply `change` if the job's version still matches. History entries are stored as
         fields h:<seq> numbered from `history_start`."""
@@ -175,27 +205,28 @@ class Store:
             "done_channel": keys.done_channel,
         }
         expected = "" if change.expected_version is None else str(change.expected_version)
-        try:
-            result = await self._commit(keys=key_list, args=[expected, dumps(plan)])
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        result = await self._commit(keys=key_list, args=[expected, dumps(plan)])
         return bool(result)
 
+    @translated
     async def exists(self, job_id: str) -> bool:
         return bool(await self.redis.exists(self.keys.job(job_id)))
 
+    @translated
     async def drop_timer(self, job_id: str) -> None:
         """Forget the timer of a job that no longer exists (its retention ended)."""
         await self.redis.zrem(self.keys.timers(self.keys.partition(job_id)), job_id)
 
+    @translated
     async def history(self, job_id: str) -> list[dict[str, Any]]:
-        try:
-            raw = await self.redis.hgetall(self.keys.job(job_id))
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        raw = await self.redis.hgetall(self.keys.job(job_id))
         names = sorted(str(n) for n in raw if str(n).startswith("h:"))
-        return [loads(raw[name]) for name in names]
+        events = [loads(raw[name]) for name in names]
+        # A pick-up is recorded with the result, stamped with the earlier lease time: order
+        # by time, keeping the recorded order for equal times (sorted() is stable).
+        return sorted(events, key=lambda event: int(event.get("at", 0)))
 
+    @translated
     async def job_ids_for_client(
         self, client: str, *, limit: int, before_ms: int | None
     ) -> list[tuple[str, int]]:
@@ -211,16 +242,14 @@ class Store:
                 num=limit,
                 withscores=True,
             )
-        try:
-            rows = await pipe.execute()
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        rows = await pipe.execute()
         merged = sorted(
             ((job_id, int(score)) for row in rows for job_id, score in row),
             key=lambda pair: (-pair[1], pair[0]),
         )
         return merged[:limit]
 
+    @translated
     async def forget_expired(self, client: str, older_than_ms: int) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for partition in range(self.keys.partitions):
@@ -229,22 +258,19 @@ class Store:
 
     # -- tasks and timers ----------------------------------------------------------------------
 
+    @translated
     async def peek(self, partition: int, task_type: str, count: int) -> list[str]:
-        try:
-            members = await self.redis.zrange(self.keys.queue(partition, task_type), 0, count - 1)
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        members = await self.redis.zrange(self.keys.queue(partition, task_type), 0, count - 1)
         return [str(m) for m in members]
 
+    @translated
     async def queue_sizes(self, pairs: Sequence[tuple[str, int]]) -> list[int]:
         pipe = self.redis.pipeline(transaction=False)
         for task_type, partition in pairs:
             pipe.zcard(self.keys.queue(partition, task_type))
-        try:
-            return [int(n) for n in await pipe.execute()]
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        return [int(n) for n in await pipe.execute()]
 
+    @translated
     async def lease(
         self,
         partition: int,
@@ -258,58 +284,57 @@ class Store:
         for member in candidates:
             job_id = member.split("|", 1)[0]
             keys += [self.keys.job(job_id), self.keys.leases(job_id), self.keys.payloads(job_id)]
-        try:
-            flat = await self._lease(
-                keys=keys, args=[str(now_ms), str(len(candidates)), *candidates, *workers]
-            )
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        flat = await self._lease(
+            keys=keys, args=[str(now_ms), str(len(candidates)), *candidates, *workers]
+        )
         return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
+    @translated
     async def claim_timers(
         self, partition: int, now_ms: int, limit: int, claim_ms: int
     ) -> list[str]:
         """Job ids whose timer is due, claimed for `claim_ms` so one orchestrator handles each."""
         return await self._claim_due(self.keys.timers(partition), now_ms, limit, claim_ms)
 
+    @translated
     async def claim_webhooks(
         self, partition: int, now_ms: int, limit: int, claim_ms: int
     ) -> list[str]:
         """Job ids whose webhook delivery is due, claimed likewise."""
         return await self._claim_due(self.keys.webhooks(partition), now_ms, limit, claim_ms)
 
+    @translated
     async def _claim_due(self, key: str, now_ms: int, limit: int, claim_ms: int) -> list[str]:
-        try:
-            due: list[str] = await self._claim(
-                keys=[key], args=[str(now_ms), str(limit), str(claim_ms)]
-            )
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        due: list[str] = await self._claim(
+            keys=[key], args=[str(now_ms), str(limit), str(claim_ms)]
+        )
         return due
 
+    @translated
     async def webhook_attempt(self, job_id: str) -> int:
         """Count one more delivery attempt for the job's webhook; returns the count."""
         return int(await self.redis.hincrby(self.keys.job(job_id), "webhook_attempts", 1))
 
+    @translated
     async def webhook_delivered(self, job_id: str) -> None:
         await self.redis.zrem(self.keys.webhooks(self.keys.partition(job_id)), job_id)
 
+    @translated
     async def webhook_retry(self, job_id: str, at_ms: int) -> None:
         await self.redis.zadd(self.keys.webhooks(self.keys.partition(job_id)), {job_id: at_ms})
 
     # -- workers -------------------------------------------------------------------------------
 
+    @translated
     async def register_worker(
         self, worker_id: str, registration: Mapping[str, Any], ttl_ms: int
     ) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.keys.worker(worker_id), dumps(registration), px=ttl_ms)
         pipe.set(self.keys.worker_alive(worker_id), dumps({"at": _ms(), "tasks": []}), px=ttl_ms)
-        try:
-            await pipe.execute()
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        await pipe.execute()
 
+    @translated
     async def heartbeat(
         self, worker_id: str, tasks: Sequence[str], alive_ms: int, registration_ms: int
     ) -> tuple[bool, list[str]]:
@@ -322,23 +347,20 @@ class Store:
             px=alive_ms,
         )
         pipe.spop(self.keys.worker_cancels(worker_id), 1000)
-        try:
-            known, _, cancels = await pipe.execute()
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        known, _, cancels = await pipe.execute()
         return bool(known), list(cancels or [])
 
+    @translated
     async def worker_registration(self, worker_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(self.keys.worker(worker_id))
         return loads(raw) if raw else None
 
+    @translated
     async def worker_alive(self, worker_id: str) -> dict[str, Any] | None:
-        try:
-            raw = await self.redis.get(self.keys.worker_alive(worker_id))
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        raw = await self.redis.get(self.keys.worker_alive(worker_id))
         return loads(raw) if raw else None
 
+    @translated
     async def request_cancel(self, worker_id: str, task_id: str, ttl_ms: int) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.sadd(self.keys.worker_cancels(worker_id), task_id)
@@ -347,9 +369,11 @@ class Store:
 
     # -- blueprints and notifications -------------------------------------------------------------
 
+    @translated
     async def save_blueprint(self, content_hash: str, raw: Mapping[str, Any]) -> None:
         await self.redis.set(self.keys.blueprint(content_hash), dumps(raw), nx=True)
 
+    @translated
     async def load_blueprint(self, content_hash: str) -> dict[str, Any] | None:
         raw = await self.redis.get(self.keys.blueprint(content_hash))
         return loads(raw) if raw else None
