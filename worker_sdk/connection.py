@@ -1,0 +1,254 @@
+"""One orchestrator: its HTTP session, the five RXON calls, and whether it is usable.
+
+Answers are translated where they enter the package (docs/rxon-protocol.md §1):
+
+| answer                                  | raised / returned         |
+|-----------------------------------------|---------------------------|
+| connection refused, reset, timeout, 5xx, 408, a 2xx that is not JSON | `Unavailable` |
+| 429 (with `Retry-After` if given)       | `RateLimited`             |
+| any other 4xx                           | `Refused` (status, the server's message) |
+| 204                                     | `None`                    |
+
+A connection is *up* once a registration succeeded, and *down* again when a call finds the
+orchestrator unreachable or when it forgets the worker; the worker's supervisor then probes
+it by registering again, with backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+
+from worker_sdk.config import OrchestratorConfig
+from worker_sdk.errors import WorkerError
+
+log = logging.getLogger("worker_sdk.connection")
+
+PREFIX = "/_worker"
+PROTOCOL_VERSION = "1.0b17"  # the RXON version whose wire format this SDK speaks
+
+
+class Unavailable(WorkerError):
+    """The orchestrator did not answer usefully: try later, or elsewhere."""
+
+
+class RateLimited(WorkerError):
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Refused(WorkerError):
+    """A 4xx answer: the orchestrator understood and said no."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+    @property
+    def unauthorized(self) -> bool:
+        return self.status in (401, 403)
+
+    @property
+    def worker_unknown(self) -> bool:
+        """The orchestrator forgot this worker (restart, TTL): register again."""
+        return self.status == 404 and "not found" in self.message.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class ResultAnswer:
+    accepted: bool
+    reason: str = ""
+
+
+class Backoff:
+    """Exponential delays with jitter: initial, x2, ... up to `maximum`."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = max(initial, maximum)
+        self.attempt = 0
+
+    def next(self) -> float:
+        base = min(self.maximum, self.initial * 2.0 ** min(self.attempt, 32))
+        self.attempt += 1
+        return base * random.uniform(0.8, 1.0)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Connection:
+    """Talks to one orchestrator on behalf of one worker id."""
+
+    def __init__(self, config: OrchestratorConfig, worker_id: str, request_timeout: float) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.request_timeout = request_timeout
+        self.up = False
+        self.reason = "not registered yet"
+        self.listeners: list[Callable[[], None]] = []  # called when `up` changes
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.url} {'up' if self.up else 'down'}>"
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    # -- lifecycle and health ----------------------------------------------------------------
+
+    async def open(self) -> None:
+        headers = {
+            "X-Worker-ID": self.worker_id,
+            "X-Worker-Token": self.config.token,
+            "X-RXON-Version": PROTOCOL_VERSION,
+        }
+        self._session = aiohttp.ClientSession(headers=headers)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def mark_up(self) -> None:
+        if not self.up:
+            self.up = True
+            self.reason = ""
+            self._notify()
+
+    def mark_down(self, reason: str, *, quiet: bool = False) -> None:
+        """Stop using this orchestrator until a registration succeeds again."""
+        if self.up:
+            if not quiet:
+                log.warning(
+                    "orchestrator %s: %s; probing it until it answers again", self.url, reason
+                )
+            self.up = False
+            self._notify()
+        self.reason = reason
+
+    def _notify(self) -> None:
+        for listener in list(self.listeners):
+            listener()
+
+    # -- the RXON calls ----------------------------------------------------------------------
+
+    async def register(self, body: Mapping[str, Any]) -> None:
+        answer = await self._call("POST", "/workers/register", body)
+        if isinstance(answer, dict) and answer.get("warning"):
+            log.warning("orchestrator %s: %s", self.url, answer["warning"])
+
+    async def heartbeat(self, body: Mapping[str, Any]) -> list[str]:
+        """Send a heartbeat; returns the task ids the orchestrator wants cancelled."""
+        answer = await self._call("PATCH", f"/workers/{self.worker_id}", body)
+        cancels = answer.get("cancel_task_ids") if isinstance(answer, dict) else None
+        if not isinstance(cancels, list):
+            return []
+        return [str(task_id) for task_id in cancels]
+
+    async def poll(self, skills: list[str], wait_s: float) -> dict[str, Any] | None:
+        """One long poll: a task payload, or None when none came within `wait_s`."""
+        query = {"timeout": f"{wait_s:g}", "available_skills": ",".join(skills)}
+        answer = await self._call(
+            "GET",
+            f"/workers/{self.worker_id}/tasks/next",
+            params=query,
+            total_s=wait_s + self.request_timeout,
+        )
+        if not answer:  # 204, or 200 with {} or null
+            return None
+        if not isinstance(answer, dict):
+            raise Unavailable(f"the task is not a JSON object: {str(answer)[:200]}")
+        return answer
+
+    async def send_result(self, body: Mapping[str, Any]) -> ResultAnswer:
+        answer = await self._call("POST", "/tasks/result", body)
+        if isinstance(answer, dict) and answer.get("status") == "ignored":
+            return ResultAnswer(False, str(answer.get("reason") or "ignored"))
+        return ResultAnswer(True)
+
+    async def send_event(self, body: Mapping[str, Any]) -> None:
+        await self._call("POST", "/events", body)
+
+    # -- transport ---------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        params: Mapping[str, str] | None = None,
+        total_s: float | None = None,
+    ) -> Any:
+        if self._session is None:
+            raise Unavailable("the connection is closed")
+        limit = aiohttp.ClientTimeout(total=total_s or self.request_timeout)
+        try:
+            async with self._session.request(
+                method, self.url + PREFIX + path, json=body, params=params, timeout=limit
+            ) as response:
+                text = await response.text(errors="replace")
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+        except TimeoutError:
+            raise Unavailable(f"no answer to {method} {path} within {limit.total:g}s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise Unavailable(f"{type(exc).__name__}: {exc}") from None
+        return _answer(method, path, status, text, retry_after)
+
+
+def _answer(method: str, path: str, status: int, text: str, retry_after: str | None) -> Any:
+    if status == 204:
+        return None
+    if 200 <= status < 300:
+        if not text.strip():
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise Unavailable(f"{method} {path} answered {status} with non-JSON text") from None
+    message = _message(text)
+    if status == 429:
+        raise RateLimited(f"HTTP 429: {message}", _retry_after(retry_after))
+    if status >= 500 or status == 408:
+        raise Unavailable(f"HTTP {status}: {message}")
+    raise Refused(status, message)
+
+
+def _message(text: str) -> str:
+    """The server's message from `{"error": {"message": ...}}`, `{"error": "..."}` or text."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text.strip()[:500]
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])[:500]
+    if isinstance(error, str):
+        return error[:500]
+    return text.strip()[:500]
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,206 @@
+"""Which orchestrator to ask for the next task, and how many tasks may run at once.
+
+FAILOVER (also called WATERFALL): one poll loop asks the first orchestrator, in priority
+order, that is up. When a call finds it unreachable it is marked down and the next poll goes
+to the next one; the supervisor keeps probing the ones that are down, and as soon as a
+higher-priority one answers again the following poll goes back to it.
+
+ROUND_ROBIN: one poll loop per orchestrator, each holding at most one open poll. A poll
+needs a free slot (MAX_CONCURRENT_TASKS is never exceeded: a poll that brings a task hands
+its slot to the task). Slots go to the waiting loops in smooth weighted round robin, so
+orchestrators with work share the worker by their `weight`. While slots are short, a poll
+waits at most `round_robin_turn` seconds, and not at all on an orchestrator whose last poll
+came back empty; so an idle orchestrator never holds a slot that a busy one could use.
+A loop whose orchestrator is down waits until the supervisor finds it up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker_sdk.config import WorkerConfig
+from worker_sdk.connection import Backoff, Connection, RateLimited, Refused, Unavailable
+
+log = logging.getLogger("worker_sdk.routing")
+
+TaskSink = Callable[[Connection, dict[str, Any]], bool]
+
+
+@dataclass(eq=False)
+class _Waiter:
+    key: str
+    weight: int
+    future: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class SlotGate:
+    """At most `capacity` slots in use; free slots go to waiters by smooth weighted round
+    robin (the nginx algorithm: with equal weights, strict alternation)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._waiters: list[_Waiter] = []
+        self._credit: dict[str, int] = {}
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.used
+
+    async def acquire(self, key: str = "", weight: int = 1) -> None:
+        if self.used < self.capacity and not self._waiters:
+            self.used += 1
+            return
+        waiter = _Waiter(key, weight)
+        self._waiters.append(waiter)
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                self.release()  # granted just as we were cancelled: give it back
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        self.used -= 1
+        # A waiter cancelled since it queued has a cancelled future and leaves on its own.
+        self._waiters = [w for w in self._waiters if not w.future.done()]
+        while self.used < self.capacity and self._waiters:
+            waiter = self._pick()
+            self._waiters.remove(waiter)
+            self.used += 1
+            waiter.future.set_result(None)
+
+    def _pick(self) -> _Waiter:
+        total = sum(w.weight for w in self._waiters)
+        for w in self._waiters:
+            self._credit[w.key] = self._credit.get(w.key, 0) + w.weight
+        best = max(self._waiters, key=lambda w: self._credit[w.key])  # ties: the first
+        self._credit[best.key] -= total
+        return best
+
+
+class Router:
+    """Runs the poll loops for the configured mode until `stopping` is set."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        connections: Sequence[Connection],
+        gate: SlotGate,
+        skills: Callable[[], list[str]],
+        sink: TaskSink,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.config = config
+        self.connections = connections  # in priority order
+        self.gate = gate
+        self.skills = skills
+        self.sink = sink
+        self.stopping = stopping
+        self._empty: dict[str, bool] = {}  # url -> its last poll brought nothing
+        self._changes: list[asyncio.Future[None]] = []
+        for connection in connections:
+            connection.listeners.append(self._changed)
+
+    # -- selection ---------------------------------------------------------------------------
+
+    def active(self) -> Connection | None:
+        """FAILOVER: the first orchestrator in priority order that is up."""
+        return next((c for c in self.connections if c.up), None)
+
+    def poll_wait(self, connection: Connection) -> float:
+        """How long the next poll to `connection` may wait (its slot is already held)."""
+        full = self.config.poll_timeout
+        if self.config.mode == "FAILOVER":
+            return full
+        others = sum(1 for c in self.connections if c.up and c is not connection)
+        if self.gate.free >= others:
+            return full  # every other loop can still get a slot: waiting costs nobody
+        if self._empty.get(connection.url):
+            return 0.0
+        return min(full, self.config.round_robin_turn)
+
+    def _changed(self) -> None:
+        for future in self._changes:
+            if not future.done():
+                future.set_result(None)
+        self._changes.clear()
+
+    def next_change(self) -> asyncio.Future[None]:
+        """A future resolved the next time any orchestrator goes up or down."""
+        future = asyncio.get_running_loop().create_future()
+        self._changes.append(future)
+        return future
+
+    # -- poll loops --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if self.config.mode == "FAILOVER":
+            await self._loop(None)
+        else:
+            await asyncio.gather(*(self._loop(c) for c in self.connections))
+
+    async def _loop(self, fixed: Connection | None) -> None:
+        backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
+        while not self.stopping.is_set():
+            connection = fixed if fixed is not None else self.active()
+            if connection is None or not connection.up:
+                await self._unless_stopped(self.next_change())
+                continue
+            slot = self.gate.acquire(connection.url, connection.config.weight)
+            if not await self._unless_stopped(slot):
+                return
+            delay = await self._poll_once(connection)
+            if delay is None:
+                backoff.reset()
+            else:
+                await self._unless_stopped(asyncio.sleep(max(delay, backoff.next())))
+
+    async def _poll_once(self, connection: Connection) -> float | None:
+        """One poll with a slot held; returns a delay before the next when it failed."""
+        handed = False
+        try:
+            if self.stopping.is_set() or not connection.up:
+                return None
+            try:
+                task = await connection.poll(self.skills(), self.poll_wait(connection))
+            except Unavailable as exc:
+                connection.mark_down(f"polling failed: {exc}")
+                return None
+            except RateLimited as exc:
+                log.warning("orchestrator %s: %s; polling later", connection.url, exc)
+                return exc.retry_after or 0.0
+            except Refused as exc:
+                if exc.unauthorized or exc.worker_unknown:
+                    connection.mark_down(f"poll refused: {exc}")
+                    return None
+                log.warning("orchestrator %s refused a poll: %s", connection.url, exc)
+                return 0.0
+            self._empty[connection.url] = task is None
+            if task is not None:
+                handed = self.sink(connection, task)
+            return None
+        finally:
+            if not handed:
+                self.gate.release()
+
+    async def _unless_stopped(self, awaitable: Awaitable[Any]) -> bool:
+        """Await `awaitable` unless the worker starts stopping first (then cancel it)."""
+        work = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (work, stop):
+                if not future.done():
+                    future.cancel()
+            await asyncio.gather(work, stop, return_exceptions=True)
+        return work.done() and not work.cancelled() and work.exception() is None
