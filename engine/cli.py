@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="workers.toml with worker tokens (WORKERS_CONFIG_PATH)",
     )
+    serve.add_argument(
+        "--schedules-config",
+        metavar="FILE",
+        help="schedules.toml: jobs started on a timetable (SCHEDULES_CONFIG_PATH)",
+    )
     serve.set_defaults(handler=_serve)
 
     return parser

@@ -333,6 +333,30 @@ class Machine:
         )
         return fx
 
+    def on_release(
+        self, doc: dict[str, Any], leases: Leases, worker: str, task_id: str, now: int
+    ) -> Effects | Ignored:
+        """The worker never received a task leased to it (its poll was gone): queue it again
+        at once, as the same attempt."""
+        task = doc["tasks"].get(task_id)
+        lease = leases.get(task_id)
+        if doc["status"] in TERMINAL or task is None:
+            return Ignored("stale_task")
+        if lease is None or lease.state != "leased" or lease.worker != worker:
+            return Ignored("worker_mismatch")
+        fx = Effects(leases=leases)
+        tasks.retire(doc, fx, task_id)
+        fx.event(
+            now,
+            "task_released",
+            state=task["state"],
+            task_id=task_id,
+            worker=worker,
+            branch=task.get("branch"),
+        )
+        tasks.launch(self, doc, fx, task["state"], task.get("branch"), task["attempt"], now)
+        return fx
+
     def cancel(self, doc: dict[str, Any], leases: Leases, now: int) -> Effects | Ignored:
         if doc["status"] in TERMINAL:
             return Ignored(f"job_{doc['status']}")

@@ -320,6 +320,20 @@ class Orchestrator:
         answer = await self.retrying(job_id, attempt)
         return answer if answer is not None else {"status": "ignored", "reason": "job_not_found"}
 
+    async def release(self, worker_id: str, task: dict[str, Any]) -> str:
+        """Put back a task leased to a poll whose worker had already gone (the HTTP client
+        closed the connection before the answer). Returns "released" or why not."""
+
+        async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, str]:
+            fx = machine.on_release(
+                record.doc, leases_of(record), worker_id, task["task_id"], now_ms()
+            )
+            if isinstance(fx, Ignored):
+                return True, fx.reason
+            return await self.commit(machine, record, record.doc, fx), "released"
+
+        return await self.retrying(str(task["job_id"]), attempt) or "job_not_found"
+
     async def progress(self, worker_id: str, job_id: str, task_id: str, payload: Any) -> str:
         """Record a progress event; returns "accepted" or the reason it was ignored."""
 

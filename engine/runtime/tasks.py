@@ -205,6 +205,8 @@ def launch(
     context = machine.context(doc)
     if branch is not None:
         context.update(parallel.branch_context(machine, doc, branch))
+    else:
+        doc["status"] = "queued"
     dispatch(
         doc,
         fx,

@@ -402,3 +402,17 @@ async def test_the_job_graph_highlights_the_path_taken(store_url: str, tmp_path:
         taken = [line for line in ended.splitlines() if "->" in line and "#1565c0" in line]
         assert any('"work" -> "none_left"' in line for line in taken)
         assert not any('"work" -> "done"' in line for line in taken)
+
+
+async def test_a_task_leased_to_a_vanished_poll_is_put_back(store_url: str, tmp_path: Path) -> None:
+    async with orchestrator(store_url, tmp_path, LINEAR) as orch:
+        job_id = await orch.submit(orch.registry.by_name["linear"], {"n": 5}, client="c")
+        lost = await orch.next_task("w1", ("echo",), 5)
+        assert lost is not None
+        assert await orch.release("w1", lost) == "released"
+        assert await orch.release("w1", lost) == "stale_task"
+        again, reply = await run_task(orch, "w2", "echo", lambda t: {"data": t["params"]})
+        assert again["task_id"] != lost["task_id"]
+        assert again["metadata"]["attempt"] == 1
+        assert reply == {"status": "accepted"}
+        assert (await finished(orch, job_id))["result"] == {"n": 5}
