@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine:
-#   make serve   install into .venv and run the server on the embedded store
+#   make serve   install into .venv and run the server with blueprints/ on the embedded store
 #   make test    install into .venv (plus Graphviz when possible), lint and run every test
 PYTHON ?= python3
 VENV := .venv
@@ -17,8 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Development tokens, so the README's curl examples work as written; set your own in
+# production (or leave them unset and the server generates and prints random ones).
+CLIENT_TOKEN ?= dev-client-token
+WORKER_TOKEN ?= dev-worker-token
+export CLIENT_TOKEN WORKER_TOKEN
+
 serve: $(STAMP)
-	$(BIN)/interlock validate blueprints/
+	$(BIN)/interlock serve
 
 graphviz:
 	@scripts/ensure-graphviz

@@ -1,5 +1,5 @@
-"""The complete worker of docs/worker-sdk.md, run as written, serves every example
-blueprint in blueprints/ through a real server on a real Redis."""
+"""The complete worker of the README (worker_sdk/examples/example_worker.py), run as
+written, serves every example blueprint in blueprints/ through a real server on Redis."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from tests.worker_sdk.support import (
 
 pytestmark = pytest.mark.timeout(90)
 
-DOC = ROOT / "docs" / "worker-sdk.md"
+README = ROOT / "README.md"
+EXAMPLE_WORKER = ROOT / "worker_sdk" / "examples" / "example_worker.py"
 
 #: endpoint -> (initial data, what the job's result must include)
 EXAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -40,12 +41,16 @@ EXAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 
 def example_worker(tmp_path: Path) -> Path:
-    """The documentation's complete worker, written to a file as a reader would."""
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL)
-    [code] = [b for b in blocks if b.startswith("# example_worker.py")]
+    """The shipped example worker, copied where a reader would save it."""
     script = tmp_path / "example_worker.py"
-    script.write_text(code)
+    script.write_text(EXAMPLE_WORKER.read_text())
     return script
+
+
+def test_the_readme_lists_the_shipped_example_worker() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    listed = [b for b in blocks if b.startswith("# example_worker.py")]
+    assert listed == [EXAMPLE_WORKER.read_text()]
 
 
 async def approve(http: aiohttp.ClientSession, job_id: str) -> None:

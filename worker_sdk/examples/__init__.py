@@ -1,0 +1,1 @@
+"""Runnable examples: `python -m worker_sdk.examples.example_worker`."""
