@@ -1,8 +1,8 @@
 """The aiohttp application: middleware, the three sub-applications, and the engine's life.
 
-`build_app(settings)` owns everything: a `cleanup_ctx` loads the blueprints, connects the
-store, opens the webhook session, starts the orchestrator, and on shutdown stops and closes
-them in reverse order.
+`build_app(settings)` owns everything: a `cleanup_ctx` loads the blueprints and the
+schedules, connects the store, opens the webhook session, starts the orchestrator, and on
+shutdown stops and closes them in reverse order.
 `build_app_around(orchestrator, settings)` serves an orchestrator someone else owns (tests).
 """
 
@@ -17,6 +17,7 @@ from engine.blueprint.loader import load_blueprints
 from engine.runtime.jobdoc import RuntimeSettings
 from engine.runtime.orchestrator import Orchestrator, OrchestratorSettings
 from engine.runtime.registry import Registry
+from engine.runtime.schedules import Schedule, load_schedules
 from engine.store.client import Store
 from server.auth import ClientAuth, WorkerAuth
 from server.client_api import client_app
@@ -77,9 +78,17 @@ async def _release_long_polls(app: web.Application) -> None:
     app[CLOSING].set()
 
 
+def schedules_for(settings: Settings, blueprint_names: set[str]) -> list[Schedule]:
+    """The schedules of SCHEDULES_CONFIG_PATH, if set; ScheduleError names file and table."""
+    if settings.schedules_path is None:
+        return []
+    return load_schedules(settings.schedules_path, blueprint_names)
+
+
 async def _engine(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     blueprints = load_blueprints([settings.blueprints_dir])
+    schedules = schedules_for(settings, {blueprint.name for blueprint in blueprints})
     store = await Store.connect(settings.redis_url, partitions=settings.redis_partitions)
     try:
         async with WebhookSender.session_for_webhooks() as session:
@@ -88,6 +97,7 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
                 Registry(blueprints, runtime_settings(settings)),
                 orchestrator_settings(settings),
                 webhook_sender=WebhookSender(session),
+                schedules=schedules,
             )
             await orchestrator.start()
             try:

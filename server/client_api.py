@@ -1,4 +1,5 @@
-"""The client API under `/api/v1`: submit jobs, read them, cancel them, read blueprints.
+"""The client API under `/api/v1`: submit jobs, read them, cancel them, decide their
+approvals, draw their path, read blueprints.
 
 Every route needs `X-Client-Token`; a client sees only its own jobs. Another client's job,
 an unknown id and a malformed id all get the same 404, so ids cannot be probed.
@@ -16,11 +17,20 @@ from engine.blueprint.dot import to_dot
 from engine.blueprint.model import Blueprint, ParallelState, TaskSpec, TaskState
 from engine.durations import parse_duration
 from engine.runtime.jobdoc import TERMINAL, Ignored
+from engine.runtime.jobgraph import job_dot
 from engine.runtime.orchestrator import Orchestrator
 from server.auth import CLIENT_HEADER
-from server.errors import BadRequest, Conflict, Handler, NotFound, json_response
-from server.params import ID, json_object, json_type, query_int, query_number, reject_unknown
-from server.state import CLIENT, CLIENT_AUTH, orchestrator, unless_closing
+from server.errors import ApiError, BadRequest, Conflict, Handler, NotFound, json_response
+from server.params import (
+    ID,
+    json_object,
+    json_type,
+    query_int,
+    query_number,
+    reject_unknown,
+    required_str,
+)
+from server.state import CLIENT, CLIENT_AUTH, orchestrator, public_base, unless_closing
 from server.views import blueprint_detail, blueprint_summary, event_view, iso, job_view
 
 PREFIX = "/api/v1"
@@ -50,11 +60,18 @@ def _job_id(request: web.Request) -> str:
     return job_id
 
 
-async def _read_view(orch: Orchestrator, job_id: str, client: str) -> dict[str, Any]:
+async def _read_view(request: web.Request, job_id: str) -> dict[str, Any]:
+    """The owner's view of a job (with its approval link, if it waits for a person)."""
+    orch = orchestrator(request)
     record = await orch.store.read_job(job_id)
-    if record is None or record.doc.get("client") != client:
+    if record is None or record.doc.get("client") != request[CLIENT]:
         raise job_not_found()
-    return job_view(record.doc, record.leases, await _retry_types(orch, record.doc))
+    return job_view(
+        record.doc,
+        record.leases,
+        await _retry_types(orch, record.doc),
+        public_base=public_base(request),
+    )
 
 
 async def _retry_types(
@@ -202,7 +219,7 @@ async def get_job(request: web.Request) -> web.Response:
     if wait_s > 0:
         # Returns as soon as the job is terminal (or unknown); the view is read afresh below.
         await unless_closing(request, orch.wait_job(job_id, request[CLIENT], wait_s), None)
-    return json_response(await _read_view(orch, job_id, request[CLIENT]))
+    return json_response(await _read_view(request, job_id))
 
 
 async def job_history(request: web.Request) -> web.Response:
@@ -270,6 +287,65 @@ async def cancel_job(request: web.Request) -> web.Response:
     return json_response(job_view(outcome))
 
 
+async def decide_approval(request: web.Request) -> web.Response:
+    """The owner approves, rejects, ... a job waiting in an approval state."""
+    job_id = _job_id(request)
+    decision = await decision_of(request)
+    orch = orchestrator(request)
+    outcome = await orch.decide(job_id, request[CLIENT], decision)
+    if outcome is None:
+        raise job_not_found()
+    if isinstance(outcome, Ignored):
+        raise await refused_decision(orch, job_id, decision, outcome)
+    return json_response(await _read_view(request, job_id))
+
+
+async def decision_of(request: web.Request) -> str:
+    """The `decision` of an approval request body: `{"decision": "approve"}`."""
+    body = await json_object(request)
+    reject_unknown(body, ("decision",), "the approval request")
+    return required_str(body, "decision")
+
+
+async def refused_decision(
+    orch: Orchestrator, job_id: str, decision: str, ignored: Ignored
+) -> ApiError:
+    """The answer to a decision the engine ignored: 400 for a decision the approval does
+    not offer (listing those it does), 409 when the job waits for no approval."""
+    if ignored.reason == "unknown_decision":
+        record = await orch.store.read_job(job_id)
+        approval = record.doc.get("approval") if record is not None else None
+        if isinstance(approval, dict):
+            allowed = list(approval.get("decisions") or [])
+            return BadRequest(
+                f"{decision[:100]!r} is not a decision of this approval; use one of: "
+                f"{', '.join(allowed)}",
+                code="unknown_decision",
+                details={"decision": decision[:100], "allowed": allowed},
+            )
+        # else decided by someone else meanwhile: the job no longer waits
+    elif ignored.reason != "not_waiting_for_approval":
+        return Conflict(f"the decision was not applied: {ignored.reason}", code=ignored.reason)
+    return Conflict(
+        "the job is not waiting for an approval (it was decided already, or never asked)",
+        code="not_waiting_for_approval",
+    )
+
+
+async def job_graph(request: web.Request) -> web.Response:
+    """The job's blueprint (the version it runs) as DOT, with its path drawn on it."""
+    job_id = _job_id(request)
+    orch = orchestrator(request)
+    doc = await orch.get_job(job_id, request[CLIENT])
+    if doc is None:
+        raise job_not_found()
+    events = await orch.store.history(job_id)
+    blueprint = (await orch.registry.machine(doc["hash"], orch.store)).bp
+    return web.Response(
+        text=job_dot(blueprint, doc, events), content_type="text/vnd.graphviz", charset="utf-8"
+    )
+
+
 # -- blueprints ---------------------------------------------------------------------------
 
 
@@ -310,6 +386,8 @@ def client_app() -> web.Application:
     app.router.add_get("/jobs", list_jobs)
     app.router.add_get("/jobs/{job_id}", get_job)
     app.router.add_get("/jobs/{job_id}/history", job_history)
+    app.router.add_get("/jobs/{job_id}/graph", job_graph)
     app.router.add_post("/jobs/{job_id}/cancel", cancel_job)
+    app.router.add_post("/jobs/{job_id}/approval", decide_approval)
     app.router.add_post("/{api_endpoint:.+}", submit_job)
     return app

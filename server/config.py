@@ -31,6 +31,7 @@ FLAGS = {
     "BLUEPRINTS_DIR": "--blueprints",
     "CLIENTS_CONFIG_PATH": "--clients-config",
     "WORKERS_CONFIG_PATH": "--workers-config",
+    "SCHEDULES_CONFIG_PATH": "--schedules-config",
 }
 STORE_SCHEMES = ("memory", "redis", "rediss", "unix")
 WORKER_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -67,6 +68,8 @@ class Settings:
     job_retention_ms: int = 7 * 86_400_000
     worker_ttl_ms: int = 86_400_000
     webhook_secret: str = field(default="", repr=False)
+    public_url: str = ""  # the base of approval links; empty: the origin of each request
+    schedules_path: Path | None = None
     client_token_generated: bool = False
     worker_token_generated: bool = False
     webhook_secret_generated: bool = False
@@ -136,6 +139,8 @@ class _Reader:
             job_retention_ms=self.value("JOB_RETENTION", d.job_retention_ms, _ms),
             worker_ttl_ms=self.value("WORKER_TTL", d.worker_ttl_ms, _ms),
             webhook_secret=webhook_secret,
+            public_url=self.value("PUBLIC_URL", d.public_url, _public_url),
+            schedules_path=self.value("SCHEDULES_CONFIG_PATH", None, _path),
             client_token_generated=client_generated,
             worker_token_generated=worker_generated,
             webhook_secret_generated=webhook_generated,
@@ -297,6 +302,28 @@ def _seconds(text: str) -> float:
 
 def _ms(text: str) -> int:
     return max(1, round(_seconds(text) * 1000))
+
+
+def _path(text: str) -> Path | None:
+    return Path(_non_empty(text))
+
+
+def _public_url(text: str) -> str:
+    """The URL people reach this server at: http(s), a host, perhaps a path; no query."""
+    url = text.strip().rstrip("/")
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(
+            f"{text!r} is not an http:// or https:// URL; use e.g. https://interlock.example.com"
+        )
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ValueError(f"{text!r} must not have a ?query or #fragment")
+    return url
 
 
 def _store_url(text: str) -> str:

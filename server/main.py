@@ -1,7 +1,8 @@
 """`interlock serve`: check everything, then serve until SIGTERM or SIGINT.
 
 Exit status: 0 after a clean stop, 1 when the blueprints, the store or the address are not
-usable, 2 for a configuration mistake. Nothing is started before every check has passed.
+usable, 2 for a configuration mistake (settings, token files, schedules.toml). Nothing is
+started before every check has passed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from aiohttp import web
 
 from engine.blueprint.loader import validate_paths
 from engine.errors import BlueprintError
+from engine.runtime.schedules import ScheduleError
 from engine.store.client import Store, StoreError
-from server.app import build_app
+from server.app import build_app, schedules_for
 from server.config import Settings, redact_url
 from server.errors import ConfigError
 
@@ -39,6 +41,7 @@ def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "BLUEPRINTS_DIR": args.blueprints,
         "CLIENTS_CONFIG_PATH": args.clients_config,
         "WORKERS_CONFIG_PATH": args.workers_config,
+        "SCHEDULES_CONFIG_PATH": args.schedules_config,
     }
 
 
@@ -63,8 +66,13 @@ def serve_command(args: argparse.Namespace) -> int:
             f"fix them (interlock validate {settings.blueprints_dir}) and start again"
         )
         return 1
+    try:
+        schedules = schedules_for(settings, {blueprint.name for blueprint in blueprints})
+    except ScheduleError as exc:
+        _fail(str(exc))
+        return 2
     _setup_logging()
-    return asyncio.run(_serve(settings, len(blueprints)))
+    return asyncio.run(_serve(settings, len(blueprints), len(schedules)))
 
 
 def _setup_logging() -> None:
@@ -97,11 +105,29 @@ async def check_store(settings: Settings) -> str | None:
     return None
 
 
-async def _serve(settings: Settings, blueprint_count: int) -> int:
+async def _serve(settings: Settings, blueprint_count: int, schedule_count: int) -> int:
     problem = await check_store(settings)
     if problem is not None:
         _fail(problem)
         return 1
+    # Handlers first: a SIGTERM sent as soon as the listening line is read must stop us
+    # cleanly, not kill us with the default action.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):  # not on Windows
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        return await _run(settings, blueprint_count, schedule_count, stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(signum)
+
+
+async def _run(
+    settings: Settings, blueprint_count: int, schedule_count: int, stop: asyncio.Event
+) -> int:
     runner = web.AppRunner(
         build_app(settings), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
     )
@@ -109,29 +135,27 @@ async def _serve(settings: Settings, blueprint_count: int) -> int:
         await runner.setup()  # runs the app's cleanup_ctx: blueprints, store, orchestrator
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+    except ScheduleError as exc:  # the file changed since it was checked
+        _fail(str(exc))
+        await runner.cleanup()
+        return 2
     except (BlueprintError, StoreError, OSError) as exc:
         reason = str(exc).replace(settings.redis_url, redact_url(settings.redis_url))
         _fail(f"cannot start on {settings.host}:{settings.port}: {reason}")
         await runner.cleanup()
         return 1
-    _announce(settings, runner, blueprint_count)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):  # not on Windows
-            loop.add_signal_handler(signum, stop.set)
+    _announce(settings, runner, blueprint_count, schedule_count)
     try:
         await stop.wait()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError):
-                loop.remove_signal_handler(signum)
         await runner.cleanup()
     log.info("stopped")
     return 0
 
 
-def _announce(settings: Settings, runner: web.AppRunner, blueprint_count: int) -> None:
+def _announce(
+    settings: Settings, runner: web.AppRunner, blueprint_count: int, schedule_count: int
+) -> None:
     if settings.client_token_generated:
         token = settings.client_tokens[0][1]
         print(f"no CLIENT_TOKEN set; using generated token {token} for this run", file=sys.stderr)
@@ -151,6 +175,8 @@ def _announce(settings: Settings, runner: web.AppRunner, blueprint_count: int) -
             break
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     blueprints = f"{blueprint_count} blueprint{'s' if blueprint_count != 1 else ''}"
+    if schedule_count:
+        blueprints += f", {schedule_count} schedule{'s' if schedule_count != 1 else ''}"
     print(
         f"Interlock listening on http://{host}:{port} (store: {settings.store_label}, "
         f"{blueprints})",

@@ -36,6 +36,11 @@ def settings(request: web.Request) -> Settings:
     return request.config_dict[SETTINGS]
 
 
+def public_base(request: web.Request) -> str:
+    """Where people reach this server: PUBLIC_URL, or else the origin of this request."""
+    return request.config_dict[SETTINGS].public_url or str(request.url.origin())
+
+
 async def unless_closing(request: web.Request, work: Coroutine[Any, Any, T], fallback: T) -> T:
     """Await `work` (a long poll), or give `fallback` as soon as the server shuts down, so
     that long polls never hold a graceful shutdown for their full duration."""

@@ -26,12 +26,16 @@ def job_view(
     doc: Mapping[str, Any],
     leases: Mapping[str, str] | None = None,
     task_types: Mapping[tuple[str, int | None], str] | None = None,
+    *,
+    public_base: str | None = None,
 ) -> dict[str, Any]:
     """A job as the client API shows it.
 
     `leases` are the job's raw task leases from the store (queued or leased, by task id);
     `task_types` names the task type of each (state, branch) with a pending retry, since a
-    retry entry does not record it. Without them, tasks show as queued and untyped."""
+    retry entry does not record it. Without them, tasks show as queued and untyped.
+    `public_base` (the server's public URL) is given only for views shown to the job's
+    owner: it adds the approval link of a job waiting for a person."""
     status = doc["status"]
     view: dict[str, Any] = {
         "id": doc["id"],
@@ -48,7 +52,7 @@ def job_view(
         if tasks:
             view["task"] = tasks[0]  # the task of a task state; the first branch of a parallel
             view["tasks"] = tasks
-        view.update(_waiting_view(doc))
+        view.update(_waiting_view(doc, public_base))
     parent = doc.get("parent")
     if isinstance(parent, dict) and parent.get("job_id"):
         view["parent_job_id"] = parent["job_id"]
@@ -92,14 +96,19 @@ def _tasks_view(
     return views
 
 
-def _waiting_view(doc: Mapping[str, Any]) -> dict[str, Any]:
+def approval_path(job_id: str, token: str) -> str:
+    """The path of a job's single-use approval link (the token is its only credential)."""
+    return f"/_public/approvals/{job_id}/{token}"
+
+
+def _waiting_view(doc: Mapping[str, Any], public_base: str | None) -> dict[str, Any]:
     """What a job that is not running a task waits for: a time, a person, a child job."""
     view: dict[str, Any] = {}
     if doc.get("wait_until") is not None:
         view["wait_until"] = iso(doc["wait_until"])
     approval = doc.get("approval")
     if isinstance(approval, dict):
-        # Never the approval token: it is the secret of the approval link.
+        # The token only ever appears inside the link, and only in the owner's job view.
         view["approval"] = {
             "state": approval.get("state"),
             "decisions": approval.get("decisions", []),
@@ -107,6 +116,9 @@ def _waiting_view(doc: Mapping[str, Any]) -> dict[str, Any]:
             "asked_at": iso(approval.get("asked_at")),
             "timeout_at": iso(approval.get("timeout_at")),
         }
+        token = approval.get("token")
+        if public_base is not None and isinstance(token, str) and token:
+            view["approval"]["link"] = public_base + approval_path(str(doc["id"]), token)
     subflow = doc.get("subflow")
     if isinstance(subflow, dict):
         view["subflow"] = {"state": subflow.get("state"), "child_job_id": subflow.get("child_id")}
