@@ -52,6 +52,8 @@ def job_view(
         if tasks:
             view["task"] = tasks[0]  # the task of a task state; the first branch of a parallel
             view["tasks"] = tasks
+        if status == "queued" and any(t["status"] == "leased" for t in tasks):
+            view["status"] = "running"  # a worker took it (leases change in Lua, not the doc)
         view.update(_waiting_view(doc, public_base))
     parent = doc.get("parent")
     if isinstance(parent, dict) and parent.get("job_id"):

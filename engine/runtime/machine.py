@@ -287,6 +287,11 @@ class Machine:
             return Ignored("not_waiting_for_approval")
         if decision not in approval["decisions"]:
             return Ignored("unknown_decision")
+        if approval.get("timeout_at") is not None and now >= approval["timeout_at"]:
+            # Too late: the timer has not run yet, but the timeout has already won.
+            fx = Effects()
+            waiting.decide(self, doc, fx, "timeout", now, rng, by="timeout")
+            return fx
         fx = Effects()
         waiting.decide(self, doc, fx, decision, now, rng, by=by)
         return fx

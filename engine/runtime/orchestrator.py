@@ -252,7 +252,8 @@ class Orchestrator:
         ) -> tuple[bool, dict[str, Any] | Ignored]:
             doc = record.doc
             approval = doc.get("approval") or {}
-            if token is not None and not hmac.compare_digest(str(approval.get("token", "")), token):
+            expected = str(approval.get("token", "")).encode()
+            if token is not None and not hmac.compare_digest(expected, token.encode()):
                 return True, Ignored("invalid_token")
             by = "link" if token is not None else f"client:{client}"
             outcome = machine.on_decision(doc, decision, now_ms(), self.rng, by=by)

@@ -362,3 +362,20 @@ async def test_cancel_in_every_waiting_status(store_url: str, tmp_path: Path) ->
         assert child is not None
         assert child["status"] == "cancelled"
         assert await orch.next_task("w", ("square", "child_work"), 0.3) is None
+
+
+def test_a_decision_after_the_approval_timeout_takes_the_timeout() -> None:
+    import random as stdlib_random
+
+    from engine.blueprint.loader import load_blueprint_text
+    from engine.runtime.jobdoc import new_job
+    from engine.runtime.machine import Machine
+
+    bp = load_blueprint_text(APPROVAL.replace("{timeout}", "1m"))
+    machine = Machine(bp, RuntimeSettings())
+    doc = new_job(job_id="j", blueprint=bp, client="c", initial_data={"amount": 1}, now=0)
+    machine.start(doc, 0, stdlib_random.Random(1))
+    late = doc["approval"]["timeout_at"] + 1
+    machine.on_decision(doc, "approve", late, stdlib_random.Random(1), by="client:c")
+    assert doc["state"] == "late"
+    assert doc["steps"]["review"]["decision"] == "timeout"
