@@ -18,7 +18,7 @@ from engine.blueprint.model import Blueprint, ParallelState, TaskSpec, TaskState
 from engine.durations import parse_duration
 from engine.runtime.jobdoc import TERMINAL, Ignored
 from engine.runtime.jobgraph import job_dot
-from engine.runtime.orchestrator import Orchestrator
+from engine.runtime.orchestrator import Orchestrator, parse_cursor
 from server.auth import CLIENT_HEADER
 from server.errors import ApiError, BadRequest, Conflict, Handler, NotFound, json_response
 from server.params import (
@@ -246,22 +246,21 @@ async def list_jobs(request: web.Request) -> web.Response:
         )
     limit = query_int(request, "limit", 50, 1, MAX_LIMIT)
     cursor = request.query.get("cursor") or None
-    if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) < 20):
-        raise BadRequest(
-            "query parameter cursor must be a next_cursor value from a previous page",
-            code="invalid_query",
-        )
+    if cursor is not None:
+        try:
+            parse_cursor(cursor)
+        except ValueError:
+            raise BadRequest(
+                "query parameter cursor must be a next_cursor value from a previous page",
+                code="invalid_query",
+            ) from None
     jobs, next_cursor = await orchestrator(request).list_jobs(
-        request[CLIENT],
-        status=status,
-        blueprint=blueprint,
-        limit=limit,
-        before_ms=int(cursor) if cursor is not None else None,
+        request[CLIENT], status=status, blueprint=blueprint, limit=limit, cursor=cursor
     )
     return json_response(
         {
             "jobs": [_list_item(doc) for doc in jobs],
-            "next_cursor": str(next_cursor) if next_cursor is not None else None,
+            "next_cursor": next_cursor,
         }
     )
 

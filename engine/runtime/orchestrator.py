@@ -57,6 +57,14 @@ class JobNotFound(LookupError):
     pass
 
 
+def parse_cursor(cursor: str) -> tuple[int, str]:
+    """(created ms, job id) from a job listing cursor `<ms>-<job id>`."""
+    ms, sep, job_id = cursor.partition("-")
+    if not sep or not ms.isdigit() or len(ms) > 15 or not job_id.isalnum() or len(job_id) > 64:
+        raise ValueError(f"{cursor[:80]!r} is not a job listing cursor")
+    return int(ms), job_id
+
+
 class Orchestrator:
     def __init__(
         self,
@@ -200,30 +208,29 @@ class Orchestrator:
         status: str | None,
         blueprint: str | None,
         limit: int,
-        before_ms: int | None,
-    ) -> tuple[list[dict[str, Any]], int | None]:
-        """The client's jobs, newest first, filtered; returns (jobs, cursor for the next page)."""
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The client's jobs, newest first, filtered. `cursor` is the `next` value of the
+        previous page; returns (jobs, next), next None at the end. Raises ValueError for a
+        cursor this method did not produce."""
+        after = parse_cursor(cursor) if cursor else None
         jobs: list[dict[str, Any]] = []
-        cursor = before_ms
         while len(jobs) < limit:
-            batch = await self.store.job_ids_for_client(
-                client, limit=max(limit, 50), before_ms=cursor
-            )
+            batch = await self.store.job_ids_for_client(client, limit=max(limit, 50), after=after)
             if not batch:
                 return jobs, None
-            for job_id, created in batch:
-                cursor = created
-                record = await self.store.read_job(job_id)
-                if record is None:
+            docs = await self.store.read_docs([job_id for job_id, _ in batch])
+            for (job_id, created), doc in zip(batch, docs, strict=True):
+                after = (created, job_id)
+                if doc is None:
                     continue
-                doc = record.doc
                 if (status is None or doc["status"] == status) and (
                     blueprint is None or doc["blueprint"] == blueprint
                 ):
                     jobs.append(doc)
                     if len(jobs) == limit:
-                        return jobs, created
-        return jobs, cursor
+                        return jobs, f"{created}-{job_id}"
+        return jobs, None
 
     async def cancel(self, job_id: str, client: str | None) -> dict[str, Any] | Ignored | None:
         """Cancel a job: its new document, Ignored when already ended, None when unknown."""

@@ -228,10 +228,11 @@ class Store:
 
     @translated
     async def job_ids_for_client(
-        self, client: str, *, limit: int, before_ms: int | None
+        self, client: str, *, limit: int, after: tuple[int, str] | None
     ) -> list[tuple[str, int]]:
-        """The client's newest job ids (with creation ms), newest first, across partitions."""
-        top = "+inf" if before_ms is None else f"({before_ms}"
+        """The client's job ids with their creation ms, newest first (ties: larger id first),
+        across partitions; `after` is the (ms, id) the previous page ended with."""
+        top = "+inf" if after is None else str(after[0])
         pipe = self.redis.pipeline(transaction=False)
         for partition in range(self.keys.partitions):
             pipe.zrevrangebyscore(
@@ -239,15 +240,23 @@ class Store:
                 top,
                 "-inf",
                 start=0,
-                num=limit,
+                num=limit + 64,
                 withscores=True,
             )
         rows = await pipe.execute()
-        merged = sorted(
-            ((job_id, int(score)) for row in rows for job_id, score in row),
-            key=lambda pair: (-pair[1], pair[0]),
-        )
-        return merged[:limit]
+        found = [(str(job_id), int(score)) for row in rows for job_id, score in row]
+        if after is not None:  # keep what sorts strictly after the cursor
+            found = [(j, ms) for j, ms in found if (ms, j) < (after[0], after[1])]
+        found.sort(key=lambda pair: (pair[1], pair[0]), reverse=True)
+        return found[:limit]
+
+    @translated
+    async def read_docs(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """The documents of several jobs in one round trip (None for a job that is gone)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self.keys.job(job_id), "doc")
+        return [loads(raw) if raw else None for raw in await pipe.execute()]
 
     @translated
     async def forget_expired(self, client: str, older_than_ms: int) -> None:

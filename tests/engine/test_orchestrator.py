@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from engine.blueprint.loader import load_blueprints
 from engine.runtime.jobdoc import RuntimeSettings
 from engine.runtime.orchestrator import Orchestrator, OrchestratorSettings
@@ -416,3 +418,31 @@ async def test_a_task_leased_to_a_vanished_poll_is_put_back(store_url: str, tmp_
         assert again["metadata"]["attempt"] == 1
         assert reply == {"status": "accepted"}
         assert (await finished(orch, job_id))["result"] == {"n": 5}
+
+
+async def test_listing_pages_through_jobs_created_in_the_same_millisecond(
+    store_url: str, tmp_path: Path
+) -> None:
+    async with orchestrator(store_url, tmp_path, LINEAR) as orch:
+        bp = orch.registry.by_name["linear"]
+        submitted = set()
+        for n in range(7):
+            submitted.add(await orch.submit(bp, {"n": n}, client="pager"))
+        # force identical creation times, the case a millisecond cursor would skip
+        index = orch.store.keys.client_jobs
+        for job_id in submitted:
+            key = index(orch.store.keys.partition(job_id), "pager")
+            await orch.store.redis.zadd(key, {job_id: 1_800_000_000_000})
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page, cursor = await orch.list_jobs(
+                "pager", status=None, blueprint=None, limit=2, cursor=cursor
+            )
+            seen += [doc["id"] for doc in page]
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(submitted)
+        assert len(seen) == len(set(seen))
+        with pytest.raises(ValueError, match="cursor"):
+            await orch.list_jobs("pager", status=None, blueprint=None, limit=2, cursor="x")

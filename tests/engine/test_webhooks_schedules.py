@@ -156,9 +156,7 @@ async def test_every_tick_starts_exactly_one_job_across_orchestrators(
         running(redis_url, tmp_path, [SET_ONLY], schedules=[every]),
     ):
         await asyncio.sleep(3.2)
-        jobs, _ = await a.list_jobs(
-            "scheduler", status=None, blueprint="tick", limit=200, before_ms=None
-        )
+        jobs, _ = await a.list_jobs("scheduler", status=None, blueprint="tick", limit=200)
     ended = datetime.now(UTC)
     caught_up = every.ticks(started - timedelta(seconds=2), started)[-1:]
     expected = [*caught_up, *every.ticks(started, ended)]
