@@ -293,8 +293,18 @@ def json_schema_problems(source: Source, path: Path, schema: Any) -> list[Proble
         where: Path = (*path, *error.absolute_path)
         problems.append(source.problem(where, f"not a valid JSON Schema: {error.message}"))
     if not problems:
+        validator = Draft202012Validator(schema)
         try:
-            Draft202012Validator(schema).is_valid(None)
+            # Probe one value of each JSON type: an unresolvable $ref, or a $ref cycle that
+            # consumes no data (`{"$ref": "#"}`), fails here rather than on a job's data.
+            for probe in (None, True, 0, "", [], {}):
+                validator.is_valid(probe)
         except referencing.exceptions.Unresolvable as exc:
             problems.append(source.problem(path, f"not a usable JSON Schema: {exc}"))
+        except RecursionError:
+            problems.append(
+                source.problem(
+                    path, "not a usable JSON Schema: its $ref refers back to itself without end"
+                )
+            )
     return problems
