@@ -297,7 +297,8 @@ def json_schema_problems(source: Source, path: Path, schema: Any) -> list[Proble
         try:
             # Probe one value of each JSON type: an unresolvable $ref, or a $ref cycle that
             # consumes no data (`{"$ref": "#"}`), fails here rather than on a job's data.
-            for probe in (None, True, 0, "", [], {}):
+            probes: tuple[Any, ...] = (None, True, 0, "", [], {})
+            for probe in probes:
                 validator.is_valid(probe)
         except referencing.exceptions.Unresolvable as exc:
             problems.append(source.problem(path, f"not a usable JSON Schema: {exc}"))
