@@ -287,7 +287,10 @@ def _pattern_keys(schema: dict[str, Any], key: str) -> list[str]:
 
 def json_schema_problems(source: Source, path: Path, schema: Any) -> list[Problem]:
     """Problems that make `schema` (embedded at `path`) not a valid draft 2020-12 schema."""
-    meta = Draft202012Validator(Draft202012Validator.META_SCHEMA)
+    # The format checker makes the meta-schema check `pattern`s as regular expressions.
+    meta = Draft202012Validator(
+        Draft202012Validator.META_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
     problems = []
     for error in meta.iter_errors(schema):
         where: Path = (*path, *error.absolute_path)
@@ -302,6 +305,8 @@ def json_schema_problems(source: Source, path: Path, schema: Any) -> list[Proble
                 validator.is_valid(probe)
         except referencing.exceptions.Unresolvable as exc:
             problems.append(source.problem(path, f"not a usable JSON Schema: {exc}"))
+        except re.error as exc:  # a pattern the meta-schema's regex check let through
+            problems.append(source.problem(path, f"not a usable JSON Schema: bad pattern: {exc}"))
         except RecursionError:
             problems.append(
                 source.problem(
