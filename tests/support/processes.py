@@ -66,9 +66,13 @@ def serve(
     redis_url: str,
     blueprints: Path = ROOT / "blueprints",
     env: Mapping[str, str] | None = None,
+    *,
+    port: int | None = None,
 ) -> Iterator[Server]:
-    port = free_port()
-    log = tmp_path / f"server-{port}.log"
+    """A real `interlock serve` process, killed (SIGKILL) on exit. A given `port` lets a test
+    kill an orchestrator and bring it back at the same URL."""
+    port = port or free_port()
+    log = tmp_path / f"server-{port}-{time.monotonic_ns()}.log"
     environment = {
         **os.environ,
         "REDIS_URL": redis_url,

@@ -15,8 +15,14 @@ from typing import Any
 
 import aiohttp
 
-from tests.support.processes import CLIENT_TOKEN, ROOT, WORKER_TOKEN, Server, WorkerProcess
-from tests.support.redis_server import free_port
+from tests.support.processes import (
+    CLIENT_TOKEN,
+    ROOT,
+    WORKER_TOKEN,
+    Server,
+    WorkerProcess,
+    serve,
+)
 from worker_sdk import OrchestratorConfig, Worker, WorkerConfig
 
 BLUEPRINTS = Path(__file__).parent / "blueprints"
@@ -35,50 +41,9 @@ def orchestrator(
     blueprints: Path = BLUEPRINTS,
     env: Mapping[str, str] | None = None,
 ) -> Iterator[Server]:
-    """A real `interlock serve` process; unlike tests.support.processes.serve, on a port of
-    our choosing, so a test can kill an orchestrator and bring it back at the same URL."""
-    port = port or free_port()
-    log = tmp_path / f"server-{port}-{time.monotonic_ns()}.log"
-    environment = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "API_HOST": "127.0.0.1",
-        "API_PORT": str(port),
-        "BLUEPRINTS_DIR": str(blueprints),
-        "CLIENT_TOKEN": CLIENT_TOKEN,
-        "WORKER_TOKEN": WORKER_TOKEN,
-        "REDIS_PARTITIONS": "4",
-        **(env or {}),
-    }
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve"],
-            cwd=ROOT,
-            env=environment,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(process, port, log)
-    try:
-        _wait_ready(server)
+    """A real `interlock serve` process with the SDK tests' blueprints."""
+    with serve(tmp_path, redis_url, blueprints, env, port=port) as server:
         yield server
-    finally:
-        server.kill()
-
-
-def _wait_ready(server: Server, within_s: float = 30) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"interlock serve exited early:\n{server.output()}")
-        with contextlib.suppress(OSError):
-            import urllib.request
-
-            with urllib.request.urlopen(f"{server.url}/_public/status", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        time.sleep(0.05)
-    raise RuntimeError(f"interlock serve did not become ready:\n{server.output()}")
 
 
 # -- workers ------------------------------------------------------------------------------------
