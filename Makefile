@@ -9,13 +9,21 @@ STAMP := $(VENV)/.installed
 COMPAT := .venv-compat
 COMPAT_STAMP := $(COMPAT)/.installed
 
-.PHONY: serve test lint pytest graphviz compat clean
+.PHONY: serve test lint pytest graphviz compat constraints clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the versions the suite was last run with: without it pip's resolver
+# backtracks through old moto/botocore releases for minutes and can end on one that no
+# longer builds.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -c constraints.txt
 	touch $(STAMP)
+
+# After changing dependencies: install without the pins, run `make test`, then record.
+constraints: $(STAMP)
+	{ echo "# Versions the test suite was last run with; refresh with: make constraints"; \
+	  $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt
 
 # Development tokens, so the README's curl examples work as written; set your own in
 # production (or leave them unset and the server generates and prints random ones).
