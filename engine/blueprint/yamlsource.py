@@ -24,6 +24,7 @@ _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
 _NULL = "tag:yaml.org,2002:null"
+_VALUE = "tag:yaml.org,2002:value"  # PyYAML's `=` key; YAML 1.2 reads `=` as a string
 
 MAX_DEPTH = 100
 MAX_EXPANDED_NODES = 200_000
@@ -36,6 +37,10 @@ class _Loader(yaml.SafeLoader):
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _TIMESTAMP)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _VALUE]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(
     _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
@@ -225,8 +230,12 @@ class _Builder:
         self.fail(node, path, f"unsupported YAML value of type {type(value).__name__}")
         return None
 
-    def _pairs(self, node: yaml.MappingNode, path: Path) -> list[tuple[yaml.Node, yaml.Node]]:
-        """Key/value node pairs with `<<` merges applied (explicit keys come last and win)."""
+    def _pairs(
+        self, node: yaml.MappingNode, path: Path, merging: frozenset[int] = frozenset()
+    ) -> list[tuple[yaml.Node, yaml.Node]]:
+        """Key/value node pairs with `<<` merges applied (explicit keys come last and win).
+        `merging` holds the mappings being merged into this one, to catch alias cycles."""
+        merging = merging | {id(node)}
         merged: list[tuple[yaml.Node, yaml.Node]] = []
         explicit: list[tuple[yaml.Node, yaml.Node]] = []
         for key_node, value_node in node.value:
@@ -237,8 +246,10 @@ class _Builder:
                 value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
             )
             for source in sources:
-                if isinstance(source, yaml.MappingNode):
-                    merged.extend(self._pairs(source, path))
+                if id(source) in merging or id(source) in self._active:
+                    self.fail(source, path, "a `<<` merge refers to a mapping that contains it")
+                elif isinstance(source, yaml.MappingNode):
+                    merged.extend(self._pairs(source, path, merging))
                 else:
                     self.fail(source, path, "`<<` merges only mappings")
         return merged + explicit
