@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -123,7 +124,11 @@ class Dispatcher:
     async def _pump(self) -> None:
         while self.hints:
             progress = False
-            for task_type, partition in list(self.hints):
+            # A fresh order each pass: walking the hints in one fixed order let the first
+            # partitions take every waiting worker while the others' tasks aged.
+            hints = list(self.hints)
+            random.shuffle(hints)
+            for task_type, partition in hints:
                 waiting = [w for w in self.waiters.get(task_type, ()) if not w.claimed]
                 if not waiting:
                     continue  # keep the hint: the next worker to ask will want it

@@ -24,6 +24,8 @@ from engine.store.keys import Keys
 P = ParamSpec("P")
 R = TypeVar("R")
 
+MAX_CONNECTIONS = 16  # per orchestrator process, pub/sub subscription included
+
 KEEP = "-"  # commit(timer_ms=KEEP) leaves the job's timer as it is
 
 
@@ -110,19 +112,27 @@ class Store:
 
             client: aioredis.Redis = fakeredis.FakeAsyncRedis(decode_responses=True)
         else:
-            client = aioredis.Redis.from_url(
-                url, decode_responses=True, health_check_interval=30, socket_keepalive=True
+            # A bounded pool that waits for a free connection (redis-py's default pool fails
+            # with "Too many connections" instead): bursts of heartbeats queue, not fail.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                decode_responses=True,
+                health_check_interval=30,
+                socket_keepalive=True,
+                max_connections=MAX_CONNECTIONS,
+                timeout=10,
             )
+            client = aioredis.Redis(connection_pool=pool)
         store = cls(client, Keys(prefix, partitions), url)
         try:
             await store._check_partitions()
         except BaseException:
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)
             raise
         return store
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)
 
     async def _check_partitions(self) -> None:
         try:
