@@ -1,0 +1,69 @@
+"""The benchmark blueprints, written to a temporary BLUEPRINTS_DIR for each run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+LINEAR3 = """\
+blueprint: bench_linear3
+version: 1
+description: start -> one echo task -> end
+api_endpoint: jobs/bench_linear3
+start: work
+states:
+  work:
+    task: echo
+    params: {n: "${ initial_data.n }"}
+    on: {success: done}
+  done:
+    end: finished
+    output: {n: "${ steps.work.n }"}
+"""
+
+NOOP = """\
+blueprint: bench_noop
+version: 1
+description: start -> set -> end, no worker
+api_endpoint: jobs/bench_noop
+start: compute
+states:
+  compute:
+    set: {n: "${ initial_data.n }"}
+    next: done
+  done:
+    end: finished
+    output: {n: "${ steps.compute.n }"}
+"""
+
+FANOUT = """\
+blueprint: bench_fanout
+version: 1
+description: one parallel for_each over initial_data.items (echo each), joined, then end
+api_endpoint: jobs/bench_fanout
+start: fan
+states:
+  fan:
+    parallel:
+      for_each: initial_data.items
+      task: echo
+      params: {item: "${ item }", index: "${ index }"}
+    on: {success: done}
+  done:
+    end: finished
+    output: {count: "${ length(steps.fan) }"}
+"""
+
+BLUEPRINTS = {"bench_linear3": LINEAR3, "bench_noop": NOOP, "bench_fanout": FANOUT}
+ENDPOINTS = {
+    "bench_linear3": "jobs/bench_linear3",
+    "bench_noop": "jobs/bench_noop",
+    "bench_fanout": "jobs/bench_fanout",
+}
+
+
+def write_blueprints(folder: Path) -> Path:
+    """Write every benchmark blueprint into `folder` and return it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in BLUEPRINTS.items():
+        (folder / f"{name}.yaml").write_text(text, encoding="utf-8")
+    return folder

@@ -1,0 +1,138 @@
+"""The load generator: N jobs over REST, C in flight, each waited for with `?wait=`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from bench.harness import CLIENT_TOKEN
+from engine.store.keys import Keys
+
+TERMINAL = frozenset({"finished", "failed", "cancelled"})
+WAIT_S = 30  # each GET /api/v1/jobs/{id}?wait= holds this long at most
+JOB_DEADLINE_S = 120.0  # a job not terminal by then is counted as "timed_out"
+
+Payload = Callable[[int], dict[str, Any]]
+
+
+@dataclass
+class LoadResult:
+    n: int
+    concurrency: int
+    wall_s: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)  # finished jobs only
+    job_ids: list[str] = field(default_factory=list)  # of latencies_ms, in the same order
+    outcomes: Counter[str] = field(default_factory=Counter)  # finished, failed, ..., errors
+    examples: list[str] = field(default_factory=list)  # a few problems, for the report
+
+    @property
+    def finished(self) -> int:
+        return self.outcomes["finished"]
+
+    @property
+    def not_finished(self) -> int:
+        return self.n - self.finished
+
+    @property
+    def jobs_per_s(self) -> float:
+        return self.n / self.wall_s if self.wall_s > 0 else 0.0
+
+    def percentile(self, p: float) -> float:
+        """The p-th percentile (nearest rank) of the finished jobs' latencies, in ms."""
+        return percentile(self.latencies_ms, p)
+
+    def by_partition(self, partitions: int) -> dict[int, list[float]]:
+        """Finished jobs' latencies grouped by the store partition of their id."""
+        keys = Keys("il", partitions)
+        groups: dict[int, list[float]] = {p: [] for p in range(partitions)}
+        for job_id, latency in zip(self.job_ids, self.latencies_ms, strict=True):
+            groups[keys.partition(job_id)].append(latency)
+        return groups
+
+    def problem(self, outcome: str, detail: str) -> None:
+        self.outcomes[outcome] += 1
+        if len(self.examples) < 5:
+            self.examples.append(f"{outcome}: {detail}")
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile of `values` by nearest rank; NaN when there are none."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def session(concurrency: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=max(concurrency * 2, 10), force_close=False)
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers={"X-Client-Token": CLIENT_TOKEN, "Content-Type": "application/json"},
+        timeout=aiohttp.ClientTimeout(total=WAIT_S + 30),
+    )
+
+
+async def _one_job(
+    http: aiohttp.ClientSession, base: str, endpoint: str, body: bytes, result: LoadResult
+) -> None:
+    started = time.perf_counter()
+    async with http.post(f"{base}/api/v1/{endpoint}", data=body) as resp:
+        text = await resp.read()
+        if resp.status != 202:
+            result.problem("submit_refused", f"HTTP {resp.status} {text[:200]!r}")
+            return
+    job_id = json.loads(text)["job_id"]
+    url = f"{base}/api/v1/jobs/{job_id}"
+    while True:
+        async with http.get(url, params={"wait": str(WAIT_S)}) as resp:
+            text = await resp.read()
+            if resp.status != 200:
+                result.problem("read_refused", f"{job_id}: HTTP {resp.status} {text[:200]!r}")
+                return
+        doc = json.loads(text)
+        status = doc["status"]
+        if status in TERMINAL:
+            break
+        if time.perf_counter() - started > JOB_DEADLINE_S:
+            result.problem("timed_out", f"{job_id} still {status} after {JOB_DEADLINE_S:g} s")
+            return
+    if status == "finished":
+        result.outcomes["finished"] += 1
+        result.latencies_ms.append((time.perf_counter() - started) * 1000)
+        result.job_ids.append(job_id)
+    else:
+        result.problem(status, f"{job_id}: {json.dumps(doc.get('error'))[:200]}")
+
+
+async def run_load(
+    base: str, endpoint: str, n: int, concurrency: int, payload: Payload
+) -> LoadResult:
+    """Submit `n` jobs, at most `concurrency` in flight, and wait for each to end."""
+    result = LoadResult(n=n, concurrency=concurrency)
+    bodies = [json.dumps(payload(i)).encode() for i in range(n)]  # encoded before the clock
+    next_index = 0
+
+    async def lane(http: aiohttp.ClientSession) -> None:
+        nonlocal next_index
+        while next_index < n:
+            body = bodies[next_index]
+            next_index += 1
+            try:
+                await _one_job(http, base, endpoint, body, result)
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+                result.problem("client_error", f"{type(exc).__name__}: {exc}")
+
+    async with session(concurrency) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(lane(http) for _ in range(min(concurrency, n))))
+        result.wall_s = time.perf_counter() - started
+    return result
