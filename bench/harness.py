@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis.asyncio as aioredis
+
+from tests.support.redis_server import RedisServer as TestRedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_TOKEN = "bench-client-token"
@@ -109,21 +110,15 @@ def machine_summary() -> str:
 # -- redis-server ------------------------------------------------------------------------------
 
 
-class RedisServer:
-    """A throwaway redis-server on a free loopback port, without persistence."""
+class RedisServer(TestRedisServer):
+    """A throwaway redis-server on a free loopback port, without persistence, that accepts
+    enough clients for the idle-worker bench."""
 
     def __init__(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on the PATH (apt-get install redis-server)")
-        self.binary = binary
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="interlock-bench-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        super().__init__(binary, extra_args=("--maxclients", "10000"))
 
     @property
     def pid(self) -> int:
@@ -131,49 +126,11 @@ class RedisServer:
             raise RuntimeError("redis-server is not running")
         return self.process.pid
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--maxclients",
-                "10000",
-                "--dir",
-                str(self.dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
     def client(self) -> aioredis.Redis:
         """A client for the bench's own queries, named so it can be told apart."""
         return aioredis.Redis.from_url(
             self.url, decode_responses=True, client_name=BENCH_CLIENT_NAME
         )
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 async def command_calls(client: aioredis.Redis) -> Counter[str]:

@@ -18,8 +18,9 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, extra_args: tuple[str, ...] = ()) -> None:
         self.binary = binary
+        self.extra_args = extra_args
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="interlock-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -42,6 +43,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.dir),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
