@@ -217,8 +217,10 @@ async def get_job(request: web.Request) -> web.Response:
     wait_s = query_number(request, "wait", 0.0, 0.0, MAX_WAIT_S, clamp=False)
     orch = orchestrator(request)
     if wait_s > 0:
-        # Returns as soon as the job is terminal (or unknown); the view is read afresh below.
-        await unless_closing(request, orch.wait_job(job_id, request[CLIENT], wait_s), None)
+        # Returns as soon as the job is terminal (at once if unknown or another client's);
+        # the view below is the only read after the wait.
+        wait = orch.wait_until_ended(job_id, request[CLIENT], wait_s)
+        await unless_closing(request, wait, False)
     return json_response(await _read_view(request, job_id))
 
 

@@ -178,17 +178,33 @@ class Orchestrator:
         self, job_id: str, client: str | None, wait_s: float
     ) -> dict[str, Any] | None:
         """The job once it is terminal, or as it is when `wait_s` seconds have passed."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._done_waiters.setdefault(job_id, []).append(future)
+        doc = await self.get_job(job_id, client)
+        if (
+            doc is None
+            or doc["status"] in TERMINAL
+            or not await self.wait_until_ended(job_id, client, wait_s, doc)
+        ):
+            return doc
+        return await self.get_job(job_id, client)
+
+    async def wait_until_ended(
+        self, job_id: str, client: str | None, wait_s: float, doc: dict[str, Any] | None = None
+    ) -> bool:
+        """Wait up to `wait_s` seconds for the job to end, without reading it afterwards (a
+        caller that renders the job reads it once itself). `doc` is the job as the caller
+        already read it, if it did. Returns False when the job is unknown (or another
+        client's) or had ended already (nothing to wait for), True otherwise."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._done_waiters.setdefault(job_id, []).append(future)  # before the read: no gap
         try:
-            doc = await self.get_job(job_id, client)
+            if doc is None:
+                doc = await self.get_job(job_id, client)
             if doc is None or doc["status"] in TERMINAL or wait_s <= 0:
-                return doc
+                return False
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait_s):
                     await future
-            return await self.get_job(job_id, client)
+            return True
         finally:
             waiters = self._done_waiters.get(job_id, [])
             with contextlib.suppress(ValueError):
