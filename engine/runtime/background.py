@@ -154,8 +154,10 @@ async def deliver(orch: Orchestrator, job_id: str) -> None:
         )
         await orch.store.webhook_delivered(job_id)
     else:
+        # Record the retry before saying so: until then our claim (a minute) holds the entry.
+        retry_at = now_ms() + webhooks.backoff_ms(attempt)
+        await orch.store.webhook_retry(job_id, retry_at)
         log.warning("webhook for job %s to %s failed (%s); retrying", job_id, url, problem)
-        await orch.store.webhook_retry(job_id, now_ms() + webhooks.backoff_ms(attempt))
 
 
 async def schedule_loop(orch: Orchestrator) -> None:
