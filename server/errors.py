@@ -17,7 +17,7 @@ import redis.exceptions
 from aiohttp import web
 
 from engine.errors import InterlockError
-from engine.jsonutil import dumps
+from engine.jsonutil import dumpb
 from engine.store.client import StoreUnavailable
 
 log = logging.getLogger("interlock.server")
@@ -91,7 +91,9 @@ class ServiceUnavailable(ApiError):
 
 def json_response(data: Any, *, status: int = 200) -> web.Response:
     """A JSON answer encoded by the engine's codec (compact, UTF-8)."""
-    return web.json_response(data, status=status, dumps=dumps)
+    return web.Response(
+        body=dumpb(data), status=status, content_type="application/json", charset="utf-8"
+    )
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:

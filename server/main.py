@@ -20,6 +20,7 @@ from aiohttp import web
 
 from engine.blueprint.loader import validate_paths
 from engine.errors import BlueprintError
+from engine.runtime import aio
 from engine.runtime.schedules import ScheduleError
 from engine.store.client import Store, StoreError
 from server.app import build_app, schedules_for
@@ -72,7 +73,7 @@ def serve_command(args: argparse.Namespace) -> int:
         _fail(str(exc))
         return 2
     _setup_logging()
-    return asyncio.run(_serve(settings, len(blueprints), len(schedules)))
+    return aio.run(_serve(settings, len(blueprints), len(schedules)))
 
 
 def _setup_logging() -> None:

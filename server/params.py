@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Collection
@@ -10,13 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.jsonutil import loads_strict
 from server.errors import BadRequest
 
 ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def json_type(value: object) -> str:
@@ -42,9 +38,7 @@ async def json_object(request: web.Request, *, empty_ok: bool = False) -> dict[s
             return {}
         raise BadRequest("the request body is empty; send a JSON object", code="invalid_json")
     try:
-        # Not engine.jsonutil.loads: NaN and Infinity must be refused here, or they would
-        # be stored and echoed back as invalid JSON.
-        value = json.loads(raw, parse_constant=_no_constants)
+        value = loads_strict(raw)
     except (ValueError, RecursionError) as exc:
         message = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
         raise BadRequest(

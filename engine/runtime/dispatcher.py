@@ -79,6 +79,12 @@ class Dispatcher:
             if not waiter.future.done():
                 waiter.future.cancel()
 
+    async def next_tasks(
+        self, worker_id: str, skills: tuple[str, ...], wait_s: float, max_tasks: int
+    ) -> list[dict[str, Any]]:
+        task = await self.next_task(worker_id, skills, wait_s)
+        return [] if task is None else [task]
+
     def close(self) -> None:
         """Shutting down: answer every waiting poll now (no task) and take no new ones.
         Polls the pump is leasing for still get their task."""
