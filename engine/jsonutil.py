@@ -41,9 +41,12 @@ def loads(text: str | bytes) -> Any:
 def loads_strict(text: str | bytes) -> Any:
     """`loads` for input from outside: NaN and Infinity are refused (ValueError), since
     they would be stored and echoed back as invalid JSON."""
-    if _long_digits(text):
-        return json.loads(text, parse_constant=_no_constants)
-    return orjson.loads(text)  # orjson refuses them itself
+    if not _long_digits(text):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # the stdlib says what is wrong in plainer words ("NaN is not valid JSON")
+    return json.loads(text, parse_constant=_no_constants)
 
 
 def _long_digits(text: str | bytes) -> bool:

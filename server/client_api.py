@@ -30,7 +30,14 @@ from server.params import (
     reject_unknown,
     required_str,
 )
-from server.state import CLIENT, CLIENT_AUTH, orchestrator, public_base, unless_closing
+from server.state import (
+    CLIENT,
+    CLIENT_AUTH,
+    CLOSING,
+    orchestrator,
+    public_base,
+    unless_closing,
+)
 from server.views import blueprint_detail, blueprint_summary, event_view, iso, job_view
 
 PREFIX = "/api/v1"
@@ -60,11 +67,15 @@ def _job_id(request: web.Request) -> str:
     return job_id
 
 
-async def _read_view(request: web.Request, job_id: str) -> dict[str, Any]:
-    """The owner's view of a job (with its approval link, if it waits for a person)."""
+async def _read_view(request: web.Request, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+    """The owner's view of a job (with its approval link, if it waits for a person); with
+    `wait_s`, once the job is terminal or the wait ends."""
     orch = orchestrator(request)
-    record = await orch.store.read_job(job_id)
-    if record is None or record.doc.get("client") != request[CLIENT]:
+    read = orch.read(job_id, request[CLIENT], wait_s)
+    record = await unless_closing(request, read, None) if wait_s > 0 else await read
+    if record is None and wait_s > 0 and request.config_dict[CLOSING].is_set():
+        record = await orch.read(job_id, request[CLIENT])  # shutting down: answer as it is
+    if record is None:
         raise job_not_found()
     return job_view(
         record.doc,
@@ -215,13 +226,8 @@ def _check_input(blueprint: Blueprint, initial_data: dict[str, Any]) -> None:
 async def get_job(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     wait_s = query_number(request, "wait", 0.0, 0.0, MAX_WAIT_S, clamp=False)
-    orch = orchestrator(request)
-    if wait_s > 0:
-        # Returns as soon as the job is terminal (at once if unknown or another client's);
-        # the view below is the only read after the wait.
-        wait = orch.wait_until_ended(job_id, request[CLIENT], wait_s)
-        await unless_closing(request, wait, False)
-    return json_response(await _read_view(request, job_id))
+    # Answers as soon as the job is terminal (at once if unknown or another client's).
+    return json_response(await _read_view(request, job_id, wait_s))
 
 
 async def job_history(request: web.Request) -> web.Response:

@@ -46,17 +46,21 @@ async def listen(orch: Orchestrator) -> None:
                 if item is None:
                     continue
                 channel, message = item
-                if channel == ready:
-                    task_type, _, partition = message.rpartition("|")
-                    with contextlib.suppress(ValueError):
-                        orch.dispatcher.task_queued(task_type, int(partition))
-                elif channel == done:
-                    orch.job_done(message)
+                if channel == ready:  # `task_type|partition` lines
+                    for line in message.split("\n"):
+                        task_type, _, partition = line.rpartition("|")
+                        with contextlib.suppress(ValueError):
+                            orch.dispatcher.task_queued(task_type, int(partition))
+                elif channel == done:  # job ids
+                    for job_id in message.split():
+                        orch.job_done(job_id)
         except Exception as exc:  # redis-py raises its own ConnectionError tree here
             checkpoint(exc)
             log.warning("notification subscription lost (%s); resubscribing", exc)
         await asyncio.sleep(0.5)
-        orch.dispatcher.wake.set()  # we may have missed ready notifications meanwhile
+        # We may have missed notifications meanwhile: look again at everything they cover.
+        orch.lost_notifications()
+        orch.dispatcher.wake.set()
 
 
 async def timer_loop(orch: Orchestrator) -> None:

@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,17 +27,30 @@ log = logging.getLogger("interlock.dispatcher")
 throttle = Throttle(log)
 
 SWEEP_INTERVAL_S = 1.0
+MAX_LEASE = 100  # tasks leased by one script
 
 
 @dataclass(eq=False)
 class Waiter:
+    """One open poll: it takes up to `capacity` tasks, and answers as soon as it has one
+    and no lease for it is still on its way (leases made together arrive together)."""
+
     worker_id: str
     skills: tuple[str, ...]
-    future: asyncio.Future[dict[str, Any] | None] = field(
+    capacity: int = 1
+    future: asyncio.Future[list[dict[str, Any]]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-    claimed: bool = False  # the pump is leasing a task for this waiter
-    expired: bool = False  # the poll's time is up; answer None unless a lease lands
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    claims: int = 0  # leases being made for this poll right now
+    expired: bool = False  # the poll's time is up; answer once the claims settle
+
+    @property
+    def free(self) -> int:
+        """How many more tasks to lease for this poll (none once it has one: answer)."""
+        if self.tasks or self.expired or self.future.done():
+            return 0
+        return self.capacity - self.claims
 
 
 class Dispatcher:
@@ -47,6 +61,8 @@ class Dispatcher:
         self.hints: set[tuple[str, int]] = set()
         self.wake = asyncio.Event()
         self.closed = False
+        # Told of each lease the pump makes: job id, task id, the job's new version, the lease.
+        self.on_lease: Callable[[str, str, int, str], None] = lambda *made: None
 
     # -- called by request handlers ------------------------------------------------------------
 
@@ -54,12 +70,19 @@ class Dispatcher:
         self, worker_id: str, skills: tuple[str, ...], wait_s: float
     ) -> dict[str, Any] | None:
         """A leased task payload for this worker, or None after `wait_s` seconds."""
+        tasks = await self.next_tasks(worker_id, skills, wait_s, 1)
+        return tasks[0] if tasks else None
+
+    async def next_tasks(
+        self, worker_id: str, skills: tuple[str, ...], wait_s: float, max_tasks: int
+    ) -> list[dict[str, Any]]:
+        """Up to `max_tasks` leased task payloads for this worker, or [] after `wait_s`."""
         if self.closed:
-            return None
+            return []
         if not skills:
             await asyncio.sleep(min(wait_s, 1.0))
-            return None
-        waiter = Waiter(worker_id, skills)
+            return []
+        waiter = Waiter(worker_id, skills, max(1, max_tasks))
         for skill in skills:
             queue = self.waiters.setdefault(skill, deque())
             if not queue:  # nobody was waiting for this type: its queues may hold work
@@ -71,33 +94,51 @@ class Dispatcher:
                 return await asyncio.shield(waiter.future)
         except TimeoutError:
             waiter.expired = True
-            if waiter.claimed:  # the pump is leasing for us right now; take its answer
-                return await waiter.future
-            return None
+            self._settle(waiter)
+            return await waiter.future  # at once, or when the leases on their way land
         finally:
             self._forget(waiter)
             if not waiter.future.done():
                 waiter.future.cancel()
 
-    async def next_tasks(
-        self, worker_id: str, skills: tuple[str, ...], wait_s: float, max_tasks: int
-    ) -> list[dict[str, Any]]:
-        task = await self.next_task(worker_id, skills, wait_s)
-        return [] if task is None else [task]
-
     def close(self) -> None:
         """Shutting down: answer every waiting poll now (no task) and take no new ones.
-        Polls the pump is leasing for still get their task."""
+        Polls a lease is being made for still get their task."""
         self.closed = True
         for queue in list(self.waiters.values()):
             for waiter in list(queue):
                 waiter.expired = True
-                if not waiter.claimed and not waiter.future.done():
-                    waiter.future.set_result(None)
+                self._settle(waiter)
 
     def task_queued(self, task_type: str, partition: int) -> None:
         self.hints.add((task_type, partition))
         self.wake.set()
+
+    # -- direct hand-off: a task leased in the same commit that creates it ---------------------
+
+    def claim(self, task_type: str) -> Waiter | None:
+        """A waiting poll that takes a task of this type, with one place reserved for it;
+        the caller then calls `deliver` (the lease was committed) or `unclaim`."""
+        for waiter in self.waiters.get(task_type, ()):
+            if waiter.free > 0:
+                waiter.claims += 1
+                return waiter
+        return None
+
+    def deliver(self, waiter: Waiter, task: dict[str, Any]) -> None:
+        waiter.claims -= 1
+        if not waiter.future.done():
+            waiter.tasks.append(task)
+        self._settle(waiter)
+
+    def unclaim(self, waiter: Waiter) -> None:
+        waiter.claims -= 1
+        self._settle(waiter)
+
+    @staticmethod
+    def _settle(waiter: Waiter) -> None:
+        if waiter.claims == 0 and not waiter.future.done() and (waiter.tasks or waiter.expired):
+            waiter.future.set_result(waiter.tasks)
 
     # -- the pump --------------------------------------------------------------------------------
 
@@ -124,8 +165,17 @@ class Dispatcher:
 
     def _sweep(self) -> None:
         for task_type, queue in self.waiters.items():
-            if any(not w.claimed for w in queue):
+            if any(w.free > 0 for w in queue):
                 self.hints.update((task_type, p) for p in range(self.partitions))
+
+    def _slots(self, task_type: str) -> list[Waiter]:
+        """One entry per task the waiting polls of this type can take, oldest poll first."""
+        slots: list[Waiter] = []
+        for waiter in self.waiters.get(task_type, ()):
+            slots.extend([waiter] * waiter.free)
+            if len(slots) >= MAX_LEASE:
+                break
+        return slots[:MAX_LEASE]
 
     async def _pump(self) -> None:
         while self.hints:
@@ -135,10 +185,10 @@ class Dispatcher:
             hints = list(self.hints)
             random.shuffle(hints)
             for task_type, partition in hints:
-                waiting = [w for w in self.waiters.get(task_type, ()) if not w.claimed]
-                if not waiting:
+                wanted = len(self._slots(task_type))
+                if not wanted:
                     continue  # keep the hint: the next worker to ask will want it
-                members = await self.store.peek(partition, task_type, len(waiting))
+                members = await self.store.peek(partition, task_type, wanted)
                 if not members:
                     self.hints.discard((task_type, partition))
                     continue
@@ -147,38 +197,31 @@ class Dispatcher:
                 return
 
     async def _lease(self, task_type: str, partition: int, members: list[str]) -> bool:
-        # Waiters may have gone while we peeked; claim the ones still there.
-        waiting = [w for w in self.waiters.get(task_type, ()) if not w.claimed][: len(members)]
-        if not waiting:
+        # Polls may have gone or been served while we peeked; claim what is still free.
+        slots = self._slots(task_type)[: len(members)]
+        if not slots:
             return False
-        for waiter in waiting:
-            waiter.claimed = True
+        for waiter in slots:
+            waiter.claims += 1
         try:
             leases = await self.store.lease(
                 partition,
                 task_type,
-                members[: len(waiting)],
-                [w.worker_id for w in waiting],
+                members[: len(slots)],
+                [w.worker_id for w in slots],
                 int(time.time() * 1000),
             )
         except BaseException:
-            self._release(waiting)
+            for waiter in slots:
+                self.unclaim(waiter)
             raise
-        served = 0
-        for waiter, (worker_id, payload) in zip(waiting, leases, strict=False):
-            assert waiter.worker_id == worker_id
-            if not waiter.future.done():
-                waiter.future.set_result(loads(payload))
-            served += 1
-        self._release(waiting[served:])
-        return served > 0
-
-    @staticmethod
-    def _release(waiters: list[Waiter]) -> None:
-        for waiter in waiters:
-            waiter.claimed = False
-            if waiter.expired and not waiter.future.done():
-                waiter.future.set_result(None)
+        for waiter, made in zip(slots, leases, strict=False):
+            assert waiter.worker_id == made.worker
+            self.on_lease(made.job_id, made.task_id, made.version, made.lease)
+            self.deliver(waiter, loads(made.payload))
+        for waiter in slots[len(leases) :]:
+            self.unclaim(waiter)
+        return bool(leases)
 
     def _forget(self, waiter: Waiter) -> None:
         for skill in waiter.skills:

@@ -14,15 +14,16 @@ import hmac
 import logging
 import random
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from engine.blueprint.model import Blueprint
-from engine.jsonutil import dumps
+from engine.jsonutil import dumps, loads
 from engine.runtime import background, webhooks
 from engine.runtime.background import leases_of, now_ms
-from engine.runtime.dispatcher import Dispatcher
+from engine.runtime.dispatcher import Dispatcher, Waiter
 from engine.runtime.jobdoc import (
     TERMINAL,
     ChildJob,
@@ -39,6 +40,7 @@ from engine.store.client import Commit, JobRecord, Store, StoreUnavailable
 log = logging.getLogger("interlock.orchestrator")
 
 MAX_CONFLICT_RETRIES = 100
+RECENT_JOBS = 4096  # jobs whose last committed state this process keeps (a few MB)
 T = TypeVar("T")
 
 
@@ -79,9 +81,17 @@ class Orchestrator:
         self.registry = registry
         self.settings = settings
         self.dispatcher = Dispatcher(store)
+        self.dispatcher.on_lease = self.leased
         self.webhook_sender = webhook_sender
         self.schedules = tuple(schedules)
-        self._done_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._done_waiters: dict[str, list[asyncio.Future[JobRecord | None]]] = {}
+        # The jobs this process changed last, as committed: (version, doc JSON, leases,
+        # terminal).
+        # A change starts from here instead of reading Redis; the version guard catches a
+        # stale entry (another orchestrator, a lease), and then the job is read.
+        self._recent: OrderedDict[str, tuple[int, str, dict[str, str], bool]] = OrderedDict()
+        self._committed: set[str] = set()  # jobs a `retrying` attempt has just committed
+        self._deferred_done: set[str] = set()  # announced ended while we were changing them
         self._tasks: list[asyncio.Task[None]] = []
         # Approval tokens and child job ids come from it: it must be unpredictable.
         self.rng: random.Random = random.SystemRandom()
@@ -178,39 +188,44 @@ class Orchestrator:
         self, job_id: str, client: str | None, wait_s: float
     ) -> dict[str, Any] | None:
         """The job once it is terminal, or as it is when `wait_s` seconds have passed."""
-        doc = await self.get_job(job_id, client)
-        if (
-            doc is None
-            or doc["status"] in TERMINAL
-            or not await self.wait_until_ended(job_id, client, wait_s, doc)
-        ):
-            return doc
-        return await self.get_job(job_id, client)
+        record = await self.read(job_id, client, wait_s)
+        return record.doc if record is not None else None
 
-    async def wait_until_ended(
-        self, job_id: str, client: str | None, wait_s: float, doc: dict[str, Any] | None = None
-    ) -> bool:
-        """Wait up to `wait_s` seconds for the job to end, without reading it afterwards (a
-        caller that renders the job reads it once itself). `doc` is the job as the caller
-        already read it, if it did. Returns False when the job is unknown (or another
-        client's) or had ended already (nothing to wait for), True otherwise."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def read(self, job_id: str, client: str | None, wait_s: float = 0.0) -> JobRecord | None:
+        """The job as `client` may see it (None if unknown or another client's). With
+        `wait_s` > 0, once it is terminal, or as it is when the wait ends.
+
+        A job that ends in this process is handed to its waiters as committed, without a
+        read; one that ends elsewhere is announced on the `done` channel and read."""
+        if wait_s <= 0:
+            return self._owned(await self.store.read_job(job_id), client)
+        future: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
         self._done_waiters.setdefault(job_id, []).append(future)  # before the read: no gap
         try:
-            if doc is None:
-                doc = await self.get_job(job_id, client)
-            if doc is None or doc["status"] in TERMINAL or wait_s <= 0:
-                return False
+            # What we committed last is good enough to decide whether to wait: had the job
+            # ended elsewhere since, its `done` announcement would have dropped the entry.
+            record = self._recent_record(job_id) or await self.store.read_job(job_id)
+            record = self._owned(record, client)
+            if record is None or record.doc["status"] in TERMINAL:
+                return record
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait_s):
-                    await future
-            return True
+                    ended = await future
+                    if ended is not None:
+                        return self._owned(ended, client)
+            return self._owned(await self.store.read_job(job_id), client)
         finally:
             waiters = self._done_waiters.get(job_id, [])
             with contextlib.suppress(ValueError):
                 waiters.remove(future)
             if not waiters:
                 self._done_waiters.pop(job_id, None)
+
+    @staticmethod
+    def _owned(record: JobRecord | None, client: str | None) -> JobRecord | None:
+        if record is None or (client is not None and record.doc.get("client") != client):
+            return None
+        return record
 
     async def history(self, job_id: str, client: str | None) -> list[dict[str, Any]] | None:
         if await self.get_job(job_id, client) is None:
@@ -389,11 +404,21 @@ class Orchestrator:
         """
         async with self._lock(job_id):
             for retry in range(MAX_CONFLICT_RETRIES):
-                record = await self.store.read_job(job_id)
+                record = self._recent_record(job_id) if retry == 0 else None
+                remembered = record is not None
+                if record is None:
+                    record = await self.store.read_job(job_id)
                 if record is None:
                     return None
                 machine = await self.registry.machine(record.doc["hash"], self.store)
+                self._committed.discard(job_id)
                 done, value = await attempt(record, machine)
+                committed = job_id in self._committed
+                self._committed.discard(job_id)
+                if done and remembered and not committed:
+                    # Decided without a commit (ignored) on what we remembered, which may be
+                    # stale: no version guard checked it, so decide again on a fresh read.
+                    continue
                 if done:
                     return value
                 # The usual clash is a lease (one quick script): re-read at once, back off
@@ -415,6 +440,9 @@ class Orchestrator:
             entry[1] -= 1
             if entry[1] == 0:
                 del self._locks[job_id]
+                if job_id in self._deferred_done:
+                    self._deferred_done.discard(job_id)
+                    self.job_done(job_id)
 
     async def commit(
         self,
@@ -429,19 +457,38 @@ class Orchestrator:
         doc["updated_at"] = now
         history_start = doc["hseq"]
         doc["hseq"] += len(fx.history)
-        leases = {k: v for k, v in fx.leases.items() if k not in fx.dropped}
-        queued = {e.task_id: TaskLease("queued", e.lease_ms) for e in fx.enqueue}
-        leases.update(queued)
+        # The leases as read (not fx.leases: a rule need not pass them on), less the tasks
+        # the change ends, plus the ones it starts.
+        dropped = set(fx.dropped)
+        leases = {
+            task_id: TaskLease.decode(raw)
+            for task_id, raw in (record.leases if record else {}).items()
+            if task_id not in dropped
+        }
+        # A task some open poll can take is leased to it in this very commit (no queue, no
+        # second script); the others are queued for the dispatcher.
+        handoffs: list[tuple[Waiter, dict[str, Any]]] = []
+        enqueue = []
+        for e in fx.enqueue:
+            waiter = self.dispatcher.claim(e.task_type)
+            if waiter is None:
+                leases[e.task_id] = TaskLease("queued", e.lease_ms)
+                enqueue.append(e)
+            else:
+                leases[e.task_id] = TaskLease("leased", e.lease_ms, waiter.worker_id, now)
+                handoffs.append((waiter, e.payload))
+        version = (record.version if record else 0) + 1
+        doc_json = dumps(doc)
+        raw_leases = {task_id: lease.encode() for task_id, lease in leases.items()}
         webhook = fx.terminal and bool(doc.get("webhook_url"))
         change = Commit(
             job_id=doc["id"],
             expected_version=record.version if record else None,
-            fields={"v": str((record.version if record else 0) + 1), "doc": dumps(doc)},
+            fields={"v": str(version), "doc": doc_json, "leases": dumps(raw_leases)},
             timer_ms=machine.next_due(doc, leases),
-            leases={task_id: lease.encode() for task_id, lease in queued.items()},
             payloads={e.task_id: dumps(e.payload) for e in fx.enqueue},
             drop=fx.dropped,
-            enqueue=[(e.task_type, e.member, e.score) for e in fx.enqueue],
+            enqueue=[(e.task_type, e.member, e.score) for e in enqueue],
             dequeue=fx.dequeue,
             ttl_ms=machine.settings.retention_ms if fx.terminal else None,
             index=index,
@@ -449,19 +496,68 @@ class Orchestrator:
             done=fx.terminal,
             history=fx.history,
         )
-        if not await self.store.commit(change, history_start=history_start):
+        applied = False
+        try:
+            applied = await self.store.commit(change, history_start=history_start)
+        finally:
+            for waiter, payload in handoffs:
+                if applied:
+                    self.dispatcher.deliver(waiter, payload)
+                else:
+                    self.dispatcher.unclaim(waiter)
+        if not applied:
+            self.forget_recent(doc["id"])
             return False
-        await self._after_commit(doc, fx, webhook)
+        self._remember(doc["id"], version, doc_json, raw_leases, fx.terminal)
+        self._committed.add(doc["id"])
+        queued = {e.task_type for e in enqueue}
+        await self._after_commit(doc, fx, webhook, queued, JobRecord(version, doc, raw_leases))
         return True
 
-    async def _after_commit(self, doc: dict[str, Any], fx: Effects, webhook: bool) -> None:
+    def _remember(
+        self, job_id: str, version: int, doc_json: str, leases: dict[str, str], terminal: bool
+    ) -> None:
+        self._recent[job_id] = (version, doc_json, leases, terminal)
+        self._recent.move_to_end(job_id)
+        while len(self._recent) > RECENT_JOBS:
+            self._recent.popitem(last=False)
+
+    def _recent_record(self, job_id: str) -> JobRecord | None:
+        entry = self._recent.get(job_id)
+        if entry is None:
+            return None
+        version, doc_json, leases, _ = entry
+        return JobRecord(version, loads(doc_json), dict(leases))  # a copy the caller may change
+
+    def forget_recent(self, job_id: str) -> None:
+        """The job changed outside this process's commits (another orchestrator)."""
+        self._recent.pop(job_id, None)
+
+    def leased(self, job_id: str, task_id: str, version: int, lease: str) -> None:
+        """The dispatcher leased a queued task: the job is now at `version`."""
+        entry = self._recent.get(job_id)
+        if entry is None:
+            return
+        if entry[0] != version - 1:
+            self.forget_recent(job_id)
+            return
+        self._recent[job_id] = (version, entry[1], {**entry[2], task_id: lease}, entry[3])
+
+    async def _after_commit(
+        self,
+        doc: dict[str, Any],
+        fx: Effects,
+        webhook: bool,
+        queued: set[str],
+        record: JobRecord,
+    ) -> None:
         """Work outside the job's slot. Each step is safe to lose in a crash: leases expire,
         children are re-created by the parent's periodic check, and a parent finds its
         ended child on that same check. Steps that change other jobs run as tasks of their
         own, outside this job's lock (a parent and its child must never wait on each other).
         """
         partition = self.store.keys.partition(doc["id"])
-        for task_type in {e.task_type for e in fx.enqueue}:
+        for task_type in queued:
             self.dispatcher.task_queued(task_type, partition)
         for worker_id, task_id in fx.cancel_on_worker:
             await self.store.request_cancel(worker_id, task_id, self.settings.cancel_ttl_ms)
@@ -470,7 +566,7 @@ class Orchestrator:
         for child_id in fx.cancel_children:
             self._spawn(self.cancel(child_id, None))
         if fx.terminal:
-            self.job_done(doc["id"])
+            self.job_done(doc["id"], record)
             if webhook:
                 self.webhook_wake.set()
             if fx.notify_parent:
@@ -488,7 +584,26 @@ class Orchestrator:
                 "follow-up step failed (a periodic check will retry it): %r", task.exception()
             )
 
-    def job_done(self, job_id: str) -> None:
+    def job_done(self, job_id: str, record: JobRecord | None = None) -> None:
+        """Wake the waiters of an ended job: with the job as committed here, or with None
+        (it ended elsewhere, or we cannot tell) so that they read it."""
+        if record is None:
+            if job_id in self._locks:
+                # A change of ours is on its way (the announcement may be its own, read
+                # back before the commit returned): look again once it has landed.
+                self._deferred_done.add(job_id)
+                return
+            entry = self._recent.get(job_id)
+            if entry is not None and entry[3]:
+                record = self._recent_record(job_id)  # ended here: that is final
+            elif entry is not None:
+                self.forget_recent(job_id)  # ended elsewhere: what we hold is out of date
         for future in self._done_waiters.get(job_id, []):
             if not future.done():
-                future.set_result(None)
+                future.set_result(record)
+
+    def lost_notifications(self) -> None:
+        """The `done` subscription was down: anything remembered may have ended since."""
+        self._recent.clear()
+        for job_id in list(self._done_waiters):
+            self.job_done(job_id)

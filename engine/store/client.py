@@ -6,6 +6,7 @@ single commands. Driver errors are translated into `StoreUnavailable` where they
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -25,6 +26,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 MAX_CONNECTIONS = 16  # per orchestrator process, pub/sub subscription included
+MAX_BATCH = 200  # job changes per partition in one commit script
 
 KEEP = "-"  # commit(timer_ms=KEEP) leaves the job's timer as it is
 
@@ -76,6 +78,18 @@ class JobRecord:
     leases: dict[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """A task the dispatcher leased: to whom, its payload JSON, and the job's new state."""
+
+    worker: str
+    payload: str
+    job_id: str
+    task_id: str
+    version: int  # of the job, after the lease
+    lease: str  # the task's lease as stored
+
+
 @dataclass(slots=True)
 class Commit:
     """One guarded change of a job (see lua/commit.lua)."""
@@ -84,9 +98,8 @@ class Commit:
     expected_version: int | None  # None: create; the job must not exist yet
     fields: dict[str, str]
     timer_ms: int | str | None = KEEP  # None removes the timer
-    leases: dict[str, str] = field(default_factory=dict)  # task id -> encoded lease
     payloads: dict[str, str] = field(default_factory=dict)  # task id -> payload JSON
-    drop: list[str] = field(default_factory=list)  # task ids no longer active
+    drop: list[str] = field(default_factory=list)  # task ids no longer active (payloads go)
     enqueue: list[tuple[str, str, float]] = field(default_factory=list)  # (type, member, score)
     dequeue: list[tuple[str, str]] = field(default_factory=list)  # (type, member)
     ttl_ms: int | None = None
@@ -104,6 +117,8 @@ class Store:
         self._commit = client.register_script(_script("commit.lua"))
         self._lease = client.register_script(_script("lease.lua"))
         self._claim = client.register_script(_script("claim_timers.lua"))
+        self._pending: dict[int, list[tuple[Commit, int, asyncio.Future[bool]]]] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(cls, url: str, *, prefix: str = "il", partitions: int = 8) -> Store:
@@ -132,6 +147,8 @@ class Store:
         return store
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.wait([self._flusher], timeout=5)
         await self.redis.aclose(close_connection_pool=True)
 
     async def _check_partitions(self) -> None:
@@ -156,67 +173,149 @@ class Store:
 
     @translated
     async def read_job(self, job_id: str) -> JobRecord | None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(self.keys.job(job_id), ["v", "doc"])
-        pipe.hgetall(self.keys.leases(job_id))
-        (v, doc), leases = await pipe.execute()
+        v, doc, leases = await self.redis.hmget(self.keys.job(job_id), ["v", "doc", "leases"])
         if v is None or doc is None:
             return None
-        return JobRecord(int(v), loads(doc), {str(k): str(val) for k, val in leases.items()})
+        return JobRecord(int(v), loads(doc), loads(leases) if leases else {})
 
-    @translated
     async def commit(self, change: Commit, *, history_start: int) -> bool:
         """Apply `change` if the job's version still matches. History entries are stored as
-        fields h:<seq> numbered from `history_start`."""
+        fields h:<seq> numbered from `history_start`.
+
+        Changes are group-committed: one goes to Redis at once; those that arrive while a
+        batch is on its way wait for it and then go together, one script per partition,
+        all partitions in one round trip. At one change at a time nothing waits; under load
+        a batch costs one round trip and one script instead of one each per change."""
+        partition = self.keys.partition(change.job_id)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(partition, []).append((change, history_start, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, {}
+                for partition, items in list(batch.items()):
+                    if len(items) > MAX_BATCH:  # the rest go with the next batch
+                        self._pending.setdefault(partition, []).extend(items[MAX_BATCH:])
+                        batch[partition] = items[:MAX_BATCH]
+                try:
+                    outcomes = await self._run_batch(batch)
+                except Exception as exc:
+                    failure = (
+                        StoreUnavailable(f"Redis: {exc}")
+                        if isinstance(exc, redis.exceptions.RedisError)
+                        else exc
+                    )
+                    for items in batch.values():
+                        for _, _, future in items:
+                            if not future.done():
+                                future.set_exception(failure)
+                    continue
+                except BaseException:  # cancelled: the outcome is unknown, as for any call
+                    for items in batch.values():
+                        for _, _, future in items:
+                            future.cancel()
+                    raise
+                for partition, items in batch.items():
+                    for (_, _, future), applied in zip(items, outcomes[partition], strict=True):
+                        if not future.done():
+                            future.set_result(bool(applied))
+        finally:
+            self._flusher = None
+            if self._pending:  # arrived while we were cancelled: never strand them
+                self._flusher = asyncio.create_task(self._flush())
+
+    async def _run_batch(
+        self, batch: dict[int, list[tuple[Commit, int, asyncio.Future[bool]]]]
+    ) -> dict[int, list[int]]:
+        calls = {
+            partition: self._batch_call(partition, [(c, h) for c, h, _ in items])
+            for partition, items in batch.items()
+        }
+        if len(calls) == 1:
+            ((partition, (keys, args)),) = calls.items()
+            return {partition: await self._commit(keys=keys, args=args)}
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args in calls.values():
+            pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
+        answers = await pipe.execute(raise_on_error=False)
+        outcomes: dict[int, list[int]] = {}
+        for (partition, (keys, args)), answer in zip(calls.items(), answers, strict=True):
+            if isinstance(answer, redis.exceptions.NoScriptError):  # Redis lost its scripts
+                answer = await self._commit(keys=keys, args=args)  # loads it, runs it once
+            elif isinstance(answer, BaseException):
+                raise answer
+            outcomes[partition] = answer
+        return outcomes
+
+    def _batch_call(
+        self, partition: int, changes: list[tuple[Commit, int]]
+    ) -> tuple[list[str], list[str]]:
+        """KEYS and ARGV of commit.lua for changes of one partition."""
         keys = self.keys
-        job_id = change.job_id
-        partition = keys.partition(job_id)
-        fields = dict(change.fields)
-        for offset, event in enumerate(change.history):
-            fields[f"h:{history_start + offset:08d}"] = dumps(event)
-        key_list = [
-            keys.job(job_id),
-            keys.leases(job_id),
-            keys.payloads(job_id),
-            keys.timers(partition),
-            keys.client_jobs(partition, change.index[0]) if change.index else keys.job(job_id),
-            keys.webhooks(partition),
-        ]
-        queue_index: dict[str, int] = {}
+        key_list: list[str] = []
+        index: dict[str, int] = {}
 
-        def queue_key(task_type: str) -> int:
-            if task_type not in queue_index:
-                key_list.append(keys.queue(partition, task_type))
-                queue_index[task_type] = len(key_list)  # Lua indexes KEYS from 1
-            return queue_index[task_type]
+        def key(name: str) -> int:
+            if name not in index:
+                key_list.append(name)
+                index[name] = len(key_list)  # Lua indexes KEYS from 1
+            return index[name]
 
-        timer: str | bool
-        if change.timer_ms == KEEP:
-            timer = "keep"
-        elif change.timer_ms is None:
-            timer = False
-        else:
-            timer = str(change.timer_ms)
-        plan = {
-            "job": job_id,
-            "fields": fields,
-            "leases": change.leases or {},
-            "payloads": change.payloads or {},
-            "drop": change.drop,
-            "enqueue": [[queue_key(t), repr(score), m] for t, m, score in change.enqueue],
-            "dequeue": [[queue_key(t), m] for t, m in change.dequeue],
-            "timer": timer,
-            "ttl": str(change.ttl_ms) if change.ttl_ms else False,
-            "index": str(change.index[1]) if change.index else False,
-            "webhook": str(change.webhook_ms) if change.webhook_ms is not None else False,
-            "ready": sorted({f"{t}|{partition}" for t, _, _ in change.enqueue}),
+        timers = key(keys.timers(partition))
+        webhooks = key(keys.webhooks(partition))
+        plans = []
+        for change, history_start in changes:
+            job_id = change.job_id
+            expected = change.expected_version
+            fields = dict(change.fields)
+            for offset, event in enumerate(change.history):
+                fields[f"h:{history_start + offset:08d}"] = dumps(event)
+            for task_id, payload in change.payloads.items():
+                fields[f"p:{task_id}"] = payload
+            flat = [item for pair in fields.items() for item in pair]
+            if change.timer_ms == KEEP:
+                timer: str | bool = "keep"
+            elif change.timer_ms is None:
+                timer = False
+            else:
+                timer = str(change.timer_ms)
+            plans.append(
+                {
+                    "key": key(keys.job(job_id)),
+                    "id": job_id,
+                    "expect": "" if expected is None else str(expected),
+                    "fields": flat,
+                    # A finished job's hash expires whole: no need to delete its fields.
+                    "hdel": [] if change.ttl_ms else [f"p:{t}" for t in change.drop],
+                    "enqueue": [
+                        [key(keys.queue(partition, t)), repr(score), m]
+                        for t, m, score in change.enqueue
+                    ],
+                    "dequeue": [[key(keys.queue(partition, t)), m] for t, m in change.dequeue],
+                    "timers": timers,
+                    "timer": timer,
+                    "index": (
+                        [key(keys.client_jobs(partition, change.index[0])), str(change.index[1])]
+                        if change.index
+                        else False
+                    ),
+                    "webhooks": webhooks,
+                    "webhook": str(change.webhook_ms) if change.webhook_ms is not None else False,
+                    "ttl": str(change.ttl_ms) if change.ttl_ms else False,
+                    "ready": sorted({f"{t}|{partition}" for t, _, _ in change.enqueue}),
+                    "done": change.done,
+                }
+            )
+        argument = {
+            "plans": plans,
             "ready_channel": keys.ready_channel,
-            "done": change.done,
             "done_channel": keys.done_channel,
         }
-        expected = "" if change.expected_version is None else str(change.expected_version)
-        result = await self._commit(keys=key_list, args=[expected, dumps(plan)])
-        return bool(result)
+        return key_list, [dumps(argument)]
 
     @translated
     async def exists(self, job_id: str) -> bool:
@@ -297,16 +396,19 @@ class Store:
         candidates: Sequence[str],
         workers: Sequence[str],
         now_ms: int,
-    ) -> list[tuple[str, str]]:
-        """Lease candidates (queue members) to workers in order; returns (worker, payload)."""
+    ) -> list[Leased]:
+        """Lease candidates (queue members) to workers in order; returns the leases made."""
         keys = [self.keys.queue(partition, task_type), self.keys.timers(partition)]
         for member in candidates:
             job_id = member.split("|", 1)[0]
-            keys += [self.keys.job(job_id), self.keys.leases(job_id), self.keys.payloads(job_id)]
+            keys.append(self.keys.job(job_id))
         flat = await self._lease(
             keys=keys, args=[str(now_ms), str(len(candidates)), *candidates, *workers]
         )
-        return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        return [
+            Leased(flat[i], flat[i + 1], flat[i + 2], flat[i + 3], int(flat[i + 4]), flat[i + 5])
+            for i in range(0, len(flat), 6)
+        ]
 
     @translated
     async def claim_timers(

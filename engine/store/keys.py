@@ -24,16 +24,10 @@ class Keys:
         return f"{self.prefix}:{{p{partition}}}"
 
     def job(self, job_id: str) -> str:
-        """Hash: v (version), doc (JSON document) and h:<seq> history entries of one job."""
+        """Hash of one job: v (version), doc (JSON document), leases (JSON: task id ->
+        `q|<lease_ms>` or `l|<lease_ms>|<worker>|<ms>`), p:<task id> (the payload handed to
+        the worker) and h:<seq> (history entries). One key, so a change is one HSET."""
         return f"{self._p(self.partition(job_id))}:job:{job_id}"
-
-    def leases(self, job_id: str) -> str:
-        """Hash: task id -> lease (`q|<lease_ms>` or `l|<lease_ms>|<worker>|<ms>`)."""
-        return f"{self._p(self.partition(job_id))}:leases:{job_id}"
-
-    def payloads(self, job_id: str) -> str:
-        """Hash: task id -> the task payload handed to the worker (JSON)."""
-        return f"{self._p(self.partition(job_id))}:payloads:{job_id}"
 
     def webhooks(self, partition: int) -> str:
         """Sorted set of job ids whose terminal webhook is due, by next attempt (ms)."""
@@ -74,10 +68,10 @@ class Keys:
 
     @property
     def ready_channel(self) -> str:
-        """Pub/sub: `task_type|partition` when a task is queued."""
+        """Pub/sub: `task_type|partition` lines, one per queue that got tasks."""
         return f"{self.prefix}:ready"
 
     @property
     def done_channel(self) -> str:
-        """Pub/sub: `job_id` when a job reaches a terminal status."""
+        """Pub/sub: space-separated ids of jobs that reached a terminal status."""
         return f"{self.prefix}:done"

@@ -1,66 +1,61 @@
--- Apply one state change to a job, guarded by its version.
--- KEYS[1] job hash (v, doc, h:<seq> history)   KEYS[2] task leases hash
--- KEYS[3] task payloads hash                    KEYS[4] timers zset
--- KEYS[5] client index zset                     KEYS[6] webhook outbox zset
--- KEYS[7 ..] task-type queues named by the plan (all KEYS share the job's {pN} tag)
--- ARGV[1] expected version ("" when creating: the job must not exist)
--- ARGV[2] the plan, JSON:
---   fields: {name: value} for the job hash (includes "v")
---   leases: {task_id: "q|<lease_ms>"} to set     drop: [task_id] to delete
---   payloads: {task_id: json} to set
---   timer: score | false (remove) | "keep"
+-- Apply a batch of job changes, each guarded by its job's version (group commit: the
+-- changes that queue up while one batch is on its way go together in the next).
+-- KEYS: every key the plans name, each once (all share one partition's {pN} tag)
+-- ARGV[1]: JSON {plans: [...], ready_channel, done_channel}; each plan:
+--   key: KEYS index of the job hash      id: job id
+--   expect: version string ("" when creating: the job must not exist)
+--   fields: flat [name, value, ...] for the job hash (includes "v")
+--   hdel: [field] to delete from the job hash
 --   enqueue: [[queue KEYS index, score, member]]   dequeue: [[queue KEYS index, member]]
---   ttl: ms | false     index: score | false     webhook: score | false
---   ready: [message]    done: true | false        job: job id
--- Returns 1 when applied, 0 when the version did not match.
-local current = redis.call('HGET', KEYS[1], 'v')
-if ARGV[1] == '' then
-  if current then return 0 end
-elseif current ~= ARGV[1] then
-  return 0
+--   timers: KEYS index of the timers zset; timer: score | false (remove) | "keep"
+--   index: [KEYS index of the client index, score] | false
+--   webhooks: KEYS index of the webhook outbox; webhook: score | false
+--   ttl: ms | false     ready: [message]     done: true | false
+-- Sorted-set changes are collected and made with one ZREM and one ZADD per key, the
+-- notifications with one PUBLISH per channel. (A batch holds at most one plan per job,
+-- so removals before additions keep each plan's own order.)
+-- Returns a list: 1 for each plan applied, 0 where the version did not match.
+local batch = cjson.decode(ARGV[1])
+local out = {}
+local adds, removes, ready, done = {}, {}, {}, {}
+local function push(lists, key, a, b)
+  local list = lists[key]
+  if not list then
+    list = {}
+    lists[key] = list
+  end
+  list[#list + 1] = a
+  if b ~= nil then list[#list + 1] = b end
 end
-local plan = cjson.decode(ARGV[2])
-local flat = {}
-for name, value in pairs(plan.fields) do
-  flat[#flat + 1] = name
-  flat[#flat + 1] = value
+for i, plan in ipairs(batch.plans) do
+  local job = KEYS[plan.key]
+  local current = redis.call('HGET', job, 'v')
+  local ok
+  if plan.expect == '' then ok = not current else ok = current == plan.expect end
+  if ok then
+    redis.call('HSET', job, unpack(plan.fields))
+    if #plan.hdel > 0 then redis.call('HDEL', job, unpack(plan.hdel)) end
+    for _, entry in ipairs(plan.dequeue) do push(removes, entry[1], entry[2]) end
+    for _, entry in ipairs(plan.enqueue) do push(adds, entry[1], entry[2], entry[3]) end
+    if plan.timer == false then
+      push(removes, plan.timers, plan.id)
+    elseif plan.timer ~= 'keep' then
+      push(adds, plan.timers, plan.timer, plan.id)
+    end
+    if plan.index then push(adds, plan.index[1], plan.index[2], plan.id) end
+    if plan.webhook then push(adds, plan.webhooks, plan.webhook, plan.id) end
+    if plan.ttl then redis.call('PEXPIRE', job, plan.ttl) end
+    for _, message in ipairs(plan.ready) do ready[message] = true end
+    if plan.done then done[#done + 1] = plan.id end
+    out[i] = 1
+  else
+    out[i] = 0
+  end
 end
-redis.call('HSET', KEYS[1], unpack(flat))
-flat = {}
-for task_id, lease in pairs(plan.leases) do
-  flat[#flat + 1] = task_id
-  flat[#flat + 1] = lease
-end
-if #flat > 0 then redis.call('HSET', KEYS[2], unpack(flat)) end
-flat = {}
-for task_id, payload in pairs(plan.payloads) do
-  flat[#flat + 1] = task_id
-  flat[#flat + 1] = payload
-end
-if #flat > 0 then redis.call('HSET', KEYS[3], unpack(flat)) end
-if #plan.drop > 0 then
-  redis.call('HDEL', KEYS[2], unpack(plan.drop))
-  redis.call('HDEL', KEYS[3], unpack(plan.drop))
-end
-for _, entry in ipairs(plan.dequeue) do
-  redis.call('ZREM', KEYS[entry[1]], entry[2])
-end
-for _, entry in ipairs(plan.enqueue) do
-  redis.call('ZADD', KEYS[entry[1]], entry[2], entry[3])
-end
-if plan.timer == false then
-  redis.call('ZREM', KEYS[4], plan.job)
-elseif plan.timer ~= 'keep' then
-  redis.call('ZADD', KEYS[4], plan.timer, plan.job)
-end
-if plan.index then redis.call('ZADD', KEYS[5], plan.index, plan.job) end
-if plan.webhook then redis.call('ZADD', KEYS[6], plan.webhook, plan.job) end
-if plan.ttl then
-  redis.call('PEXPIRE', KEYS[1], plan.ttl)
-  redis.call('DEL', KEYS[2], KEYS[3])
-end
-for _, message in ipairs(plan.ready) do
-  redis.call('PUBLISH', plan.ready_channel, message)
-end
-if plan.done then redis.call('PUBLISH', plan.done_channel, plan.job) end
-return 1
+for key, members in pairs(removes) do redis.call('ZREM', KEYS[key], unpack(members)) end
+for key, flat in pairs(adds) do redis.call('ZADD', KEYS[key], unpack(flat)) end
+local lines = {}
+for message in pairs(ready) do lines[#lines + 1] = message end
+if #lines > 0 then redis.call('PUBLISH', batch.ready_channel, table.concat(lines, '\n')) end
+if #done > 0 then redis.call('PUBLISH', batch.done_channel, table.concat(done, ' ')) end
+return out

@@ -1,12 +1,12 @@
 -- Lease queued tasks to waiting workers.
 -- KEYS[1] the task-type queue zset   KEYS[2] timers zset
--- KEYS[3 ..] for each candidate, three keys: its job hash, task leases hash, payloads hash
--- (all share the {pN} tag of the partition)
+-- KEYS[3 ..] for each candidate, its job hash (all share the {pN} tag of the partition)
 -- ARGV[1] now (ms)   ARGV[2] number of candidates C   ARGV[3 .. 2+C] members `job_id|task_id`
--- then the worker ids to serve, in order.
+-- then the worker ids to serve, in order (one id per task a worker can take).
 -- A candidate is leased only if it is still in the queue and its job still holds that task
 -- as queued; the job's version is bumped so that concurrent writers notice the lease.
--- Returns a flat list: worker id, task payload JSON, ... for each lease made.
+-- Returns a flat list with six entries per lease made: worker id, task payload JSON, job
+-- id, task id, the job's new version, the lease as stored.
 local now = tonumber(ARGV[1])
 local c = tonumber(ARGV[2])
 local w = 3 + c
@@ -19,16 +19,25 @@ for i = 1, c do
     local sep = string.find(member, '|', 1, true)
     local job_id = string.sub(member, 1, sep - 1)
     local task_id = string.sub(member, sep + 1)
-    local job, leases, payloads = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
-    local lease = redis.call('HGET', leases, task_id)
-    if lease and string.sub(lease, 1, 2) == 'q|' then
-      local lease_ms = string.sub(lease, 3)
-      redis.call('HSET', leases, task_id, 'l|' .. lease_ms .. '|' .. worker .. '|' .. ARGV[1])
-      redis.call('HINCRBY', job, 'v', 1)
-      redis.call('ZADD', KEYS[2], 'LT', now + tonumber(lease_ms), job_id)
-      out[#out + 1] = worker
-      out[#out + 1] = redis.call('HGET', payloads, task_id)
-      w = w + 1
+    local job = KEYS[2 + i]
+    local got = redis.call('HMGET', job, 'v', 'leases', 'p:' .. task_id)
+    if got[2] and got[3] then
+      local leases = cjson.decode(got[2])
+      local lease = leases[task_id]
+      if type(lease) == 'string' and string.sub(lease, 1, 2) == 'q|' then
+        local lease_ms = string.sub(lease, 3)
+        local version = tonumber(got[1]) + 1
+        leases[task_id] = 'l|' .. lease_ms .. '|' .. worker .. '|' .. ARGV[1]
+        redis.call('HSET', job, 'leases', cjson.encode(leases), 'v', version)
+        redis.call('ZADD', KEYS[2], 'LT', now + tonumber(lease_ms), job_id)
+        out[#out + 1] = worker
+        out[#out + 1] = got[3]
+        out[#out + 1] = job_id
+        out[#out + 1] = task_id
+        out[#out + 1] = tostring(version)
+        out[#out + 1] = leases[task_id]
+        w = w + 1
+      end
     end
   end
 end
