@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -24,9 +24,11 @@ from engine.store.keys import Keys
 
 P = ParamSpec("P")
 R = TypeVar("R")
+Item = TypeVar("Item")
+Outcome = TypeVar("Outcome")
 
-MAX_CONNECTIONS = 16  # per orchestrator process, pub/sub subscription included
-MAX_BATCH = 200  # job changes per partition in one commit script
+MAX_CONNECTIONS = 10  # per orchestrator process, pub/sub subscription included
+MAX_BATCH = 500  # job changes (or heartbeats) in one round trip
 
 KEEP = "-"  # commit(timer_ms=KEEP) leaves the job's timer as it is
 
@@ -109,6 +111,59 @@ class Commit:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+class Batcher(Generic[Item, Outcome]):
+    """Natural batching: the first item goes to Redis at once; items that arrive while a
+    batch is on its way wait for it and then go together (at most `limit`). Nothing waits
+    when calls come one at a time; under load a batch costs one round trip instead of one
+    per item. `run` answers each item with its result or the exception it met."""
+
+    def __init__(
+        self, run: Callable[[list[Item]], Awaitable[Sequence[Outcome | Exception]]], limit: int
+    ):
+        self._run = run
+        self._limit = limit
+        self._items: list[tuple[Item, asyncio.Future[Outcome]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Item) -> Outcome:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._items.append((item, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.wait([self._flusher], timeout=5)
+
+    async def _flush(self) -> None:
+        try:
+            while self._items:
+                batch = self._items[: self._limit]
+                del self._items[: self._limit]
+                try:
+                    outcomes = await self._run([item for item, _ in batch])
+                except Exception as exc:
+                    outcomes = [exc] * len(batch)
+                except BaseException:  # cancelled: the outcome is unknown, as for any call
+                    for _, future in batch:
+                        future.cancel()
+                    raise
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(outcome, redis.exceptions.RedisError):
+                        future.set_exception(StoreUnavailable(f"Redis: {outcome}"))
+                    elif isinstance(outcome, Exception):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        finally:
+            self._flusher = None
+            if self._items:  # arrived while we were cancelled: never strand them
+                self._flusher = asyncio.create_task(self._flush())
+
+
 class Store:
     def __init__(self, client: aioredis.Redis, keys: Keys, url: str) -> None:
         self.redis = client
@@ -117,8 +172,8 @@ class Store:
         self._commit = client.register_script(_script("commit.lua"))
         self._lease = client.register_script(_script("lease.lua"))
         self._claim = client.register_script(_script("claim_timers.lua"))
-        self._pending: dict[int, list[tuple[Commit, int, asyncio.Future[bool]]]] = {}
-        self._flusher: asyncio.Task[None] | None = None
+        self._commits = Batcher(self._commit_batch, MAX_BATCH)
+        self._heartbeats = Batcher(self._heartbeat_batch, MAX_BATCH)
 
     @classmethod
     async def connect(cls, url: str, *, prefix: str = "il", partitions: int = 8) -> Store:
@@ -147,8 +202,8 @@ class Store:
         return store
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.wait([self._flusher], timeout=5)
+        await self._commits.close()
+        await self._heartbeats.close()
         await self.redis.aclose(close_connection_pool=True)
 
     async def _check_partitions(self) -> None:
@@ -182,73 +237,43 @@ class Store:
         """Apply `change` if the job's version still matches. History entries are stored as
         fields h:<seq> numbered from `history_start`.
 
-        Changes are group-committed: one goes to Redis at once; those that arrive while a
-        batch is on its way wait for it and then go together, one script per partition,
-        all partitions in one round trip. At one change at a time nothing waits; under load
-        a batch costs one round trip and one script instead of one each per change."""
-        partition = self.keys.partition(change.job_id)
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(partition, []).append((change, history_start, future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        return await future
+        Changes are group-committed (see `Batcher`): one script per partition for the
+        changes that queued up meanwhile, all partitions in one round trip."""
+        return await self._commits.submit((change, history_start))
 
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, {}
-                for partition, items in list(batch.items()):
-                    if len(items) > MAX_BATCH:  # the rest go with the next batch
-                        self._pending.setdefault(partition, []).extend(items[MAX_BATCH:])
-                        batch[partition] = items[:MAX_BATCH]
-                try:
-                    outcomes = await self._run_batch(batch)
-                except Exception as exc:
-                    failure = (
-                        StoreUnavailable(f"Redis: {exc}")
-                        if isinstance(exc, redis.exceptions.RedisError)
-                        else exc
-                    )
-                    for items in batch.values():
-                        for _, _, future in items:
-                            if not future.done():
-                                future.set_exception(failure)
-                    continue
-                except BaseException:  # cancelled: the outcome is unknown, as for any call
-                    for items in batch.values():
-                        for _, _, future in items:
-                            future.cancel()
-                    raise
-                for partition, items in batch.items():
-                    for (_, _, future), applied in zip(items, outcomes[partition], strict=True):
-                        if not future.done():
-                            future.set_result(bool(applied))
-        finally:
-            self._flusher = None
-            if self._pending:  # arrived while we were cancelled: never strand them
-                self._flusher = asyncio.create_task(self._flush())
-
-    async def _run_batch(
-        self, batch: dict[int, list[tuple[Commit, int, asyncio.Future[bool]]]]
-    ) -> dict[int, list[int]]:
+    async def _commit_batch(self, items: list[tuple[Commit, int]]) -> list[bool | Exception]:
+        by_partition: dict[int, list[int]] = {}  # partition -> positions in items
+        for position, (change, _) in enumerate(items):
+            by_partition.setdefault(self.keys.partition(change.job_id), []).append(position)
         calls = {
-            partition: self._batch_call(partition, [(c, h) for c, h, _ in items])
-            for partition, items in batch.items()
+            partition: self._batch_call(partition, [items[i] for i in positions])
+            for partition, positions in by_partition.items()
         }
+        answers: list[Any]
         if len(calls) == 1:
-            ((partition, (keys, args)),) = calls.items()
-            return {partition: await self._commit(keys=keys, args=args)}
-        pipe = self.redis.pipeline(transaction=False)
-        for keys, args in calls.values():
-            pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
-        answers = await pipe.execute(raise_on_error=False)
-        outcomes: dict[int, list[int]] = {}
-        for (partition, (keys, args)), answer in zip(calls.items(), answers, strict=True):
+            ((keys, args),) = calls.values()
+            try:
+                answers = [await self._commit(keys=keys, args=args)]
+            except redis.exceptions.RedisError as exc:
+                answers = [exc]
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for keys, args in calls.values():
+                pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
+            answers = await pipe.execute(raise_on_error=False)
+        outcomes: list[bool | Exception] = [False] * len(items)
+        for (keys, args), positions, answer in zip(
+            calls.values(), by_partition.values(), answers, strict=True
+        ):
             if isinstance(answer, redis.exceptions.NoScriptError):  # Redis lost its scripts
-                answer = await self._commit(keys=keys, args=args)  # loads it, runs it once
-            elif isinstance(answer, BaseException):
-                raise answer
-            outcomes[partition] = answer
+                try:
+                    answer = await self._commit(keys=keys, args=args)  # loads it, runs it
+                except redis.exceptions.RedisError as exc:
+                    answer = exc
+            for offset, position in enumerate(positions):
+                outcomes[position] = (
+                    answer if isinstance(answer, Exception) else bool(answer[offset])
+                )
         return outcomes
 
     def _batch_call(
@@ -455,21 +480,31 @@ class Store:
         pipe.set(self.keys.worker_alive(worker_id), dumps({"at": _ms(), "tasks": []}), px=ttl_ms)
         await pipe.execute()
 
-    @translated
     async def heartbeat(
         self, worker_id: str, tasks: Sequence[str], alive_ms: int, registration_ms: int
     ) -> tuple[bool, list[str]]:
-        """Record a heartbeat. Returns (worker known, task ids it should cancel)."""
+        """Record a heartbeat. Returns (worker known, task ids it should cancel). Heartbeats
+        are batched like commits: 1,000 workers' heartbeats take one connection, not 100."""
+        return await self._heartbeats.submit((worker_id, list(tasks), alive_ms, registration_ms))
+
+    async def _heartbeat_batch(
+        self, beats: list[tuple[str, list[str], int, int]]
+    ) -> list[tuple[bool, list[str]] | Exception]:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.pexpire(self.keys.worker(worker_id), registration_ms)
-        pipe.set(
-            self.keys.worker_alive(worker_id),
-            dumps({"at": _ms(), "tasks": list(tasks)}),
-            px=alive_ms,
-        )
-        pipe.spop(self.keys.worker_cancels(worker_id), 1000)
-        known, _, cancels = await pipe.execute()
-        return bool(known), list(cancels or [])
+        now = _ms()
+        for worker_id, tasks, alive_ms, registration_ms in beats:
+            pipe.pexpire(self.keys.worker(worker_id), registration_ms)
+            pipe.set(
+                self.keys.worker_alive(worker_id), dumps({"at": now, "tasks": tasks}), px=alive_ms
+            )
+            pipe.spop(self.keys.worker_cancels(worker_id), 1000)
+        answers = await pipe.execute(raise_on_error=False)
+        outcomes: list[tuple[bool, list[str]] | Exception] = []
+        for i in range(0, len(answers), 3):
+            known, stored, cancels = answers[i : i + 3]
+            failed = next((a for a in (known, stored, cancels) if isinstance(a, Exception)), None)
+            outcomes.append(failed or (bool(known), list(cancels or [])))
+        return outcomes
 
     @translated
     async def worker_registration(self, worker_id: str) -> dict[str, Any] | None:
