@@ -505,8 +505,9 @@ class Orchestrator:
                     self.dispatcher.deliver(waiter, payload)
                 else:
                     self.dispatcher.unclaim(waiter)
+            if not applied:  # refused, or unknown (an error): read the job next time
+                self.forget_recent(doc["id"])
         if not applied:
-            self.forget_recent(doc["id"])
             return False
         self._remember(doc["id"], version, doc_json, raw_leases, fx.terminal)
         self._committed.add(doc["id"])

@@ -302,8 +302,8 @@ class Store:
             for task_id, payload in change.payloads.items():
                 fields[f"p:{task_id}"] = payload
             flat = [item for pair in fields.items() for item in pair]
-            if change.timer_ms == KEEP:
-                timer: str | bool = "keep"
+            if change.timer_ms == KEEP or (change.timer_ms is None and expected is None):
+                timer: str | bool = "keep"  # (a job being created has no timer to remove)
             elif change.timer_ms is None:
                 timer = False
             else:

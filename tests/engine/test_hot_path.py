@@ -1,0 +1,217 @@
+"""The engine's fast path: group commit, direct hand-off, batch polls, remembered jobs,
+batched heartbeats. Each test checks the outcome and what it cost in Redis commands."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from engine.jsonutil import dumps
+from engine.runtime.orchestrator import Orchestrator
+from engine.store.client import Commit, Store
+from tests.engine.test_orchestrator import LINEAR, finished, orchestrator
+
+
+async def command_calls(url: str) -> dict[str, int]:
+    """Calls per command so far (INFO commandstats), Lua's own commands included."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+
+
+def spent(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    used = {name: after[name] - before.get(name, 0) for name in after}
+    used.pop("info", None)
+    return {name: n for name, n in used.items() if n}
+
+
+async def submit(orch: Orchestrator, n: int) -> str:
+    blueprint = orch.registry.current("linear")
+    assert blueprint is not None
+    return await orch.submit(blueprint, {"n": n}, client="c")
+
+
+async def answer_all(orch: Orchestrator, worker: str, tasks: list[dict[str, Any]]) -> None:
+    replies = await asyncio.gather(
+        *(
+            orch.submit_result(
+                worker, {"job_id": t["job_id"], "task_id": t["task_id"], "data": t["params"]}
+            )
+            for t in tasks
+        )
+    )
+    assert replies == [{"status": "accepted"}] * len(tasks)
+
+
+async def test_concurrent_commits_share_scripts_and_each_lands(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with orchestrator(redis_url, tmp_path, LINEAR) as orch:
+        await submit(orch, 0)  # loads the scripts
+        before = await command_calls(redis_url)
+        job_ids = await asyncio.gather(*(submit(orch, n) for n in range(1, 41)))
+        used = spent(before, await command_calls(redis_url))
+        assert len(set(job_ids)) == 40
+        records = await asyncio.gather(*(orch.store.read_job(j) for j in job_ids))
+        assert [r.doc["initial_data"]["n"] for r in records if r] == list(range(1, 41))
+        # 40 creations went to Redis in a few batches, not in 40 scripts.
+        assert used.get("evalsha", 0) < 20, used
+        assert used["hset"] == 40, used
+
+
+async def test_a_refused_change_does_not_sink_its_batch(redis_url: str) -> None:
+    store = await Store.connect(redis_url, partitions=1)
+    try:
+
+        def create(job_id: str) -> Commit:
+            return Commit(job_id=job_id, expected_version=None, fields={"v": "1", "doc": "{}"})
+
+        assert await store.commit(create("a"), history_start=0)
+        outcomes = await asyncio.gather(
+            store.commit(create("a"), history_start=0),  # exists already: refused
+            store.commit(create("b"), history_start=0),
+            store.commit(
+                Commit(job_id="a", expected_version=7, fields={"v": "8", "doc": "{}"}),
+                history_start=0,
+            ),  # wrong version: refused
+            store.commit(create("c"), history_start=0),
+        )
+        assert outcomes == [False, True, False, True]
+        assert (await store.redis.hget(store.keys.job("a"), "v")) == "1"
+    finally:
+        await store.close()
+
+
+async def test_a_task_for_an_open_poll_is_leased_in_its_creating_commit(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with orchestrator(redis_url, tmp_path, LINEAR) as orch:
+        poll = asyncio.create_task(orch.next_tasks("w1", ("echo",), 5, 10))
+        await asyncio.sleep(0.05)  # the poll is waiting
+        before = await command_calls(redis_url)
+        job_id = await submit(orch, 7)
+        tasks = await poll
+        used = spent(before, await command_calls(redis_url))
+        assert [t["job_id"] for t in tasks] == [job_id]
+        assert tasks[0]["params"] == {"n": 7}
+        # No queue, no dispatcher peek, no lease script: one commit did it all.
+        assert "zrange" not in used, used
+        assert used.get("evalsha") == 1, used
+        record = await orch.store.read_job(job_id)
+        assert record is not None
+        assert record.leases[tasks[0]["task_id"]].startswith("l|")
+        assert await orch.store.peek(orch.store.keys.partition(job_id), "echo", 10) == []
+        await answer_all(orch, "w1", tasks)
+        assert (await finished(orch, job_id))["result"] == {"n": 7}
+
+
+async def test_one_poll_takes_several_queued_tasks(store_url: str, tmp_path: Path) -> None:
+    async with orchestrator(store_url, tmp_path, LINEAR) as orch:
+        job_ids = [await submit(orch, n) for n in range(6)]  # queued: nobody polls yet
+        tasks = await orch.next_tasks("w1", ("echo",), 5, 4)
+        assert 1 <= len(tasks) <= 4
+        seen = [t["job_id"] for t in tasks]
+        while len(seen) < 6:
+            more = await orch.next_tasks("w1", ("echo",), 5, 4)
+            assert more, "queued tasks left behind"
+            tasks += more
+            seen += [t["job_id"] for t in more]
+        assert sorted(seen) == sorted(job_ids)  # each once
+        await answer_all(orch, "w1", tasks)
+        for job_id in job_ids:
+            assert (await finished(orch, job_id))["status"] == "finished"
+
+
+async def test_a_poll_that_times_out_with_nothing_answers_empty(
+    store_url: str, tmp_path: Path
+) -> None:
+    async with orchestrator(store_url, tmp_path, LINEAR) as orch:
+        assert await orch.next_tasks("w1", ("echo",), 0.1, 5) == []
+
+
+async def test_a_wait_on_a_job_that_ends_here_reads_nothing(redis_url: str, tmp_path: Path) -> None:
+    async with orchestrator(redis_url, tmp_path, LINEAR) as orch:
+        job_id = await submit(orch, 3)
+        tasks = await orch.next_tasks("w1", ("echo",), 5, 1)
+        before = await command_calls(redis_url)
+        waiting = asyncio.create_task(orch.read(job_id, "c", 5))
+        await asyncio.sleep(0.05)
+        await answer_all(orch, "w1", tasks)
+        record = await waiting
+        used = spent(before, await command_calls(redis_url))
+        assert record is not None
+        assert record.doc["status"] == "finished"
+        assert record.doc["result"] == {"n": 3}
+        assert "hmget" not in used, used
+        assert "hget" in used, used  # the commit's guard only
+        assert await orch.read(job_id, "someone-else", 1) is None
+
+
+async def test_a_job_changed_elsewhere_is_decided_on_what_redis_holds(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """One orchestrator remembers a job; another takes it further. The first must not
+    answer from what it remembers."""
+    async with (
+        orchestrator(redis_url, tmp_path, LINEAR) as a,
+        orchestrator(redis_url, tmp_path, LINEAR) as b,
+    ):
+        job_id = await submit(a, 1)  # a remembers it with its task queued
+        tasks = await b.next_tasks("w1", ("echo",), 5, 1)  # leased through b
+        assert [t["job_id"] for t in tasks] == [job_id]
+        # a's memory says "queued", which would make it refuse the result as not leased.
+        await answer_all(a, "w1", tasks)
+        doc = await a.wait_job(job_id, "c", 5)
+        assert doc is not None
+        assert doc["status"] == "finished"
+        # and b, which did not end it, hears of it through the `done` announcement
+        doc = await b.wait_job(job_id, "c", 5)
+        assert doc is not None
+        assert doc["status"] == "finished"
+
+
+async def test_concurrent_heartbeats_share_round_trips(redis_url: str) -> None:
+    store = await Store.connect(redis_url, partitions=2)
+    try:
+        for n in range(200):
+            await store.register_worker(f"w{n}", {"worker_id": f"w{n}"}, 60_000)
+        await store.request_cancel("w5", "t-1", 60_000)
+        before = await command_calls(redis_url)
+        answers = await asyncio.gather(
+            *(store.heartbeat(f"w{n}", [f"t{n}"], 10_000, 60_000) for n in range(200)),
+            store.heartbeat("stranger", [], 10_000, 60_000),
+        )
+        used = spent(before, await command_calls(redis_url))
+        assert answers[5] == (True, ["t-1"])
+        assert all(a == (True, []) for i, a in enumerate(answers[:200]) if i != 5)
+        assert answers[200] == (False, [])
+        assert used["set"] == 201, used
+        assert used["spop"] == 201, used
+        alive = await store.worker_alive("w9")
+        assert alive is not None
+        assert alive["tasks"] == ["t9"]
+        clients = await store.redis.client_list()
+        assert len(clients) <= 10  # one pool of at most 10 (this test's INFO aside)
+    finally:
+        await store.close()
+
+
+async def test_big_integers_survive_a_job(store_url: str, tmp_path: Path) -> None:
+    """orjson cannot write integers beyond 64 bits; the codec falls back, losslessly."""
+    async with orchestrator(store_url, tmp_path, LINEAR) as orch:
+        blueprint = orch.registry.current("linear")
+        assert blueprint is not None
+        big = 2**70 + 1
+        job_id = await orch.submit(blueprint, {"n": big}, client="c")
+        tasks = await orch.next_tasks("w1", ("echo",), 5, 1)
+        assert tasks[0]["params"] == {"n": big}
+        await answer_all(orch, "w1", tasks)
+        doc = await finished(orch, job_id)
+        assert doc["result"] == {"n": big}
+        assert dumps(doc["result"]) == f'{{"n":{big}}}'
