@@ -82,7 +82,7 @@ async def test_a_refused_change_does_not_sink_its_batch(redis_url: str) -> None:
             ),  # wrong version: refused
             store.commit(create("c"), history_start=0),
         )
-        assert outcomes == [False, True, False, True]
+        assert list(outcomes) == [False, True, False, True]
         assert (await store.redis.hget(store.keys.job("a"), "v")) == "1"
     finally:
         await store.close()
