@@ -3,10 +3,17 @@
 See docs/rxon-protocol.md (§2 for the routes, §6 for why the status codes and the words
 "Unauthorized" and "not found" in messages are chosen as they are). Every route needs a
 valid `X-Worker-Token` for its `X-Worker-ID`; a path naming another worker is refused.
+
+Two Interlock extensions (docs/rxon-protocol.md §11) save requests per task; an RXON worker
+never uses them and sees the routes exactly as RXON has them:
+- a poll with `max_tasks=N` answers `{"tasks": [...]}` with up to N tasks (or 204);
+- `POST /_worker/tasks/results` takes `{"results": [...]}`, each item a result body, and
+  answers `{"results": [...]}`, one answer per item, in order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from typing import Any
@@ -15,10 +22,19 @@ from aiohttp import web
 
 from server.auth import WORKER_ID_HEADER, WORKER_TOKEN_HEADER
 from server.errors import BadRequest, Handler, NotFound, json_response
-from server.params import json_object, json_type, optional_str, query_number, required_str
+from server.params import (
+    json_object,
+    json_type,
+    optional_str,
+    query_int,
+    query_number,
+    required_str,
+)
 from server.state import WORKER, WORKER_AUTH, orchestrator, settings, unless_closing
 
 DEFAULT_POLL_S = 30.0
+MAX_TASKS_PER_POLL = 100  # the most a poll with `max_tasks` may ask for
+MAX_RESULTS_PER_BATCH = 100  # the most results one `POST /tasks/results` may carry
 SKILLS_TTL_S = 10.0  # how long a worker's registered skills are trusted from memory
 
 
@@ -143,22 +159,43 @@ async def _skills(request: web.Request, worker_id: str) -> tuple[str, ...]:
     return cached
 
 
+def _max_tasks(request: web.Request) -> int | None:
+    """The `max_tasks` query parameter: None when absent (an RXON poll), else 1..100."""
+    text = request.query.get("max_tasks")
+    if text is None:
+        return None
+    if text == "":
+        raise BadRequest(
+            f"query parameter max_tasks='' must be a whole number from 1 to {MAX_TASKS_PER_POLL}",
+            code="invalid_query",
+        )
+    return query_int(request, "max_tasks", 1, 1, MAX_TASKS_PER_POLL)
+
+
 async def next_task(request: web.Request) -> web.Response:
+    """One task (RXON), or with `max_tasks=N` (Interlock) `{"tasks": [...]}` with 1..N."""
     worker_id = request[WORKER]
     poll_max = settings(request).worker_poll_max_s
     wait_s = query_number(
         request, "timeout", min(DEFAULT_POLL_S, poll_max), 0.0, poll_max, clamp=True
     )
+    max_tasks = _max_tasks(request)
     skills = await _skills(request, worker_id)
     orch = orchestrator(request)
+    if max_tasks is not None:
+        work = orch.next_tasks(worker_id, skills, wait_s, max_tasks)
+        tasks = await unless_closing(request, work, [])
+        if not tasks:
+            return web.Response(status=204)
+        return json_response({"tasks": tasks})
     task = await unless_closing(request, orch.next_task(worker_id, skills, wait_s), None)
     if task is None:
         return web.Response(status=204)
     return json_response(task)
 
 
-async def task_result(request: web.Request) -> web.Response:
-    body = await json_object(request)
+def _check_result(body: dict[str, Any]) -> None:
+    """What `POST /tasks/result` checks before the engine sees a result (protocol §4)."""
     required_str(body, "job_id")
     required_str(body, "task_id")
     status = optional_str(body, "status")  # missing means success (protocol §4)
@@ -166,8 +203,49 @@ async def task_result(request: web.Request) -> web.Response:
         raise BadRequest(
             "'status' must not be empty; leave it out for success", code="invalid_field"
         )
+
+
+async def task_result(request: web.Request) -> web.Response:
+    body = await json_object(request)
+    _check_result(body)
     answer = await orchestrator(request).submit_result(request[WORKER], body)
     return json_response(answer)
+
+
+async def task_results(request: web.Request) -> web.Response:
+    """Interlock extension: several results in one request, each applied as `task_result`
+    would, concurrently (so that their store writes can share round trips). An item that
+    fails the checks is answered `ignored`/`invalid_result` and sinks no other; a store
+    failure on any item makes the whole answer a 503, and the worker resends them all
+    (intake is idempotent)."""
+    body = await json_object(request)
+    items = body.get("results")
+    if not isinstance(items, list) or not items or len(items) > MAX_RESULTS_PER_BATCH:
+        what = f"{len(items)} items" if isinstance(items, list) else json_type(items)
+        wanted = f"a list of 1 to {MAX_RESULTS_PER_BATCH} result objects"
+        raise BadRequest(f"'results' must be {wanted}, not {what}", code="invalid_field")
+    worker_id = request[WORKER]
+    orch = orchestrator(request)
+
+    async def one(index: int, item: Any) -> dict[str, Any]:
+        try:
+            if not isinstance(item, dict):
+                raise BadRequest(f"a result must be an object, not {json_type(item)}")
+            _check_result(item)
+        except BadRequest as exc:
+            message = f"results[{index}]: {exc.message}"
+            return {"status": "ignored", "reason": "invalid_result", "message": message}
+        return await orch.submit_result(worker_id, item)
+
+    outcomes = await asyncio.gather(
+        *(one(i, item) for i, item in enumerate(items)), return_exceptions=True
+    )
+    answers: list[dict[str, Any]] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome  # the error middleware renders it (a StoreUnavailable is a 503)
+        answers.append(outcome)
+    return json_response({"results": answers})
 
 
 async def worker_event(request: web.Request) -> web.Response:
@@ -200,6 +278,7 @@ def worker_app() -> web.Application:
     app.router.add_patch("/workers/{worker_id}", heartbeat)
     app.router.add_get("/workers/{worker_id}/tasks/next", next_task)
     app.router.add_post("/tasks/result", task_result)
+    app.router.add_post("/tasks/results", task_results)  # Interlock extension
     app.router.add_post("/events", worker_event)
     app.router.add_post("/auth/token", no_token_service)
     app.router.add_post("/auth/token/refresh", no_token_service)

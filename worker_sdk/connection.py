@@ -1,4 +1,5 @@
-"""One orchestrator: its HTTP session, the five RXON calls, and whether it is usable.
+"""One orchestrator: its HTTP session, the five RXON calls (plus Interlock's batch poll and
+batch results, docs/rxon-protocol.md §11), and whether it is usable.
 
 Answers are translated where they enter the package (docs/rxon-protocol.md §1):
 
@@ -12,15 +13,21 @@ Answers are translated where they enter the package (docs/rxon-protocol.md §1):
 A connection is *up* once a registration succeeded, and *down* again when a call finds the
 orchestrator unreachable or when it forgets the worker; the worker's supervisor then probes
 it by registering again, with backoff.
+
+The extensions degrade to plain RXON on an orchestrator without them (an older Interlock,
+another RXON server): a poll answered with a single task object counts as a batch of one,
+and a batch of results answered 404 or 405 is sent again one result per request, as is
+every later batch to that orchestrator until it registers anew.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -34,6 +41,7 @@ log = logging.getLogger("worker_sdk.connection")
 
 PREFIX = "/_worker"
 PROTOCOL_VERSION = "1.0b17"  # the RXON version whose wire format this SDK speaks
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class Unavailable(WorkerError):
@@ -97,6 +105,7 @@ class Connection:
         self.up = False
         self.reason = "not registered yet"
         self.listeners: list[Callable[[], None]] = []  # called when `up` changes
+        self.batch_results = True  # False once the orchestrator showed it has no batch route
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -125,6 +134,7 @@ class Connection:
         if not self.up:
             self.up = True
             self.reason = ""
+            self.batch_results = True  # it may have been upgraded meanwhile: ask again
             self._notify()
 
     def mark_down(self, reason: str, *, quiet: bool = False) -> None:
@@ -157,9 +167,15 @@ class Connection:
             return []
         return [str(task_id) for task_id in cancels]
 
-    async def poll(self, skills: list[str], wait_s: float) -> dict[str, Any] | None:
-        """One long poll: a task payload, or None when none came within `wait_s`."""
-        query = {"timeout": f"{wait_s:g}", "available_skills": ",".join(skills)}
+    async def poll(
+        self, skills: list[str], wait_s: float, max_tasks: int = 1
+    ) -> list[dict[str, Any]]:
+        """One long poll for up to `max_tasks` tasks: [] when none came within `wait_s`."""
+        query = {
+            "timeout": f"{wait_s:g}",
+            "available_skills": ",".join(skills),
+            "max_tasks": str(max_tasks),
+        }
         answer = await self._call(
             "GET",
             f"/workers/{self.worker_id}/tasks/next",
@@ -167,16 +183,54 @@ class Connection:
             total_s=wait_s + self.request_timeout,
         )
         if not answer:  # 204, or 200 with {} or null
-            return None
+            return []
         if not isinstance(answer, dict):
             raise Unavailable(f"the task is not a JSON object: {str(answer)[:200]}")
-        return answer
+        tasks = answer.get("tasks", [answer])  # a single task: a server without batch polls
+        if not isinstance(tasks, list):
+            raise Unavailable(f"'tasks' is not a JSON array: {str(tasks)[:200]}")
+        for task in tasks:
+            if not isinstance(task, dict):
+                log.error(
+                    "orchestrator %s sent a task that is not an object: %.300s", self.url, task
+                )
+        return [task for task in tasks if isinstance(task, dict)]
 
     async def send_result(self, body: Mapping[str, Any]) -> ResultAnswer:
         answer = await self._call("POST", "/tasks/result", body)
-        if isinstance(answer, dict) and answer.get("status") == "ignored":
-            return ResultAnswer(False, str(answer.get("reason") or "ignored"))
-        return ResultAnswer(True)
+        return _result_answer(answer)
+
+    async def send_results(self, encoded: Sequence[bytes]) -> list[ResultAnswer | WorkerError]:
+        """Send results (each a JSON-encoded result body) in one request; one outcome per
+        result, in order. A failure of the whole request is raised (it concerns them all);
+        where the results went one per request, each has its own outcome."""
+        if self.batch_results:
+            raw = b'{"results":[' + b",".join(encoded) + b"]}"
+            try:
+                answer = await self._call("POST", "/tasks/results", raw=raw)
+            except Refused as exc:
+                if exc.status in (404, 405):  # no such route: a server without batches
+                    log.info(
+                        "orchestrator %s takes no batches of results (%s); sending them one by one",
+                        self.url,
+                        exc,
+                    )
+                    self.batch_results = False
+                elif exc.status != 413 or len(encoded) == 1:
+                    raise
+                # 413: together they are too large for the server; one by one they may pass
+            else:
+                return _result_answers(answer, len(encoded))
+        return await self._one_by_one(encoded)
+
+    async def _one_by_one(self, encoded: Sequence[bytes]) -> list[ResultAnswer | WorkerError]:
+        async def one(raw: bytes) -> ResultAnswer | WorkerError:
+            try:
+                return _result_answer(await self._call("POST", "/tasks/result", raw=raw))
+            except WorkerError as exc:
+                return exc
+
+        return list(await asyncio.gather(*(one(raw) for raw in encoded)))
 
     async def send_event(self, body: Mapping[str, Any]) -> None:
         await self._call("POST", "/events", body)
@@ -189,15 +243,23 @@ class Connection:
         path: str,
         body: Mapping[str, Any] | None = None,
         *,
+        raw: bytes | None = None,
         params: Mapping[str, str] | None = None,
         total_s: float | None = None,
     ) -> Any:
+        """`body` is sent as JSON; `raw` is a body already encoded as JSON."""
         if self._session is None:
             raise Unavailable("the connection is closed")
         limit = aiohttp.ClientTimeout(total=total_s or self.request_timeout)
         try:
             async with self._session.request(
-                method, self.url + PREFIX + path, json=body, params=params, timeout=limit
+                method,
+                self.url + PREFIX + path,
+                json=body,
+                data=raw,
+                headers=JSON_HEADERS if raw is not None else None,
+                params=params,
+                timeout=limit,
             ) as response:
                 text = await response.text(errors="replace")
                 status = response.status
@@ -207,6 +269,23 @@ class Connection:
         except (aiohttp.ClientError, OSError) as exc:
             raise Unavailable(f"{type(exc).__name__}: {exc}") from None
         return _answer(method, path, status, text, retry_after)
+
+
+def _result_answer(answer: Any) -> ResultAnswer:
+    if isinstance(answer, dict) and answer.get("status") == "ignored":
+        return ResultAnswer(False, str(answer.get("reason") or "ignored"))
+    return ResultAnswer(True)
+
+
+def _result_answers(answer: Any, count: int) -> list[ResultAnswer | WorkerError]:
+    """The answers of a batch, in order; a malformed answer counts as no answer at all."""
+    answers = answer.get("results") if isinstance(answer, dict) else None
+    if not isinstance(answers, list) or len(answers) != count:
+        raise Unavailable(
+            f'the answer to {count} results is not {{"results": [{count} answers]}}: '
+            f"{str(answer)[:200]}"
+        )
+    return [_result_answer(item) for item in answers]
 
 
 def _answer(method: str, path: str, status: int, text: str, retry_after: str | None) -> Any:

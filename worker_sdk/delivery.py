@@ -8,6 +8,14 @@ retried, the identical body each time (intake is idempotent), with backoff:
 - `{"status":"ignored","reason":...}` or a 4xx other than 408/429 -> definitive: logged, done;
 - connection error, timeout, 5xx, 408, 429  -> retried, for as long as the worker runs.
 
+Every attempt, first or retry, to the issuer or to another orchestrator, goes through that
+orchestrator's `ResultBatcher` (worker_sdk/batching.py): results to one orchestrator travel
+together in `POST /_worker/tasks/results` (an Interlock extension, docs/rxon-protocol.md
+§11), one request in flight at a time. Each result still gets its own answer, so the rules
+above hold per result: a failed request counts as a failed attempt for each result in it,
+and an item the server answers `ignored` (`invalid_result` included) is definitive for that
+result alone. An orchestrator without the batch route gets one request per result.
+
 While the issuer is unreachable the result is also offered to the other orchestrators that
 are up. One sharing the issuer's Redis accepts it (or knows it was already taken: any
 `ignored` reason but `job_not_found` is definitive too); one that does not know the job
@@ -24,7 +32,15 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from worker_sdk.connection import Backoff, Connection, RateLimited, Refused, Unavailable
+from worker_sdk.batching import ResultBatcher
+from worker_sdk.connection import (
+    Backoff,
+    Connection,
+    RateLimited,
+    Refused,
+    ResultAnswer,
+    Unavailable,
+)
 
 log = logging.getLogger("worker_sdk.results")
 
@@ -46,6 +62,7 @@ class Delivery:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self._pending: dict[str, asyncio.Task[None]] = {}
+        self._batchers = {connection: ResultBatcher(connection) for connection in connections}
 
     @property
     def pending_task_ids(self) -> list[str]:
@@ -76,6 +93,8 @@ class Delivery:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        for batcher in self._batchers.values():
+            await batcher.close()
         return left
 
     # -- results -----------------------------------------------------------------------------
@@ -86,7 +105,7 @@ class Delivery:
         first_failure: float | None = None
         while True:
             try:
-                answer = await issuer.send_result(body)
+                answer = await self._send(issuer, body)
             except Refused as exc:
                 log.error(
                     "result of task %s refused by %s (%s); not retried", task_id, issuer.url, exc
@@ -113,6 +132,9 @@ class Delivery:
             _log_answer(task_id, issuer, answer.accepted, answer.reason)
             return
 
+    async def _send(self, target: Connection, body: dict[str, Any]) -> ResultAnswer:
+        return await self._batchers[target].send(body)
+
     async def _fallback(self, issuer: Connection, body: dict[str, Any]) -> bool:
         """Offer the result to the other orchestrators that are up; True when one of them
         settled it (accepted, or ignored for a reason only the issuer's store could give)."""
@@ -120,7 +142,7 @@ class Delivery:
             if other is issuer or not other.up:
                 continue
             try:
-                answer = await other.send_result(body)
+                answer = await self._send(other, body)
             except (Unavailable, RateLimited, Refused) as exc:
                 log.debug("result of task %s not taken by %s: %s", body["task_id"], other.url, exc)
                 continue

@@ -12,6 +12,13 @@ orchestrators with work share the worker by their `weight`. While slots are shor
 waits at most `round_robin_turn` seconds, and not at all on an orchestrator whose last poll
 came back empty; so an idle orchestrator never holds a slot that a busy one could use.
 A loop whose orchestrator is down waits until the supervisor finds it up again.
+
+Batches (an Interlock extension, docs/rxon-protocol.md §11): once a poll holds its slot it
+also takes, without waiting, more of the slots that are free (never one a waiting loop is
+queued for, and in ROUND_ROBIN never the ones the other orchestrators' loops may still need,
+so the wait chosen above is the same as it would be with one slot), up to MAX_TASKS_PER_POLL
+in all. It asks for as many tasks as it holds slots (`max_tasks`), hands each task that came
+to its own slot, and gives back the slots it did not use.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from worker_sdk.connection import Backoff, Connection, RateLimited, Refused, Una
 log = logging.getLogger("worker_sdk.routing")
 
 TaskSink = Callable[[Connection, dict[str, Any]], bool]
+MAX_TASKS_PER_POLL = 32  # slots one poll may hold, so tasks it may ask for
 
 
 @dataclass(eq=False)
@@ -68,8 +76,19 @@ class SlotGate:
                 self._waiters.remove(waiter)
             raise
 
-    def release(self) -> None:
-        self.used -= 1
+    def try_acquire(self, most: int) -> int:
+        """Take up to `most` free slots without waiting; how many were taken. None while a
+        waiter is queued: a free slot is about to be its."""
+        if self._waiters:
+            return 0
+        taken = max(0, min(most, self.capacity - self.used))
+        self.used += taken
+        return taken
+
+    def release(self, count: int = 1) -> None:
+        if count <= 0:
+            return
+        self.used -= count
         # A waiter cancelled since it queued has a cancelled future and leaves on its own.
         self._waiters = [w for w in self._waiters if not w.future.done()]
         while self.used < self.capacity and self._waiters:
@@ -128,6 +147,14 @@ class Router:
             return 0.0
         return min(full, self.config.round_robin_turn)
 
+    def extra_slots(self, connection: Connection) -> int:
+        """How many more free slots a poll to `connection`, holding one, may take."""
+        spare = self.gate.free
+        if self.config.mode != "FAILOVER":
+            # Leave a slot for every other loop, so that poll_wait decides as with one.
+            spare -= sum(1 for c in self.connections if c.up and c is not connection)
+        return max(0, min(spare, MAX_TASKS_PER_POLL - 1))
+
     def _changed(self) -> None:
         for future in self._changes:
             if not future.done():
@@ -166,12 +193,14 @@ class Router:
 
     async def _poll_once(self, connection: Connection) -> float | None:
         """One poll with a slot held; returns a delay before the next when it failed."""
-        handed = False
+        held = 1
+        handed = 0
         try:
             if self.stopping.is_set() or not connection.up:
                 return None
+            held += self.gate.try_acquire(self.extra_slots(connection))
             try:
-                task = await connection.poll(self.skills(), self.poll_wait(connection))
+                tasks = await connection.poll(self.skills(), self.poll_wait(connection), held)
             except Unavailable as exc:
                 connection.mark_down(f"polling failed: {exc}")
                 return None
@@ -184,13 +213,22 @@ class Router:
                     return None
                 log.warning("orchestrator %s refused a poll: %s", connection.url, exc)
                 return 0.0
-            self._empty[connection.url] = task is None
-            if task is not None:
-                handed = self.sink(connection, task)
+            self._empty[connection.url] = not tasks
+            if len(tasks) > held:
+                log.error(
+                    "orchestrator %s sent %d tasks for max_tasks=%d; the %d beyond are dropped "
+                    "(their leases will expire)",
+                    connection.url,
+                    len(tasks),
+                    held,
+                    len(tasks) - held,
+                )
+            for task in tasks[:held]:
+                if self.sink(connection, task):
+                    handed += 1  # the task now owns one of the slots
             return None
         finally:
-            if not handed:
-                self.gate.release()
+            self.gate.release(held - handed)
 
     async def _unless_stopped(self, awaitable: Awaitable[Any]) -> bool:
         """Await `awaitable` unless the worker starts stopping first (then cancel it)."""

@@ -1,12 +1,14 @@
 """`Worker`: declare skills with `@worker.task(...)`, then `worker.run()`.
 
 Who owns what: `start()` creates one supervisor per orchestrator (registration, heartbeats,
-probing), the router's poll loops, one task per running handler and one per result on its
-way back; `stop()` ends each of them in that order, and nothing outlives it.
+probing), the router's poll loops (a poll may bring several tasks, each in its own slot),
+one task per running handler and one per result on its way back, plus, while results are
+being sent, one sender per orchestrator that carries them in batches; `stop()` ends each of
+them in that order, and nothing outlives it.
 
 Shutdown (`stop()`, or SIGTERM/SIGINT under `run()`): no new poll starts (a poll already
-open is allowed to finish, at most WORKER_POLL_TIMEOUT, and its task runs like the others:
-an orchestrator does not notice a closed poll and could lease a task to it); running
+open is allowed to finish, at most WORKER_POLL_TIMEOUT, and the tasks it brings run like the
+others: an orchestrator does not notice a closed poll and could lease tasks to it); running
 handlers get WORKER_SHUTDOWN_TIMEOUT seconds to finish, then are cancelled and reported
 `cancelled`; results are then delivered for up to `result_drain_timeout` seconds;
 heartbeats continue until that point, so no orchestrator takes the worker for dead
@@ -223,7 +225,7 @@ class Worker:
         self._stopping.set()
         # An open poll is allowed to finish (its client timeout bounds it): closing it early
         # would not stop the orchestrator from leasing a task to it, and that task would
-        # wait for its lease to expire. A task it brings runs, or is cancelled at the
+        # wait for its lease to expire. The tasks it brings run, or are cancelled at the
         # deadline like the others. Only a second signal abandons it.
         await self._until(None, [self._polling])
         self._polling.cancel()
@@ -314,7 +316,8 @@ class Worker:
         config = self._config()
         return {
             "worker_id": config.worker_id,
-            "status": "idle" if self._gate.free > 0 else "full",
+            # Running tasks, not slots: an open poll holds slots for the tasks it may bring.
+            "status": "idle" if len(self._processing) < config.max_concurrent_tasks else "full",
             "current_tasks": self.task_ids,
             "available_skills": self._skill_names(),
             "timestamp": int(time.time()),

@@ -201,14 +201,15 @@ async def test_poll_without_skills_uses_the_registered_ones(api: Client) -> None
     assert view["task"]["status"] == "leased"
 
 
+@pytest.mark.parametrize("batch", [{}, {"max_tasks": "5"}], ids=["rxon", "batch"])
 async def test_shutdown_answers_open_polls_at_once(
-    orchestrator: Orchestrator, tmp_path: Path
+    orchestrator: Orchestrator, tmp_path: Path, batch: dict[str, str]
 ) -> None:
     server = TestServer(build_app_around(orchestrator, make_settings(tmp_path)))
     await server.start_server()
     async with aiohttp.ClientSession() as session:
         url = server.make_url("/_worker/workers/w-solo/tasks/next")
-        params = {"timeout": "30", "available_skills": "fetch_image"}
+        params = {"timeout": "30", "available_skills": "fetch_image", **batch}
         waiting = asyncio.create_task(session.get(url, params=params, headers=worker()))
         await asyncio.sleep(0.3)
         assert not waiting.done()

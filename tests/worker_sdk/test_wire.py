@@ -83,7 +83,10 @@ async def test_registration_heartbeat_and_poll_on_the_wire(
     assert beats[0]["status"] == "idle"
     assert beats[-1]["status"] == "offline"  # the goodbye at shutdown
     path, _, _ = recording.calls("GET", "/tasks/next")[0]
-    assert path == "/_worker/workers/gpu-7/tasks/next?timeout=1&available_skills=ocr,resize_image"
+    # An idle worker's poll holds all 3 slots, so it asks for up to 3 tasks (protocol §11).
+    assert path == (
+        "/_worker/workers/gpu-7/tasks/next?timeout=1&available_skills=ocr,resize_image&max_tasks=3"
+    )
 
 
 async def test_a_crashed_background_loop_stops_the_worker(
