@@ -24,7 +24,15 @@ from server.client_api import client_app
 from server.config import Settings
 from server.errors import error_middleware
 from server.public import public_app
-from server.state import CLIENT_AUTH, CLOSING, ORCHESTRATOR, SETTINGS, WORKER_AUTH
+from server.state import (
+    CLIENT_AUTH,
+    CLOSING,
+    LONG_POLLS,
+    ORCHESTRATOR,
+    SETTINGS,
+    WORKER_AUTH,
+    release_long_polls,
+)
 from server.webhooks import WebhookSender
 from server.worker_api import SKILLS, SkillCache, worker_app
 
@@ -64,6 +72,7 @@ def _base_app(settings: Settings) -> web.Application:
     app[CLIENT_AUTH] = ClientAuth.from_settings(settings)
     app[WORKER_AUTH] = WorkerAuth.from_settings(settings)
     app[CLOSING] = asyncio.Event()
+    app[LONG_POLLS] = set()
     app[SKILLS] = SkillCache()
     app.on_shutdown.append(_release_long_polls)
     app.add_subapp("/api/v1", client_app())
@@ -75,7 +84,7 @@ def _base_app(settings: Settings) -> web.Application:
 async def _release_long_polls(app: web.Application) -> None:
     """Runs before aiohttp waits for open requests: long polls answer now (204, or the job
     as it is) instead of holding the shutdown for up to a minute."""
-    app[CLOSING].set()
+    release_long_polls(app)
 
 
 def schedules_for(settings: Settings, blueprint_names: set[str]) -> list[Schedule]:

@@ -81,7 +81,8 @@ async def _read_view(request: web.Request, job_id: str, wait_s: float = 0.0) -> 
         record.doc,
         record.leases,
         await _retry_types(orch, record.doc),
-        public_base=public_base(request),
+        # Only a job waiting for a person shows a link (building the origin costs).
+        public_base=public_base(request) if record.doc.get("approval") else None,
     )
 
 

@@ -23,6 +23,8 @@ ORCHESTRATOR = web.AppKey("orchestrator", Orchestrator)
 CLIENT_AUTH = web.AppKey("client_auth", ClientAuth)
 WORKER_AUTH = web.AppKey("worker_auth", WorkerAuth)
 CLOSING = web.AppKey("closing", asyncio.Event)  # set when the server starts shutting down
+# The request tasks waiting in `unless_closing`.
+LONG_POLLS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("long_polls")
 
 CLIENT = web.RequestKey("client", str)  # the authenticated client name
 WORKER = web.RequestKey("worker", str)  # the authenticated worker id
@@ -43,20 +45,29 @@ def public_base(request: web.Request) -> str:
 
 async def unless_closing(request: web.Request, work: Coroutine[Any, Any, T], fallback: T) -> T:
     """Await `work` (a long poll), or give `fallback` as soon as the server shuts down, so
-    that long polls never hold a graceful shutdown for their full duration."""
-    closing = request.config_dict[CLOSING]
-    if closing.is_set():
+    that long polls never hold a graceful shutdown for their full duration. The work runs
+    in the request's own task, which the shutdown cancels (see `release_long_polls`)."""
+    if request.config_dict[CLOSING].is_set():
         work.close()  # never started, so nothing to undo
         return fallback
-    task = asyncio.ensure_future(work)
-    stop = asyncio.ensure_future(closing.wait())
+    task = asyncio.current_task()
+    assert task is not None
+    polls = request.config_dict[LONG_POLLS]
+    polls.add(task)
     try:
-        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        # The shutdown's cancellation ends the wait; any other (the request's) goes on.
+        if request.config_dict[CLOSING].is_set() and task.uncancel() == 0:
+            return fallback
+        raise
     finally:
-        for pending in (task, stop):
-            pending.cancel()  # a no-op for the one that finished
-        # Neither may outlive the request, even when the request itself is cancelled.
-        await asyncio.gather(task, stop, return_exceptions=True)
-    if task.cancelled():
-        return fallback
-    return task.result()
+        polls.discard(task)
+
+
+def release_long_polls(app: web.Application) -> None:
+    """Shutting down: every long poll answers now (see `unless_closing`)."""
+    app[CLOSING].set()
+    polls: set[asyncio.Task[Any]] = app[LONG_POLLS]
+    for task in list(polls):
+        task.cancel()
