@@ -510,7 +510,8 @@ class Orchestrator:
         if not applied:
             return False
         self._remember(doc["id"], version, doc_json, raw_leases, fx.terminal)
-        self._committed.add(doc["id"])
+        if doc["id"] in self._locks:  # inside `retrying`, which reads and clears the mark
+            self._committed.add(doc["id"])
         queued = {e.task_type for e in enqueue}
         await self._after_commit(doc, fx, webhook, queued, JobRecord(version, doc, raw_leases))
         return True

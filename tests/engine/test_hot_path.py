@@ -14,6 +14,14 @@ from engine.runtime.orchestrator import Orchestrator
 from engine.store.client import Commit, Store
 from tests.engine.test_orchestrator import LINEAR, finished, orchestrator
 
+NOOP = """
+blueprint: noop
+start: compute
+states:
+  compute: {set: {doubled: "${ initial_data.n }"}, next: done}
+  done: {end: finished}
+"""
+
 
 async def command_calls(url: str) -> dict[str, int]:
     """Calls per command so far (INFO commandstats), Lua's own commands included."""
@@ -215,3 +223,31 @@ async def test_big_integers_survive_a_job(store_url: str, tmp_path: Path) -> Non
         doc = await finished(orch, job_id)
         assert doc["result"] == {"n": big}
         assert dumps(doc["result"]) == f'{{"n":{big}}}'
+
+
+async def test_no_per_job_state_outlives_the_jobs(store_url: str, tmp_path: Path) -> None:
+    """What the process keeps per job is bounded (the recent-jobs memory) or gone once the
+    job ends: RSS stays flat across any number of jobs."""
+    async with orchestrator(store_url, tmp_path, LINEAR, NOOP) as orch:
+        noop = orch.registry.current("noop")
+        assert noop is not None
+        for n in range(5):  # jobs that end in the commit that creates them
+            job_id = await orch.submit(noop, {"n": n}, client="c")
+            assert (await finished(orch, job_id))["status"] == "finished"
+        poll = asyncio.create_task(orch.next_tasks("w1", ("echo",), 5, 50))
+        await asyncio.sleep(0.02)
+        job_ids = await asyncio.gather(*(submit(orch, n) for n in range(30)))
+        tasks = await poll
+        while len(tasks) < 30:
+            tasks += await orch.next_tasks("w1", ("echo",), 5, 50)
+        waits = [asyncio.create_task(orch.read(j, "c", 5)) for j in job_ids]
+        await answer_all(orch, "w1", tasks)
+        assert all(
+            r is not None and r.doc["status"] == "finished" for r in await asyncio.gather(*waits)
+        )
+        assert orch._committed == set()
+        assert orch._locks == {}
+        assert orch._done_waiters == {}
+        assert orch._deferred_done == set()
+        assert orch.dispatcher.waiters == {}
+        assert len(orch._recent) <= 35  # at most one entry per job (and bounded)
