@@ -9,14 +9,15 @@ would read back as floats, and dictionaries with keys orjson does not convert.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
 
 # A run of 19+ digits may be an integer beyond 64 bits: read such text with the stdlib.
-_LONG_DIGITS = re.compile(r"\d{19}")
-_LONG_DIGITS_B = re.compile(rb"\d{19}")
+# (Found by mapping every digit to 0 and searching for 19 zeros: two C-speed passes, where
+# a regex took a millisecond on a 60 KB document.)
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN_DIGITS = b"0" * 19
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
@@ -50,9 +51,8 @@ def loads_strict(text: str | bytes) -> Any:
 
 
 def _long_digits(text: str | bytes) -> bool:
-    if isinstance(text, str):
-        return _LONG_DIGITS.search(text) is not None
-    return _LONG_DIGITS_B.search(text) is not None
+    data = text.encode() if isinstance(text, str) else text
+    return _NINETEEN_DIGITS in data.translate(_DIGITS_TO_ZERO)
 
 
 def _no_constants(name: str) -> Any:

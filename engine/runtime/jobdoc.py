@@ -6,6 +6,7 @@ A job is a JSON document (`new_job`) plus, in Redis, one lease entry per active 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,11 +55,19 @@ class TaskLease:
 
     @classmethod
     def decode(cls, raw: str) -> TaskLease:
+        return _decode_lease(raw)
+
+    @classmethod
+    def _decode(cls, raw: str) -> TaskLease:
         parts = raw.split("|")
         if parts[0] == "q":
             return cls("queued", int(parts[1]))
         return cls("leased", int(parts[1]), parts[2], int(parts[3]))
 
+
+# A job's leases are decoded on every change of it, the same strings again and again (a
+# 1,000-branch job: a million times): remember the recent ones (TaskLease is immutable).
+_decode_lease = functools.lru_cache(maxsize=16_384)(TaskLease._decode)
 
 Leases = dict[str, TaskLease]
 
