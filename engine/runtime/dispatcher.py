@@ -118,7 +118,12 @@ class Dispatcher:
 
     def claim(self, task_type: str) -> Waiter | None:
         """A waiting poll that takes a task of this type, with one place reserved for it;
-        the caller then calls `deliver` (the lease was committed) or `unclaim`."""
+        the caller then calls `deliver` (the lease was committed) or `unclaim`.
+
+        None while tasks of this type may be queued (a hint is open): those go first, or a
+        steady stream of new tasks could keep older and higher-priority ones waiting."""
+        if any(hinted == task_type for hinted, _ in self.hints):
+            return None
         for waiter in self.waiters.get(task_type, ()):
             if waiter.free > 0:
                 waiter.claims += 1
@@ -179,16 +184,18 @@ class Dispatcher:
 
     async def _pump(self) -> None:
         while self.hints:
-            progress = False
             # A fresh order each pass: walking the hints in one fixed order let the first
             # partitions take every waiting worker while the others' tasks aged.
             hints = list(self.hints)
             random.shuffle(hints)
-            for task_type, partition in hints:
-                wanted = len(self._slots(task_type))
-                if not wanted:
-                    continue  # keep the hint: the next worker to ask will want it
-                members = await self.store.peek(partition, task_type, wanted)
+            wanted = {task_type: len(self._slots(task_type)) for task_type, _ in hints}
+            # Hints for types nobody waits for stay: the next worker to ask will want them.
+            asks = [(task_type, partition) for task_type, partition in hints if wanted[task_type]]
+            if not asks:
+                return
+            found = await self.store.peek_many([(t, p, wanted[t]) for t, p in asks])
+            progress = False
+            for (task_type, partition), members in zip(asks, found, strict=True):
                 if not members:
                     self.hints.discard((task_type, partition))
                     continue

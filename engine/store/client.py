@@ -402,9 +402,13 @@ class Store:
     # -- tasks and timers ----------------------------------------------------------------------
 
     @translated
-    async def peek(self, partition: int, task_type: str, count: int) -> list[str]:
-        members = await self.redis.zrange(self.keys.queue(partition, task_type), 0, count - 1)
-        return [str(m) for m in members]
+    async def peek_many(self, asks: Sequence[tuple[str, int, int]]) -> list[list[str]]:
+        """The first `count` members of several queues (task type, partition, count), in
+        one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for task_type, partition, count in asks:
+            pipe.zrange(self.keys.queue(partition, task_type), 0, count - 1)
+        return [[str(m) for m in members] for members in await pipe.execute()]
 
     @translated
     async def queue_sizes(self, pairs: Sequence[tuple[str, int]]) -> list[int]:

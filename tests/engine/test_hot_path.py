@@ -114,7 +114,8 @@ async def test_a_task_for_an_open_poll_is_leased_in_its_creating_commit(
         record = await orch.store.read_job(job_id)
         assert record is not None
         assert record.leases[tasks[0]["task_id"]].startswith("l|")
-        assert await orch.store.peek(orch.store.keys.partition(job_id), "echo", 10) == []
+        partition = orch.store.keys.partition(job_id)
+        assert await orch.store.peek_many([("echo", partition, 10)]) == [[]]
         await answer_all(orch, "w1", tasks)
         assert (await finished(orch, job_id))["result"] == {"n": 7}
 
@@ -251,3 +252,20 @@ async def test_no_per_job_state_outlives_the_jobs(store_url: str, tmp_path: Path
         assert orch._deferred_done == set()
         assert orch.dispatcher.waiters == {}
         assert len(orch._recent) <= 35  # at most one entry per job (and bounded)
+
+
+async def test_queued_tasks_go_before_new_ones_are_handed_off(
+    store_url: str, tmp_path: Path
+) -> None:
+    """A new task is handed to a waiting poll only when nothing of its type may be queued:
+    otherwise a stream of new tasks could keep the queued ones waiting."""
+    async with orchestrator(store_url, tmp_path, LINEAR) as orch:
+        first = await submit(orch, 1)  # nobody polls: queued
+        poll = asyncio.create_task(orch.next_tasks("w1", ("echo",), 5, 1))
+        await asyncio.sleep(0)  # the poll waits; the dispatcher has not leased yet
+        second = await submit(orch, 2)
+        tasks = await poll
+        assert [t["job_id"] for t in tasks] == [first]
+        tasks += await orch.next_tasks("w1", ("echo",), 5, 1)
+        assert [t["job_id"] for t in tasks] == [first, second]
+        await answer_all(orch, "w1", tasks)
