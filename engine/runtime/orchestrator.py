@@ -14,13 +14,12 @@ import hmac
 import logging
 import random
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from engine.blueprint.model import Blueprint
-from engine.jsonutil import dumps, loads
+from engine.jsonutil import dumps
 from engine.runtime import background, webhooks
 from engine.runtime.background import leases_of, now_ms
 from engine.runtime.dispatcher import Dispatcher, Waiter
@@ -33,6 +32,7 @@ from engine.runtime.jobdoc import (
     new_job,
 )
 from engine.runtime.machine import Machine
+from engine.runtime.recent import RecentJobs
 from engine.runtime.registry import Registry
 from engine.runtime.schedules import Schedule
 from engine.store.client import Commit, JobRecord, Store, StoreUnavailable
@@ -40,7 +40,6 @@ from engine.store.client import Commit, JobRecord, Store, StoreUnavailable
 log = logging.getLogger("interlock.orchestrator")
 
 MAX_CONFLICT_RETRIES = 100
-RECENT_JOBS = 4096  # jobs whose last committed state this process keeps (a few MB)
 T = TypeVar("T")
 
 
@@ -80,16 +79,13 @@ class Orchestrator:
         self.store = store
         self.registry = registry
         self.settings = settings
+        # What we committed last: a change starts from it instead of reading Redis.
+        self.recent = RecentJobs()
         self.dispatcher = Dispatcher(store)
-        self.dispatcher.on_lease = self.leased
+        self.dispatcher.on_lease = self.recent.leased
         self.webhook_sender = webhook_sender
         self.schedules = tuple(schedules)
         self._done_waiters: dict[str, list[asyncio.Future[JobRecord | None]]] = {}
-        # The jobs this process changed last, as committed: (version, doc JSON, leases,
-        # terminal).
-        # A change starts from here instead of reading Redis; the version guard catches a
-        # stale entry (another orchestrator, a lease), and then the job is read.
-        self._recent: OrderedDict[str, tuple[int, str, dict[str, str], bool]] = OrderedDict()
         self._committed: set[str] = set()  # jobs a `retrying` attempt has just committed
         self._deferred_done: set[str] = set()  # announced ended while we were changing them
         self._tasks: list[asyncio.Task[None]] = []
@@ -204,7 +200,7 @@ class Orchestrator:
         try:
             # What we committed last is good enough to decide whether to wait: had the job
             # ended elsewhere since, its `done` announcement would have dropped the entry.
-            record = self._recent_record(job_id) or await self.store.read_job(job_id)
+            record = self.recent.record(job_id) or await self.store.read_job(job_id)
             record = self._owned(record, client)
             if record is None or record.doc["status"] in TERMINAL:
                 return record
@@ -404,7 +400,7 @@ class Orchestrator:
         """
         async with self._lock(job_id):
             for retry in range(MAX_CONFLICT_RETRIES):
-                record = self._recent_record(job_id) if retry == 0 else None
+                record = self.recent.record(job_id) if retry == 0 else None
                 remembered = record is not None
                 if record is None:
                     record = await self.store.read_job(job_id)
@@ -506,44 +502,15 @@ class Orchestrator:
                 else:
                     self.dispatcher.unclaim(waiter)
             if not applied:  # refused, or unknown (an error): read the job next time
-                self.forget_recent(doc["id"])
+                self.recent.forget(doc["id"])
         if not applied:
             return False
-        self._remember(doc["id"], version, doc_json, raw_leases, fx.terminal)
+        self.recent.remember(doc["id"], version, doc_json, raw_leases, fx.terminal)
         if doc["id"] in self._locks:  # inside `retrying`, which reads and clears the mark
             self._committed.add(doc["id"])
         queued = {e.task_type for e in enqueue}
         await self._after_commit(doc, fx, webhook, queued, JobRecord(version, doc, raw_leases))
         return True
-
-    def _remember(
-        self, job_id: str, version: int, doc_json: str, leases: dict[str, str], terminal: bool
-    ) -> None:
-        self._recent[job_id] = (version, doc_json, leases, terminal)
-        self._recent.move_to_end(job_id)
-        while len(self._recent) > RECENT_JOBS:
-            self._recent.popitem(last=False)
-
-    def _recent_record(self, job_id: str) -> JobRecord | None:
-        entry = self._recent.get(job_id)
-        if entry is None:
-            return None
-        version, doc_json, leases, _ = entry
-        return JobRecord(version, loads(doc_json), dict(leases))  # a copy the caller may change
-
-    def forget_recent(self, job_id: str) -> None:
-        """The job changed outside this process's commits (another orchestrator)."""
-        self._recent.pop(job_id, None)
-
-    def leased(self, job_id: str, task_id: str, version: int, lease: str) -> None:
-        """The dispatcher leased a queued task: the job is now at `version`."""
-        entry = self._recent.get(job_id)
-        if entry is None:
-            return
-        if entry[0] != version - 1:
-            self.forget_recent(job_id)
-            return
-        self._recent[job_id] = (version, entry[1], {**entry[2], task_id: lease}, entry[3])
 
     async def _after_commit(
         self,
@@ -595,17 +562,16 @@ class Orchestrator:
                 # back before the commit returned): look again once it has landed.
                 self._deferred_done.add(job_id)
                 return
-            entry = self._recent.get(job_id)
-            if entry is not None and entry[3]:
-                record = self._recent_record(job_id)  # ended here: that is final
-            elif entry is not None:
-                self.forget_recent(job_id)  # ended elsewhere: what we hold is out of date
+            if self.recent.ended(job_id):
+                record = self.recent.record(job_id)  # ended here: that is final
+            else:
+                self.recent.forget(job_id)  # ended elsewhere: what we hold is out of date
         for future in self._done_waiters.get(job_id, []):
             if not future.done():
                 future.set_result(record)
 
     def lost_notifications(self) -> None:
         """The `done` subscription was down: anything remembered may have ended since."""
-        self._recent.clear()
+        self.recent.clear()
         for job_id in list(self._done_waiters):
             self.job_done(job_id)

@@ -251,7 +251,7 @@ async def test_no_per_job_state_outlives_the_jobs(store_url: str, tmp_path: Path
         assert orch._done_waiters == {}
         assert orch._deferred_done == set()
         assert orch.dispatcher.waiters == {}
-        assert len(orch._recent) <= 35  # at most one entry per job (and bounded)
+        assert len(orch.recent) <= 35  # at most one entry per job (and bounded)
 
 
 async def test_queued_tasks_go_before_new_ones_are_handed_off(
