@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.jsonutil import loads
 from engine.runtime.aio import Throttle, checkpoint
-from engine.store.client import Store, StoreUnavailable
+from engine.store.client import LeaseBatch, Store, StoreUnavailable
 
 log = logging.getLogger("interlock.dispatcher")
 throttle = Throttle(log)
@@ -44,6 +44,9 @@ class Waiter:
     tasks: list[dict[str, Any]] = field(default_factory=list)
     claims: int = 0  # leases being made for this poll right now
     expired: bool = False  # the poll's time is up; answer once the claims settle
+    # Queued tasks may be waiting for this poll: the dispatcher looks at the queues before
+    # any new task is handed to it (so a stream of new tasks cannot keep them waiting).
+    queue_first: bool = False
 
     @property
     def free(self) -> int:
@@ -58,11 +61,16 @@ class Dispatcher:
         self.store = store
         self.partitions = store.keys.partitions
         self.waiters: dict[str, deque[Waiter]] = {}
-        self.hints: set[tuple[str, int]] = set()
+        # (task type, partition) that may hold queued work -> when that was last said (a
+        # counter): a hint is dropped only if nothing re-raised it while we looked.
+        self.hints: dict[tuple[str, int], int] = {}
+        self._said = 0
         self.wake = asyncio.Event()
         self.closed = False
         # Told of each lease the pump makes: job id, task id, the job's new version, the lease.
         self.on_lease: Callable[[str, str, int, str], None] = lambda *made: None
+        # Told of a task leased to a poll that can no longer take it (worker id, task).
+        self.on_undelivered: Callable[[str, dict[str, Any]], None] = lambda *lost: None
 
     # -- called by request handlers ------------------------------------------------------------
 
@@ -86,8 +94,9 @@ class Dispatcher:
         for skill in skills:
             queue = self.waiters.setdefault(skill, deque())
             if not queue:  # nobody was waiting for this type: its queues may hold work
-                self.hints.update((skill, p) for p in range(self.partitions))
+                self._hint_all(skill)
             queue.append(waiter)
+        waiter.queue_first = any(t in skills for t, _ in self.hints)
         self.wake.set()
         try:
             async with asyncio.timeout(wait_s):
@@ -111,7 +120,7 @@ class Dispatcher:
                 self._settle(waiter)
 
     def task_queued(self, task_type: str, partition: int) -> None:
-        self.hints.add((task_type, partition))
+        self._hint(task_type, partition)
         self.wake.set()
 
     # -- direct hand-off: a task leased in the same commit that creates it ---------------------
@@ -120,25 +129,31 @@ class Dispatcher:
         """A waiting poll that takes a task of this type, with one place reserved for it;
         the caller then calls `deliver` (the lease was committed) or `unclaim`.
 
-        None while tasks of this type may be queued (a hint is open): those go first, or a
-        steady stream of new tasks could keep older and higher-priority ones waiting."""
-        if any(hinted == task_type for hinted, _ in self.hints):
-            return None
+        A poll that queued tasks may be waiting for is left to the dispatcher until it has
+        looked at the queues: those go first, or a steady stream of new tasks could keep
+        older and higher-priority ones waiting."""
         for waiter in self.waiters.get(task_type, ()):
-            if waiter.free > 0:
+            if waiter.free > 0 and not waiter.queue_first:
                 waiter.claims += 1
                 return waiter
         return None
 
     def deliver(self, waiter: Waiter, task: dict[str, Any]) -> None:
         waiter.claims -= 1
-        if not waiter.future.done():
+        if waiter.future.done() or len(waiter.tasks) >= waiter.capacity:
+            # The poll is gone (its request ended meanwhile): the task is leased to a
+            # worker that will never see it. Put it back now rather than when the lease
+            # times out.
+            self.on_undelivered(waiter.worker_id, task)
+        else:
             waiter.tasks.append(task)
         self._settle(waiter)
 
     def unclaim(self, waiter: Waiter) -> None:
         waiter.claims -= 1
         self._settle(waiter)
+        if waiter.free > 0 and any(t in waiter.skills for t, _ in self.hints):
+            self.wake.set()  # room again while work may be queued: look now, not at the sweep
 
     @staticmethod
     def _settle(waiter: Waiter) -> None:
@@ -171,64 +186,111 @@ class Dispatcher:
     def _sweep(self) -> None:
         for task_type, queue in self.waiters.items():
             if any(w.free > 0 for w in queue):
-                self.hints.update((task_type, p) for p in range(self.partitions))
+                self._hint_all(task_type)
 
-    def _slots(self, task_type: str) -> list[Waiter]:
-        """One entry per task the waiting polls of this type can take, oldest poll first."""
-        slots: list[Waiter] = []
-        for waiter in self.waiters.get(task_type, ()):
-            slots.extend([waiter] * waiter.free)
-            if len(slots) >= MAX_LEASE:
-                break
-        return slots[:MAX_LEASE]
+    def _room(self, task_type: str) -> int:
+        """How many tasks of this type the waiting polls can take (at most MAX_LEASE)."""
+        return min(MAX_LEASE, sum(w.free for w in self.waiters.get(task_type, ())))
 
     async def _pump(self) -> None:
+        await self._pump_hinted()
+        if not self.hints:  # nothing is queued, as far as we know: polls take new tasks
+            self._looked({w for queue in self.waiters.values() for w in queue})
+
+    async def _pump_hinted(self) -> None:
         while self.hints:
             # A fresh order each pass: walking the hints in one fixed order let the first
             # partitions take every waiting worker while the others' tasks aged.
-            hints = list(self.hints)
+            hints = list(self.hints.items())
             random.shuffle(hints)
-            wanted = {task_type: len(self._slots(task_type)) for task_type, _ in hints}
+            looked = {w for task_type, _ in self.hints for w in self.waiters.get(task_type, ())}
+            wanted = {task_type: self._room(task_type) for (task_type, _), _ in hints}
             # Hints for types nobody waits for stay: the next worker to ask will want them.
-            asks = [(task_type, partition) for task_type, partition in hints if wanted[task_type]]
+            asks = [(key, said) for key, said in hints if wanted[key[0]]]
             if not asks:
+                self._looked(looked)
                 return
-            found = await self.store.peek_many([(t, p, wanted[t]) for t, p in asks])
-            progress = False
-            for (task_type, partition), members in zip(asks, found, strict=True):
-                if not members:
-                    self.hints.discard((task_type, partition))
-                    continue
-                progress |= await self._lease(task_type, partition, members)
-            if not progress:
+            found = await self.store.peek_many([(t, p, wanted[t]) for (t, p), _ in asks])
+            leased = await self._lease(
+                [
+                    (task_type, partition, members)
+                    for ((task_type, partition), _), members in zip(asks, found, strict=True)
+                ]
+            )
+            for ((task_type, partition), said), members, count in zip(
+                asks, found, leased, strict=True
+            ):
+                if len(members) < wanted[task_type] and count == len(members):
+                    # We saw that queue whole (or empty) and leased all of it: it is empty
+                    # now, unless a task came since, which re-raised the hint.
+                    self._settled(task_type, partition, said)
+            self._looked(looked)
+            if not any(leased):
                 return
 
-    async def _lease(self, task_type: str, partition: int, members: list[str]) -> bool:
-        # Polls may have gone or been served while we peeked; claim what is still free.
-        slots = self._slots(task_type)[: len(members)]
-        if not slots:
-            return False
-        for waiter in slots:
-            waiter.claims += 1
+    @staticmethod
+    def _looked(waiters: set[Waiter]) -> None:
+        """The queues have been offered to these polls: new tasks may go to them now."""
+        for waiter in waiters:
+            waiter.queue_first = False
+
+    def _hint(self, task_type: str, partition: int) -> None:
+        self._said += 1
+        self.hints[(task_type, partition)] = self._said
+
+    def _hint_all(self, task_type: str) -> None:
+        for partition in range(self.partitions):
+            self._hint(task_type, partition)
+
+    def _settled(self, task_type: str, partition: int, said: int) -> None:
+        """The queue was empty when we looked: drop its hint, unless raised again since."""
+        if self.hints.get((task_type, partition)) == said:
+            del self.hints[(task_type, partition)]
+
+    async def _lease(self, queues: list[tuple[str, int, list[str]]]) -> list[int]:
+        """Lease the members found in each queue (task type, partition, members) to the polls
+        waiting for their type, all in one round trip; how many from each queue.
+
+        Every place is claimed before any lease lands, so a poll answers with what this
+        pass leased it from all queues, not with the first queue's share."""
+        # Polls may have gone or been served while we peeked; claim what is still free (a
+        # claim counts at once, so a poll waiting for several types is never promised twice).
+        batches: list[LeaseBatch] = []
+        served: list[list[Waiter]] = []
+        for task_type, partition, members in queues:
+            slots: list[Waiter] = []
+            for waiter in self.waiters.get(task_type, ()):
+                take = min(waiter.free, len(members) - len(slots))
+                if take > 0:
+                    waiter.claims += take
+                    slots += [waiter] * take
+                if len(slots) == len(members):
+                    break
+            served.append(slots)
+            if slots:
+                batch = LeaseBatch(
+                    partition, task_type, members[: len(slots)], [w.worker_id for w in slots]
+                )
+                batches.append(batch)
         try:
-            leases = await self.store.lease(
-                partition,
-                task_type,
-                members[: len(slots)],
-                [w.worker_id for w in slots],
-                int(time.time() * 1000),
-            )
+            made = await self.store.lease(batches, int(time.time() * 1000)) if batches else []
         except BaseException:
-            for waiter in slots:
-                self.unclaim(waiter)
+            for slots in served:
+                for waiter in slots:
+                    self.unclaim(waiter)
             raise
-        for waiter, made in zip(slots, leases, strict=False):
-            assert waiter.worker_id == made.worker
-            self.on_lease(made.job_id, made.task_id, made.version, made.lease)
-            self.deliver(waiter, loads(made.payload))
-        for waiter in slots[len(leases) :]:
-            self.unclaim(waiter)
-        return bool(leases)
+        results = iter(made)
+        counts: list[int] = []
+        for slots in served:
+            leases = next(results) if slots else []
+            for waiter, lease in zip(slots, leases, strict=False):
+                assert waiter.worker_id == lease.worker
+                self.on_lease(lease.job_id, lease.task_id, lease.version, lease.lease)
+                self.deliver(waiter, loads(lease.payload))
+            for waiter in slots[len(leases) :]:
+                self.unclaim(waiter)
+            counts.append(len(leases))
+        return counts
 
     def _forget(self, waiter: Waiter) -> None:
         for skill in waiter.skills:

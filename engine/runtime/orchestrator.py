@@ -83,6 +83,9 @@ class Orchestrator:
         self.recent = RecentJobs()
         self.dispatcher = Dispatcher(store)
         self.dispatcher.on_lease = self.recent.leased
+        self.dispatcher.on_undelivered = lambda worker_id, task: self._spawn(
+            self.release(worker_id, task)
+        )
         self.webhook_sender = webhook_sender
         self.schedules = tuple(schedules)
         self._done_waiters: dict[str, list[asyncio.Future[JobRecord | None]]] = {}

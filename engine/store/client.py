@@ -92,6 +92,17 @@ class Leased:
     lease: str  # the task's lease as stored
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseBatch:
+    """Queued tasks of one queue to lease: members `job_id|task_id`, and the worker to serve
+    with each lease made, in order."""
+
+    partition: int
+    task_type: str
+    candidates: Sequence[str]
+    workers: Sequence[str]
+
+
 @dataclass(slots=True)
 class Commit:
     """One guarded change of a job (see lua/commit.lua)."""
@@ -418,26 +429,43 @@ class Store:
         return [int(n) for n in await pipe.execute()]
 
     @translated
-    async def lease(
-        self,
-        partition: int,
-        task_type: str,
-        candidates: Sequence[str],
-        workers: Sequence[str],
-        now_ms: int,
-    ) -> list[Leased]:
-        """Lease candidates (queue members) to workers in order; returns the leases made."""
-        keys = [self.keys.queue(partition, task_type), self.keys.timers(partition)]
-        for member in candidates:
-            job_id = member.split("|", 1)[0]
-            keys.append(self.keys.job(job_id))
-        flat = await self._lease(
-            keys=keys, args=[str(now_ms), str(len(candidates)), *candidates, *workers]
-        )
-        return [
-            Leased(flat[i], flat[i + 1], flat[i + 2], flat[i + 3], int(flat[i + 4]), flat[i + 5])
-            for i in range(0, len(flat), 6)
-        ]
+    async def lease(self, batches: Sequence[LeaseBatch], now_ms: int) -> list[list[Leased]]:
+        """For each batch (one queue), lease its candidates to its workers in order; the
+        leases made, batch by batch. All batches go in one round trip."""
+        calls = []
+        for batch in batches:
+            keys = [self.keys.queue(batch.partition, batch.task_type)]
+            keys.append(self.keys.timers(batch.partition))
+            keys += [self.keys.job(member.split("|", 1)[0]) for member in batch.candidates]
+            args = [str(now_ms), str(len(batch.candidates)), *batch.candidates, *batch.workers]
+            calls.append((keys, args))
+        if len(calls) == 1:
+            answers: list[Any] = [await self._lease(keys=calls[0][0], args=calls[0][1])]
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(self._lease.sha, len(keys), *keys, *args)
+            answers = await pipe.execute(raise_on_error=False)
+        made: list[list[Leased]] = []
+        for (keys, args), answer in zip(calls, answers, strict=True):
+            if isinstance(answer, redis.exceptions.NoScriptError):  # Redis lost its scripts
+                answer = await self._lease(keys=keys, args=args)
+            elif isinstance(answer, Exception):
+                raise answer
+            made.append(
+                [
+                    Leased(
+                        answer[i],
+                        answer[i + 1],
+                        answer[i + 2],
+                        answer[i + 3],
+                        int(answer[i + 4]),
+                        answer[i + 5],
+                    )
+                    for i in range(0, len(answer), 6)
+                ]
+            )
+        return made
 
     @translated
     async def claim_timers(

@@ -269,3 +269,61 @@ async def test_queued_tasks_go_before_new_ones_are_handed_off(
         tasks += await orch.next_tasks("w1", ("echo",), 5, 1)
         assert [t["job_id"] for t in tasks] == [first, second]
         await answer_all(orch, "w1", tasks)
+
+
+async def test_one_poll_gets_queued_tasks_from_every_partition_at_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The dispatcher leases from all queues in one pass before a poll answers, so a poll
+    is not answered with one partition's share while the others' tasks wait."""
+    async with orchestrator(redis_url, tmp_path, LINEAR) as orch:
+        job_ids = [await submit(orch, n) for n in range(8)]  # nobody polls: queued
+        partitions = {orch.store.keys.partition(j) for j in job_ids}
+        assert len(partitions) > 1  # 4 partitions: all 8 in one has odds of 4**-7
+        before = await command_calls(redis_url)
+        tasks = await orch.next_tasks("w1", ("echo",), 5, 8)
+        used = spent(before, await command_calls(redis_url))
+        assert sorted(t["job_id"] for t in tasks) == sorted(job_ids)
+        assert used["zrange"] == 4, used  # one peek per partition, in one round trip
+        await answer_all(orch, "w1", tasks)
+
+
+async def test_a_poll_for_several_types_takes_no_more_than_it_asked(
+    store_url: str, tmp_path: Path
+) -> None:
+    two_types = LINEAR.replace("blueprint: linear", "blueprint: other").replace(
+        "task: echo", "task: shout"
+    )
+    async with orchestrator(store_url, tmp_path, LINEAR, two_types) as orch:
+        other = orch.registry.current("other")
+        assert other is not None
+        first = await submit(orch, 1)  # queued: nobody polls yet
+        second = await orch.submit(other, {"n": 2}, client="c")
+        tasks = await orch.next_tasks("w1", ("echo", "shout"), 5, 1)
+        assert len(tasks) == 1  # one place, counted once across both types
+        tasks += await orch.next_tasks("w1", ("echo", "shout"), 5, 1)
+        assert sorted(t["job_id"] for t in tasks) == sorted([first, second])
+        await answer_all(orch, "w1", tasks)
+
+
+async def test_a_task_handed_to_a_poll_that_went_is_put_back_at_once(
+    store_url: str, tmp_path: Path
+) -> None:
+    async with orchestrator(store_url, tmp_path, LINEAR) as orch:
+        poll = asyncio.create_task(orch.next_tasks("w1", ("echo",), 5, 1))
+        await asyncio.sleep(0.02)
+        (waiter,) = orch.dispatcher.waiters["echo"]
+        creating = asyncio.create_task(submit(orch, 4))
+        for _ in range(50):  # a few turns of the loop: the new task is leased to that poll
+            if waiter.claims:
+                break
+            await asyncio.sleep(0)
+        assert waiter.claims == 1
+        poll.cancel()  # and its request ends before the lease lands
+        job_id = await creating
+        tasks = await orch.next_tasks("w2", ("echo",), 2, 1)  # long before any lease expires
+        assert [t["job_id"] for t in tasks] == [job_id]
+        await answer_all(orch, "w2", tasks)
+        assert (await finished(orch, job_id))["result"] == {"n": 4}
+        history = [e["event"] for e in await orch.store.history(job_id)]
+        assert "task_released" in history
