@@ -7,12 +7,15 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from engine.jsonutil import dumps
 from engine.runtime.orchestrator import Orchestrator
-from engine.store.client import Commit, Store
+from engine.store.client import Commit, Store, StoreUnavailable
+from tests.conftest import require_program
 from tests.engine.test_orchestrator import LINEAR, finished, orchestrator
+from tests.support.redis_server import RedisServer
 
 NOOP = """
 blueprint: noop
@@ -327,3 +330,31 @@ async def test_a_task_handed_to_a_poll_that_went_is_put_back_at_once(
         assert (await finished(orch, job_id))["result"] == {"n": 4}
         history = [e["event"] for e in await orch.store.history(job_id)]
         assert "task_released" in history
+
+
+async def test_the_engine_carries_on_after_redis_restarts(tmp_path: Path) -> None:
+    """Redis dies (SIGKILL) and comes back with its data (AOF) but none of its scripts: calls
+    fail cleanly meanwhile, then batches, leases and heartbeats work again."""
+    binary = require_program("redis-server", "apt-get install redis-server")
+    redis = RedisServer(binary, ("--appendonly", "yes", "--appendfsync", "always"))
+    redis.start()
+    try:
+        async with orchestrator(redis.url, tmp_path, LINEAR) as orch:
+            queued = await submit(orch, 1)  # nobody polls: queued
+            redis.kill()
+            with pytest.raises(StoreUnavailable):
+                await submit(orch, 2)
+            with pytest.raises(StoreUnavailable):
+                await orch.heartbeat("w1", [], 10_000)
+            redis.start()  # same port and folder: the jobs are back, the scripts are not
+            tasks = await orch.next_tasks("w1", ("echo",), 5, 5)  # the lease script reloads
+            assert [t["job_id"] for t in tasks] == [queued]
+            created = await asyncio.gather(*(submit(orch, n) for n in range(3, 6)))
+            while len(tasks) < 4:
+                tasks += await orch.next_tasks("w1", ("echo",), 5, 5)
+            await answer_all(orch, "w1", tasks)
+            for job_id in [queued, *created]:
+                assert (await finished(orch, job_id))["status"] == "finished"
+            assert await orch.heartbeat("w1", [], 10_000) == (False, [])  # never registered
+    finally:
+        redis.stop()
