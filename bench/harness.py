@@ -10,12 +10,9 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -23,6 +20,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from tests.support import processes
+from tests.support.processes import Server as Server  # what serve() yields
 from tests.support.redis_server import RedisServer as TestRedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,13 +30,6 @@ WORKER_TOKEN = "bench-worker-token"
 PARTITIONS = 8  # REDIS_PARTITIONS given to the server (its default)
 BENCH_CLIENT_NAME = "interlock-bench"  # the bench's own Redis connections carry this name
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- /proc -------------------------------------------------------------------------------------
@@ -151,64 +143,13 @@ async def command_calls(client: aioredis.Redis) -> Counter[str]:
 # -- interlock serve ---------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
-def _wait_ready(server: Server, deadline_s: float = 60) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"interlock serve exited early:\n{server.output()}")
-        try:
-            with urllib.request.urlopen(f"{server.url}/_public/status", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"interlock serve did not become ready:\n{server.output()}")
-
-
 @contextlib.contextmanager
 def serve(
     workdir: Path, store_url: str, blueprints: Path, env: Mapping[str, str] | None = None
 ) -> Iterator[Server]:
-    """`interlock serve` as a subprocess (python -m engine.cli serve), stopped on exit."""
-    port = free_port()
-    log = workdir / f"server-{port}.log"
-    environment = {
-        **os.environ,
-        "REDIS_URL": store_url,
-        "API_HOST": "127.0.0.1",
-        "API_PORT": str(port),
-        "BLUEPRINTS_DIR": str(blueprints),
+    """`interlock serve` as a subprocess (the tests' launcher, with the bench's settings),
+    stopped with SIGTERM on exit."""
+    settings = {
         "CLIENT_TOKEN": CLIENT_TOKEN,
         "WORKER_TOKEN": WORKER_TOKEN,
         "WEBHOOK_SECRET": "bench-webhook-secret",
@@ -216,20 +157,8 @@ def serve(
         "REDIS_PARTITIONS": str(PARTITIONS),
         **(env or {}),
     }
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve"],
-            cwd=ROOT,
-            env=environment,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(process, port, log)
-    try:
-        _wait_ready(server)
+    with processes.serve(workdir, store_url, blueprints, settings, graceful=True) as server:
         yield server
-    finally:
-        server.stop()
 
 
 # -- echo workers ------------------------------------------------------------------------------

@@ -30,8 +30,24 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM (a graceful shutdown), then SIGKILL if it takes over 15 s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as when a machine dies."""
@@ -45,7 +61,7 @@ class Server:
         return self.process.wait(timeout=20)
 
 
-def _wait_ready(server: Server, deadline_s: float = 30) -> None:
+def _wait_ready(server: Server, deadline_s: float = 60) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -68,9 +84,11 @@ def serve(
     env: Mapping[str, str] | None = None,
     *,
     port: int | None = None,
+    graceful: bool = False,
 ) -> Iterator[Server]:
-    """A real `interlock serve` process, killed (SIGKILL) on exit. A given `port` lets a test
-    kill an orchestrator and bring it back at the same URL."""
+    """A real `interlock serve` process, killed (SIGKILL) on exit, or stopped with SIGTERM
+    when `graceful`. A given `port` lets a test kill an orchestrator and bring it back at the
+    same URL. `env` wins over the settings given here."""
     port = port or free_port()
     log = tmp_path / f"server-{port}-{time.monotonic_ns()}.log"
     environment = {
@@ -97,7 +115,10 @@ def serve(
         _wait_ready(server)
         yield server
     finally:
-        server.kill()
+        if graceful:
+            server.stop()
+        else:
+            server.kill()
 
 
 class WorkerProcess:
