@@ -178,10 +178,8 @@ class Orchestrator:
         return await self.commit(machine, None, doc, fx, index=(client, now))
 
     async def get_job(self, job_id: str, client: str | None) -> dict[str, Any] | None:
-        record = await self.store.read_job(job_id)
-        if record is None or (client is not None and record.doc.get("client") != client):
-            return None
-        return record.doc
+        record = await self.read(job_id, client)
+        return record.doc if record is not None else None
 
     async def wait_job(
         self, job_id: str, client: str | None, wait_s: float
@@ -456,11 +454,11 @@ class Orchestrator:
         doc["updated_at"] = now
         history_start = doc["hseq"]
         doc["hseq"] += len(fx.history)
-        # The leases as read (not fx.leases: a rule need not pass them on), less the tasks
-        # the change ends, plus the ones it starts.
+        # The leases as read and stored (not fx.leases: a rule need not pass them on), less
+        # the tasks the change ends, plus the ones it starts (only those are encoded).
         dropped = set(fx.dropped)
-        leases = {
-            task_id: TaskLease.decode(raw)
+        raw_leases = {
+            task_id: raw
             for task_id, raw in (record.leases if record else {}).items()
             if task_id not in dropped
         }
@@ -471,14 +469,15 @@ class Orchestrator:
         for e in fx.enqueue:
             waiter = self.dispatcher.claim(e.task_type)
             if waiter is None:
-                leases[e.task_id] = TaskLease("queued", e.lease_ms)
+                lease = TaskLease("queued", e.lease_ms)
                 enqueue.append(e)
             else:
-                leases[e.task_id] = TaskLease("leased", e.lease_ms, waiter.worker_id, now)
+                lease = TaskLease("leased", e.lease_ms, waiter.worker_id, now)
                 handoffs.append((waiter, e.payload))
+            raw_leases[e.task_id] = lease.encode()
+        leases = {task_id: TaskLease.decode(raw) for task_id, raw in raw_leases.items()}
         version = (record.version if record else 0) + 1
         doc_json = dumps(doc)
-        raw_leases = {task_id: lease.encode() for task_id, lease in leases.items()}
         webhook = fx.terminal and bool(doc.get("webhook_url"))
         change = Commit(
             job_id=doc["id"],

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.commands.core import AsyncScript
 
 from engine.errors import InterlockError
 from engine.jsonutil import dumps, loads
@@ -256,36 +257,40 @@ class Store:
         by_partition: dict[int, list[int]] = {}  # partition -> positions in items
         for position, (change, _) in enumerate(items):
             by_partition.setdefault(self.keys.partition(change.job_id), []).append(position)
-        calls = {
-            partition: self._batch_call(partition, [items[i] for i in positions])
+        calls = [
+            self._batch_call(partition, [items[i] for i in positions])
             for partition, positions in by_partition.items()
-        }
-        answers: list[Any]
-        if len(calls) == 1:
-            ((keys, args),) = calls.values()
-            try:
-                answers = [await self._commit(keys=keys, args=args)]
-            except redis.exceptions.RedisError as exc:
-                answers = [exc]
-        else:
-            pipe = self.redis.pipeline(transaction=False)
-            for keys, args in calls.values():
-                pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
-            answers = await pipe.execute(raise_on_error=False)
+        ]
+        answers = await self._run_scripts(self._commit, calls)
         outcomes: list[bool | Exception] = [False] * len(items)
-        for (keys, args), positions, answer in zip(
-            calls.values(), by_partition.values(), answers, strict=True
-        ):
-            if isinstance(answer, redis.exceptions.NoScriptError):  # Redis lost its scripts
-                try:
-                    answer = await self._commit(keys=keys, args=args)  # loads it, runs it
-                except redis.exceptions.RedisError as exc:
-                    answer = exc
+        for positions, answer in zip(by_partition.values(), answers, strict=True):
             for offset, position in enumerate(positions):
                 outcomes[position] = (
                     answer if isinstance(answer, Exception) else bool(answer[offset])
                 )
         return outcomes
+
+    async def _run_scripts(
+        self, script: AsyncScript, calls: Sequence[tuple[list[str], list[str]]]
+    ) -> list[Any]:
+        """Run `script` once per (KEYS, ARGV), all in one round trip; each call's answer, or
+        the Redis error it met. A Redis that lost its scripts (a restart) gets them again."""
+        if len(calls) == 1:
+            try:
+                return [await script(keys=calls[0][0], args=calls[0][1])]
+            except redis.exceptions.RedisError as exc:
+                return [exc]
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        answers: list[Any] = await pipe.execute(raise_on_error=False)
+        for i, (keys, args) in enumerate(calls):
+            if isinstance(answers[i], redis.exceptions.NoScriptError):
+                try:
+                    answers[i] = await script(keys=keys, args=args)  # loads it, runs it
+                except redis.exceptions.RedisError as exc:
+                    answers[i] = exc
+        return answers
 
     def _batch_call(
         self, partition: int, changes: list[tuple[Commit, int]]
@@ -403,13 +408,6 @@ class Store:
             pipe.hget(self.keys.job(job_id), "doc")
         return [loads(raw) if raw else None for raw in await pipe.execute()]
 
-    @translated
-    async def forget_expired(self, client: str, older_than_ms: int) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for partition in range(self.keys.partitions):
-            pipe.zremrangebyscore(self.keys.client_jobs(partition, client), "-inf", older_than_ms)
-        await pipe.execute()
-
     # -- tasks and timers ----------------------------------------------------------------------
 
     @translated
@@ -422,13 +420,6 @@ class Store:
         return [[str(m) for m in members] for members in await pipe.execute()]
 
     @translated
-    async def queue_sizes(self, pairs: Sequence[tuple[str, int]]) -> list[int]:
-        pipe = self.redis.pipeline(transaction=False)
-        for task_type, partition in pairs:
-            pipe.zcard(self.keys.queue(partition, task_type))
-        return [int(n) for n in await pipe.execute()]
-
-    @translated
     async def lease(self, batches: Sequence[LeaseBatch], now_ms: int) -> list[list[Leased]]:
         """For each batch (one queue), lease its candidates to its workers in order; the
         leases made, batch by batch. All batches go in one round trip."""
@@ -439,18 +430,9 @@ class Store:
             keys += [self.keys.job(member.split("|", 1)[0]) for member in batch.candidates]
             args = [str(now_ms), str(len(batch.candidates)), *batch.candidates, *batch.workers]
             calls.append((keys, args))
-        if len(calls) == 1:
-            answers: list[Any] = [await self._lease(keys=calls[0][0], args=calls[0][1])]
-        else:
-            pipe = self.redis.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(self._lease.sha, len(keys), *keys, *args)
-            answers = await pipe.execute(raise_on_error=False)
         made: list[list[Leased]] = []
-        for (keys, args), answer in zip(calls, answers, strict=True):
-            if isinstance(answer, redis.exceptions.NoScriptError):  # Redis lost its scripts
-                answer = await self._lease(keys=keys, args=args)
-            elif isinstance(answer, Exception):
+        for answer in await self._run_scripts(self._lease, calls):
+            if isinstance(answer, Exception):
                 raise answer
             made.append(
                 [
