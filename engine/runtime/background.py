@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from engine.runtime import webhooks
 from engine.runtime.aio import Throttle, checkpoint
-from engine.runtime.jobdoc import Effects, Leases, TaskLease
+from engine.runtime.jobdoc import Effects, Ignored, Leases, TaskLease
 from engine.runtime.machine import Machine
 from engine.runtime.registry import UnknownBlueprintVersion
 from engine.runtime.schedules import CATCH_UP
@@ -89,22 +89,23 @@ async def fire_timers(orch: Orchestrator) -> None:
 
 
 async def fire(orch: Orchestrator, job_id: str) -> None:
-    async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, bool]:
+    """Apply whatever of the job has fallen due (and put its timer back)."""
+
+    async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
         doc = record.doc
         leases = leases_of(record)
         holders = {lease.worker for lease in leases.values() if lease.state == "leased"}
         alive = {worker: await orch.store.worker_alive(worker) for worker in holders}
         child = None
-        if doc.get("subflow") and now_ms() >= doc["subflow"]["check_at"]:
-            found = await orch.store.read_job(doc["subflow"]["child_id"])
+        subflow = doc["subflow"]
+        if subflow is not None and now_ms() >= subflow["check_at"]:
+            found = await orch.store.read_job(subflow["child_id"])
             child = found.doc if found else None
         fx = machine.on_timer(doc, leases, now_ms(), orch.rng, alive, child)
-        if fx is None:
-            fx = Effects(leases=leases)  # nothing due: just put the timer back
-        return await orch.commit(machine, record, doc, fx), True
+        return fx if fx is not None else Effects(leases=leases)  # ended: put the timer back
 
     try:
-        if await orch.retrying(job_id, attempt) is None and not await orch.store.exists(job_id):
+        if await orch.apply(job_id, rule) is None and not await orch.store.exists(job_id):
             await orch.store.drop_timer(job_id)
     except UnknownBlueprintVersion as exc:
         log.error("job %s uses blueprint %s, which no orchestrator knows", job_id, exc)

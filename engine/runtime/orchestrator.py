@@ -28,6 +28,8 @@ from engine.runtime.jobdoc import (
     ChildJob,
     Effects,
     Ignored,
+    JobDoc,
+    ParentRef,
     TaskLease,
     new_job,
 )
@@ -54,8 +56,26 @@ class OrchestratorSettings:
     webhook_claim_ms: int = 60_000
 
 
-class JobNotFound(LookupError):
-    pass
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """A rule's change was committed; `doc` is the job as committed."""
+
+    doc: JobDoc
+
+
+Outcome = Applied | Ignored | None
+"""What `Orchestrator.apply` did: committed, ignored (with the reason), or no such job."""
+
+Rule = Callable[[JobRecord, Machine], Awaitable[Effects | Ignored]]
+"""Decides one change of a job from the job as read (see `Orchestrator.apply`)."""
+
+
+def _doc_or_reason(outcome: Outcome) -> dict[str, Any] | Ignored | None:
+    return dict(outcome.doc) if isinstance(outcome, Applied) else outcome
+
+
+def _reason(outcome: Ignored | None) -> str:
+    return outcome.reason if outcome is not None else "job_not_found"
 
 
 def parse_cursor(cursor: str) -> tuple[int, str]:
@@ -89,7 +109,6 @@ class Orchestrator:
         self.webhook_sender = webhook_sender
         self.schedules = tuple(schedules)
         self._done_waiters: dict[str, list[asyncio.Future[JobRecord | None]]] = {}
-        self._committed: set[str] = set()  # jobs a `retrying` attempt has just committed
         self._deferred_done: set[str] = set()  # announced ended while we were changing them
         self._tasks: list[asyncio.Task[None]] = []
         # Approval tokens and child job ids come from it: it must be unpredictable.
@@ -159,7 +178,7 @@ class Orchestrator:
         initial_data: Any,
         *,
         client: str,
-        parent: dict[str, Any] | None = None,
+        parent: ParentRef | None = None,
         **options: Any,
     ) -> bool:
         """Create and start a job with a given id; False if that id exists already."""
@@ -177,13 +196,11 @@ class Orchestrator:
         fx = machine.start(doc, now, self.rng)
         return await self.commit(machine, None, doc, fx, index=(client, now))
 
-    async def get_job(self, job_id: str, client: str | None) -> dict[str, Any] | None:
+    async def get_job(self, job_id: str, client: str | None) -> JobDoc | None:
         record = await self.read(job_id, client)
         return record.doc if record is not None else None
 
-    async def wait_job(
-        self, job_id: str, client: str | None, wait_s: float
-    ) -> dict[str, Any] | None:
+    async def wait_job(self, job_id: str, client: str | None, wait_s: float) -> JobDoc | None:
         """The job once it is terminal, or as it is when `wait_s` seconds have passed."""
         record = await self.read(job_id, client, wait_s)
         return record.doc if record is not None else None
@@ -262,43 +279,31 @@ class Orchestrator:
 
     async def cancel(self, job_id: str, client: str | None) -> dict[str, Any] | Ignored | None:
         """Cancel a job: its new document, Ignored when already ended, None when unknown."""
-
-        async def attempt(
-            record: JobRecord, machine: Machine
-        ) -> tuple[bool, dict[str, Any] | Ignored]:
-            doc = record.doc
-            outcome = machine.cancel(doc, leases_of(record), now_ms())
-            if isinstance(outcome, Ignored):
-                return True, outcome
-            return await self.commit(machine, record, doc, outcome), doc
-
         if await self.get_job(job_id, client) is None:
             return None
-        return await self.retrying(job_id, attempt)
+
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            return machine.cancel(record.doc, leases_of(record), now_ms())
+
+        return _doc_or_reason(await self.apply(job_id, rule))
 
     async def decide(
         self, job_id: str, client: str | None, decision: str, *, token: str | None = None
     ) -> dict[str, Any] | Ignored | None:
         """Apply an approval decision by the job's owner (client) or through the approval
         link (token). Returns the new document, Ignored with a reason, or None if unknown."""
-
-        async def attempt(
-            record: JobRecord, machine: Machine
-        ) -> tuple[bool, dict[str, Any] | Ignored]:
-            doc = record.doc
-            approval = doc.get("approval") or {}
-            expected = str(approval.get("token", "")).encode()
-            if token is not None and not hmac.compare_digest(expected, token.encode()):
-                return True, Ignored("invalid_token")
-            by = "link" if token is not None else f"client:{client}"
-            outcome = machine.on_decision(doc, decision, now_ms(), self.rng, by=by)
-            if isinstance(outcome, Ignored):
-                return True, outcome
-            return await self.commit(machine, record, doc, outcome), doc
-
         if token is None and await self.get_job(job_id, client) is None:
             return None
-        return await self.retrying(job_id, attempt)
+        by = "link" if token is not None else f"client:{client}"
+
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            approval = record.doc["approval"]
+            expected = str(approval["token"] if approval else "").encode()
+            if token is not None and not hmac.compare_digest(expected, token.encode()):
+                return Ignored("invalid_token")
+            return machine.on_decision(record.doc, decision, now_ms(), self.rng, by=by)
+
+        return _doc_or_reason(await self.apply(job_id, rule))
 
     async def _start_child(self, child: ChildJob, client: str) -> None:
         blueprint = self.registry.current(child.blueprint)
@@ -313,17 +318,16 @@ class Orchestrator:
             child.job_id, blueprint, child.initial_data, client=client, parent=child.parent
         )
 
-    async def _notify_parent(self, child: dict[str, Any]) -> None:
+    async def _notify_parent(self, child: JobDoc) -> None:
         """Resume the parent of a finished child (exactly once: the parent's guard checks the
         child id; if we die first, the parent's periodic check finds the child ended)."""
+        parent = child["parent"]
+        assert parent is not None
 
-        async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, None]:
-            outcome = machine.on_child_done(record.doc, child, now_ms(), self.rng)
-            if isinstance(outcome, Ignored):
-                return True, None
-            return await self.commit(machine, record, record.doc, outcome), None
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            return machine.on_child_done(record.doc, child, now_ms(), self.rng)
 
-        await self.retrying(child["parent"]["job_id"], attempt)
+        await self.apply(parent["job_id"], rule)
 
     # -- workers -----------------------------------------------------------------------------------
 
@@ -349,55 +353,47 @@ class Orchestrator:
 
     async def submit_result(self, worker_id: str, result: dict[str, Any]) -> dict[str, Any]:
         """Apply a worker's result once; anything else is answered `ignored` with a reason."""
-        job_id = str(result.get("job_id", ""))
         body = {**result, "worker_id": worker_id}
 
-        async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, dict[str, Any]]:
-            doc = record.doc
-            outcome = machine.on_result(doc, leases_of(record), body, now_ms(), self.rng)
-            if isinstance(outcome, Ignored):
-                return True, {"status": "ignored", "reason": outcome.reason}
-            ok = await self.commit(machine, record, doc, outcome)
-            return ok, {"status": "accepted"}
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            return machine.on_result(record.doc, leases_of(record), body, now_ms(), self.rng)
 
-        answer = await self.retrying(job_id, attempt)
-        return answer if answer is not None else {"status": "ignored", "reason": "job_not_found"}
+        outcome = await self.apply(str(result.get("job_id", "")), rule)
+        if isinstance(outcome, Applied):
+            return {"status": "accepted"}
+        return {"status": "ignored", "reason": _reason(outcome)}
 
     async def release(self, worker_id: str, task: dict[str, Any]) -> str:
         """Put back a task leased to a poll whose worker had already gone (the HTTP client
         closed the connection before the answer). Returns "released" or why not."""
 
-        async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, str]:
-            fx = machine.on_release(
-                record.doc, leases_of(record), worker_id, task["task_id"], now_ms()
-            )
-            if isinstance(fx, Ignored):
-                return True, fx.reason
-            return await self.commit(machine, record, record.doc, fx), "released"
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            leases = leases_of(record)
+            return machine.on_release(record.doc, leases, worker_id, task["task_id"], now_ms())
 
-        return await self.retrying(str(task["job_id"]), attempt) or "job_not_found"
+        outcome = await self.apply(str(task["job_id"]), rule)
+        return "released" if isinstance(outcome, Applied) else _reason(outcome)
 
     async def progress(self, worker_id: str, job_id: str, task_id: str, payload: Any) -> str:
         """Record a progress event; returns "accepted" or the reason it was ignored."""
 
-        async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, str]:
-            doc = record.doc
-            fx = machine.on_progress(doc, leases_of(record), worker_id, task_id, payload, now_ms())
-            if isinstance(fx, Ignored):
-                return True, fx.reason
-            return await self.commit(machine, record, doc, fx), "accepted"
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            leases = leases_of(record)
+            return machine.on_progress(record.doc, leases, worker_id, task_id, payload, now_ms())
 
-        return await self.retrying(job_id, attempt) or "job_not_found"
+        outcome = await self.apply(job_id, rule)
+        return "accepted" if isinstance(outcome, Applied) else _reason(outcome)
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def retrying(
-        self, job_id: str, attempt: Callable[[JobRecord, Machine], Awaitable[tuple[bool, T]]]
-    ) -> T | None:
-        """Run read-decide-commit until the commit applies (optimistic concurrency).
+    async def apply(self, job_id: str, rule: Rule) -> Outcome:
+        """Read the job, let `rule` decide, and commit what it decided, once.
 
-        Changes to one job from this process queue on a local lock, so versions only clash
-        with other orchestrators and with leases; those clashes back off and try again.
+        Answers `Applied` with the committed document, `Ignored` with the rule's reason, or
+        None when the job does not exist. A commit refused because the job changed since
+        it was read (another orchestrator, a lease, the timer) is decided again on a fresh
+        read; clashes that persist back off. Changes to one job from this process queue on
+        a local lock, so versions only clash with other processes and with leases.
         """
         async with self._lock(job_id):
             for retry in range(MAX_CONFLICT_RETRIES):
@@ -408,16 +404,15 @@ class Orchestrator:
                 if record is None:
                     return None
                 machine = await self.registry.machine(record.doc["hash"], self.store)
-                self._committed.discard(job_id)
-                done, value = await attempt(record, machine)
-                committed = job_id in self._committed
-                self._committed.discard(job_id)
-                if done and remembered and not committed:
-                    # Decided without a commit (ignored) on what we remembered, which may be
-                    # stale: no version guard checked it, so decide again on a fresh read.
-                    continue
-                if done:
-                    return value
+                decided = await rule(record, machine)
+                if isinstance(decided, Ignored):
+                    if remembered:
+                        # Decided on what we remembered, which may be stale, and no version
+                        # guard checked it: decide again on a fresh read.
+                        continue
+                    return decided
+                if await self.commit(machine, record, record.doc, decided):
+                    return Applied(record.doc)
                 # The usual clash is a lease (one quick script): re-read at once, back off
                 # only if clashes persist.
                 if retry >= 3:
@@ -445,7 +440,7 @@ class Orchestrator:
         self,
         machine: Machine,
         record: JobRecord | None,
-        doc: dict[str, Any],
+        doc: JobDoc,
         fx: Effects,
         *,
         index: tuple[str, int] | None = None,
@@ -508,15 +503,13 @@ class Orchestrator:
         if not applied:
             return False
         self.recent.remember(doc["id"], version, doc_json, raw_leases, fx.terminal)
-        if doc["id"] in self._locks:  # inside `retrying`, which reads and clears the mark
-            self._committed.add(doc["id"])
         queued = {e.task_type for e in enqueue}
         await self._after_commit(doc, fx, webhook, queued, JobRecord(version, doc, raw_leases))
         return True
 
     async def _after_commit(
         self,
-        doc: dict[str, Any],
+        doc: JobDoc,
         fx: Effects,
         webhook: bool,
         queued: set[str],
