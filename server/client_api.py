@@ -17,7 +17,7 @@ from aiohttp import web
 from engine.blueprint.dot import to_dot
 from engine.blueprint.model import Blueprint
 from engine.durations import parse_duration
-from engine.runtime.jobdoc import TERMINAL, Ignored
+from engine.runtime.jobdoc import Ignored, JobStatus
 from engine.runtime.jobgraph import job_dot
 from engine.runtime.orchestrator import Orchestrator, parse_cursor
 from server.auth import CLIENT_HEADER
@@ -43,9 +43,7 @@ from server.views import blueprint_detail, blueprint_summary, event_view, iso, j
 
 PREFIX = "/api/v1"
 SUBMIT_FIELDS = ("initial_data", "webhook_url", "dispatch_timeout", "result_timeout")
-STATUSES = frozenset(
-    {"pending", "queued", "running", "retrying", "waiting", "waiting_for_human", *TERMINAL}
-)
+STATUSES = frozenset(JobStatus)
 MAX_WAIT_S = 60.0
 MAX_LIMIT = 200
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")

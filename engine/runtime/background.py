@@ -11,18 +11,15 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from engine.runtime import webhooks
 from engine.runtime.aio import Throttle, checkpoint
+from engine.runtime.host import LoopHost
 from engine.runtime.jobdoc import Effects, Ignored, Leases, TaskLease
 from engine.runtime.machine import Machine
 from engine.runtime.registry import UnknownBlueprintVersion
 from engine.runtime.schedules import CATCH_UP
 from engine.store.client import JobRecord, StoreUnavailable
-
-if TYPE_CHECKING:
-    from engine.runtime.orchestrator import Orchestrator
 
 log = logging.getLogger("interlock.orchestrator")
 throttle = Throttle(log)
@@ -36,7 +33,7 @@ def leases_of(record: JobRecord) -> Leases:
     return {task_id: TaskLease.decode(raw) for task_id, raw in record.leases.items()}
 
 
-async def listen(orch: Orchestrator) -> None:
+async def listen(orch: LoopHost) -> None:
     ready, done = orch.store.keys.ready_channel, orch.store.keys.done_channel
     while True:
         checkpoint()
@@ -63,7 +60,7 @@ async def listen(orch: Orchestrator) -> None:
         orch.dispatcher.wake.set()
 
 
-async def timer_loop(orch: Orchestrator) -> None:
+async def timer_loop(orch: LoopHost) -> None:
     while True:
         checkpoint()
         started = time.monotonic()
@@ -78,7 +75,7 @@ async def timer_loop(orch: Orchestrator) -> None:
         await asyncio.sleep(max(0.0, pause - elapsed))
 
 
-async def fire_timers(orch: Orchestrator) -> None:
+async def fire_timers(orch: LoopHost) -> None:
     now = now_ms()
     for partition in range(orch.store.keys.partitions):
         due = await orch.store.claim_timers(
@@ -88,7 +85,7 @@ async def fire_timers(orch: Orchestrator) -> None:
             await asyncio.gather(*(fire(orch, job_id) for job_id in due))
 
 
-async def fire(orch: Orchestrator, job_id: str) -> None:
+async def fire(orch: LoopHost, job_id: str) -> None:
     """Apply whatever of the job has fallen due (and put its timer back)."""
 
     async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
@@ -114,7 +111,7 @@ async def fire(orch: Orchestrator, job_id: str) -> None:
         log.warning("timer for job %s: %s", job_id, exc)
 
 
-async def webhook_loop(orch: Orchestrator) -> None:
+async def webhook_loop(orch: LoopHost) -> None:
     while True:
         checkpoint()
         try:
@@ -133,7 +130,7 @@ async def webhook_loop(orch: Orchestrator) -> None:
         orch.webhook_wake.clear()
 
 
-async def deliver(orch: Orchestrator, job_id: str) -> None:
+async def deliver(orch: LoopHost, job_id: str) -> None:
     assert orch.webhook_sender is not None
     record = await orch.store.read_job(job_id)
     url = record.doc.get("webhook_url") if record else None
@@ -165,7 +162,7 @@ async def deliver(orch: Orchestrator, job_id: str) -> None:
         log.warning("webhook for job %s to %s failed (%s); retrying", job_id, url, problem)
 
 
-async def schedule_loop(orch: Orchestrator) -> None:
+async def schedule_loop(orch: LoopHost) -> None:
     """Start the job of every schedule tick (see engine/runtime/schedules.py)."""
     last = datetime.now(UTC) - CATCH_UP
     first = True

@@ -14,8 +14,7 @@ import hmac
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from engine.blueprint.model import Blueprint
@@ -23,10 +22,13 @@ from engine.jsonutil import dumps
 from engine.runtime import background, webhooks
 from engine.runtime.background import leases_of, now_ms
 from engine.runtime.dispatcher import Dispatcher, Waiter
+from engine.runtime.host import Applied, Outcome, Rule
+from engine.runtime.host import OrchestratorSettings as OrchestratorSettings
 from engine.runtime.jobdoc import (
     TERMINAL,
     ChildJob,
     Effects,
+    Enqueue,
     Ignored,
     JobDoc,
     ParentRef,
@@ -43,31 +45,6 @@ log = logging.getLogger("interlock.orchestrator")
 
 MAX_CONFLICT_RETRIES = 100
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class OrchestratorSettings:
-    timer_interval_s: float = 0.1
-    timer_batch: int = 200
-    timer_claim_ms: int = 30_000
-    worker_ttl_ms: int = 24 * 3_600_000  # a registration is forgotten after this silence
-    cancel_ttl_ms: int = 3_600_000
-    webhook_secret: str = ""
-    webhook_claim_ms: int = 60_000
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """A rule's change was committed; `doc` is the job as committed."""
-
-    doc: JobDoc
-
-
-Outcome = Applied | Ignored | None
-"""What `Orchestrator.apply` did: committed, ignored (with the reason), or no such job."""
-
-Rule = Callable[[JobRecord, Machine], Awaitable[Effects | Ignored]]
-"""Decides one change of a job from the job as read (see `Orchestrator.apply`)."""
 
 
 def _doc_or_reason(outcome: Outcome) -> dict[str, Any] | Ignored | None:
@@ -449,27 +426,7 @@ class Orchestrator:
         doc["updated_at"] = now
         history_start = doc["hseq"]
         doc["hseq"] += len(fx.history)
-        # The leases as read and stored (not fx.leases: a rule need not pass them on), less
-        # the tasks the change ends, plus the ones it starts (only those are encoded).
-        dropped = set(fx.dropped)
-        raw_leases = {
-            task_id: raw
-            for task_id, raw in (record.leases if record else {}).items()
-            if task_id not in dropped
-        }
-        # A task some open poll can take is leased to it in this very commit (no queue, no
-        # second script); the others are queued for the dispatcher.
-        handoffs: list[tuple[Waiter, dict[str, Any]]] = []
-        enqueue = []
-        for e in fx.enqueue:
-            waiter = self.dispatcher.claim(e.task_type)
-            if waiter is None:
-                lease = TaskLease("queued", e.lease_ms)
-                enqueue.append(e)
-            else:
-                lease = TaskLease("leased", e.lease_ms, waiter.worker_id, now)
-                handoffs.append((waiter, e.payload))
-            raw_leases[e.task_id] = lease.encode()
+        raw_leases, handoffs, enqueue = self._place_tasks(record, fx, now)
         leases = {task_id: TaskLease.decode(raw) for task_id, raw in raw_leases.items()}
         version = (record.version if record else 0) + 1
         doc_json = dumps(doc)
@@ -506,6 +463,35 @@ class Orchestrator:
         queued = {e.task_type for e in enqueue}
         await self._after_commit(doc, fx, webhook, queued, JobRecord(version, doc, raw_leases))
         return True
+
+    def _place_tasks(
+        self, record: JobRecord | None, fx: Effects, now: int
+    ) -> tuple[dict[str, str], list[tuple[Waiter, dict[str, Any]]], list[Enqueue]]:
+        """The job's raw leases after the change, the hand-offs to open polls, and the new
+        tasks left for the queues.
+
+        The leases are the ones read and stored (not fx.leases: a rule need not pass them
+        on), less the tasks the change ends, plus the ones it starts. A task some open poll
+        can take is leased to it in this very commit (no queue, no second script); the
+        others are queued for the dispatcher."""
+        dropped = set(fx.dropped)
+        raw_leases = {
+            task_id: raw
+            for task_id, raw in (record.leases if record else {}).items()
+            if task_id not in dropped
+        }
+        handoffs: list[tuple[Waiter, dict[str, Any]]] = []
+        enqueue: list[Enqueue] = []
+        for e in fx.enqueue:
+            waiter = self.dispatcher.claim(e.task_type)
+            if waiter is None:
+                lease = TaskLease("queued", e.lease_ms)
+                enqueue.append(e)
+            else:
+                lease = TaskLease("leased", e.lease_ms, waiter.worker_id, now)
+                handoffs.append((waiter, e.payload))
+            raw_leases[e.task_id] = lease.encode()
+        return raw_leases, handoffs, enqueue
 
     async def _after_commit(
         self,
