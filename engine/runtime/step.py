@@ -119,18 +119,19 @@ class Step:
     # -- history ---------------------------------------------------------------------------
 
     def event(self, event: str, **data: Any) -> None:
-        self.fx.event(self.now, event, **data)
+        """A history event at `now` (fields that are None are left out)."""
+        entry = {"at": self.now, "event": event}
+        entry.update((k, v) for k, v in data.items() if v is not None)
+        self.fx.history.append(entry)
 
     def task_event(self, event: str, task: TaskRecord, **data: Any) -> None:
         """A history event about one task: its state, id, attempt and branch, then `data`."""
-        self.event(
-            event,
-            state=task["state"],
-            task_id=task["id"],
-            attempt=task["attempt"],
-            branch=task["branch"],
-            **data,
-        )
+        entry = {"at": self.now, "event": event, "state": task["state"], "task_id": task["id"]}
+        entry["attempt"] = task["attempt"]
+        if task["branch"] is not None:
+            entry["branch"] = task["branch"]
+        entry.update((k, v) for k, v in data.items() if v is not None)
+        self.fx.history.append(entry)
 
     # -- moving between states -------------------------------------------------------------
 
