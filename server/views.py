@@ -77,8 +77,9 @@ def _tasks_view(
     views: list[dict[str, Any]] = []
     tasks = doc.get("tasks") or {}
     for task_id, task in tasks.items():
-        lease = leases.get(task_id)
-        leased = lease is not None and TaskLease.decode(lease).state == "leased"
+        raw = leases.get(task_id)
+        lease = TaskLease.decode(raw) if raw is not None else None
+        leased = lease is not None and lease.state == "leased"
         view = {
             "id": task_id,
             "type": task["type"],
@@ -86,6 +87,9 @@ def _tasks_view(
             "attempt": task["attempt"],
             "status": "leased" if leased else "queued",
         }
+        if lease is not None and leased:
+            view["worker"] = lease.worker  # who holds it, since when
+            view["leased_at"] = iso(lease.leased_at)
         if task.get("branch") is not None:
             view["branch"] = task["branch"]
         views.append(view)

@@ -61,15 +61,20 @@ async def listen(orch: LoopHost) -> None:
 
 
 async def timer_loop(orch: LoopHost) -> None:
+    store_down = False
     while True:
         checkpoint()
         started = time.monotonic()
         pause = orch.settings.timer_interval_s
         try:
             await fire_timers(orch)
+            if store_down:  # workers could not heartbeat meanwhile: their silence restarts
+                orch.heard_since = now_ms()
+                store_down = False
         except StoreUnavailable as exc:
             checkpoint(exc)
             throttle.warning("timers", "timer loop: %s", exc)
+            store_down = True
             pause = 1.0  # the store is down: no point asking ten times a second
         elapsed = time.monotonic() - started
         await asyncio.sleep(max(0.0, pause - elapsed))
@@ -98,7 +103,7 @@ async def fire(orch: LoopHost, job_id: str) -> None:
         if subflow is not None and now_ms() >= subflow["check_at"]:
             found = await orch.store.read_job(subflow["child_id"])
             child = found.doc if found else None
-        fx = machine.on_timer(doc, leases, now_ms(), orch.rng, alive, child)
+        fx = machine.on_timer(doc, leases, now_ms(), orch.rng, alive, child, orch.heard_since)
         return fx if fx is not None else Effects(leases=leases)  # ended: put the timer back
 
     try:

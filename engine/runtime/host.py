@@ -58,6 +58,7 @@ class LoopHost(Protocol):
     webhook_sender: webhooks.Sender | None
     webhook_wake: asyncio.Event
     schedules: tuple[Schedule, ...]
+    heard_since: int  # when workers could reach the deployment again (start, store back)
 
     async def apply(self, job_id: str, rule: Rule) -> Outcome: ...
 

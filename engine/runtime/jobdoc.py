@@ -150,6 +150,9 @@ class JobDoc(TypedDict):
     seq: int  # task ids issued so far (the last task's id ends in `-<seq>`)
     hseq: int  # history entries written so far (the next one is number hseq)
     done_tasks: list[str]  # the last DONE_TASKS_KEPT retired task ids: tells duplicates apart
+    # Of those, the ones taken back unanswered (timed out, released, cancelled): a late
+    # result for one is answered `superseded`. Absent in documents written before it.
+    taken_back: NotRequired[list[str]]
     # The last progress event the worker holding a task sent: `at`, `state`, `task_id`, then
     # whatever fields the worker sent (`progress`, `message`, ...).
     progress: NotRequired[dict[str, Any]]

@@ -63,6 +63,8 @@ class Machine:
             cancelled = doc["status"] == JobStatus.CANCELLED
             return Ignored("job_cancelled" if cancelled else "job_finished")
         if task_id not in doc["tasks"]:
+            if task_id in doc.get("taken_back", ()):
+                return Ignored("superseded")
             return Ignored("duplicate" if task_id in doc["done_tasks"] else "stale_task")
         lease = leases.get(task_id)
         worker = str(result.get("worker_id", ""))
@@ -102,11 +104,14 @@ class Machine:
         rng: random.Random,
         alive: dict[str, dict[str, Any] | None],
         child: JobDoc | None,
+        heard_since: int = 0,
     ) -> Effects | None:
         """Handle whatever has fallen due; None when the job has ended.
 
         `alive` maps the workers holding this job's tasks to their last heartbeat (None when
-        gone); `child` is the subflow child's document when the job waits for one."""
+        gone); `child` is the subflow child's document when the job waits for one;
+        `heard_since` is when the deployment could hear workers again after an outage (a
+        worker's silence before it does not count)."""
         if doc["status"] in TERMINAL:
             return None
         step = self.step(doc, now, rng, leases)
@@ -117,7 +122,7 @@ class Machine:
             step.abort(JobStatus.FAILED, error)
             return step.fx
         tasks.fire_retries(step)
-        tasks.check_leases(step, alive)
+        tasks.check_leases(step, alive, heard_since)
         if not step.ended and doc["state"] is not None:
             state = step.state(doc["state"])
             step.rules(state).on_timer(step, state, child)
@@ -133,10 +138,10 @@ class Machine:
             return Ignored("unknown_decision")
         step = self.step(doc, now, rng)
         if waiting.timed_out(step):
-            # Too late: the timer has not run yet, but the timeout has already won.
-            waiting.decide(step, "timeout", by="timeout")
-        else:
-            waiting.decide(step, decision, by=by)
+            # Too late: the timeout has won though its timer has not run yet (it is due, and
+            # will). Answer exactly as once it has.
+            return Ignored("not_waiting_for_approval")
+        waiting.decide(step, decision, by=by)
         return step.fx
 
     def on_child_done(
@@ -186,7 +191,7 @@ class Machine:
         if lease is None or lease.state != "leased" or lease.worker != worker:
             return Ignored("worker_mismatch")
         step = self.step(doc, now, _SYSTEM_RNG, leases)
-        step.retire(task_id)
+        step.retire(task_id, answered=False)
         step.task_event("task_released", task, worker=worker)
         tasks.launch(step, step.state(task["state"]), task["branch"], task["attempt"])
         return step.fx

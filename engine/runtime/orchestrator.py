@@ -39,6 +39,7 @@ from engine.runtime.machine import Machine
 from engine.runtime.recent import RecentJobs
 from engine.runtime.registry import Registry
 from engine.runtime.schedules import Schedule
+from engine.runtime.waiting import pending_approval
 from engine.store.client import Commit, JobRecord, Store, StoreUnavailable
 
 log = logging.getLogger("interlock.orchestrator")
@@ -91,12 +92,16 @@ class Orchestrator:
         # Approval tokens and child job ids come from it: it must be unpredictable.
         self.rng: random.Random = random.SystemRandom()
         self.webhook_wake = asyncio.Event()
+        # Since when workers can reach us: a lease's silence before that does not count (no
+        # orchestrator, or no Redis, could take their heartbeats).
+        self.heard_since = now_ms()
         self._locks: dict[str, list[Any]] = {}  # job id -> [lock, users]
         self._followups: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.heard_since = now_ms()
         await self.registry.publish(self.store)
         loops = {
             "dispatcher": self.dispatcher.run(),
@@ -274,11 +279,12 @@ class Orchestrator:
         by = "link" if token is not None else f"client:{client}"
 
         async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
-            approval = record.doc["approval"]
+            now = now_ms()
+            approval = pending_approval(record.doc, now)  # one past its timeout is gone
             expected = str(approval["token"] if approval else "").encode()
             if token is not None and not hmac.compare_digest(expected, token.encode()):
                 return Ignored("invalid_token")
-            return machine.on_decision(record.doc, decision, now_ms(), self.rng, by=by)
+            return machine.on_decision(record.doc, decision, now, self.rng, by=by)
 
         return _doc_or_reason(await self.apply(job_id, rule))
 

@@ -218,11 +218,12 @@ class Step:
 
     # -- tasks -----------------------------------------------------------------------------
 
-    def retire(self, task_id: str) -> TaskRecord:
+    def retire(self, task_id: str, *, answered: bool = True) -> TaskRecord:
         """Remove an active task (answered, timed out, cancelled) and return its record.
 
         A queued task also leaves its queue; one queued by this very change is simply not
-        enqueued."""
+        enqueued. A task taken back unanswered is remembered as such, so that its late
+        result is told apart (`superseded`) from a repeated one (`duplicate`)."""
         doc, fx = self.doc, self.fx
         task = doc["tasks"].pop(task_id)
         pending = next((e for e in fx.enqueue if e.task_id == task_id), None)
@@ -234,6 +235,9 @@ class Step:
                 fx.dequeue.append((task["type"], member(doc["id"], task_id)))
             fx.dropped.append(task_id)
         doc["done_tasks"] = [*doc["done_tasks"][-(DONE_TASKS_KEPT - 1) :], task_id]
+        if not answered:
+            taken_back = doc.get("taken_back", [])
+            doc["taken_back"] = [*taken_back[-(DONE_TASKS_KEPT - 1) :], task_id]
         return task
 
     def cancel_tasks(self, reason: str, state: str | None = None) -> None:
@@ -243,7 +247,7 @@ class Step:
             if state is not None and task["state"] != state:
                 continue
             lease = self.fx.leases.get(task_id)
-            self.retire(task_id)
+            self.retire(task_id, answered=False)
             if lease is not None and lease.state == "leased":
                 self.fx.cancel_on_worker.append((lease.worker, task_id))
             self.task_event("task_cancelled", task, reason=reason)

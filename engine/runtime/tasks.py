@@ -212,11 +212,12 @@ def fire_retries(step: Step) -> None:
         launch(step, step.state(retry["state"]), retry["branch"], retry["attempt"])
 
 
-def check_leases(step: Step, alive: dict[str, dict[str, Any] | None]) -> None:
+def check_leases(step: Step, alive: dict[str, dict[str, Any] | None], heard_since: int) -> None:
     """Take back tasks that waited too long for a worker, or whose worker went quiet.
 
     `alive` maps the workers holding this job's tasks to their last heartbeat (None when
-    gone)."""
+    gone); `heard_since` is when the deployment could hear workers again (see
+    `lease_problem`)."""
     for task_id, task in list(step.doc["tasks"].items()):
         lease = step.fx.leases.get(task_id)
         if lease is None or step.ended or task_id not in step.doc["tasks"]:
@@ -224,7 +225,7 @@ def check_leases(step: Step, alive: dict[str, dict[str, Any] | None]) -> None:
         if lease.state == "queued":
             deadline = task["dispatch_deadline"]
             if deadline is not None and step.now >= deadline:
-                step.retire(task_id)
+                step.retire(task_id, answered=False)
                 step.task_event("task_timeout", task, timeout="dispatch")
                 failed(
                     step,
@@ -233,27 +234,37 @@ def check_leases(step: Step, alive: dict[str, dict[str, Any] | None]) -> None:
                     "no worker took the task within its dispatch timeout",
                 )
             continue
-        reason = lease_problem(task, lease, step.now, alive.get(lease.worker))
+        reason = lease_problem(task, lease, step.now, alive.get(lease.worker), heard_since)
         if reason is None:
             if step.now >= max(task["checked_at"] or 0, lease.leased_at) + task["lease_ms"]:
                 task["checked_at"] = step.now
             continue
-        step.retire(task_id)
+        step.retire(task_id, answered=False)
         step.fx.cancel_on_worker.append((lease.worker, task_id))
         step.task_event("task_timeout", task, worker=lease.worker, timeout=reason)
         failed(step, task, TIMEOUT, TIMEOUT_TEXT[reason])
 
 
 def lease_problem(
-    task: TaskRecord, lease: TaskLease, now: int, alive: dict[str, Any] | None
+    task: TaskRecord,
+    lease: TaskLease,
+    now: int,
+    alive: dict[str, Any] | None,
+    heard_since: int = 0,
 ) -> str | None:
-    """Why a leased task must be taken back (run, heartbeat, worker_lost), or None."""
+    """Why a leased task must be taken back (run, heartbeat, worker_lost), or None.
+
+    A worker's silence counts only from `heard_since`: while no orchestrator (or no Redis)
+    was up, its heartbeats had nowhere to go, and its heartbeat record may have expired.
+    It gets one heartbeat period after the deployment can hear it again; a task whose
+    result waits for the outage to end is not declared lost (the run timeout still holds).
+    """
     if now >= lease.leased_at + task["run_ms"]:
         return "run"
     if alive is None:
-        return "worker_lost"
+        return "worker_lost" if now - heard_since > task["heartbeat_ms"] else None
     beat = int(alive.get("at", 0))
-    if now - beat > task["heartbeat_ms"]:
+    if now - max(beat, heard_since) > task["heartbeat_ms"]:
         return "heartbeat"
     # A worker that heartbeats without listing the task lost it (e.g. the poll answer never
     # reached it); give it two lease periods to start reporting it.

@@ -15,6 +15,7 @@ from engine.runtime.jobdoc import (
     APPROVAL_TIMEOUT,
     SUBFLOW_DEPTH,
     TERMINAL,
+    ApprovalBook,
     ChildJob,
     JobDoc,
     JobStatus,
@@ -55,9 +56,16 @@ class ApprovalKind(Kind[ApprovalState]):
 
 def timed_out(step: Step) -> bool:
     """Whether the pending approval's timeout has passed (its timer may not have run yet)."""
-    approval = step.doc["approval"]
-    timeout_at = approval["timeout_at"] if approval is not None else None
-    return timeout_at is not None and step.now >= timeout_at
+    return step.doc["approval"] is not None and pending_approval(step.doc, step.now) is None
+
+
+def pending_approval(doc: JobDoc, now: int) -> ApprovalBook | None:
+    """The approval the job waits for, unless its timeout has passed (then the timeout has
+    won, whether or not its timer has run)."""
+    approval = doc["approval"]
+    if approval is None or (approval["timeout_at"] is not None and now >= approval["timeout_at"]):
+        return None
+    return approval
 
 
 def decide(step: Step, decision: str, by: str) -> None:

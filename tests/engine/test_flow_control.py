@@ -367,7 +367,7 @@ async def test_cancel_in_every_waiting_status(store_url: str, tmp_path: Path) ->
         assert await orch.next_task("w", ("square", "child_work"), 0.3) is None
 
 
-def test_a_decision_after_the_approval_timeout_takes_the_timeout() -> None:
+def test_a_decision_after_the_approval_timeout_is_refused_and_the_timeout_wins() -> None:
     import random as stdlib_random
 
     from engine.blueprint.loader import load_blueprint_text
@@ -382,6 +382,9 @@ def test_a_decision_after_the_approval_timeout_takes_the_timeout() -> None:
     timeout_at = doc["approval"]["timeout_at"]
     assert timeout_at is not None
     late = timeout_at + 1
-    machine.on_decision(doc, "approve", late, stdlib_random.Random(1), by="client:c")
+    refused = machine.on_decision(doc, "approve", late, stdlib_random.Random(1), by="client:c")
+    assert refused == Ignored("not_waiting_for_approval")  # as once the timer has run
+    assert doc["state"] == "review"  # the decision changed nothing
+    machine.on_timer(doc, {}, late, stdlib_random.Random(1), {}, None)
     assert doc["state"] == "late"
     assert doc["steps"]["review"]["decision"] == "timeout"
