@@ -75,16 +75,7 @@ class Machine:
         step = self.step(doc, now, rng, leases)
         task = step.retire(task_id)
         status = str(result.get("status") or "success")
-        step.fx.event(
-            lease.leased_at,
-            "task_picked_up",
-            state=task["state"],
-            task_id=task_id,
-            worker=worker,
-            attempt=task["attempt"],
-            branch=task["branch"],
-            waited_ms=max(0, lease.leased_at - task["queued_at"]),
-        )
+        step.fx.history.append(tasks.picked_up(task, lease))
         step.task_event(
             "task_result",
             task,

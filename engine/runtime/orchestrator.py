@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from engine.blueprint.model import Blueprint
 from engine.jsonutil import dumps
-from engine.runtime import background, webhooks
+from engine.runtime import background, tasks, webhooks
 from engine.runtime.background import leases_of, now_ms
 from engine.runtime.dispatcher import Dispatcher, Waiter
 from engine.runtime.host import Applied, Outcome, Rule
@@ -224,9 +224,21 @@ class Orchestrator:
         return record
 
     async def history(self, job_id: str, client: str | None) -> list[dict[str, Any]] | None:
-        if await self.get_job(job_id, client) is None:
+        """The job's events in time order, with the pick-up of each task a worker holds now
+        (written for good when the attempt ends)."""
+        record = await self.read(job_id, client)
+        if record is None:
             return None
-        return await self.store.history(job_id)
+        events = await self.store.history(job_id)
+        leases = leases_of(record)
+        running = [
+            tasks.picked_up(task, lease)
+            for task_id, task in record.doc["tasks"].items()
+            if (lease := leases.get(task_id)) is not None and lease.state == "leased"
+        ]
+        if not running:
+            return events
+        return sorted([*events, *running], key=lambda event: int(event.get("at", 0)))
 
     async def list_jobs(
         self,

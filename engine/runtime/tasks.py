@@ -240,9 +240,22 @@ def check_leases(step: Step, alive: dict[str, dict[str, Any] | None], heard_sinc
                 task["checked_at"] = step.now
             continue
         step.retire(task_id, answered=False)
+        step.fx.history.append(picked_up(task, lease))  # the lost attempt did start
         step.fx.cancel_on_worker.append((lease.worker, task_id))
         step.task_event("task_timeout", task, worker=lease.worker, timeout=reason)
         failed(step, task, TIMEOUT, TIMEOUT_TEXT[reason])
+
+
+def picked_up(task: TaskRecord, lease: TaskLease) -> dict[str, Any]:
+    """The history event of a task's lease, stamped with the lease's time. It is written
+    with the attempt's end (result or timeout); while the task runs, history shows it from
+    the lease (`Orchestrator.history`)."""
+    event = {"at": lease.leased_at, "event": "task_picked_up", "state": task["state"]}
+    event.update(task_id=task["id"], worker=lease.worker, attempt=task["attempt"])
+    if task["branch"] is not None:
+        event["branch"] = task["branch"]
+    event["waited_ms"] = max(0, lease.leased_at - task["queued_at"])
+    return event
 
 
 def lease_problem(

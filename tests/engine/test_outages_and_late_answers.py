@@ -153,3 +153,29 @@ def test_the_job_view_shows_the_worker_holding_a_task() -> None:
     assert task["worker"] == "w"
     assert task["leased_at"] == "1970-01-01T00:00:00.010Z"
     assert view["status"] == "running"
+
+
+async def test_history_shows_who_picked_up_a_running_task(store_url: str, tmp_path: Path) -> None:
+    async with orchestrator(store_url, tmp_path, LINEAR) as orch:
+        job_id = await submit(orch, 3)
+        (task,) = await orch.next_tasks("w7", ("echo",), 5, 1)
+        events = await orch.history(job_id, "c")
+        assert events is not None
+        picked = [e for e in events if e["event"] == "task_picked_up"]
+        assert [(e["task_id"], e["worker"], e["attempt"]) for e in picked] == [
+            (task["task_id"], "w7", 1)
+        ]
+        await orch.submit_result("w7", {"job_id": job_id, "task_id": task["task_id"]})
+        ended = await orch.history(job_id, "c")
+        assert ended is not None
+        assert [e["event"] for e in ended].count("task_picked_up") == 1  # written once now
+
+
+def test_a_lost_attempt_keeps_its_pick_up_in_history() -> None:
+    machine, doc, leases, task_id = _leased_job()
+    fx = machine.on_timer(doc, leases, 10 + 2 * HEARTBEAT_MS, random.Random(1), {"w": None}, None)
+    assert fx is not None
+    names = [(e["event"], e.get("task_id")) for e in fx.history]
+    assert names[:2] == [("task_picked_up", task_id), ("task_timeout", task_id)]
+    assert fx.history[0]["worker"] == "w"
+    assert fx.history[0]["at"] == 10
