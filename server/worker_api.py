@@ -152,7 +152,7 @@ async def _skills(request: web.Request, worker_id: str) -> tuple[str, ...]:
     cache = request.config_dict[SKILLS]
     cached = cache.get(worker_id)
     if cached is None:
-        registration = await orchestrator(request).store.worker_registration(worker_id)
+        registration = await orchestrator(request).worker_registration(worker_id)
         raw = registration.get("skills", []) if registration else []
         cached = tuple(s for s in raw if isinstance(s, str))
         cache.put(worker_id, cached)

@@ -577,3 +577,27 @@ class Orchestrator:
         self.recent.clear()
         for job_id in list(self._done_waiters):
             self.job_done(job_id)
+
+    # -- what the server asks about (so that it never reaches into the store or registry) --------
+
+    def blueprint(self, name: str) -> Blueprint | None:
+        """The loaded blueprint called `name` (the version new jobs get)."""
+        return self.registry.current(name)
+
+    def blueprint_for_endpoint(self, endpoint: str) -> Blueprint | None:
+        """The loaded blueprint whose api_endpoint is `endpoint`."""
+        return self.registry.by_endpoint.get(endpoint)
+
+    def blueprints(self) -> list[Blueprint]:
+        """Every loaded blueprint, by name."""
+        return [self.registry.by_name[name] for name in sorted(self.registry.by_name)]
+
+    async def pinned_blueprint(self, doc: dict[str, Any]) -> Blueprint:
+        """The blueprint version a job runs (it may no longer be the loaded one)."""
+        return (await self.registry.machine(doc["hash"], self.store)).bp
+
+    async def worker_registration(self, worker_id: str) -> dict[str, Any] | None:
+        return await self.store.worker_registration(worker_id)
+
+    async def store_reachable(self) -> bool:
+        return await self.store.ping()
