@@ -217,10 +217,3 @@ class Blueprint:
     @property
     def source_file(self) -> str:
         return self.source.file
-
-    @property
-    def subflows(self) -> frozenset[str]:
-        return frozenset(s.blueprint for s in self.states.values() if isinstance(s, SubflowState))
-
-    def state(self, name: str) -> State:
-        return self.states[name]
