@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.clock import now_ms
 from server.auth import WORKER_ID_HEADER, WORKER_TOKEN_HEADER
 from server.errors import BadRequest, Handler, NotFound, json_response
 from server.params import (
@@ -117,7 +118,7 @@ async def register(request: web.Request) -> web.Response:
         "worker_id": worker_id,
         "worker_type": optional_str(body, "worker_type") or "",
         "skills": list(skills),
-        "registered_at": int(time.time() * 1000),
+        "registered_at": now_ms(),
     }
     for key in ("capabilities", "resources"):
         if isinstance(body.get(key), dict):

@@ -52,3 +52,16 @@ def test_the_server_talks_to_the_engine_through_the_orchestrator() -> None:
         if isinstance(node, ast.Attribute) and node.attr in ("store", "registry")
     ]
     assert found == []
+
+
+def test_one_clock_for_milliseconds() -> None:
+    """Engine and server read the millisecond clock through engine.clock.now_ms only."""
+    copies = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for package in ("engine", "server", "interlock_cli")
+        for path in modules(package)
+        if path != ROOT / "engine" / "clock.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "time.time() * 1000" in line or "def now_ms" in line
+    ]
+    assert copies == []

@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from engine.clock import now_ms
 from engine.runtime import webhooks
 from engine.runtime.aio import Throttle, checkpoint
 from engine.runtime.jobdoc import Effects, Leases, TaskLease
@@ -26,10 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("interlock.orchestrator")
 throttle = Throttle(log)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def leases_of(record: JobRecord) -> Leases:

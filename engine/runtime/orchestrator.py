@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from engine.blueprint.model import Blueprint
+from engine.clock import now_ms
 from engine.jsonutil import dumps
 from engine.runtime import background, webhooks
-from engine.runtime.background import leases_of, now_ms
+from engine.runtime.background import leases_of
 from engine.runtime.dispatcher import Dispatcher, Waiter
 from engine.runtime.jobdoc import (
     TERMINAL,
