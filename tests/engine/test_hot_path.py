@@ -48,6 +48,16 @@ async def submit(orch: Orchestrator, n: int) -> str:
     return await orch.submit(blueprint, {"n": n}, client="c")
 
 
+async def poll_waiting(orch: Orchestrator, task_type: str) -> None:
+    """Until a poll for `task_type` waits and the dispatcher has offered it the queued tasks:
+    from then on a new task of that type is handed to it in the commit that creates it."""
+    for _ in range(10_000):  # a deadline of at least 10 s
+        if any(not w.queue_first for w in orch.dispatcher.waiters.get(task_type, ())):
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"no poll for {task_type} is waiting")
+
+
 async def answer_all(orch: Orchestrator, worker: str, tasks: list[dict[str, Any]]) -> None:
     replies = await asyncio.gather(
         *(
@@ -103,8 +113,13 @@ async def test_a_task_for_an_open_poll_is_leased_in_its_creating_commit(
     redis_url: str, tmp_path: Path
 ) -> None:
     async with orchestrator(redis_url, tmp_path, LINEAR) as orch:
+        # The timer loop's scripts (one per partition, every 20 ms) would count as ours on a
+        # slow machine; this test needs no timer.
+        [timers] = [t for t in orch._tasks if t.get_name() == "interlock-timers"]
+        timers.cancel()
+        await asyncio.gather(timers, return_exceptions=True)
         poll = asyncio.create_task(orch.next_tasks("w1", ("echo",), 5, 10))
-        await asyncio.sleep(0.05)  # the poll is waiting
+        await poll_waiting(orch, "echo")
         before = await command_calls(redis_url)
         job_id = await submit(orch, 7)
         tasks = await poll
@@ -153,7 +168,10 @@ async def test_a_wait_on_a_job_that_ends_here_reads_nothing(redis_url: str, tmp_
         tasks = await orch.next_tasks("w1", ("echo",), 5, 1)
         before = await command_calls(redis_url)
         waiting = asyncio.create_task(orch.read(job_id, "c", 5))
-        await asyncio.sleep(0.05)
+        for _ in range(1000):  # until the read waits for the job to end
+            if job_id in orch._done_waiters:
+                break
+            await asyncio.sleep(0.001)
         await answer_all(orch, "w1", tasks)
         record = await waiting
         used = spent(before, await command_calls(redis_url))
@@ -239,7 +257,7 @@ async def test_no_per_job_state_outlives_the_jobs(store_url: str, tmp_path: Path
             job_id = await orch.submit(noop, {"n": n}, client="c")
             assert (await finished(orch, job_id))["status"] == "finished"
         poll = asyncio.create_task(orch.next_tasks("w1", ("echo",), 5, 50))
-        await asyncio.sleep(0.02)
+        await poll_waiting(orch, "echo")
         job_ids = await asyncio.gather(*(submit(orch, n) for n in range(30)))
         tasks = await poll
         while len(tasks) < 30:
@@ -314,7 +332,7 @@ async def test_a_task_handed_to_a_poll_that_went_is_put_back_at_once(
 ) -> None:
     async with orchestrator(store_url, tmp_path, LINEAR) as orch:
         poll = asyncio.create_task(orch.next_tasks("w1", ("echo",), 5, 1))
-        await asyncio.sleep(0.02)
+        await poll_waiting(orch, "echo")
         (waiter,) = orch.dispatcher.waiters["echo"]
         creating = asyncio.create_task(submit(orch, 4))
         for _ in range(50):  # a few turns of the loop: the new task is leased to that poll
