@@ -82,6 +82,16 @@ def test_a_linear_flow_runs_each_task_in_turn_and_ends_with_its_output() -> None
     assert job.leases == {}
 
 
+def test_a_task_without_a_dispatch_timeout_waits_for_a_worker_however_long() -> None:
+    job = RulesDriver(bp(LINEAR), {"n": 1})
+    assert job.next_due() is None  # no timer at all
+    assert job.fire_due(job.now + 365 * 86_400 * SECOND) == 0
+    assert job.status == "queued"
+    job.result(job.lease("late-worker"), data={"n": 1})
+    job.result(job.lease("late-worker"), data={"n": 1})
+    assert job.status == "finished"
+
+
 @pytest.mark.parametrize(
     ("result", "worker", "reason"),
     [
