@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.blueprint.loader import load_blueprint, load_blueprint_text
 from engine.blueprint.model import Blueprint
@@ -110,6 +112,28 @@ def test_results_from_the_wrong_worker_or_twice_are_ignored(
     else:
         outcome = job.result(task, worker=worker, **result)
     assert outcome == Ignored(reason)
+
+
+def test_progress_is_kept_on_the_job_only_from_the_worker_holding_the_task() -> None:
+    job = RulesDriver(bp(LINEAR), {"n": 1})
+    task = job.lease("w1")
+    job.progress(task, {"progress": 0.5, "message": "half"})
+    assert job.doc["progress"]["progress"] == 0.5
+    assert job.progress(task, {"progress": 0.9}, worker="w2") == Ignored("worker_mismatch")
+    assert job.doc["progress"]["progress"] == 0.5
+    assert job.events("task_progress")[0]["message"] == "half"
+
+
+def test_a_task_the_worker_never_received_is_queued_again_as_the_same_attempt() -> None:
+    job = RulesDriver(bp(LINEAR), {"n": 1})
+    first = job.lease("w1")
+    job.release(first)
+    [again] = job.queued()
+    assert again["task_id"] != first["task_id"]
+    assert again["metadata"]["attempt"] == 1
+    assert job.result(first, data={}, worker="w1") == Ignored("duplicate")
+    job.result(job.lease("w2"), data={"n": 1})
+    assert job.doc["state"] == "second"
 
 
 @pytest.mark.parametrize(
@@ -735,3 +759,94 @@ def test_an_expression_error_in_a_later_state_cancels_the_running_tasks() -> Non
     job = RulesDriver(bp(LINEAR.replace("${ steps.first.n }", "${ abs(steps.first.n) }")), {"n": 1})
     job.result(job.lease("w"), data={"n": "not a number"})
     assert (job.status, job.doc["error"]["state"]) == ("failed", "second")
+
+
+# -- any interleaving --------------------------------------------------------------------------
+
+INTERLEAVED = """
+blueprint: interleaved
+start: fan
+states:
+  fan:
+    parallel:
+      for_each: initial_data.items
+      task: square
+      params: {x: "${ item }"}
+      retry: {max_attempts: 3, backoff: fixed, initial: 1s, jitter: 0.5}
+      timeouts: {run: 30s, heartbeat: 5s}
+      max_concurrency: 2
+      on_branch_failure: collect
+    on: {success: done}
+  done: {end: finished, output: "${ steps.fan }"}
+"""
+ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["lease", "ok", "fail", "tick", "beat", "lose", "late", "cancel"]),
+        st.integers(0, 20_000),
+    ),
+    max_size=60,
+)
+
+
+def _act(job: RulesDriver, action: str, n: int) -> None:
+    leased = sorted(t for t, lease in job.leases.items() if lease.state == "leased")
+    worker = f"w{n % 3}"
+    if action == "lease" and job.queued():
+        job.lease(worker, task_id=job.queued()[n % len(job.queued())]["task_id"])
+    elif action in ("ok", "fail") and leased:
+        task = job.payloads[leased[n % len(leased)]]
+        if action == "ok":
+            job.result(task, data={"x": task["params"]["x"]})
+        else:
+            job.result(task, "failure", error={"code": "TRANSIENT_ERROR"})
+    elif action == "tick":
+        job.fire_due(job.now + n)
+    elif action == "beat":
+        job.heartbeat(worker, [t for t in leased if job.leases[t].worker == worker])
+    elif action == "lose":
+        job.lose(worker)
+    elif action == "late" and job.payloads:  # a result for any task ever sent, from anyone
+        job.result(sorted(job.payloads)[n % len(job.payloads)], data={}, worker=worker)
+    elif action == "cancel" and n % 10 == 0:
+        job.cancel()
+
+
+def _check(job: RulesDriver, items: list[int]) -> None:
+    assert set(job.leases) == set(job.doc["tasks"])  # every active task, and only those
+    assert {e.task_id for e in job.queue} <= {
+        t for t, lease in job.leases.items() if lease.state == "queued"
+    }
+    assert len(job.leases) <= 2  # max_concurrency
+    assert job.doc["hseq"] == len(job.history)
+    names = job.event_names()
+    assert names.count("parallel_joined") <= 1
+    assert sum(names.count(f"job_{s}") for s in ("finished", "failed", "cancelled")) <= 1
+    if job.ended:
+        assert (job.leases, job.next_due()) == ({}, None)
+    if job.status == "finished":
+        for item, got in zip(items, job.doc["result"], strict=True):
+            assert got == {"x": item} or got["error"]["code"] in ("TRANSIENT_ERROR", "TIMEOUT")
+
+
+@settings(max_examples=150, deadline=None)
+@given(items=st.lists(st.integers(0, 99), max_size=5), actions=ACTIONS)
+def test_any_interleaving_of_results_timeouts_and_lost_workers_keeps_the_job_sound(
+    items: list[int], actions: list[tuple[str, int]]
+) -> None:
+    """Whatever the order of leases, results, late results, heartbeats, lost workers and
+    time, the bookkeeping holds, the join runs once, and the job ends once the workers
+    answer: finished with each branch's result (or error) in branch order, or cancelled."""
+    job = RulesDriver(bp(INTERLEAVED), {"items": items})
+    for action, n in actions:
+        _act(job, action, n)
+        _check(job, items)
+    for _ in range(100):  # then healthy workers answer everything, and time passes
+        if job.ended:
+            break
+        while job.queued():
+            task = job.lease("healthy")
+            job.result(task, data={"x": task["params"]["x"]})
+            _check(job, items)
+        job.fire_due(job.now + 60 * SECOND)
+        _check(job, items)
+    assert job.status in ("finished", "cancelled")

@@ -215,6 +215,26 @@ class RulesDriver:
             self.machine.on_result(self.doc, dict(self.leases), body, self.now, self.rng)
         )
 
+    def progress(self, task: dict[str, Any], payload: Any, worker: str | None = None) -> Any:
+        """A progress report for `task`, by default from the worker holding it."""
+        lease = self.leases.get(str(task["task_id"]))
+        who = worker or (lease.worker if lease is not None else "nobody")
+        return self.apply(
+            self.machine.on_progress(
+                self.doc, dict(self.leases), who, str(task["task_id"]), payload, self.now
+            )
+        )
+
+    def release(self, task: dict[str, Any]) -> Effects | Ignored | None:
+        """The worker holding `task` never received it (its poll had gone): put it back."""
+        lease = self.leases.get(str(task["task_id"]))
+        who = lease.worker if lease is not None else "nobody"
+        return self.apply(
+            self.machine.on_release(
+                self.doc, dict(self.leases), who, str(task["task_id"]), self.now
+            )
+        )
+
     def next_due(self) -> int | None:
         return self.machine.next_due(self.doc, dict(self.leases))
 
