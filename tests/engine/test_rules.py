@@ -806,7 +806,8 @@ def _act(job: RulesDriver, action: str, n: int) -> None:
     elif action == "lose":
         job.lose(worker)
     elif action == "late" and job.payloads:  # a result for any task ever sent, from anyone
-        job.result(sorted(job.payloads)[n % len(job.payloads)], data={}, worker=worker)
+        task = job.payloads[sorted(job.payloads)[n % len(job.payloads)]]
+        job.result(task, data={"x": task["params"]["x"]}, worker=worker)
     elif action == "cancel" and n % 10 == 0:
         job.cancel()
 

@@ -112,6 +112,7 @@ class RulesDriver:
             if child_id in self.children:
                 self.children[child_id].cancel()
         if fx.notify_parent and self.notify is not None:
+            self.notify.now = max(self.notify.now, self.now)  # the parent hears it now
             self.notify.apply(
                 self.notify.machine.on_child_done(
                     self.notify.doc, self.doc, self.notify.now, self.notify.rng
