@@ -8,15 +8,16 @@ an unknown id and a malformed id all get the same 404, so ids cannot be probed.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from engine.blueprint.dot import to_dot
-from engine.blueprint.model import Blueprint, ParallelState, TaskSpec, TaskState
+from engine.blueprint.model import Blueprint
 from engine.durations import parse_duration
-from engine.runtime.jobdoc import TERMINAL, Ignored
+from engine.runtime.jobdoc import Ignored, JobStatus
 from engine.runtime.jobgraph import job_dot
 from engine.runtime.orchestrator import Orchestrator, parse_cursor
 from server.auth import CLIENT_HEADER
@@ -42,9 +43,7 @@ from server.views import blueprint_detail, blueprint_summary, event_view, iso, j
 
 PREFIX = "/api/v1"
 SUBMIT_FIELDS = ("initial_data", "webhook_url", "dispatch_timeout", "result_timeout")
-STATUSES = frozenset(
-    {"pending", "queued", "running", "retrying", "waiting", "waiting_for_human", *TERMINAL}
-)
+STATUSES = frozenset(JobStatus)
 MAX_WAIT_S = 60.0
 MAX_LIMIT = 200
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -87,7 +86,7 @@ async def _read_view(request: web.Request, job_id: str, wait_s: float = 0.0) -> 
 
 
 async def _retry_types(
-    orch: Orchestrator, doc: dict[str, Any]
+    orch: Orchestrator, doc: Mapping[str, Any]
 ) -> dict[tuple[str, int | None], str]:
     """The task type of each pending retry (a retry entry names only state and branch),
     from the blueprint version the job is pinned to."""
@@ -107,14 +106,7 @@ async def _retry_types(
 def task_type_of(blueprint: Blueprint, state_name: str, branch: int | None) -> str | None:
     """The task type a task state, or one branch of a parallel state, dispatches."""
     state = blueprint.states.get(state_name)
-    spec: TaskSpec | None = None
-    if isinstance(state, TaskState):
-        spec = state.spec
-    elif isinstance(state, ParallelState):
-        if state.item_spec is not None:
-            spec = state.item_spec
-        elif branch is not None and 0 <= branch < len(state.branches):
-            spec = state.branches[branch][1]
+    spec = state.task_spec(branch) if state is not None else None
     return spec.task_type if spec is not None else None
 
 

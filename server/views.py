@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.blueprint.model import Blueprint
-from engine.runtime.jobdoc import TERMINAL, TaskLease
+from engine.runtime.jobdoc import TERMINAL, JobStatus, TaskLease
 
 
 def iso(ms: int | None) -> str | None:
@@ -52,8 +52,9 @@ def job_view(
         if tasks:
             view["task"] = tasks[0]  # the task of a task state; the first branch of a parallel
             view["tasks"] = tasks
-        if status == "queued" and any(t["status"] == "leased" for t in tasks):
-            view["status"] = "running"  # a worker took it (leases change in Lua, not the doc)
+        if status == JobStatus.QUEUED and any(t["status"] == "leased" for t in tasks):
+            # A worker took it (leases change in Lua, not in the document).
+            view["status"] = JobStatus.RUNNING
         view.update(_waiting_view(doc, public_base))
     parent = doc.get("parent")
     if isinstance(parent, dict) and parent.get("job_id"):
@@ -63,7 +64,7 @@ def job_view(
         view["progress"] = {**progress, "at": iso(progress.get("at"))}
     if status in TERMINAL:
         view["result"] = doc.get("result")
-    if status in ("failed", "cancelled"):
+    if status in (JobStatus.FAILED, JobStatus.CANCELLED):
         view["error"] = _error_view(doc.get("error"), status)
     return view
 
@@ -134,7 +135,7 @@ def _waiting_view(doc: Mapping[str, Any], public_base: str | None) -> dict[str, 
 
 def _error_view(error: Any, status: str) -> dict[str, Any]:
     if not isinstance(error, dict):
-        if status == "cancelled":
+        if status == JobStatus.CANCELLED:
             return {"code": "CANCELLED", "message": "the job was cancelled"}
         return {"code": "FAILED", "message": "the job failed"}
     view = {"code": error.get("code"), "message": error.get("message", "")}

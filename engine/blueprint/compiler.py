@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -34,6 +36,7 @@ from engine.blueprint.model import (
     ChoiceState,
     EndState,
     ParallelState,
+    PerKind,
     RetryPolicy,
     SetState,
     State,
@@ -183,45 +186,58 @@ class _Compiler:
         self.found(retry_findings((*path, "retry"), raw.get("retry")))
 
     def _scan_state(self, name: str, raw: Any) -> None:
+        """Compile the expressions and templates of one state (whatever its other errors)."""
         kind = state_kind(raw)
         if kind is None:
             return
         assert isinstance(raw, dict)
-        path: Path = ("states", name)
-        if kind == "task":
-            self._scan_task_fields(path, raw)
-        elif kind == "choice":
-            rules = raw.get("choice")
-            for i, rule in enumerate(rules if isinstance(rules, list) else []):
-                if isinstance(rule, dict):
-                    self._expression((*path, "choice", i, "when"), rule.get("when"))
-        elif kind == "parallel":
-            spec = raw.get("parallel")
-            if isinstance(spec, dict):
-                self._expression((*path, "parallel", "for_each"), spec.get("for_each"))
-                self._scan_task_fields((*path, "parallel"), spec)
-                branches = spec.get("branches")
-                for branch, body in branches.items() if isinstance(branches, dict) else []:
-                    if isinstance(body, dict):
-                        self._scan_task_fields((*path, "parallel", "branches", branch), body)
-        elif kind == "set":
-            self._template((*path, "set"), raw.get("set"))
-        elif kind == "end":
-            for field in ("output", "error"):
-                if field in raw:
-                    self._template((*path, field), raw[field])
-            self.found(end_findings(path, raw))
-        elif kind == "subflow":
-            sub = raw.get("subflow")
-            if isinstance(sub, dict) and "input" in sub:
-                self._template((*path, "subflow", "input"), sub["input"])
-        elif kind == "approval":
-            approval = raw.get("approval")
-            if isinstance(approval, dict) and isinstance(approval.get("message"), str):
-                self._template((*path, "approval", "message"), approval["message"])
-            self.found(approval_findings(path, raw))
-        elif kind == "wait":
-            self._scan_wait(path, raw)
+        scanners: PerKind[Callable[[Path, dict[str, Any]], None]] = {
+            "task": self._scan_task_fields,
+            "choice": self._scan_choice,
+            "parallel": self._scan_parallel,
+            "wait": self._scan_wait,
+            "approval": self._scan_approval,
+            "subflow": self._scan_subflow,
+            "set": self._scan_set,
+            "end": self._scan_end,
+        }
+        scanners[kind](("states", name), raw)
+
+    def _scan_choice(self, path: Path, raw: dict[str, Any]) -> None:
+        rules = raw.get("choice")
+        for i, rule in enumerate(rules if isinstance(rules, list) else []):
+            if isinstance(rule, dict):
+                self._expression((*path, "choice", i, "when"), rule.get("when"))
+
+    def _scan_parallel(self, path: Path, raw: dict[str, Any]) -> None:
+        spec = raw.get("parallel")
+        if isinstance(spec, dict):
+            self._expression((*path, "parallel", "for_each"), spec.get("for_each"))
+            self._scan_task_fields((*path, "parallel"), spec)
+            branches = spec.get("branches")
+            for branch, body in branches.items() if isinstance(branches, dict) else []:
+                if isinstance(body, dict):
+                    self._scan_task_fields((*path, "parallel", "branches", branch), body)
+
+    def _scan_set(self, path: Path, raw: dict[str, Any]) -> None:
+        self._template((*path, "set"), raw.get("set"))
+
+    def _scan_end(self, path: Path, raw: dict[str, Any]) -> None:
+        for field in ("output", "error"):
+            if field in raw:
+                self._template((*path, field), raw[field])
+        self.found(end_findings(path, raw))
+
+    def _scan_subflow(self, path: Path, raw: dict[str, Any]) -> None:
+        sub = raw.get("subflow")
+        if isinstance(sub, dict) and "input" in sub:
+            self._template((*path, "subflow", "input"), sub["input"])
+
+    def _scan_approval(self, path: Path, raw: dict[str, Any]) -> None:
+        approval = raw.get("approval")
+        if isinstance(approval, dict) and isinstance(approval.get("message"), str):
+            self._template((*path, "approval", "message"), approval["message"])
+        self.found(approval_findings(path, raw))
 
     def _scan_wait(self, path: Path, raw: dict[str, Any]) -> None:
         wait = raw.get("wait")
@@ -302,69 +318,83 @@ class _Compiler:
     def _compile_state(
         self, name: str, raw: dict[str, Any], transitions: tuple[Transition, ...]
     ) -> State:
-        path: Path = ("states", name)
-        common: dict[str, Any] = {
-            "name": name,
-            "transitions": transitions,
-            "description": raw.get("description", ""),
+        common = _Common(
+            path=("states", name),
+            name=name,
+            transitions=transitions,
+            description=raw.get("description", ""),
+        )
+        builders: PerKind[Callable[[_Common, dict[str, Any]], State]] = {
+            "task": self._task_state,
+            "choice": self._choice_state,
+            "parallel": self._parallel_state,
+            "wait": self._wait_state,
+            "approval": self._approval_state,
+            "subflow": self._subflow_state,
+            "set": self._set_state,
+            "end": self._end_state,
         }
         kind = state_kind(raw)
-        if kind == "task":
-            return TaskState(kind="task", spec=self._task_spec(path, raw), **common)
-        if kind == "choice":
-            rules = tuple(
-                ChoiceRule(self.expressions[(*path, "choice", i, "when")], rule["goto"])
-                for i, rule in enumerate(raw["choice"])
-            )
-            return ChoiceState(kind="choice", rules=rules, otherwise=raw.get("otherwise"), **common)
-        if kind == "parallel":
-            spec = raw["parallel"]
-            ppath: Path = (*path, "parallel")
-            branches = tuple(
-                (branch, self._task_spec((*ppath, "branches", branch), body))
-                for branch, body in spec.get("branches", {}).items()
-            )
-            return ParallelState(
-                kind="parallel",
-                branches=branches,
-                for_each=self.expressions.get((*ppath, "for_each")),
-                item_spec=self._task_spec(ppath, spec) if "for_each" in spec else None,
-                max_concurrency=spec.get("max_concurrency"),
-                on_branch_failure=spec.get("on_branch_failure", "fail_fast"),
-                **common,
-            )
-        if kind == "wait":
-            wait = raw["wait"]
-            if isinstance(wait, dict):
-                return WaitState(
-                    kind="wait", until=self.templates[(*path, "wait", "until")], **common
-                )
-            return WaitState(kind="wait", seconds=parse_duration(wait), **common)
-        if kind == "approval":
-            approval = raw.get("approval", {})
-            timeout = approval.get("timeout")
-            return ApprovalState(
-                kind="approval",
-                message=self.templates.get((*path, "approval", "message")),
-                timeout=parse_duration(timeout) if timeout is not None else None,
-                **common,
-            )
-        if kind == "subflow":
-            return SubflowState(
-                kind="subflow",
-                blueprint=raw["subflow"]["blueprint"],
-                input=self.templates.get((*path, "subflow", "input")),
-                **common,
-            )
-        if kind == "set":
-            return SetState(kind="set", values=self.templates[(*path, "set")], **common)
-        assert kind == "end"
+        assert kind is not None, "only sound states are compiled"
+        return builders[kind](common, raw)
+
+    def _task_state(self, c: _Common, raw: dict[str, Any]) -> State:
+        return TaskState(spec=self._task_spec(c.path, raw), **c.fields())
+
+    def _choice_state(self, c: _Common, raw: dict[str, Any]) -> State:
+        rules = tuple(
+            ChoiceRule(self.expressions[(*c.path, "choice", i, "when")], rule["goto"])
+            for i, rule in enumerate(raw["choice"])
+        )
+        return ChoiceState(rules=rules, otherwise=raw.get("otherwise"), **c.fields())
+
+    def _parallel_state(self, c: _Common, raw: dict[str, Any]) -> State:
+        spec = raw["parallel"]
+        ppath: Path = (*c.path, "parallel")
+        branches = tuple(
+            (branch, self._task_spec((*ppath, "branches", branch), body))
+            for branch, body in spec.get("branches", {}).items()
+        )
+        return ParallelState(
+            branches=branches,
+            for_each=self.expressions.get((*ppath, "for_each")),
+            item_spec=self._task_spec(ppath, spec) if "for_each" in spec else None,
+            max_concurrency=spec.get("max_concurrency"),
+            on_branch_failure=spec.get("on_branch_failure", "fail_fast"),
+            **c.fields(),
+        )
+
+    def _wait_state(self, c: _Common, raw: dict[str, Any]) -> State:
+        wait = raw["wait"]
+        if isinstance(wait, dict):
+            return WaitState(until=self.templates[(*c.path, "wait", "until")], **c.fields())
+        return WaitState(seconds=parse_duration(wait), **c.fields())
+
+    def _approval_state(self, c: _Common, raw: dict[str, Any]) -> State:
+        approval = raw.get("approval", {})
+        timeout = approval.get("timeout")
+        return ApprovalState(
+            message=self.templates.get((*c.path, "approval", "message")),
+            timeout=parse_duration(timeout) if timeout is not None else None,
+            **c.fields(),
+        )
+
+    def _subflow_state(self, c: _Common, raw: dict[str, Any]) -> State:
+        return SubflowState(
+            blueprint=raw["subflow"]["blueprint"],
+            input=self.templates.get((*c.path, "subflow", "input")),
+            **c.fields(),
+        )
+
+    def _set_state(self, c: _Common, raw: dict[str, Any]) -> State:
+        return SetState(values=self.templates[(*c.path, "set")], **c.fields())
+
+    def _end_state(self, c: _Common, raw: dict[str, Any]) -> State:
         return EndState(
-            kind="end",
             outcome=raw["end"],
-            output=self.templates.get((*path, "output")),
-            error=self.templates.get((*path, "error")),
-            **common,
+            output=self.templates.get((*c.path, "output")),
+            error=self.templates.get((*c.path, "error")),
+            **c.fields(),
         )
 
     def _choice_warnings(self, states: dict[str, Any]) -> None:
@@ -384,6 +414,19 @@ class _Compiler:
                 "add `otherwise` to choose a state",
                 key=True,
             )
+
+
+@dataclass(frozen=True, slots=True)
+class _Common:
+    """What every compiled state has, whatever its kind."""
+
+    path: Path
+    name: str
+    transitions: tuple[Transition, ...]
+    description: str
+
+    def fields(self) -> dict[str, Any]:
+        return {"name": self.name, "transitions": self.transitions, "description": self.description}
 
 
 def _always_true(expression: Expression) -> bool:

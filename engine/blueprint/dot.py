@@ -11,12 +11,12 @@ from typing import Any
 
 import pydot
 
-from engine.blueprint.model import Blueprint, EndState, State
+from engine.blueprint.model import Blueprint, EndState, PerKind, State
 
 START_NODE = "__start__"
 
 _FONT = "Helvetica"
-_KIND_STYLE: dict[str, dict[str, str]] = {
+_KIND_STYLE: PerKind[dict[str, str]] = {
     "task": {"shape": "box", "style": "rounded,filled", "fillcolor": "#e8f0fe"},
     "choice": {"shape": "diamond", "style": "filled", "fillcolor": "#fff4d6"},
     "parallel": {"shape": "box3d", "style": "filled", "fillcolor": "#e6f4f1"},
@@ -29,6 +29,7 @@ _KIND_STYLE: dict[str, dict[str, str]] = {
         "peripheries": "2",
     },
     "set": {"shape": "note", "style": "filled", "fillcolor": "#fafafa"},
+    "end": {"shape": "box", "style": "rounded,filled,bold"},  # coloured by outcome below
 }
 _END_STYLE = {
     "finished": {
@@ -54,10 +55,9 @@ def quote(text: str) -> str:
 
 
 def _node_attrs(state: State, start: str) -> dict[str, Any]:
+    attrs: dict[str, Any] = dict(_KIND_STYLE[state.kind])
     if isinstance(state, EndState):
-        attrs: dict[str, Any] = dict(_END_STYLE[state.outcome])
-    else:
-        attrs = dict(_KIND_STYLE[state.kind])
+        attrs.update(_END_STYLE[state.outcome])
     attrs["label"] = quote(f"{state.name}\n{state.summary}")
     if state.name == start:
         attrs["penwidth"] = "2"

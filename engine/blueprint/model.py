@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Generic, Literal, TypedDict, TypeVar
 
 import networkx as nx
 from jsonschema.protocols import Validator
@@ -29,6 +29,24 @@ STATE_KINDS: tuple[StateKind, ...] = (
     "set",
     "end",
 )
+
+T = TypeVar("T")
+
+
+class PerKind(TypedDict, Generic[T]):
+    """One entry for every state kind. Every table keyed by kind (compiler, DOT, runtime
+    rules) has this type, so mypy rejects a table that forgets a kind; `tests/test_kinds.py`
+    checks that it lists exactly `STATE_KINDS`."""
+
+    task: T
+    choice: T
+    parallel: T
+    wait: T
+    approval: T
+    subflow: T
+    set: T
+    end: T
+
 
 #: Error codes a retry policy never retries, whatever it lists.
 NEVER_RETRIED = frozenset({"PERMANENT_ERROR", "INVALID_INPUT_ERROR"})
@@ -87,10 +105,10 @@ class Transition:
     label: str
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
 class State:
+    kind: ClassVar[StateKind]
     name: str
-    kind: StateKind
     transitions: tuple[Transition, ...]
     description: str = ""
 
@@ -105,15 +123,23 @@ class State:
         """One short line for graph labels and listings."""
         return self.kind
 
+    def task_spec(self, branch: int | None) -> TaskSpec | None:
+        """The work a task of this state (or of one of its branches) does; None for kinds
+        that dispatch no task, or a branch that does not exist."""
+        return None
 
-@dataclass(frozen=True, slots=True, eq=False)
+
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
 class TaskState(State):
-    spec: TaskSpec | None = None
+    kind: ClassVar[StateKind] = "task"
+    spec: TaskSpec
 
     @property
     def summary(self) -> str:
-        assert self.spec is not None
         return f"task: {self.spec.task_type}"
+
+    def task_spec(self, branch: int | None) -> TaskSpec | None:
+        return self.spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,14 +148,16 @@ class ChoiceRule:
     goto: str
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
 class ChoiceState(State):
+    kind: ClassVar[StateKind] = "choice"
     rules: tuple[ChoiceRule, ...] = ()
     otherwise: str | None = None
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
 class ParallelState(State):
+    kind: ClassVar[StateKind] = "parallel"
     branches: tuple[tuple[str, TaskSpec], ...] = ()
     for_each: Expression | None = None
     item_spec: TaskSpec | None = None
@@ -143,9 +171,17 @@ class ParallelState(State):
         names = ", ".join(f"{name}: {spec.task_type}" for name, spec in self.branches)
         return f"parallel: {names}"
 
+    def task_spec(self, branch: int | None) -> TaskSpec | None:
+        if self.item_spec is not None:
+            return self.item_spec
+        if branch is not None and 0 <= branch < len(self.branches):
+            return self.branches[branch][1]
+        return None
 
-@dataclass(frozen=True, slots=True, eq=False)
+
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
 class WaitState(State):
+    kind: ClassVar[StateKind] = "wait"
     seconds: float | None = None
     until: Template | None = None
 
@@ -156,8 +192,9 @@ class WaitState(State):
         return "wait: until a time"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
 class ApprovalState(State):
+    kind: ClassVar[StateKind] = "approval"
     message: Template | None = None
     timeout: float | None = None
 
@@ -170,8 +207,9 @@ class ApprovalState(State):
         return tuple(t.trigger for t in self.transitions if t.trigger != "timeout")
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
 class SubflowState(State):
+    kind: ClassVar[StateKind] = "subflow"
     blueprint: str = ""
     input: Template | None = None
 
@@ -180,13 +218,15 @@ class SubflowState(State):
         return f"subflow: {self.blueprint}"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
 class SetState(State):
-    values: Template | None = None
+    kind: ClassVar[StateKind] = "set"
+    values: Template
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
 class EndState(State):
+    kind: ClassVar[StateKind] = "end"
     outcome: Literal["finished", "failed"] = "finished"
     output: Template | None = None
     error: Template | None = None

@@ -11,19 +11,16 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from engine.clock import now_ms
 from engine.runtime import webhooks
 from engine.runtime.aio import Throttle, checkpoint
-from engine.runtime.jobdoc import Effects, Leases, TaskLease
+from engine.runtime.host import LoopHost
+from engine.runtime.jobdoc import Effects, Ignored, Leases, TaskLease
 from engine.runtime.machine import Machine
 from engine.runtime.registry import UnknownBlueprintVersion
 from engine.runtime.schedules import CATCH_UP
 from engine.store.client import JobRecord, StoreUnavailable
-
-if TYPE_CHECKING:
-    from engine.runtime.orchestrator import Orchestrator
 
 log = logging.getLogger("interlock.orchestrator")
 throttle = Throttle(log)
@@ -33,7 +30,7 @@ def leases_of(record: JobRecord) -> Leases:
     return {task_id: TaskLease.decode(raw) for task_id, raw in record.leases.items()}
 
 
-async def listen(orch: Orchestrator) -> None:
+async def listen(orch: LoopHost) -> None:
     ready, done = orch.store.keys.ready_channel, orch.store.keys.done_channel
     while True:
         checkpoint()
@@ -60,7 +57,7 @@ async def listen(orch: Orchestrator) -> None:
         orch.dispatcher.wake.set()
 
 
-async def timer_loop(orch: Orchestrator) -> None:
+async def timer_loop(orch: LoopHost) -> None:
     while True:
         checkpoint()
         started = time.monotonic()
@@ -75,7 +72,7 @@ async def timer_loop(orch: Orchestrator) -> None:
         await asyncio.sleep(max(0.0, pause - elapsed))
 
 
-async def fire_timers(orch: Orchestrator) -> None:
+async def fire_timers(orch: LoopHost) -> None:
     now = now_ms()
     for partition in range(orch.store.keys.partitions):
         due = await orch.store.claim_timers(
@@ -85,23 +82,24 @@ async def fire_timers(orch: Orchestrator) -> None:
             await asyncio.gather(*(fire(orch, job_id) for job_id in due))
 
 
-async def fire(orch: Orchestrator, job_id: str) -> None:
-    async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, bool]:
+async def fire(orch: LoopHost, job_id: str) -> None:
+    """Apply whatever of the job has fallen due (and put its timer back)."""
+
+    async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
         doc = record.doc
         leases = leases_of(record)
         holders = {lease.worker for lease in leases.values() if lease.state == "leased"}
         alive = {worker: await orch.store.worker_alive(worker) for worker in holders}
         child = None
-        if doc.get("subflow") and now_ms() >= doc["subflow"]["check_at"]:
-            found = await orch.store.read_job(doc["subflow"]["child_id"])
+        subflow = doc["subflow"]
+        if subflow is not None and now_ms() >= subflow["check_at"]:
+            found = await orch.store.read_job(subflow["child_id"])
             child = found.doc if found else None
         fx = machine.on_timer(doc, leases, now_ms(), orch.rng, alive, child)
-        if fx is None:
-            fx = Effects(leases=leases)  # nothing due: just put the timer back
-        return await orch.commit(machine, record, doc, fx), True
+        return fx if fx is not None else Effects(leases=leases)  # ended: put the timer back
 
     try:
-        if await orch.retrying(job_id, attempt) is None and not await orch.store.exists(job_id):
+        if await orch.apply(job_id, rule) is None and not await orch.store.exists(job_id):
             await orch.store.drop_timer(job_id)
     except UnknownBlueprintVersion as exc:
         log.error("job %s uses blueprint %s, which no orchestrator knows", job_id, exc)
@@ -110,7 +108,7 @@ async def fire(orch: Orchestrator, job_id: str) -> None:
         log.warning("timer for job %s: %s", job_id, exc)
 
 
-async def webhook_loop(orch: Orchestrator) -> None:
+async def webhook_loop(orch: LoopHost) -> None:
     while True:
         checkpoint()
         try:
@@ -129,7 +127,7 @@ async def webhook_loop(orch: Orchestrator) -> None:
         orch.webhook_wake.clear()
 
 
-async def deliver(orch: Orchestrator, job_id: str) -> None:
+async def deliver(orch: LoopHost, job_id: str) -> None:
     assert orch.webhook_sender is not None
     record = await orch.store.read_job(job_id)
     url = record.doc.get("webhook_url") if record else None
@@ -161,7 +159,7 @@ async def deliver(orch: Orchestrator, job_id: str) -> None:
         log.warning("webhook for job %s to %s failed (%s); retrying", job_id, url, problem)
 
 
-async def schedule_loop(orch: Orchestrator) -> None:
+async def schedule_loop(orch: LoopHost) -> None:
     """Start the job of every schedule tick (see engine/runtime/schedules.py)."""
     last = datetime.now(UTC) - CATCH_UP
     first = True
@@ -174,7 +172,7 @@ async def schedule_loop(orch: Orchestrator) -> None:
 
 
 async def start_scheduled(
-    orch: Orchestrator, after: datetime, until: datetime, *, latest_only: bool = False
+    orch: LoopHost, after: datetime, until: datetime, *, latest_only: bool = False
 ) -> list[str]:
     """Create the job of every tick t with after < t <= until (with `latest_only`, of the
     latest tick only: a restarted loop catches up on one missed tick, not on every one).

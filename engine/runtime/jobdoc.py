@@ -1,18 +1,36 @@
 """The job document and the values the transition rules exchange with the orchestrator.
 
-A job is a JSON document (`new_job`) plus, in Redis, one lease entry per active task
-(`TaskLease`), kept apart so that Lua can lease a task without parsing the document.
+A job is a JSON document (`JobDoc`, made by `new_job`) plus, in Redis, one lease entry per
+active task (`TaskLease`), kept apart so that Lua can lease a task without parsing the
+document. The document's parts are TypedDicts: they cost nothing at run time (the document
+is the dict that JSON decoding gives) and let mypy check every field the rules touch.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, NotRequired, TypedDict
 
 from engine.blueprint.model import Blueprint
 
-TERMINAL = frozenset({"finished", "failed", "cancelled"})
+
+class JobStatus(StrEnum):
+    """Where a job stands, as clients see it (`GET /api/v1/jobs/{id}` `status`)."""
+
+    PENDING = "pending"  # created, its first state not entered yet
+    QUEUED = "queued"  # its task waits for a worker (a view shows `running` once leased)
+    RUNNING = "running"  # a parallel state's branches run
+    RETRYING = "retrying"  # its task failed and waits to be tried again
+    WAITING = "waiting"  # in a wait state, or for a subflow child
+    WAITING_FOR_HUMAN = "waiting_for_human"  # an approval state waits for a decision
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELLED})
 DONE_TASKS_KEPT = 64
 
 # Error codes the engine itself produces.
@@ -27,6 +45,114 @@ MAX_TRANSITIONS = "MAX_TRANSITIONS"
 BRANCH_CANCELLED = "BRANCH_CANCELLED"  # a sibling branch failed first (fail_fast)
 SUBFLOW_DEPTH = "SUBFLOW_DEPTH"  # subflows nested deeper than allowed
 APPROVAL_TIMEOUT = "APPROVAL_TIMEOUT"
+
+
+# -- the job document ----------------------------------------------------------------------
+# Times are epoch milliseconds throughout.
+
+
+class TaskRecord(TypedDict):
+    """An active task: dispatched, not yet answered, timed out or cancelled."""
+
+    id: str  # `<job id>-<seq>`, unique within the job
+    type: str  # the task type a worker serves
+    state: str  # the task state, or the parallel state it is a branch of
+    branch: int | None  # the branch index inside a parallel state; None for a task state
+    attempt: int  # 1 for the first try, 2 for the first retry, ...
+    queued_at: int
+    dispatch_deadline: int | None  # fails with DISPATCH_TIMEOUT if still queued then
+    run_ms: int  # the run timeout, counted from the lease
+    heartbeat_ms: int  # the holder's heartbeat may not be older than this
+    lease_ms: int  # how often the timer looks at the lease: min(run_ms, heartbeat_ms)
+    checked_at: int | None  # when the timer last found the lease healthy (next look: + lease_ms)
+
+
+class RetryRecord(TypedDict):
+    """A failed task attempt waiting to be dispatched again."""
+
+    state: str
+    branch: int | None
+    attempt: int  # the attempt number the retry will have
+    at: int  # when to dispatch it
+
+
+class ParallelBook(TypedDict):
+    """A parallel state in progress."""
+
+    state: str
+    count: int  # branches in all
+    items: list[Any] | None  # for_each: the list it iterates; None for static branches
+    names: list[str] | None  # static branches: their names in order; None for for_each
+    next: int  # the index of the next branch to launch
+    running: int  # branches launched and not yet settled
+    done: int  # branches settled (succeeded, or failed under `collect`)
+    failed: int  # of those, how many failed
+    results: list[Any]  # by branch index; None until the branch settles
+
+
+class ApprovalBook(TypedDict):
+    """An approval state waiting for a person."""
+
+    state: str
+    decisions: list[str]
+    message: Any  # the rendered message template, if any
+    token: str  # the single-use approval link's secret
+    timeout_at: int | None
+    asked_at: int
+
+
+class SubflowBook(TypedDict):
+    """A subflow state waiting for its child job."""
+
+    state: str
+    child_id: str
+    input: Any  # the child's initial_data (kept to re-create the child after a crash)
+    check_at: int  # when to look at the child again (recovers a lost `done` notification)
+
+
+class ParentRef(TypedDict):
+    """Set on a subflow child: whom to resume when it ends."""
+
+    job_id: str
+    state: str
+    depth: int  # 1 for a child of a top-level job
+
+
+class JobDoc(TypedDict):
+    """A job as stored: everything the rules need to decide its next step."""
+
+    id: str
+    blueprint: str
+    version: int
+    hash: str  # the content hash of the compiled blueprint the job is pinned to
+    client: str  # the client that submitted it: only it may see the job
+    status: JobStatus
+    state: str | None  # the current state; None before the first is entered
+    created_at: int
+    updated_at: int
+    finished_at: int | None
+    initial_data: Any
+    state_history: dict[str, Any]  # every state's dict output merged in order
+    steps: dict[str, Any]  # each state's last output (`steps.<state>` in expressions)
+    transitions: int  # states entered so far; limits.max_transitions caps it
+    tasks: dict[str, TaskRecord]  # active tasks by id
+    retries: list[RetryRecord]
+    parallel: ParallelBook | None
+    approval: ApprovalBook | None
+    subflow: SubflowBook | None
+    wait_until: int | None  # a wait state's end
+    deadline: int | None  # the job's result_timeout: it fails with JOB_TIMEOUT then
+    dispatch_timeout_ms: int | None  # the submitter's dispatch timeout, for every task
+    webhook_url: str | None
+    parent: ParentRef | None
+    result: Any
+    error: dict[str, Any] | None
+    seq: int  # task ids issued so far (the last task's id ends in `-<seq>`)
+    hseq: int  # history entries written so far (the next one is number hseq)
+    done_tasks: list[str]  # the last DONE_TASKS_KEPT retired task ids: tells duplicates apart
+    # The last progress event the worker holding a task sent: `at`, `state`, `task_id`, then
+    # whatever fields the worker sent (`progress`, `message`, ...).
+    progress: NotRequired[dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +215,7 @@ class ChildJob:
     job_id: str
     blueprint: str
     initial_data: Any
-    parent: dict[str, Any]
+    parent: ParentRef
 
 
 @dataclass(slots=True)
@@ -128,15 +254,15 @@ def new_job(
     webhook_url: str | None = None,
     dispatch_timeout_ms: int | None = None,
     result_timeout_ms: int | None = None,
-    parent: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    parent: ParentRef | None = None,
+) -> JobDoc:
     return {
         "id": job_id,
         "blueprint": blueprint.name,
         "version": blueprint.version,
         "hash": blueprint.content_hash,
         "client": client,
-        "status": "pending",
+        "status": JobStatus.PENDING,
         "state": None,
         "created_at": now,
         "updated_at": now,

@@ -14,8 +14,7 @@ import hmac
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from engine.blueprint.model import Blueprint
@@ -24,11 +23,16 @@ from engine.jsonutil import dumps
 from engine.runtime import background, webhooks
 from engine.runtime.background import leases_of
 from engine.runtime.dispatcher import Dispatcher, Waiter
+from engine.runtime.host import Applied, Outcome, Rule
+from engine.runtime.host import OrchestratorSettings as OrchestratorSettings
 from engine.runtime.jobdoc import (
     TERMINAL,
     ChildJob,
     Effects,
+    Enqueue,
     Ignored,
+    JobDoc,
+    ParentRef,
     TaskLease,
     new_job,
 )
@@ -44,19 +48,12 @@ MAX_CONFLICT_RETRIES = 100
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class OrchestratorSettings:
-    timer_interval_s: float = 0.1
-    timer_batch: int = 200
-    timer_claim_ms: int = 30_000
-    worker_ttl_ms: int = 24 * 3_600_000  # a registration is forgotten after this silence
-    cancel_ttl_ms: int = 3_600_000
-    webhook_secret: str = ""
-    webhook_claim_ms: int = 60_000
+def _doc_or_reason(outcome: Outcome) -> dict[str, Any] | Ignored | None:
+    return dict(outcome.doc) if isinstance(outcome, Applied) else outcome
 
 
-class JobNotFound(LookupError):
-    pass
+def _reason(outcome: Ignored | None) -> str:
+    return outcome.reason if outcome is not None else "job_not_found"
 
 
 def parse_cursor(cursor: str) -> tuple[int, str]:
@@ -90,7 +87,6 @@ class Orchestrator:
         self.webhook_sender = webhook_sender
         self.schedules = tuple(schedules)
         self._done_waiters: dict[str, list[asyncio.Future[JobRecord | None]]] = {}
-        self._committed: set[str] = set()  # jobs a `retrying` attempt has just committed
         self._deferred_done: set[str] = set()  # announced ended while we were changing them
         self._tasks: list[asyncio.Task[None]] = []
         # Approval tokens and child job ids come from it: it must be unpredictable.
@@ -160,7 +156,7 @@ class Orchestrator:
         initial_data: Any,
         *,
         client: str,
-        parent: dict[str, Any] | None = None,
+        parent: ParentRef | None = None,
         **options: Any,
     ) -> bool:
         """Create and start a job with a given id; False if that id exists already."""
@@ -178,13 +174,11 @@ class Orchestrator:
         fx = machine.start(doc, now, self.rng)
         return await self.commit(machine, None, doc, fx, index=(client, now))
 
-    async def get_job(self, job_id: str, client: str | None) -> dict[str, Any] | None:
+    async def get_job(self, job_id: str, client: str | None) -> JobDoc | None:
         record = await self.read(job_id, client)
         return record.doc if record is not None else None
 
-    async def wait_job(
-        self, job_id: str, client: str | None, wait_s: float
-    ) -> dict[str, Any] | None:
+    async def wait_job(self, job_id: str, client: str | None, wait_s: float) -> JobDoc | None:
         """The job once it is terminal, or as it is when `wait_s` seconds have passed."""
         record = await self.read(job_id, client, wait_s)
         return record.doc if record is not None else None
@@ -263,43 +257,31 @@ class Orchestrator:
 
     async def cancel(self, job_id: str, client: str | None) -> dict[str, Any] | Ignored | None:
         """Cancel a job: its new document, Ignored when already ended, None when unknown."""
-
-        async def attempt(
-            record: JobRecord, machine: Machine
-        ) -> tuple[bool, dict[str, Any] | Ignored]:
-            doc = record.doc
-            outcome = machine.cancel(doc, leases_of(record), now_ms())
-            if isinstance(outcome, Ignored):
-                return True, outcome
-            return await self.commit(machine, record, doc, outcome), doc
-
         if await self.get_job(job_id, client) is None:
             return None
-        return await self.retrying(job_id, attempt)
+
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            return machine.cancel(record.doc, leases_of(record), now_ms())
+
+        return _doc_or_reason(await self.apply(job_id, rule))
 
     async def decide(
         self, job_id: str, client: str | None, decision: str, *, token: str | None = None
     ) -> dict[str, Any] | Ignored | None:
         """Apply an approval decision by the job's owner (client) or through the approval
         link (token). Returns the new document, Ignored with a reason, or None if unknown."""
-
-        async def attempt(
-            record: JobRecord, machine: Machine
-        ) -> tuple[bool, dict[str, Any] | Ignored]:
-            doc = record.doc
-            approval = doc.get("approval") or {}
-            expected = str(approval.get("token", "")).encode()
-            if token is not None and not hmac.compare_digest(expected, token.encode()):
-                return True, Ignored("invalid_token")
-            by = "link" if token is not None else f"client:{client}"
-            outcome = machine.on_decision(doc, decision, now_ms(), self.rng, by=by)
-            if isinstance(outcome, Ignored):
-                return True, outcome
-            return await self.commit(machine, record, doc, outcome), doc
-
         if token is None and await self.get_job(job_id, client) is None:
             return None
-        return await self.retrying(job_id, attempt)
+        by = "link" if token is not None else f"client:{client}"
+
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            approval = record.doc["approval"]
+            expected = str(approval["token"] if approval else "").encode()
+            if token is not None and not hmac.compare_digest(expected, token.encode()):
+                return Ignored("invalid_token")
+            return machine.on_decision(record.doc, decision, now_ms(), self.rng, by=by)
+
+        return _doc_or_reason(await self.apply(job_id, rule))
 
     async def _start_child(self, child: ChildJob, client: str) -> None:
         blueprint = self.registry.current(child.blueprint)
@@ -314,17 +296,16 @@ class Orchestrator:
             child.job_id, blueprint, child.initial_data, client=client, parent=child.parent
         )
 
-    async def _notify_parent(self, child: dict[str, Any]) -> None:
+    async def _notify_parent(self, child: JobDoc) -> None:
         """Resume the parent of a finished child (exactly once: the parent's guard checks the
         child id; if we die first, the parent's periodic check finds the child ended)."""
+        parent = child["parent"]
+        assert parent is not None
 
-        async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, None]:
-            outcome = machine.on_child_done(record.doc, child, now_ms(), self.rng)
-            if isinstance(outcome, Ignored):
-                return True, None
-            return await self.commit(machine, record, record.doc, outcome), None
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            return machine.on_child_done(record.doc, child, now_ms(), self.rng)
 
-        await self.retrying(child["parent"]["job_id"], attempt)
+        await self.apply(parent["job_id"], rule)
 
     # -- workers -----------------------------------------------------------------------------------
 
@@ -350,55 +331,47 @@ class Orchestrator:
 
     async def submit_result(self, worker_id: str, result: dict[str, Any]) -> dict[str, Any]:
         """Apply a worker's result once; anything else is answered `ignored` with a reason."""
-        job_id = str(result.get("job_id", ""))
         body = {**result, "worker_id": worker_id}
 
-        async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, dict[str, Any]]:
-            doc = record.doc
-            outcome = machine.on_result(doc, leases_of(record), body, now_ms(), self.rng)
-            if isinstance(outcome, Ignored):
-                return True, {"status": "ignored", "reason": outcome.reason}
-            ok = await self.commit(machine, record, doc, outcome)
-            return ok, {"status": "accepted"}
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            return machine.on_result(record.doc, leases_of(record), body, now_ms(), self.rng)
 
-        answer = await self.retrying(job_id, attempt)
-        return answer if answer is not None else {"status": "ignored", "reason": "job_not_found"}
+        outcome = await self.apply(str(result.get("job_id", "")), rule)
+        if isinstance(outcome, Applied):
+            return {"status": "accepted"}
+        return {"status": "ignored", "reason": _reason(outcome)}
 
     async def release(self, worker_id: str, task: dict[str, Any]) -> str:
         """Put back a task leased to a poll whose worker had already gone (the HTTP client
         closed the connection before the answer). Returns "released" or why not."""
 
-        async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, str]:
-            fx = machine.on_release(
-                record.doc, leases_of(record), worker_id, task["task_id"], now_ms()
-            )
-            if isinstance(fx, Ignored):
-                return True, fx.reason
-            return await self.commit(machine, record, record.doc, fx), "released"
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            leases = leases_of(record)
+            return machine.on_release(record.doc, leases, worker_id, task["task_id"], now_ms())
 
-        return await self.retrying(str(task["job_id"]), attempt) or "job_not_found"
+        outcome = await self.apply(str(task["job_id"]), rule)
+        return "released" if isinstance(outcome, Applied) else _reason(outcome)
 
     async def progress(self, worker_id: str, job_id: str, task_id: str, payload: Any) -> str:
         """Record a progress event; returns "accepted" or the reason it was ignored."""
 
-        async def attempt(record: JobRecord, machine: Machine) -> tuple[bool, str]:
-            doc = record.doc
-            fx = machine.on_progress(doc, leases_of(record), worker_id, task_id, payload, now_ms())
-            if isinstance(fx, Ignored):
-                return True, fx.reason
-            return await self.commit(machine, record, doc, fx), "accepted"
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            leases = leases_of(record)
+            return machine.on_progress(record.doc, leases, worker_id, task_id, payload, now_ms())
 
-        return await self.retrying(job_id, attempt) or "job_not_found"
+        outcome = await self.apply(job_id, rule)
+        return "accepted" if isinstance(outcome, Applied) else _reason(outcome)
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def retrying(
-        self, job_id: str, attempt: Callable[[JobRecord, Machine], Awaitable[tuple[bool, T]]]
-    ) -> T | None:
-        """Run read-decide-commit until the commit applies (optimistic concurrency).
+    async def apply(self, job_id: str, rule: Rule) -> Outcome:
+        """Read the job, let `rule` decide, and commit what it decided, once.
 
-        Changes to one job from this process queue on a local lock, so versions only clash
-        with other orchestrators and with leases; those clashes back off and try again.
+        Answers `Applied` with the committed document, `Ignored` with the rule's reason, or
+        None when the job does not exist. A commit refused because the job changed since
+        it was read (another orchestrator, a lease, the timer) is decided again on a fresh
+        read; clashes that persist back off. Changes to one job from this process queue on
+        a local lock, so versions only clash with other processes and with leases.
         """
         async with self._lock(job_id):
             for retry in range(MAX_CONFLICT_RETRIES):
@@ -409,16 +382,15 @@ class Orchestrator:
                 if record is None:
                     return None
                 machine = await self.registry.machine(record.doc["hash"], self.store)
-                self._committed.discard(job_id)
-                done, value = await attempt(record, machine)
-                committed = job_id in self._committed
-                self._committed.discard(job_id)
-                if done and remembered and not committed:
-                    # Decided without a commit (ignored) on what we remembered, which may be
-                    # stale: no version guard checked it, so decide again on a fresh read.
-                    continue
-                if done:
-                    return value
+                decided = await rule(record, machine)
+                if isinstance(decided, Ignored):
+                    if remembered:
+                        # Decided on what we remembered, which may be stale, and no version
+                        # guard checked it: decide again on a fresh read.
+                        continue
+                    return decided
+                if await self.commit(machine, record, record.doc, decided):
+                    return Applied(record.doc)
                 # The usual clash is a lease (one quick script): re-read at once, back off
                 # only if clashes persist.
                 if retry >= 3:
@@ -446,7 +418,7 @@ class Orchestrator:
         self,
         machine: Machine,
         record: JobRecord | None,
-        doc: dict[str, Any],
+        doc: JobDoc,
         fx: Effects,
         *,
         index: tuple[str, int] | None = None,
@@ -455,27 +427,7 @@ class Orchestrator:
         doc["updated_at"] = now
         history_start = doc["hseq"]
         doc["hseq"] += len(fx.history)
-        # The leases as read and stored (not fx.leases: a rule need not pass them on), less
-        # the tasks the change ends, plus the ones it starts (only those are encoded).
-        dropped = set(fx.dropped)
-        raw_leases = {
-            task_id: raw
-            for task_id, raw in (record.leases if record else {}).items()
-            if task_id not in dropped
-        }
-        # A task some open poll can take is leased to it in this very commit (no queue, no
-        # second script); the others are queued for the dispatcher.
-        handoffs: list[tuple[Waiter, dict[str, Any]]] = []
-        enqueue = []
-        for e in fx.enqueue:
-            waiter = self.dispatcher.claim(e.task_type)
-            if waiter is None:
-                lease = TaskLease("queued", e.lease_ms)
-                enqueue.append(e)
-            else:
-                lease = TaskLease("leased", e.lease_ms, waiter.worker_id, now)
-                handoffs.append((waiter, e.payload))
-            raw_leases[e.task_id] = lease.encode()
+        raw_leases, handoffs, enqueue = self._place_tasks(record, fx, now)
         leases = {task_id: TaskLease.decode(raw) for task_id, raw in raw_leases.items()}
         version = (record.version if record else 0) + 1
         doc_json = dumps(doc)
@@ -509,15 +461,42 @@ class Orchestrator:
         if not applied:
             return False
         self.recent.remember(doc["id"], version, doc_json, raw_leases, fx.terminal)
-        if doc["id"] in self._locks:  # inside `retrying`, which reads and clears the mark
-            self._committed.add(doc["id"])
         queued = {e.task_type for e in enqueue}
         await self._after_commit(doc, fx, webhook, queued, JobRecord(version, doc, raw_leases))
         return True
 
+    def _place_tasks(
+        self, record: JobRecord | None, fx: Effects, now: int
+    ) -> tuple[dict[str, str], list[tuple[Waiter, dict[str, Any]]], list[Enqueue]]:
+        """The job's raw leases after the change, the hand-offs to open polls, and the new
+        tasks left for the queues.
+
+        The leases are the ones read and stored (not fx.leases: a rule need not pass them
+        on), less the tasks the change ends, plus the ones it starts. A task some open poll
+        can take is leased to it in this very commit (no queue, no second script); the
+        others are queued for the dispatcher."""
+        dropped = set(fx.dropped)
+        raw_leases = {
+            task_id: raw
+            for task_id, raw in (record.leases if record else {}).items()
+            if task_id not in dropped
+        }
+        handoffs: list[tuple[Waiter, dict[str, Any]]] = []
+        enqueue: list[Enqueue] = []
+        for e in fx.enqueue:
+            waiter = self.dispatcher.claim(e.task_type)
+            if waiter is None:
+                lease = TaskLease("queued", e.lease_ms)
+                enqueue.append(e)
+            else:
+                lease = TaskLease("leased", e.lease_ms, waiter.worker_id, now)
+                handoffs.append((waiter, e.payload))
+            raw_leases[e.task_id] = lease.encode()
+        return raw_leases, handoffs, enqueue
+
     async def _after_commit(
         self,
-        doc: dict[str, Any],
+        doc: JobDoc,
         fx: Effects,
         webhook: bool,
         queued: set[str],
@@ -593,7 +572,7 @@ class Orchestrator:
         """Every loaded blueprint, by name."""
         return [self.registry.by_name[name] for name in sorted(self.registry.by_name)]
 
-    async def pinned_blueprint(self, doc: dict[str, Any]) -> Blueprint:
+    async def pinned_blueprint(self, doc: Mapping[str, Any]) -> Blueprint:
         """The blueprint version a job runs (it may no longer be the loaded one)."""
         return (await self.registry.machine(doc["hash"], self.store)).bp
 

@@ -1,163 +1,157 @@
 """Parallel states: fan out branches (at most max_concurrency at a time), then join once.
 
-The join happens in whichever commit records the last branch: results are stored in the
-job document by branch index, so their arrival order (and which orchestrator receives
-them) does not matter, and the version guard makes sure two results never both "join".
+Decides: which branches run (static ones, or one per `for_each` item), what a branch's
+final outcome does (`collect` keeps going, `fail_fast` cancels the others and fails the
+state), and when the state joins. The join happens in whichever commit settles the last
+branch: results are stored by branch index, so their arrival order (and which orchestrator
+receives them) does not matter, and the version guard makes sure two results never both
+join.
 """
 
 from __future__ import annotations
 
-import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.blueprint.model import ParallelState
 from engine.errors import ExpressionError
 from engine.runtime import tasks
-from engine.runtime.jobdoc import BRANCH_CANCELLED, Effects
+from engine.runtime.jobdoc import (
+    BRANCH_CANCELLED,
+    UNDECLARED_STATUS,
+    JobStatus,
+    ParallelBook,
+    TaskRecord,
+)
+from engine.runtime.step import Kind, Next, Step
 
-if TYPE_CHECKING:
-    from engine.runtime.machine import Machine
 
-
-def fan_out(
-    machine: Machine,
-    doc: dict[str, Any],
-    fx: Effects,
-    state: ParallelState,
-    now: int,
-    rng: random.Random,
-) -> tuple[str, str] | None:
-    if state.for_each is not None:
-        items = state.for_each.search(machine.context(doc))
-        if not isinstance(items, list):
-            raise ExpressionError(f"for_each gave {type(items).__name__}, not a list")
+class ParallelKind(Kind[ParallelState]):
+    def enter(self, step: Step, state: ParallelState) -> Next | None:
+        items: list[Any] | None = None
         names: list[str] | None = None
-        count = len(items)
-    else:
-        items = None
-        names = [name for name, _ in state.branches]
-        count = len(names)
-    doc["parallel"] = {
-        "state": state.name,
-        "count": count,
-        "items": items,
-        "names": names,
-        "next": 0,
-        "running": 0,
-        "done": 0,
-        "failed": 0,
-        "results": [None] * count,
-    }
-    doc["status"] = "running"
-    fx.event(now, "parallel_started", state=state.name, branches=count)
-    if count == 0:
-        return _join(machine, doc, fx, state, now)
-    _fill(machine, doc, fx, state, now)
-    return None
+        if state.for_each is not None:
+            found = state.for_each.search(step.context())
+            if not isinstance(found, list):
+                raise ExpressionError(f"for_each gave {type(found).__name__}, not a list")
+            items = found
+            count = len(items)
+        else:
+            names = [name for name, _ in state.branches]
+            count = len(names)
+        step.doc["parallel"] = {
+            "state": state.name,
+            "count": count,
+            "items": items,
+            "names": names,
+            "next": 0,
+            "running": 0,
+            "done": 0,
+            "failed": 0,
+            "results": [None] * count,
+        }
+        step.doc["status"] = JobStatus.RUNNING
+        step.event("parallel_started", state=state.name, branches=count)
+        if count == 0:
+            return _join(step, state)
+        _fill(step, state)
+        return None
+
+    def task_context(self, step: Step, state: ParallelState, branch: int | None) -> dict[str, Any]:
+        book = _book(step)
+        assert branch is not None
+        if book["items"] is not None:
+            return {"item": book["items"][branch], "index": branch}
+        assert book["names"] is not None
+        return {"item": None, "index": branch, "branch": book["names"][branch]}
+
+    def task_succeeded(
+        self, step: Step, state: ParallelState, task: TaskRecord, status: str, data: Any
+    ) -> None:
+        if status != "success":
+            message = f"parallel branches succeed or fail; got status {status!r}"
+            tasks.failed(step, task, UNDECLARED_STATUS, message)
+            return
+        _settle(step, state, _branch(task), data)
+
+    def gave_up(
+        self,
+        step: Step,
+        state: ParallelState,
+        task: TaskRecord,
+        error: dict[str, Any],
+        trigger: str,
+    ) -> None:
+        branch = _branch(task)
+        error = {**error, "branch": _branch_name(step, branch)}
+        if state.on_branch_failure == "collect":
+            _book(step)["failed"] += 1
+            _settle(step, state, branch, {"error": error})
+            return
+        # fail_fast: stop the siblings, forget their pending retries, and fail the state.
+        step.cancel_tasks(BRANCH_CANCELLED, state=state.name)
+        step.doc["retries"] = [r for r in step.doc["retries"] if r["state"] != state.name]
+        step.doc["parallel"] = None
+        step.fail_state(state, "failure", error)
 
 
-def branch_context(machine: Machine, doc: dict[str, Any], branch: int) -> dict[str, Any]:
-    par = doc["parallel"]
-    if par["items"] is not None:
-        return {"item": par["items"][branch], "index": branch}
-    return {"item": None, "index": branch, "branch": par["names"][branch]}
+def _book(step: Step) -> ParallelBook:
+    book = step.doc["parallel"]
+    assert book is not None, "a branch exists only while its parallel state runs"
+    return book
 
 
-def branch_succeeded(
-    machine: Machine,
-    doc: dict[str, Any],
-    fx: Effects,
-    task: dict[str, Any],
-    data: Any,
-    now: int,
-    rng: random.Random,
-) -> None:
-    _settle(machine, doc, fx, task["branch"], data, now, rng)
-
-
-def branch_failed(
-    machine: Machine,
-    doc: dict[str, Any],
-    fx: Effects,
-    task: dict[str, Any],
-    error: dict[str, Any],
-    now: int,
-    rng: random.Random,
-) -> None:
-    state = machine.bp.states[task["state"]]
-    assert isinstance(state, ParallelState)
+def _branch(task: TaskRecord) -> int:
     branch = task["branch"]
-    error = {**error, "branch": _branch_name(doc, branch)}
-    if state.on_branch_failure == "collect":
-        doc["parallel"]["failed"] += 1
-        _settle(machine, doc, fx, branch, {"error": error}, now, rng)
-        return
-    # fail_fast: stop the siblings, forget pending retries, and fail the state.
-    tasks.cancel_all(doc, fx, now, BRANCH_CANCELLED)
-    doc["retries"] = [r for r in doc["retries"] if r["state"] != state.name]
-    doc["parallel"] = None
-    machine.state_failed(doc, fx, state, "failure", error, now, rng)
+    assert branch is not None, "a parallel state's tasks are its branches"
+    return branch
 
 
-def _settle(
-    machine: Machine,
-    doc: dict[str, Any],
-    fx: Effects,
-    branch: int,
-    result: Any,
-    now: int,
-    rng: random.Random,
-) -> None:
-    par = doc["parallel"]
-    state = machine.bp.states[par["state"]]
-    assert isinstance(state, ParallelState)
-    par["results"][branch] = result
-    par["done"] += 1
-    par["running"] -= 1
-    fx.event(
-        now,
+def _settle(step: Step, state: ParallelState, branch: int, result: Any) -> None:
+    book = _book(step)
+    book["results"][branch] = result
+    book["done"] += 1
+    book["running"] -= 1
+    step.event(
         "branch_ended",
         state=state.name,
-        branch=_branch_name(doc, branch),
-        done=par["done"],
-        of=par["count"],
+        branch=_branch_name(step, branch),
+        done=book["done"],
+        of=book["count"],
     )
-    if par["done"] == par["count"]:
-        following = _join(machine, doc, fx, state, now)
-        if following is not None:
-            via, target = following
-            machine.move(doc, state, via, target, now, fx, rng)
+    if book["done"] == book["count"]:
+        via, target = _join(step, state)
+        step.move(state, via, target)
         return
-    _fill(machine, doc, fx, state, now)
+    _fill(step, state)
 
 
-def _fill(
-    machine: Machine, doc: dict[str, Any], fx: Effects, state: ParallelState, now: int
-) -> None:
+def _fill(step: Step, state: ParallelState) -> None:
     """Launch branches until max_concurrency are running or none are left."""
-    par = doc["parallel"]
-    limit = state.max_concurrency or par["count"]
-    while par["next"] < par["count"] and par["running"] < limit:
-        branch = par["next"]
-        par["next"] += 1
-        par["running"] += 1
-        tasks.launch(machine, doc, fx, state.name, branch, 1, now)
+    book = _book(step)
+    limit = state.max_concurrency or book["count"]
+    while book["next"] < book["count"] and book["running"] < limit:
+        branch = book["next"]
+        book["next"] += 1
+        book["running"] += 1
+        tasks.launch(step, state, branch, 1)
 
 
-def _join(
-    machine: Machine, doc: dict[str, Any], fx: Effects, state: ParallelState, now: int
-) -> tuple[str, str]:
-    par = doc["parallel"]
-    results = par["results"]
-    joined: Any = results if par["names"] is None else dict(zip(par["names"], results, strict=True))
-    doc["steps"][state.name] = joined
-    doc["parallel"] = None
-    fx.event(now, "parallel_joined", state=state.name, branches=par["count"], failed=par["failed"])
-    target = state.target("success")
-    assert target is not None
-    return "success", target
+def _join(step: Step, state: ParallelState) -> Next:
+    book = _book(step)
+    results = book["results"]
+    names = book["names"]
+    joined: Any = results if names is None else dict(zip(names, results, strict=True))
+    step.doc["steps"][state.name] = joined
+    step.doc["parallel"] = None
+    step.event("parallel_joined", state=state.name, branches=book["count"], failed=book["failed"])
+    return "success", state.target("success") or _missing(state)
 
 
-def _branch_name(doc: dict[str, Any], branch: int) -> int | str:
-    names = doc["parallel"]["names"] if doc.get("parallel") else None
+def _branch_name(step: Step, branch: int) -> int | str:
+    book = step.doc["parallel"]
+    names = book["names"] if book is not None else None
     return names[branch] if names else branch
+
+
+def _missing(state: ParallelState) -> str:
+    raise AssertionError(f"the compiler guarantees {state.name}.on.success")

@@ -1,55 +1,93 @@
-"""Task bookkeeping inside a job document: dispatch, retry scheduling, lease checks."""
+"""Tasks: what happens to work handed to a worker, for task states and parallel branches.
+
+Decides: how a task is dispatched (its timeouts and payload), what a worker's answer does
+(success, a custom status, failure, an output that breaks `output_schema`), when a failed
+attempt is retried and after how long, and when a queued or leased task has waited too
+long. What a *final* outcome means is the state kind's: `TaskKind` below for task states,
+`engine/runtime/parallel.py` for branches.
+"""
 
 from __future__ import annotations
 
-import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from engine.blueprint.model import ParallelState, State, TaskSpec, TaskState
-from engine.runtime import parallel
+from engine.blueprint.model import State, TaskSpec, TaskState
 from engine.runtime.jobdoc import (
     DISPATCH_TIMEOUT,
-    DONE_TASKS_KEPT,
+    INVALID_OUTPUT,
     TIMEOUT,
-    Effects,
+    UNDECLARED_STATUS,
     Enqueue,
+    JobDoc,
+    JobStatus,
     Leases,
     RuntimeSettings,
     TaskLease,
+    TaskRecord,
     member,
     queue_score,
 )
+from engine.runtime.step import Kind, Next, Step
 
-if TYPE_CHECKING:
-    from engine.runtime.machine import Machine
+TIMEOUT_TEXT = {
+    "run": "the worker did not send a result within the run timeout",
+    "heartbeat": "the worker holding the task stopped heartbeating",
+    "worker_lost": "the worker holding the task is gone",
+}
+
+
+class TaskKind(Kind[TaskState]):
+    """A task state: one task at a time; its status picks the transition."""
+
+    def enter(self, step: Step, state: TaskState) -> Next | None:
+        launch(step, state, None, 1)
+        return None
+
+    def task_succeeded(
+        self, step: Step, state: TaskState, task: TaskRecord, status: str, data: Any
+    ) -> None:
+        target = state.target(status)
+        if target is None:
+            message = f"state {state.name!r} has no transition for status {status!r}"
+            failed(step, task, UNDECLARED_STATUS, message)
+            return
+        step.record(state.name, data)
+        step.move(state, status, target)
+
+    def gave_up(
+        self, step: Step, state: TaskState, task: TaskRecord, error: dict[str, Any], trigger: str
+    ) -> None:
+        step.fail_state(state, trigger, error)
+
+
+# -- dispatch ----------------------------------------------------------------------------------
+
+
+def spec_of(step: Step, task: TaskRecord) -> TaskSpec:
+    spec = step.state(task["state"]).task_spec(task["branch"])
+    assert spec is not None, "a task exists only for a state that dispatches one"
+    return spec
+
+
+def launch(step: Step, state: State, branch: int | None, attempt: int) -> None:
+    """Dispatch the task of a task state, or of one branch of a parallel state."""
+    spec = state.task_spec(branch)
+    assert spec is not None
+    context = step.context(**step.rules(state).task_context(step, state, branch))
+    if branch is None:
+        step.doc["status"] = JobStatus.QUEUED
+    dispatch(step, state.name, spec, spec.params.render(context), attempt, branch)
 
 
 def dispatch(
-    doc: dict[str, Any],
-    fx: Effects,
-    *,
-    state: str,
-    spec: TaskSpec,
-    params: Any,
-    attempt: int,
-    now: int,
-    settings: RuntimeSettings,
-    branch: int | None = None,
+    step: Step, state: str, spec: TaskSpec, params: Any, attempt: int, branch: int | None
 ) -> str:
     """Queue one task for `state` (or one branch of it); returns the new task id."""
+    doc, now = step.doc, step.now
     doc["seq"] += 1
     task_id = f"{doc['id']}-{doc['seq']}"
-    dispatch_ms = doc.get("dispatch_timeout_ms")
-    if dispatch_ms is None and spec.timeouts.dispatch is not None:
-        dispatch_ms = int(spec.timeouts.dispatch * 1000)
-    run_ms = int(spec.timeouts.run * 1000) if spec.timeouts.run else settings.default_run_timeout_ms
-    heartbeat_ms = (
-        int(spec.timeouts.heartbeat * 1000)
-        if spec.timeouts.heartbeat
-        else settings.heartbeat_timeout_ms
-    )
-    lease_ms = min(run_ms, heartbeat_ms)
-    doc["tasks"][task_id] = {
+    run_ms, heartbeat_ms, dispatch_ms = _timeouts(doc, spec, step.settings)
+    task: TaskRecord = {
         "id": task_id,
         "type": spec.task_type,
         "state": state,
@@ -58,10 +96,11 @@ def dispatch(
         "queued_at": now,
         "dispatch_deadline": now + dispatch_ms if dispatch_ms else None,
         "run_ms": run_ms,
-        "lease_ms": lease_ms,
+        "lease_ms": min(run_ms, heartbeat_ms),
         "heartbeat_ms": heartbeat_ms,
         "checked_at": None,
     }
+    doc["tasks"][task_id] = task
     metadata: dict[str, Any] = {"state": state, "attempt": attempt, "blueprint": doc["blueprint"]}
     if branch is not None:
         metadata["branch"] = branch
@@ -74,66 +113,139 @@ def dispatch(
         "tracing_context": {},
         "metadata": metadata,
     }
-    fx.enqueue.append(
+    step.fx.enqueue.append(
         Enqueue(
             task_type=spec.task_type,
             task_id=task_id,
             member=member(doc["id"], task_id),
             score=queue_score(spec.priority, now),
             payload=payload,
-            lease_ms=lease_ms,
+            lease_ms=task["lease_ms"],
         )
     )
-    fx.event(
-        now,
-        "task_queued",
-        state=state,
-        task_id=task_id,
-        task_type=spec.task_type,
-        attempt=attempt,
-        branch=branch,
-    )
+    step.task_event("task_queued", task, task_type=spec.task_type)
     return task_id
 
 
-def retire(doc: dict[str, Any], fx: Effects, task_id: str) -> dict[str, Any]:
-    """Remove an active task (result in, timed out, cancelled); returns its record.
-
-    A queued task also leaves its queue; one queued by this very transition is simply
-    not enqueued.
-    """
-    task: dict[str, Any] = doc["tasks"].pop(task_id)
-    pending = [e for e in fx.enqueue if e.task_id == task_id]
-    if pending:
-        fx.enqueue.remove(pending[0])
-    else:
-        lease = fx.leases.get(task_id)
-        if lease is not None and lease.state == "queued":
-            fx.dequeue.append((task["type"], member(doc["id"], task_id)))
-        fx.dropped.append(task_id)
-    doc["done_tasks"] = [*doc["done_tasks"][-(DONE_TASKS_KEPT - 1) :], task_id]
-    return task
+def _timeouts(
+    doc: JobDoc, spec: TaskSpec, settings: RuntimeSettings
+) -> tuple[int, int, int | None]:
+    """(run, heartbeat, dispatch) timeouts in ms; the submitter's dispatch timeout wins."""
+    timeouts = spec.timeouts
+    run_ms = int(timeouts.run * 1000) if timeouts.run else settings.default_run_timeout_ms
+    heartbeat_ms = (
+        int(timeouts.heartbeat * 1000) if timeouts.heartbeat else settings.heartbeat_timeout_ms
+    )
+    dispatch_ms = doc["dispatch_timeout_ms"]
+    if dispatch_ms is None and timeouts.dispatch is not None:
+        dispatch_ms = int(timeouts.dispatch * 1000)
+    return run_ms, heartbeat_ms, dispatch_ms
 
 
-def cancel_all(doc: dict[str, Any], fx: Effects, now: int, reason: str) -> None:
-    """Retire every active task, telling workers to stop the ones they hold."""
-    for task_id in list(doc["tasks"]):
-        lease = fx.leases.get(task_id)
-        task = retire(doc, fx, task_id)
-        if lease is not None and lease.state == "leased":
-            fx.cancel_on_worker.append((lease.worker, task_id))
-        fx.event(
-            now,
-            "task_cancelled",
-            state=task["state"],
-            task_id=task_id,
-            branch=task.get("branch"),
-            reason=reason,
+# -- answers -----------------------------------------------------------------------------------
+
+
+def answered(step: Step, task: TaskRecord, status: str, data: Any, error: Any) -> None:
+    """A worker's answer for a task already retired from the job."""
+    if status == "failure":
+        given: dict[str, Any] = error if isinstance(error, dict) else {}
+        code = str(given.get("code") or "TRANSIENT_ERROR")
+        failed(step, task, code, str(given.get("message", "")), given.get("details"))
+        return
+    if status == "cancelled":
+        failed(step, task, "TRANSIENT_ERROR", "the worker cancelled the task")
+        return
+    spec = spec_of(step, task)
+    if status == "success" and spec.output_schema is not None:
+        problems = sorted(spec.output_schema.iter_errors(data), key=lambda e: list(e.path))
+        if problems:
+            details = [f"{e.json_path}: {e.message}" for e in problems[:20]]
+            message = "the result does not match the state's output_schema"
+            failed(step, task, INVALID_OUTPUT, message, details)
+            return
+    state = step.state(task["state"])
+    step.rules(state).task_succeeded(step, state, task, status, data)
+
+
+def failed(step: Step, task: TaskRecord, code: str, message: str, details: Any = None) -> None:
+    """A task attempt failed: retry it, or hand the final failure to its state's kind."""
+    attempt = task["attempt"]
+    error: dict[str, Any] = {"code": code, "message": message, "state": task["state"]}
+    error["attempt"] = attempt
+    if details is not None:
+        error["details"] = details
+    retry = spec_of(step, task).retry
+    if retry.retries(code, attempt):
+        delay_ms = int(retry.delay(attempt, step.rng.uniform(-1.0, 1.0)) * 1000)
+        step.doc["retries"].append(
+            {
+                "state": task["state"],
+                "branch": task["branch"],
+                "attempt": attempt + 1,
+                "at": step.now + delay_ms,
+            }
         )
+        if task["branch"] is None:
+            step.doc["status"] = JobStatus.RETRYING
+        step.event(
+            "task_retry_scheduled",
+            state=task["state"],
+            branch=task["branch"],
+            attempt=attempt + 1,
+            delay_ms=delay_ms,
+            error=error,
+        )
+        return
+    state = step.state(task["state"])
+    timed_out = code in (TIMEOUT, DISPATCH_TIMEOUT) and state.target("timeout") is not None
+    step.rules(state).gave_up(step, state, task, error, "timeout" if timed_out else "failure")
+
+
+# -- timers ------------------------------------------------------------------------------------
+
+
+def fire_retries(step: Step) -> None:
+    """Dispatch again every failed attempt whose delay has passed."""
+    doc = step.doc
+    for retry in [r for r in doc["retries"] if step.now >= r["at"]]:
+        doc["retries"].remove(retry)
+        launch(step, step.state(retry["state"]), retry["branch"], retry["attempt"])
+
+
+def check_leases(step: Step, alive: dict[str, dict[str, Any] | None]) -> None:
+    """Take back tasks that waited too long for a worker, or whose worker went quiet.
+
+    `alive` maps the workers holding this job's tasks to their last heartbeat (None when
+    gone)."""
+    for task_id, task in list(step.doc["tasks"].items()):
+        lease = step.fx.leases.get(task_id)
+        if lease is None or step.ended or task_id not in step.doc["tasks"]:
+            continue
+        if lease.state == "queued":
+            deadline = task["dispatch_deadline"]
+            if deadline is not None and step.now >= deadline:
+                step.retire(task_id)
+                step.task_event("task_timeout", task, timeout="dispatch")
+                failed(
+                    step,
+                    task,
+                    DISPATCH_TIMEOUT,
+                    "no worker took the task within its dispatch timeout",
+                )
+            continue
+        reason = lease_problem(task, lease, step.now, alive.get(lease.worker))
+        if reason is None:
+            if step.now >= max(task["checked_at"] or 0, lease.leased_at) + task["lease_ms"]:
+                task["checked_at"] = step.now
+            continue
+        step.retire(task_id)
+        step.fx.cancel_on_worker.append((lease.worker, task_id))
+        step.task_event("task_timeout", task, worker=lease.worker, timeout=reason)
+        failed(step, task, TIMEOUT, TIMEOUT_TEXT[reason])
 
 
 def lease_problem(
-    task: dict[str, Any], lease: TaskLease, now: int, alive: dict[str, Any] | None
+    task: TaskRecord, lease: TaskLease, now: int, alive: dict[str, Any] | None
 ) -> str | None:
     """Why a leased task must be taken back (run, heartbeat, worker_lost), or None."""
     if now >= lease.leased_at + task["run_ms"]:
@@ -146,136 +258,22 @@ def lease_problem(
     # A worker that heartbeats without listing the task lost it (e.g. the poll answer never
     # reached it); give it two lease periods to start reporting it.
     grace = 2 * task["lease_ms"]
-    if (
-        beat > lease.leased_at + grace
-        and "tasks" in alive
-        and task_id_of(task) not in alive["tasks"]
-    ):
+    if beat > lease.leased_at + grace and "tasks" in alive and task["id"] not in alive["tasks"]:
         return "worker_lost"
     return None
 
 
-def task_id_of(task: dict[str, Any]) -> str:
-    return str(task.get("id", ""))
-
-
-def next_due(doc: dict[str, Any], leases: Leases) -> list[int]:
+def next_due(doc: JobDoc, leases: Leases) -> list[int]:
     """Deadlines of the job's active tasks and pending retries."""
     due: list[int] = [retry["at"] for retry in doc["retries"]]
     for task_id, task in doc["tasks"].items():
         lease = leases.get(task_id)
         if lease is None:
             continue
-        elif lease.state == "queued":
-            if task.get("dispatch_deadline") is not None:
+        if lease.state == "queued":
+            if task["dispatch_deadline"] is not None:
                 due.append(task["dispatch_deadline"])
         else:
             due.append(lease.leased_at + task["run_ms"])
-            due.append(max(task.get("checked_at") or 0, lease.leased_at) + task["lease_ms"])
+            due.append(max(task["checked_at"] or 0, lease.leased_at) + task["lease_ms"])
     return due
-
-
-def spec_of(machine: Machine, task: dict[str, Any]) -> TaskSpec:
-    return branch_spec(machine, machine.bp.states[task["state"]], task.get("branch"))
-
-
-def branch_spec(machine: Machine, state: State, branch: int | None) -> TaskSpec:
-    if isinstance(state, TaskState):
-        assert state.spec is not None
-        return state.spec
-    assert isinstance(state, ParallelState)
-    if state.item_spec is not None:
-        return state.item_spec
-    assert branch is not None
-    return state.branches[branch][1]
-
-
-def launch(
-    machine: Machine,
-    doc: dict[str, Any],
-    fx: Effects,
-    state_name: str,
-    branch: int | None,
-    attempt: int,
-    now: int,
-) -> None:
-    """Dispatch the task of a task state, or one branch of a parallel state."""
-    state = machine.bp.states[state_name]
-    spec = branch_spec(machine, state, branch)
-    context = machine.context(doc)
-    if branch is not None:
-        context.update(parallel.branch_context(machine, doc, branch))
-    else:
-        doc["status"] = "queued"
-    dispatch(
-        doc,
-        fx,
-        state=state_name,
-        spec=spec,
-        params=spec.params.render(context),
-        attempt=attempt,
-        now=now,
-        settings=machine.settings,
-        branch=branch,
-    )
-
-
-def task_failed(
-    machine: Machine,
-    doc: dict[str, Any],
-    fx: Effects,
-    task: dict[str, Any],
-    code: str,
-    message: str,
-    now: int,
-    rng: random.Random,
-    details: Any = None,
-) -> None:
-    """A task attempt failed: retry it, or fail its branch or state."""
-    spec = spec_of(machine, task)
-    attempt = task["attempt"]
-    error: dict[str, Any] = {
-        "code": code,
-        "message": message,
-        "state": task["state"],
-        "attempt": attempt,
-    }
-    if details is not None:
-        error["details"] = details
-    if spec.retry.retries(code, attempt):
-        delay_ms = int(spec.retry.delay(attempt, rng.uniform(-1.0, 1.0)) * 1000)
-        doc["retries"].append(
-            {
-                "state": task["state"],
-                "branch": task.get("branch"),
-                "attempt": attempt + 1,
-                "at": now + delay_ms,
-            }
-        )
-        if task.get("branch") is None:
-            doc["status"] = "retrying"
-        fx.event(
-            now,
-            "task_retry_scheduled",
-            state=task["state"],
-            branch=task.get("branch"),
-            attempt=attempt + 1,
-            delay_ms=delay_ms,
-            error=error,
-        )
-        return
-    if task.get("branch") is not None:
-        parallel.branch_failed(machine, doc, fx, task, error, now, rng)
-        return
-    state = machine.bp.states[task["state"]]
-    trigger = (
-        "timeout" if code in (TIMEOUT, DISPATCH_TIMEOUT) and state.target("timeout") else "failure"
-    )
-    machine.state_failed(doc, fx, state, trigger, error, now, rng)
-
-
-TIMEOUT_TEXT = {
-    "run": "the worker did not send a result within the run timeout",
-    "heartbeat": "the worker holding the task stopped heartbeating",
-    "worker_lost": "the worker holding the task is gone",
-}

@@ -1,152 +1,151 @@
-"""Approval and subflow states: the job waits for a person or for a child job."""
+"""Approval and subflow states: the job waits for a person or for a child job.
+
+Decides: what an approval asks and how long it waits, which decision (or the timeout) moves
+the job on, how a child job is started and how deep subflows may nest, and what the child's
+end means for the parent. A lost `done` notification cannot strand a parent: its timer looks
+at the child every `subflow_check_ms` and re-creates a child that was never written.
+"""
 
 from __future__ import annotations
 
-import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from engine.blueprint.model import ApprovalState, State, SubflowState
-from engine.runtime.jobdoc import APPROVAL_TIMEOUT, SUBFLOW_DEPTH, ChildJob, Effects
-
-if TYPE_CHECKING:
-    from engine.runtime.machine import Machine
-
-
-def ask(
-    machine: Machine,
-    doc: dict[str, Any],
-    fx: Effects,
-    state: ApprovalState,
-    now: int,
-    rng: random.Random,
-) -> None:
-    message = state.message.render(machine.context(doc)) if state.message is not None else None
-    doc["approval"] = {
-        "state": state.name,
-        "decisions": list(state.decisions),
-        "message": message,
-        "token": f"{rng.getrandbits(192):048x}",
-        "timeout_at": now + int(state.timeout * 1000) if state.timeout else None,
-        "asked_at": now,
-    }
-    doc["status"] = "waiting_for_human"
-    fx.event(
-        now,
-        "approval_requested",
-        state=state.name,
-        decisions=list(state.decisions),
-        message=message,
-    )
+from engine.blueprint.model import ApprovalState, SubflowState
+from engine.runtime.jobdoc import (
+    APPROVAL_TIMEOUT,
+    SUBFLOW_DEPTH,
+    TERMINAL,
+    ChildJob,
+    JobDoc,
+    JobStatus,
+    SubflowBook,
+)
+from engine.runtime.step import Kind, Next, Step
 
 
-def decide(
-    machine: Machine,
-    doc: dict[str, Any],
-    fx: Effects,
-    decision: str,
-    now: int,
-    rng: random.Random,
-    by: str,
-) -> None:
-    approval = doc["approval"]
-    state = machine.bp.states[approval["state"]]
-    doc["approval"] = None
-    doc["steps"][state.name] = {"decision": decision, "by": by, "at": now}
-    fx.event(now, "approval_decided", state=state.name, decision=decision, by=by)
+class ApprovalKind(Kind[ApprovalState]):
+    def enter(self, step: Step, state: ApprovalState) -> Next | None:
+        message = state.message.render(step.context()) if state.message is not None else None
+        step.doc["approval"] = {
+            "state": state.name,
+            "decisions": list(state.decisions),
+            "message": message,
+            "token": f"{step.rng.getrandbits(192):048x}",
+            "timeout_at": step.now + int(state.timeout * 1000) if state.timeout else None,
+            "asked_at": step.now,
+        }
+        step.doc["status"] = JobStatus.WAITING_FOR_HUMAN
+        step.event(
+            "approval_requested",
+            state=state.name,
+            decisions=list(state.decisions),
+            message=message,
+        )
+        return None
+
+    def on_timer(self, step: Step, state: ApprovalState, child: JobDoc | None) -> None:
+        if timed_out(step):
+            decide(step, "timeout", by="timeout")
+
+    def due(self, doc: JobDoc) -> list[int]:
+        approval = doc["approval"]
+        timeout_at = approval["timeout_at"] if approval is not None else None
+        return [timeout_at] if timeout_at is not None else []
+
+
+def timed_out(step: Step) -> bool:
+    """Whether the pending approval's timeout has passed (its timer may not have run yet)."""
+    approval = step.doc["approval"]
+    timeout_at = approval["timeout_at"] if approval is not None else None
+    return timeout_at is not None and step.now >= timeout_at
+
+
+def decide(step: Step, decision: str, by: str) -> None:
+    """Apply a decision (or `timeout`) to the pending approval."""
+    approval = step.doc["approval"]
+    assert approval is not None
+    state = step.state(approval["state"])
+    step.doc["approval"] = None
+    step.doc["steps"][state.name] = {"decision": decision, "by": by, "at": step.now}
+    step.event("approval_decided", state=state.name, decision=decision, by=by)
     target = state.target(decision)
     if target is None:  # an approval.timeout without on.timeout cannot compile
-        machine.finish(
-            doc,
-            fx,
-            now,
-            "failed",
-            {
-                "code": APPROVAL_TIMEOUT,
-                "state": state.name,
-                "message": "nobody decided in time",
-            },
-        )
+        error = {"code": APPROVAL_TIMEOUT, "state": state.name, "message": "nobody decided in time"}
+        step.finish(JobStatus.FAILED, error)
         return
-    machine.move(doc, state, decision, target, now, fx, rng)
+    step.move(state, decision, target)
 
 
-def child_job(
-    machine: Machine, doc: dict[str, Any], state: State, child_id: str, data: Any
-) -> ChildJob:
-    assert isinstance(state, SubflowState)
-    depth = (doc["parent"] or {}).get("depth", 0) + 1
-    return ChildJob(
-        job_id=child_id,
-        blueprint=state.blueprint,
-        initial_data=data,
-        parent={"job_id": doc["id"], "state": state.name, "depth": depth},
-    )
-
-
-def start_child(
-    machine: Machine,
-    doc: dict[str, Any],
-    fx: Effects,
-    state: SubflowState,
-    now: int,
-    rng: random.Random,
-) -> tuple[str, str] | None:
-    depth = (doc["parent"] or {}).get("depth", 0) + 1
-    if depth > machine.settings.max_subflow_depth:
-        error = {
-            "code": SUBFLOW_DEPTH,
+class SubflowKind(Kind[SubflowState]):
+    def enter(self, step: Step, state: SubflowState) -> Next | None:
+        depth = _depth(step.doc)
+        if depth > step.settings.max_subflow_depth:
+            message = f"subflows nest deeper than {step.settings.max_subflow_depth}"
+            step.fail_state(
+                state, "failure", {"code": SUBFLOW_DEPTH, "state": state.name, "message": message}
+            )
+            return None
+        context = step.context()
+        data = state.input.render(context) if state.input is not None else step.doc["initial_data"]
+        child_id = f"{step.rng.getrandbits(128):032x}"
+        book: SubflowBook = {
             "state": state.name,
-            "message": f"subflows nest deeper than {machine.settings.max_subflow_depth}",
+            "child_id": child_id,
+            "input": data,
+            "check_at": step.now + step.settings.subflow_check_ms,
         }
-        machine.state_failed(doc, fx, state, "failure", error, now, rng)
-        return None
-    data = (
-        state.input.render(machine.context(doc)) if state.input is not None else doc["initial_data"]
-    )
-    child_id = f"{rng.getrandbits(128):032x}"
-    doc["subflow"] = {
-        "state": state.name,
-        "child_id": child_id,
-        "input": data,
-        "check_at": now + machine.settings.subflow_check_ms,
-    }
-    doc["status"] = "waiting"
-    fx.children.append(child_job(machine, doc, state, child_id, data))
-    fx.event(
-        now,
-        "subflow_started",
-        state=state.name,
-        child_job_id=child_id,
-        blueprint=state.blueprint,
-    )
-    return None
-
-
-def child_done(
-    machine: Machine,
-    doc: dict[str, Any],
-    fx: Effects,
-    child: dict[str, Any],
-    now: int,
-    rng: random.Random,
-) -> None:
-    subflow = doc["subflow"]
-    state = machine.bp.states[subflow["state"]]
-    doc["subflow"] = None
-    fx.event(
-        now, "subflow_ended", state=state.name, child_job_id=child["id"], status=child["status"]
-    )
-    if child["status"] == "finished":
-        machine.record(doc, state.name, child.get("result"))
-        machine.move(doc, state, "success", _target(state, "success"), now, fx, rng)
-    else:
-        error = child.get("error") or {"code": "CHILD_CANCELLED", "message": "child cancelled"}
-        machine.state_failed(
-            doc, fx, state, "failure", {**error, "child_job_id": child["id"]}, now, rng
+        step.doc["subflow"] = book
+        step.doc["status"] = JobStatus.WAITING
+        step.fx.children.append(_child_job(step.doc, state, book))
+        step.event(
+            "subflow_started", state=state.name, child_job_id=child_id, blueprint=state.blueprint
         )
+        return None
+
+    def on_timer(self, step: Step, state: SubflowState, child: JobDoc | None) -> None:
+        book = step.doc["subflow"]
+        if book is None or step.now < book["check_at"]:
+            return
+        if child is not None and child["status"] in TERMINAL:
+            child_done(step, child)
+            return
+        book["check_at"] = step.now + step.settings.subflow_check_ms
+        if child is None:  # lost before it was written: start it again, same id
+            step.fx.children.append(_child_job(step.doc, state, book))
+
+    def due(self, doc: JobDoc) -> list[int]:
+        book = doc["subflow"]
+        return [book["check_at"]] if book is not None else []
 
 
-def _target(state: State, trigger: str) -> str:
-    target = state.target(trigger)
-    assert target is not None, "the compiler guarantees this transition"
-    return target
+def child_done(step: Step, child: JobDoc) -> None:
+    """The child job ended: go on by `success`, or fail the subflow state."""
+    book = step.doc["subflow"]
+    assert book is not None
+    state = step.state(book["state"])
+    step.doc["subflow"] = None
+    step.event("subflow_ended", state=state.name, child_job_id=child["id"], status=child["status"])
+    if child["status"] == JobStatus.FINISHED:
+        step.record(state.name, child["result"])
+        step.follow(state, "success")
+        return
+    error: dict[str, Any] = child["error"] or {
+        "code": "CHILD_CANCELLED",
+        "message": "child cancelled",
+    }
+    step.fail_state(state, "failure", {**error, "child_job_id": child["id"]})
+
+
+def _depth(doc: JobDoc) -> int:
+    """How deep a child of this job would nest (1 for a child of a top-level job)."""
+    parent = doc["parent"]
+    return (parent["depth"] if parent is not None else 0) + 1
+
+
+def _child_job(doc: JobDoc, state: SubflowState, book: SubflowBook) -> ChildJob:
+    return ChildJob(
+        job_id=book["child_id"],
+        blueprint=state.blueprint,
+        initial_data=book["input"],
+        parent={"job_id": doc["id"], "state": state.name, "depth": _depth(doc)},
+    )

@@ -21,6 +21,7 @@ from redis.commands.core import AsyncScript
 from engine.clock import now_ms
 from engine.errors import InterlockError
 from engine.jsonutil import dumps, loads
+from engine.runtime.jobdoc import JobDoc
 from engine.store.keys import Keys
 
 P = ParamSpec("P")
@@ -77,7 +78,7 @@ class JobRecord:
     """A job as read: its version, document, and the raw lease of each active task."""
 
     version: int
-    doc: dict[str, Any]
+    doc: JobDoc
     leases: dict[str, str]
 
 

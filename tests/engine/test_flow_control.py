@@ -243,6 +243,7 @@ async def test_approval_decided_by_the_owner(store_url: str, tmp_path: Path) -> 
         doc = await orch.get_job(job_id, "owner")
         assert doc is not None
         assert doc["status"] == "waiting_for_human"
+        assert doc["approval"] is not None
         assert doc["approval"]["message"] == "ok 5?"
         assert await orch.decide(job_id, "intruder", "approve") is None
         unknown = await orch.decide(job_id, "owner", "maybe")
@@ -258,6 +259,7 @@ async def test_approval_link_is_single_use_and_unforgeable(store_url: str, tmp_p
         job_id = await orch.submit(orch.registry.by_name["approve"], {"amount": 5}, client="owner")
         doc = await orch.get_job(job_id, None)
         assert doc is not None
+        assert doc["approval"] is not None
         token = doc["approval"]["token"]
         assert len(token) >= 32
         forged = await orch.decide(job_id, None, "approve", token="0" * len(token))
@@ -297,6 +299,7 @@ async def test_subflow_parent_resumes_once_with_the_childs_output(
         assert names.count("subflow_ended") == 1
         child = await orch.get_job(task["job_id"], "c")
         assert child is not None
+        assert child["parent"] is not None
         assert child["parent"]["job_id"] == job_id
 
 
@@ -375,7 +378,10 @@ def test_a_decision_after_the_approval_timeout_takes_the_timeout() -> None:
     machine = Machine(bp, RuntimeSettings())
     doc = new_job(job_id="j", blueprint=bp, client="c", initial_data={"amount": 1}, now=0)
     machine.start(doc, 0, stdlib_random.Random(1))
-    late = doc["approval"]["timeout_at"] + 1
+    assert doc["approval"] is not None
+    timeout_at = doc["approval"]["timeout_at"]
+    assert timeout_at is not None
+    late = timeout_at + 1
     machine.on_decision(doc, "approve", late, stdlib_random.Random(1), by="client:c")
     assert doc["state"] == "late"
     assert doc["steps"]["review"]["decision"] == "timeout"

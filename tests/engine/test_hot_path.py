@@ -11,11 +11,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.jsonutil import dumps
-from engine.runtime.orchestrator import Orchestrator
+from engine.runtime.orchestrator import Orchestrator, OrchestratorSettings
 from engine.store.client import Commit, Store, StoreUnavailable
 from tests.conftest import require_program
 from tests.engine.test_orchestrator import LINEAR, finished, orchestrator
 from tests.support.redis_server import RedisServer
+from tests.worker_sdk.support import eventually
 
 NOOP = """
 blueprint: noop
@@ -46,16 +47,6 @@ async def submit(orch: Orchestrator, n: int) -> str:
     blueprint = orch.registry.current("linear")
     assert blueprint is not None
     return await orch.submit(blueprint, {"n": n}, client="c")
-
-
-async def poll_waiting(orch: Orchestrator, task_type: str) -> None:
-    """Until a poll for `task_type` waits and the dispatcher has offered it the queued tasks:
-    from then on a new task of that type is handed to it in the commit that creates it."""
-    for _ in range(10_000):  # a deadline of at least 10 s
-        if any(not w.queue_first for w in orch.dispatcher.waiters.get(task_type, ())):
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"no poll for {task_type} is waiting")
 
 
 async def answer_all(orch: Orchestrator, worker: str, tasks: list[dict[str, Any]]) -> None:
@@ -112,14 +103,18 @@ async def test_a_refused_change_does_not_sink_its_batch(redis_url: str) -> None:
 async def test_a_task_for_an_open_poll_is_leased_in_its_creating_commit(
     redis_url: str, tmp_path: Path
 ) -> None:
-    async with orchestrator(redis_url, tmp_path, LINEAR) as orch:
-        # The timer loop's scripts (one per partition, every 20 ms) would count as ours on a
-        # slow machine; this test needs no timer.
-        [timers] = [t for t in orch._tasks if t.get_name() == "interlock-timers"]
-        timers.cancel()
-        await asyncio.gather(timers, return_exceptions=True)
+    # The timer loop runs once at start, then not again during the test: its scripts would
+    # count as this commit's.
+    quiet = OrchestratorSettings(timer_interval_s=3600)
+    async with orchestrator(redis_url, tmp_path, LINEAR, orch_settings=quiet) as orch:
+        # Redis knows the commit script already (as it would after the first job), so the
+        # count below has no NOSCRIPT round of loading it.
+        await orch.store.redis.script_load(orch.store._commit.script)
         poll = asyncio.create_task(orch.next_tasks("w1", ("echo",), 5, 10))
-        await poll_waiting(orch, "echo")
+        await eventually(  # the poll is waiting, past its first queue peek
+            lambda: any(not w.queue_first for w in orch.dispatcher.waiters.get("echo", [])),
+            what="the poll waits for hand-offs",
+        )
         before = await command_calls(redis_url)
         job_id = await submit(orch, 7)
         tasks = await poll
@@ -168,10 +163,7 @@ async def test_a_wait_on_a_job_that_ends_here_reads_nothing(redis_url: str, tmp_
         tasks = await orch.next_tasks("w1", ("echo",), 5, 1)
         before = await command_calls(redis_url)
         waiting = asyncio.create_task(orch.read(job_id, "c", 5))
-        for _ in range(1000):  # until the read waits for the job to end
-            if job_id in orch._done_waiters:
-                break
-            await asyncio.sleep(0.001)
+        await eventually(lambda: job_id in orch._done_waiters, what="the read waits")
         await answer_all(orch, "w1", tasks)
         record = await waiting
         used = spent(before, await command_calls(redis_url))
@@ -257,7 +249,7 @@ async def test_no_per_job_state_outlives_the_jobs(store_url: str, tmp_path: Path
             job_id = await orch.submit(noop, {"n": n}, client="c")
             assert (await finished(orch, job_id))["status"] == "finished"
         poll = asyncio.create_task(orch.next_tasks("w1", ("echo",), 5, 50))
-        await poll_waiting(orch, "echo")
+        await eventually(lambda: orch.dispatcher.waiters.get("echo"), what="the poll waits")
         job_ids = await asyncio.gather(*(submit(orch, n) for n in range(30)))
         tasks = await poll
         while len(tasks) < 30:
@@ -267,7 +259,6 @@ async def test_no_per_job_state_outlives_the_jobs(store_url: str, tmp_path: Path
         assert all(
             r is not None and r.doc["status"] == "finished" for r in await asyncio.gather(*waits)
         )
-        assert orch._committed == set()
         assert orch._locks == {}
         assert orch._done_waiters == {}
         assert orch._deferred_done == set()
@@ -332,8 +323,10 @@ async def test_a_task_handed_to_a_poll_that_went_is_put_back_at_once(
 ) -> None:
     async with orchestrator(store_url, tmp_path, LINEAR) as orch:
         poll = asyncio.create_task(orch.next_tasks("w1", ("echo",), 5, 1))
-        await poll_waiting(orch, "echo")
+        await eventually(lambda: orch.dispatcher.waiters.get("echo"), what="the poll waits")
         (waiter,) = orch.dispatcher.waiters["echo"]
+        # Past its first queue peek (slow on a loaded machine), the poll takes hand-offs.
+        await eventually(lambda: not waiter.queue_first, what="the poll waits for hand-offs")
         creating = asyncio.create_task(submit(orch, 4))
         for _ in range(50):  # a few turns of the loop: the new task is leased to that poll
             if waiter.claims:

@@ -98,7 +98,11 @@ states:
 
 @asynccontextmanager
 async def orchestrator(
-    url: str, tmp_path: Path, *texts: str, settings: RuntimeSettings | None = None
+    url: str,
+    tmp_path: Path,
+    *texts: str,
+    settings: RuntimeSettings | None = None,
+    orch_settings: OrchestratorSettings = FAST,
 ) -> AsyncIterator[Orchestrator]:
     folder = tmp_path / f"bp{time.monotonic_ns()}"
     folder.mkdir()
@@ -106,7 +110,7 @@ async def orchestrator(
         (folder / f"b{i}.yaml").write_text(text)
     store = await Store.connect(url, partitions=4)
     orch = Orchestrator(
-        store, Registry(load_blueprints([folder]), settings or RuntimeSettings()), FAST
+        store, Registry(load_blueprints([folder]), settings or RuntimeSettings()), orch_settings
     )
     await orch.start()
     try:
@@ -131,10 +135,11 @@ async def run_task(
 
 
 async def finished(orch: Orchestrator, job_id: str, wait_s: float = 5) -> dict[str, Any]:
+    """The job once ended, as a plain dict (so tests can index `error` without checks)."""
     doc = await orch.wait_job(job_id, None, wait_s)
     assert doc is not None
     assert doc["status"] in ("finished", "failed", "cancelled"), doc["status"]
-    return doc
+    return dict(doc)
 
 
 async def events(orch: Orchestrator, job_id: str) -> list[str]:
@@ -398,8 +403,7 @@ async def test_the_job_graph_highlights_the_path_taken(store_url: str, tmp_path:
         running = job_dot(bp, doc, await orch.history(job_id, "c") or [])
         assert 'xlabel="current"' in running
         await run_task(orch, "w", "check", lambda t: {"status": "out_of_stock", "data": {}})
-        doc = await finished(orch, job_id)
-        ended = job_dot(bp, doc, await orch.history(job_id, "c") or [])
+        ended = job_dot(bp, await finished(orch, job_id), await orch.history(job_id, "c") or [])
         assert "current" not in ended
         taken = [line for line in ended.splitlines() if "->" in line and "#1565c0" in line]
         assert any('"work" -> "none_left"' in line for line in taken)

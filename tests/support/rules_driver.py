@@ -51,7 +51,7 @@ class RulesDriver:
         blueprints: Mapping[str, Blueprint] | None = None,
         job_id: str = "job",
         client: str = "c",
-        parent: dict[str, Any] | None = None,
+        parent: Any = None,  # a ParentRef: {"job_id", "state", "depth"}
         start: bool = True,
         **options: Any,
     ) -> None:
@@ -60,7 +60,7 @@ class RulesDriver:
         self.now = now  # the fake clock, in ms; only the test moves it
         self.rng = random.Random(seed)  # seeded: retries' jitter and ids are reproducible
         self.blueprints = dict(blueprints or {})  # what subflow children may run
-        self.doc = new_job(
+        self.doc: Any = new_job(
             job_id=job_id,
             blueprint=blueprint,
             client=client,
@@ -120,7 +120,7 @@ class RulesDriver:
             )
         return fx
 
-    def _start_child(self, child_id: str, name: str, data: Any, parent: dict[str, Any]) -> None:
+    def _start_child(self, child_id: str, name: str, data: Any, parent: Any) -> None:
         if child_id in self.children or name not in self.blueprints:
             return  # exists already (creating an existing id does nothing), or not loaded
         child = RulesDriver(
@@ -263,7 +263,7 @@ class RulesDriver:
         self.now = now
         return rounds
 
-    def _child_doc(self) -> dict[str, Any] | None:
+    def _child_doc(self) -> Any:
         subflow = self.doc.get("subflow")
         if not subflow:
             return None
