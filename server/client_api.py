@@ -93,7 +93,7 @@ async def _retry_types(
     retries = doc.get("retries") or []
     if not retries:
         return {}
-    blueprint = (await orch.registry.machine(doc["hash"], orch.store)).bp
+    blueprint = await orch.pinned_blueprint(doc)
     types: dict[tuple[str, int | None], str] = {}
     for retry in retries:
         key = (retry["state"], retry.get("branch"))
@@ -116,7 +116,7 @@ def task_type_of(blueprint: Blueprint, state_name: str, branch: int | None) -> s
 async def submit_job(request: web.Request) -> web.Response:
     orch = orchestrator(request)
     endpoint = request.match_info["api_endpoint"]
-    blueprint = orch.registry.by_endpoint.get(endpoint)
+    blueprint = orch.blueprint_for_endpoint(endpoint)
     if blueprint is None:
         raise NotFound(
             f"no blueprint serves POST {PREFIX}/{endpoint}; GET {PREFIX}/blueprints lists "
@@ -313,8 +313,8 @@ async def refused_decision(
     """The answer to a decision the engine ignored: 400 for a decision the approval does
     not offer (listing those it does), 409 when the job waits for no approval."""
     if ignored.reason == "unknown_decision":
-        record = await orch.store.read_job(job_id)
-        approval = record.doc.get("approval") if record is not None else None
+        job = await orch.get_job(job_id, None)
+        approval = job.get("approval") if job is not None else None
         if isinstance(approval, dict):
             allowed = list(approval.get("decisions") or [])
             return BadRequest(
@@ -339,8 +339,10 @@ async def job_graph(request: web.Request) -> web.Response:
     doc = await orch.get_job(job_id, request[CLIENT])
     if doc is None:
         raise job_not_found()
-    events = await orch.store.history(job_id)
-    blueprint = (await orch.registry.machine(doc["hash"], orch.store)).bp
+    events = await orch.history(job_id, request[CLIENT])
+    if events is None:  # removed meanwhile (its retention ended)
+        raise job_not_found()
+    blueprint = await orch.pinned_blueprint(doc)
     return web.Response(
         text=job_dot(blueprint, doc, events), content_type="text/vnd.graphviz", charset="utf-8"
     )
@@ -351,7 +353,7 @@ async def job_graph(request: web.Request) -> web.Response:
 
 def _blueprint(request: web.Request) -> Blueprint:
     name = request.match_info["name"]
-    blueprint = orchestrator(request).registry.current(name)
+    blueprint = orchestrator(request).blueprint(name)
     if blueprint is None:
         raise NotFound(
             f"no blueprint named {name[:128]!r} is loaded; GET {PREFIX}/blueprints lists them",
@@ -361,8 +363,7 @@ def _blueprint(request: web.Request) -> Blueprint:
 
 
 async def list_blueprints(request: web.Request) -> web.Response:
-    registry = orchestrator(request).registry
-    blueprints = [blueprint_summary(registry.by_name[name]) for name in sorted(registry.by_name)]
+    blueprints = [blueprint_summary(b) for b in orchestrator(request).blueprints()]
     return json_response({"blueprints": blueprints})
 
 

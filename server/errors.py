@@ -69,24 +69,9 @@ class NotFound(ApiError):
     default_code = "not_found"
 
 
-class MethodNotAllowed(ApiError):
-    status = 405
-    default_code = "method_not_allowed"
-
-
 class Conflict(ApiError):
     status = 409
     default_code = "conflict"
-
-
-class PayloadTooLarge(ApiError):
-    status = 413
-    default_code = "payload_too_large"
-
-
-class ServiceUnavailable(ApiError):
-    status = 503
-    default_code = "store_unavailable"
 
 
 def json_response(data: Any, *, status: int = 200) -> web.Response:

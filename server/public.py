@@ -27,7 +27,7 @@ PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 
 async def status(request: web.Request) -> web.Response:
     """200 while the store answers PING, 503 otherwise."""
-    if await orchestrator(request).store.ping():
+    if await orchestrator(request).store_reachable():
         return json_response({"status": "ok", "store": "reachable"})
     return error_response(503, "store_unavailable", "the job store does not answer")
 
@@ -50,19 +50,19 @@ def _link(request: web.Request) -> tuple[str, str]:
 async def describe_approval(request: web.Request) -> web.Response:
     """What a person who opens the link sees: the question, the choices, how to answer."""
     job_id, token = _link(request)
-    record = await orchestrator(request).store.read_job(job_id)
-    approval = record.doc.get("approval") if record is not None else None
+    job = await orchestrator(request).get_job(job_id, None)  # the token stands for the owner
+    approval = job.get("approval") if job is not None else None
     if not isinstance(approval, dict) or not hmac.compare_digest(
         str(approval.get("token") or "").encode(), token.encode()
     ):
         raise approval_not_found()
-    assert record is not None
+    assert job is not None
     decisions = list(approval.get("decisions") or [])
     url = public_base(request) + approval_path(job_id, token)
     example = decisions[0] if decisions else "approve"
     body: dict[str, Any] = {
         "job_id": job_id,
-        "blueprint": record.doc.get("blueprint"),
+        "blueprint": job.get("blueprint"),
         "state": approval.get("state"),
         "message": approval.get("message"),
         "decisions": decisions,

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.clock import now_ms
 from server.auth import WORKER_ID_HEADER, WORKER_TOKEN_HEADER
 from server.errors import BadRequest, Handler, NotFound, json_response
 from server.params import (
@@ -117,7 +118,7 @@ async def register(request: web.Request) -> web.Response:
         "worker_id": worker_id,
         "worker_type": optional_str(body, "worker_type") or "",
         "skills": list(skills),
-        "registered_at": int(time.time() * 1000),
+        "registered_at": now_ms(),
     }
     for key in ("capabilities", "resources"):
         if isinstance(body.get(key), dict):
@@ -152,7 +153,7 @@ async def _skills(request: web.Request, worker_id: str) -> tuple[str, ...]:
     cache = request.config_dict[SKILLS]
     cached = cache.get(worker_id)
     if cached is None:
-        registration = await orchestrator(request).store.worker_registration(worker_id)
+        registration = await orchestrator(request).worker_registration(worker_id)
         raw = registration.get("skills", []) if registration else []
         cached = tuple(s for s in raw if isinstance(s, str))
         cache.put(worker_id, cached)

@@ -215,7 +215,7 @@ def test_an_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
 
 def _interlock(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args],
+        [sys.executable, "-m", "interlock_cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -97,7 +97,7 @@ def test_dot_is_byte_identical_across_processes() -> None:
 
 def _interlock(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args],
+        [sys.executable, "-m", "interlock_cli", *args],
         capture_output=True,
         cwd=ROOT,
         env=env,

@@ -47,7 +47,7 @@ class ResultBatcher:
 
     async def send(self, body: Mapping[str, Any]) -> ResultAnswer:
         """Send one result (with whichever others are waiting); its answer, or raises what
-        `Connection.send_result` would: Unavailable, RateLimited or Refused."""
+        sending it alone would: Unavailable, RateLimited or Refused."""
         encoded = json.dumps(body, separators=(",", ":")).encode()
         item = _Item(encoded, asyncio.get_running_loop().create_future())
         self._queue.append(item)

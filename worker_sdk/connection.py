@@ -196,10 +196,6 @@ class Connection:
                 )
         return [task for task in tasks if isinstance(task, dict)]
 
-    async def send_result(self, body: Mapping[str, Any]) -> ResultAnswer:
-        answer = await self._call("POST", "/tasks/result", body)
-        return _result_answer(answer)
-
     async def send_results(self, encoded: Sequence[bytes]) -> list[ResultAnswer | WorkerError]:
         """Send results (each a JSON-encoded result body) in one request; one outcome per
         result, in order. A failure of the whole request is raised (it concerns them all);

@@ -177,11 +177,15 @@ class Router:
 
     async def _loop(self, fixed: Connection | None) -> None:
         backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
+        polled: Connection | None = None  # FAILOVER: where the last poll went
         while not self.stopping.is_set():
             connection = fixed if fixed is not None else self.active()
             if connection is None or not connection.up:
                 await self._unless_stopped(self.next_change())
                 continue
+            if fixed is None and connection is not polled:
+                log.info("polling %s for tasks", connection.url)  # failed over, or back
+                polled = connection
             slot = self.gate.acquire(connection.url, connection.config.weight)
             if not await self._unless_stopped(slot):
                 return

@@ -58,6 +58,31 @@ class _Running:
     context: TaskContext
 
 
+@dataclasses.dataclass(eq=False)
+class _Session:
+    """Everything one `start()` creates and the matching `stop()` ends."""
+
+    payloads: PayloadStore | None  # S3 offloading, when configured
+    connections: list[Connection]  # one per orchestrator, opened
+    gate: SlotGate  # slots: at most max_concurrent_tasks handlers (or polls for them)
+    executor: Executor  # runs a handler: input checks, payload in and out, outcome
+    delivery: Delivery  # results and progress on their way back, retried
+    # set by stop(): no new poll starts
+    stopping: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    # handlers running now, by task id
+    running: dict[str, _Running] = dataclasses.field(default_factory=dict)
+    # task id -> its task, from arrival until its result is handed to delivery
+    processing: dict[str, asyncio.Task[None]] = dataclasses.field(default_factory=dict)
+    # tasks' payload folders, removed after their result (or at stop)
+    task_dirs: set[Path] = dataclasses.field(default_factory=set)
+    # one per connection: registration, heartbeats, probing
+    supervisors: list[Supervisor] = dataclasses.field(default_factory=list)
+    # the supervisors' running loops
+    supervising: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    # the router's poll loops, once started
+    polling: asyncio.Task[None] | None = None
+
+
 class Worker:
     """A worker process: its skills, its configuration, and everything it runs."""
 
@@ -71,19 +96,21 @@ class Worker:
     ) -> None:
         """`config` wins over the environment (`environ`, default os.environ), which is
         read by `start()`, so that a bad variable is reported when the worker starts."""
-        self._given = config
-        self._environ = environ
+        self._given = config  # the configuration to use instead of the environment
+        self._environ = environ  # the environment to read (None: os.environ)
+        # keyword arguments that win over both
         self._overrides: dict[str, Any] = {}
         if worker_type is not None:
             self._overrides["worker_type"] = worker_type
         if max_concurrent_tasks is not None:
             self._overrides["max_concurrent_tasks"] = max_concurrent_tasks
-        self.skills: dict[str, Skill] = {}
-        self.config: WorkerConfig | None = None
-        self._started = False
-        self._crashed = False
-        self._stop_requested = asyncio.Event()
-        self._hurry = asyncio.Event()
+        self.skills: dict[str, Skill] = {}  # task type -> its handler, as declared
+        self.config: WorkerConfig | None = None  # the configuration in use, once started
+        self._started = False  # between start() and stop()
+        self._crashed = False  # a background loop crashed (a bug): run() exits 1
+        self._stop_requested = asyncio.Event()  # run() stops when set (signal or crash)
+        self._hurry = asyncio.Event()  # a second signal: cancel the running handlers now
+        self._session: _Session | None = None  # what start() created, kept after stop()
 
     def configure(self, config: WorkerConfig) -> None:
         """Use `config` instead of the environment (before `start()`)."""
@@ -166,42 +193,42 @@ class Worker:
                 f"WORKER_PAYLOAD_DIR: cannot create {config.payload_dir}: {exc.strerror}"
             ) from None
         self.config = config
-        self._payloads: PayloadStore | None = None
+        payloads: PayloadStore | None = None
         if config.s3 is not None:
             from worker_sdk.s3 import PayloadStore  # aioboto3 is needed only with S3 on
 
-            self._payloads = PayloadStore(config.s3, config.payload_dir)
-            await self._payloads.open()
-        self._connections = [
+            payloads = PayloadStore(config.s3, config.payload_dir)
+            await payloads.open()
+        connections = [
             Connection(o, config.worker_id, config.request_timeout) for o in config.orchestrators
         ]
-        for connection in self._connections:
+        for connection in connections:
             await connection.open()
-        self._gate = SlotGate(config.max_concurrent_tasks)
-        self._stopping = asyncio.Event()
-        self._running: dict[str, _Running] = {}
-        self._processing: dict[str, asyncio.Task[None]] = {}
-        self._task_dirs: set[Path] = set()
-        self._executor = Executor(config.worker_id, self.skills, self._payloads)
-        self._delivery = Delivery(
-            config.worker_id,
-            self._connections,
-            config.result_retry_initial,
-            config.result_retry_max,
+        session = self._session = _Session(
+            payloads=payloads,
+            connections=connections,
+            gate=SlotGate(config.max_concurrent_tasks),
+            executor=Executor(config.worker_id, self.skills, payloads),
+            delivery=Delivery(
+                config.worker_id,
+                connections,
+                config.result_retry_initial,
+                config.result_retry_max,
+            ),
         )
-        self._supervisors = [
+        session.supervisors = [
             Supervisor(config, c, self._registration, self._heartbeat, self.cancel)
-            for c in self._connections
+            for c in connections
         ]
-        self._supervising = [
+        session.supervising = [
             asyncio.create_task(s.run(), name=f"supervisor {s.connection.url}")
-            for s in self._supervisors
+            for s in session.supervisors
         ]
         router = Router(
-            config, self._connections, self._gate, self._skill_names, self._take, self._stopping
+            config, connections, session.gate, self._skill_names, self._take, session.stopping
         )
-        self._polling = asyncio.create_task(router.run(), name="poll loops")
-        for task in (*self._supervising, self._polling):
+        session.polling = asyncio.create_task(router.run(), name="poll loops")
+        for task in (*session.supervising, session.polling):
             task.add_done_callback(self._report_crash)
         self._started = True
         log.info(
@@ -210,7 +237,7 @@ class Worker:
             len(self.skills),
             config.max_concurrent_tasks,
             config.mode,
-            ", ".join(c.url for c in self._connections),
+            ", ".join(c.url for c in connections),
         )
 
     async def stop(self, grace: float | None = None) -> None:
@@ -220,21 +247,23 @@ class Worker:
             return
         self._started = False
         config = self._config()
+        session = self._live()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (config.shutdown_timeout if grace is None else grace)
-        self._stopping.set()
+        session.stopping.set()
         # An open poll is allowed to finish (its client timeout bounds it): closing it early
         # would not stop the orchestrator from leasing a task to it, and that task would
         # wait for its lease to expire. The tasks it brings run, or are cancelled at the
         # deadline like the others. Only a second signal abandons it.
-        await self._until(None, [self._polling])
-        self._polling.cancel()
-        await asyncio.gather(self._polling, return_exceptions=True)
-        await self._until(deadline, [r.handler for r in self._running.values()])
-        for task_id in list(self._running):
+        if session.polling is not None:
+            await self._until(None, [session.polling])
+            session.polling.cancel()
+            await asyncio.gather(session.polling, return_exceptions=True)
+        await self._until(deadline, [r.handler for r in session.running.values()])
+        for task_id in list(session.running):
             self._cancel_one(task_id, "shutdown")
-        await asyncio.gather(*self._processing.values(), return_exceptions=True)
-        left = await self._delivery.drain(config.result_drain_timeout)
+        await asyncio.gather(*session.processing.values(), return_exceptions=True)
+        left = await session.delivery.drain(config.result_drain_timeout)
         if left:
             log.error(
                 "results of %d task(s) not delivered before shutdown: %s; their orchestrator "
@@ -243,15 +272,15 @@ class Worker:
                 ", ".join(left),
             )
         goodbye = {**self._heartbeat(), "status": "offline", "supported_skills": []}
-        await asyncio.gather(*(s.goodbye(goodbye) for s in self._supervisors))
-        for task in self._supervising:
+        await asyncio.gather(*(s.goodbye(goodbye) for s in session.supervisors))
+        for task in session.supervising:
             task.cancel()
-        await asyncio.gather(*self._supervising, return_exceptions=True)
-        for connection in self._connections:
+        await asyncio.gather(*session.supervising, return_exceptions=True)
+        for connection in session.connections:
             await connection.close()
-        if self._payloads is not None:
-            await self._payloads.close()
-        for folder in list(self._task_dirs):
+        if session.payloads is not None:
+            await session.payloads.close()
+        for folder in list(session.task_dirs):
             await asyncio.to_thread(shutil.rmtree, folder, True)
         log.info("worker %r stopped", config.worker_id)
 
@@ -288,10 +317,16 @@ class Worker:
             raise WorkerError("the worker is not started")
         return self.config
 
+    def _live(self) -> _Session:
+        if self._session is None:
+            raise WorkerError("the worker is not started")
+        return self._session
+
     @property
     def task_ids(self) -> list[str]:
         """Tasks this worker holds: running, or with a result still on its way."""
-        return sorted({*self._processing, *self._delivery.pending_task_ids})
+        session = self._live()
+        return sorted({*session.processing, *session.delivery.pending_task_ids})
 
     def _skill_names(self) -> list[str]:
         return sorted(self.skills)
@@ -313,11 +348,12 @@ class Worker:
         }
 
     def _heartbeat(self) -> dict[str, Any]:
+        session = self._live()
         config = self._config()
         return {
             "worker_id": config.worker_id,
             # Running tasks, not slots: an open poll holds slots for the tasks it may bring.
-            "status": "idle" if len(self._processing) < config.max_concurrent_tasks else "full",
+            "status": "idle" if len(session.processing) < config.max_concurrent_tasks else "full",
             "current_tasks": self.task_ids,
             "available_skills": self._skill_names(),
             "timestamp": int(time.time()),
@@ -327,6 +363,7 @@ class Worker:
 
     def _take(self, connection: Connection, task: dict[str, Any]) -> bool:
         """Start a task a poll brought; True when it now owns the poll's slot."""
+        session = self._live()
         job_id, task_id = task.get("job_id"), task.get("task_id")
         if not isinstance(job_id, str) or not isinstance(task_id, str) or not job_id or not task_id:
             log.error(
@@ -335,15 +372,15 @@ class Worker:
                 task,
             )
             return False
-        if task_id in self._processing or task_id in self._delivery.pending_task_ids:
+        if task_id in session.processing or task_id in session.delivery.pending_task_ids:
             log.warning("task %s arrived again while this worker still holds it; ignored", task_id)
             return False
         folder = self._config().payload_dir / task_folder_name(task_id)
-        self._task_dirs.add(folder)
-        progress = functools.partial(self._delivery.progress, connection, job_id, task_id)
+        session.task_dirs.add(folder)
+        progress = functools.partial(session.delivery.progress, connection, job_id, task_id)
         context = TaskContext(task, connection.url, folder, progress)
         log.debug("task %s (%s) from %s", task_id, context.task_type, connection.url)
-        self._processing[task_id] = asyncio.create_task(
+        session.processing[task_id] = asyncio.create_task(
             self._process(connection, task, context), name=f"task {task_id}"
         )
         return True
@@ -351,10 +388,11 @@ class Worker:
     async def _process(
         self, connection: Connection, task: dict[str, Any], context: TaskContext
     ) -> None:
+        session = self._live()
         task_id = context.task_id
         started = time.monotonic()
-        handler = asyncio.create_task(self._executor.run(task, context))
-        self._running[task_id] = _Running(handler, context)
+        handler = asyncio.create_task(session.executor.run(task, context))
+        session.running[task_id] = _Running(handler, context)
         try:
             try:
                 body = await handler
@@ -365,15 +403,16 @@ class Worker:
                 seconds = time.monotonic() - started
                 body = result_body(task, self._config().worker_id, "cancelled", seconds=seconds)
         finally:
-            self._running.pop(task_id, None)
-            self._processing.pop(task_id, None)
-            self._gate.release()
-        # No await since the task left _processing: heartbeats always list it somewhere.
-        self._delivery.submit(connection, body, functools.partial(self._cleanup, context))
+            session.running.pop(task_id, None)
+            session.processing.pop(task_id, None)
+            session.gate.release()
+        # No await since the task left `processing`: heartbeats always list it somewhere.
+        session.delivery.submit(connection, body, functools.partial(self._cleanup, context))
 
     async def _cleanup(self, context: TaskContext) -> None:
+        session = self._live()
         folder = self._config().payload_dir / task_folder_name(context.task_id)
-        self._task_dirs.discard(folder)
+        session.task_dirs.discard(folder)
         if folder.exists():  # most tasks never create theirs: skip the thread hop
             await asyncio.to_thread(shutil.rmtree, folder, True)
 
@@ -383,7 +422,8 @@ class Worker:
             self._cancel_one(task_id, "the orchestrator asked")
 
     def _cancel_one(self, task_id: str, why: str) -> None:
-        running = self._running.get(task_id)
+        session = self._live()
+        running = session.running.get(task_id)
         if running is None:
             log.debug("cancel of task %s (%s): not running here", task_id, why)
             return

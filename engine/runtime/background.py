@@ -12,6 +12,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
+from engine.clock import now_ms
 from engine.runtime import webhooks
 from engine.runtime.aio import Throttle, checkpoint
 from engine.runtime.host import LoopHost
@@ -23,10 +24,6 @@ from engine.store.client import JobRecord, StoreUnavailable
 
 log = logging.getLogger("interlock.orchestrator")
 throttle = Throttle(log)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def leases_of(record: JobRecord) -> Leases:
@@ -174,31 +171,44 @@ async def schedule_loop(orch: LoopHost) -> None:
     while True:
         checkpoint()
         now = datetime.now(UTC)
-        for schedule in orch.schedules:
-            blueprint = orch.registry.current(schedule.blueprint)
-            if blueprint is None:
-                continue
-            ticks = schedule.ticks(last, now)
-            if first:  # catch up on the latest missed tick only, not on every one
-                ticks = ticks[-1:]
-            for tick in ticks:
-                try:
-                    created = await orch.create(
-                        schedule.job_id(tick),
-                        blueprint,
-                        schedule.initial_data,
-                        client=schedule.client,
-                    )
-                except StoreUnavailable as exc:
-                    checkpoint(exc)
-                    log.warning("schedule %s: %s", schedule.name, exc)
-                    continue
-                if created:
-                    log.info(
-                        "schedule %s started job %s for %s",
-                        schedule.name,
-                        schedule.job_id(tick),
-                        tick.isoformat(),
-                    )
+        await start_scheduled(orch, last, now, latest_only=first)
         last, first = now, False
         await asyncio.sleep(0.5)
+
+
+async def start_scheduled(
+    orch: LoopHost, after: datetime, until: datetime, *, latest_only: bool = False
+) -> list[str]:
+    """Create the job of every tick t with after < t <= until (with `latest_only`, of the
+    latest tick only: a restarted loop catches up on one missed tick, not on every one).
+    Returns the ids of the jobs this call created; a tick whose job exists already (another
+    orchestrator was first) is left alone."""
+    created_ids: list[str] = []
+    for schedule in orch.schedules:
+        blueprint = orch.registry.current(schedule.blueprint)
+        if blueprint is None:
+            continue
+        ticks = schedule.ticks(after, until)
+        if latest_only:
+            ticks = ticks[-1:]
+        for tick in ticks:
+            try:
+                created = await orch.create(
+                    schedule.job_id(tick),
+                    blueprint,
+                    schedule.initial_data,
+                    client=schedule.client,
+                )
+            except StoreUnavailable as exc:
+                checkpoint(exc)
+                log.warning("schedule %s: %s", schedule.name, exc)
+                continue
+            if created:
+                created_ids.append(schedule.job_id(tick))
+                log.info(
+                    "schedule %s started job %s for %s",
+                    schedule.name,
+                    schedule.job_id(tick),
+                    tick.isoformat(),
+                )
+    return created_ids

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.clock import now_ms
 from engine.jsonutil import loads
 from engine.runtime.aio import Throttle, checkpoint
 from engine.store.client import LeaseBatch, Store, StoreUnavailable
@@ -273,7 +274,7 @@ class Dispatcher:
                 )
                 batches.append(batch)
         try:
-            made = await self.store.lease(batches, int(time.time() * 1000)) if batches else []
+            made = await self.store.lease(batches, now_ms()) if batches else []
         except BaseException:
             for slots in served:
                 for waiter in slots:

@@ -14,13 +14,14 @@ import hmac
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from engine.blueprint.model import Blueprint
+from engine.clock import now_ms
 from engine.jsonutil import dumps
 from engine.runtime import background, tasks, webhooks
-from engine.runtime.background import leases_of, now_ms
+from engine.runtime.background import leases_of
 from engine.runtime.dispatcher import Dispatcher, Waiter
 from engine.runtime.host import Applied, Outcome, Rule
 from engine.runtime.host import OrchestratorSettings as OrchestratorSettings
@@ -574,3 +575,27 @@ class Orchestrator:
         self.recent.clear()
         for job_id in list(self._done_waiters):
             self.job_done(job_id)
+
+    # -- what the server asks about (so that it never reaches into the store or registry) --------
+
+    def blueprint(self, name: str) -> Blueprint | None:
+        """The loaded blueprint called `name` (the version new jobs get)."""
+        return self.registry.current(name)
+
+    def blueprint_for_endpoint(self, endpoint: str) -> Blueprint | None:
+        """The loaded blueprint whose api_endpoint is `endpoint`."""
+        return self.registry.by_endpoint.get(endpoint)
+
+    def blueprints(self) -> list[Blueprint]:
+        """Every loaded blueprint, by name."""
+        return [self.registry.by_name[name] for name in sorted(self.registry.by_name)]
+
+    async def pinned_blueprint(self, doc: Mapping[str, Any]) -> Blueprint:
+        """The blueprint version a job runs (it may no longer be the loaded one)."""
+        return (await self.registry.machine(doc["hash"], self.store)).bp
+
+    async def worker_registration(self, worker_id: str) -> dict[str, Any] | None:
+        return await self.store.worker_registration(worker_id)
+
+    async def store_reachable(self) -> bool:
+        return await self.store.ping()

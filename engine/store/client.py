@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,6 +18,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
+from engine.clock import now_ms
 from engine.errors import InterlockError
 from engine.jsonutil import dumps, loads
 from engine.runtime.jobdoc import JobDoc
@@ -492,7 +492,7 @@ class Store:
     ) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.keys.worker(worker_id), dumps(registration), px=ttl_ms)
-        pipe.set(self.keys.worker_alive(worker_id), dumps({"at": _ms(), "tasks": []}), px=ttl_ms)
+        pipe.set(self.keys.worker_alive(worker_id), dumps({"at": now_ms(), "tasks": []}), px=ttl_ms)
         await pipe.execute()
 
     async def heartbeat(
@@ -506,7 +506,7 @@ class Store:
         self, beats: list[tuple[str, list[str], int, int]]
     ) -> list[tuple[bool, list[str]] | Exception]:
         pipe = self.redis.pipeline(transaction=False)
-        now = _ms()
+        now = now_ms()
         for worker_id, tasks, alive_ms, registration_ms in beats:
             pipe.pexpire(self.keys.worker(worker_id), registration_ms)
             pipe.set(
@@ -563,7 +563,3 @@ class Store:
                     yield None
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
-
-
-def _ms() -> int:
-    return int(time.time() * 1000)

@@ -163,7 +163,7 @@ async def test_a_wait_on_a_job_that_ends_here_reads_nothing(redis_url: str, tmp_
         tasks = await orch.next_tasks("w1", ("echo",), 5, 1)
         before = await command_calls(redis_url)
         waiting = asyncio.create_task(orch.read(job_id, "c", 5))
-        await asyncio.sleep(0.05)
+        await eventually(lambda: job_id in orch._done_waiters, what="the read waits")
         await answer_all(orch, "w1", tasks)
         record = await waiting
         used = spent(before, await command_calls(redis_url))
@@ -249,7 +249,7 @@ async def test_no_per_job_state_outlives_the_jobs(store_url: str, tmp_path: Path
             job_id = await orch.submit(noop, {"n": n}, client="c")
             assert (await finished(orch, job_id))["status"] == "finished"
         poll = asyncio.create_task(orch.next_tasks("w1", ("echo",), 5, 50))
-        await asyncio.sleep(0.02)
+        await eventually(lambda: orch.dispatcher.waiters.get("echo"), what="the poll waits")
         job_ids = await asyncio.gather(*(submit(orch, n) for n in range(30)))
         tasks = await poll
         while len(tasks) < 30:

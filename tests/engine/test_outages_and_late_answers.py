@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.blueprint.loader import load_blueprint_text
+from engine.clock import now_ms
 from engine.runtime import background
 from engine.runtime import orchestrator as orchestrator_module
 from engine.runtime.host import OrchestratorSettings
@@ -106,7 +107,7 @@ async def test_a_decision_just_after_the_approval_timeout_is_answered_as_after_i
         assert doc is not None
         assert doc["approval"] is not None
         token = doc["approval"]["token"]
-        later = background.now_ms() + 61_000
+        later = now_ms() + 61_000
         monkeypatch.setattr(orchestrator_module, "now_ms", lambda: later)  # a minute on
         assert await orch.decide(job_id, "c", "approve") == Ignored("not_waiting_for_approval")
         # Through the link: what a link whose approval has ended gets (404 in the API).

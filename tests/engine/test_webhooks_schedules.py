@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -15,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from engine.blueprint.loader import load_blueprints
-from engine.runtime import webhooks
+from engine.runtime import background, webhooks
 from engine.runtime.jobdoc import RuntimeSettings
 from engine.runtime.orchestrator import Orchestrator, OrchestratorSettings
 from engine.runtime.registry import Registry
@@ -25,6 +26,7 @@ from tests.engine.test_orchestrator import LINEAR, finished, run_task
 from tests.support.redis_server import free_port
 
 SECRET = "webhook-secret"
+T = TypeVar("T")
 SET_ONLY = "blueprint: tick\nstart: s\nstates:\n  s: {set: {a: 1}, next: e}\n  e: {end: finished}\n"
 
 
@@ -99,6 +101,15 @@ async def wait_for(predicate: object, seconds: float = 10) -> None:
     raise AssertionError("condition not met in time")
 
 
+async def eventually(check: Callable[[], Awaitable[T]], seconds: float = 10) -> T:
+    """The first truthy value of `check()`, asked every 50 ms until the deadline."""
+    for _ in range(int(seconds * 20)):
+        if value := await check():
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
 async def test_a_finished_job_posts_a_signed_webhook(store_url: str, tmp_path: Path) -> None:
     async with receiver() as (url, received), running(store_url, tmp_path, [LINEAR]) as orch:
         job_id = await orch.submit(
@@ -147,24 +158,58 @@ async def test_a_webhook_survives_the_orchestrator_that_finished_the_job(
 async def test_every_tick_starts_exactly_one_job_across_orchestrators(
     redis_url: str, tmp_path: Path
 ) -> None:
+    """Two orchestrators walk the same (fake) clock concurrently, in uneven steps: each tick
+    gets one job, created by exactly one of them."""
     every = Schedule(
         name="often", blueprint="tick", initial_data={"x": 1}, zone=ZoneInfo("UTC"), every_s=1.0
     )
-    started = datetime.now(UTC)
+    origin = datetime(2026, 1, 1, tzinfo=UTC)
+    end = origin + timedelta(seconds=10)
+
+    async def walk(orch: Orchestrator, step_ms: int) -> list[str]:
+        created: list[str] = []
+        last = origin
+        while last < end:
+            now = min(end, last + timedelta(milliseconds=step_ms))
+            created += await background.start_scheduled(orch, last, now)
+            last = now
+        return created
+
     async with (
-        running(redis_url, tmp_path, [SET_ONLY], schedules=[every]) as a,
-        running(redis_url, tmp_path, [SET_ONLY], schedules=[every]),
+        running(redis_url, tmp_path, [SET_ONLY]) as a,
+        running(redis_url, tmp_path, [SET_ONLY]) as b,
     ):
-        await asyncio.sleep(3.2)
+        a.schedules = b.schedules = (every,)  # driven by hand, not by their loops
+        by_a, by_b = await asyncio.gather(walk(a, 300), walk(b, 700))
         jobs, _ = await a.list_jobs("scheduler", status=None, blueprint="tick", limit=200)
-    ended = datetime.now(UTC)
-    caught_up = every.ticks(started - timedelta(seconds=2), started)[-1:]
-    expected = [*caught_up, *every.ticks(started, ended)]
-    ids = [job["id"] for job in jobs]
-    assert len(ids) == len(set(ids))  # no tick ran twice
-    assert set(ids) <= {every.job_id(t) for t in expected}
-    assert {every.job_id(t) for t in expected[:-1]} <= set(ids)
-    assert len(ids) >= 3
+        histories = [await a.history(job["id"], "scheduler") or [] for job in jobs]
+    expected = {every.job_id(origin + timedelta(seconds=s)) for s in range(1, 11)}
+    assert sorted(by_a + by_b) == sorted(expected)  # every tick once, none twice
+    assert {job["id"] for job in jobs} == expected
+    assert all([e["event"] for e in h].count("job_created") == 1 for h in histories)
+
+
+async def test_the_schedule_loop_catches_up_on_the_latest_missed_tick(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The wiring: a started orchestrator runs its schedules by itself; its first turn
+    starts the job of the latest tick at once, not the older ones it missed."""
+    minutely = Schedule(
+        name="minutely", blueprint="tick", initial_data={}, zone=ZoneInfo("UTC"), every_s=60
+    )
+    before = datetime.now(UTC)
+    async with running(redis_url, tmp_path, [SET_ONLY], schedules=[minutely]) as orch:
+
+        async def started() -> list[dict[str, Any]]:
+            jobs, _ = await orch.list_jobs("scheduler", status=None, blueprint="tick", limit=9)
+            return jobs
+
+        found = await eventually(started)
+        after = datetime.now(UTC)
+    # The latest tick when the loop started (a minute may turn meanwhile: then the next one).
+    allowed = {minutely.job_id(t) for t in minutely.ticks(before - timedelta(minutes=1), after)}
+    assert len(found) == 1
+    assert found[0]["id"] in allowed
 
 
 def test_cron_ticks_follow_the_timezone() -> None:

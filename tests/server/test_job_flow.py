@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from engine.runtime.orchestrator import Orchestrator
 from tests.server.helpers import (
     ACME,
     Client,
@@ -70,7 +71,9 @@ async def test_a_pipeline_runs_from_submission_to_result(api: Client) -> None:
     assert all(isinstance(e["duration_ms"], int) for e in results)
 
 
-async def test_wait_answers_as_soon_as_the_job_ends(api: Client) -> None:
+async def test_wait_answers_as_soon_as_the_job_ends(
+    api: Client, orchestrator: Orchestrator
+) -> None:
     # Given a job whose one remaining task is held by a worker
     await register(api, ["check_inventory", "ship"])
     job_id = await submit(api, "jobs/process_order", {"items": ["a"], "priority": "express"})
@@ -78,7 +81,11 @@ async def test_wait_answers_as_soon_as_the_job_ends(api: Client) -> None:
 
     # When a client waits for it (up to 30 s) and the worker then reports a custom status
     waiting = asyncio.create_task(job(api, job_id, wait="30"))
-    await asyncio.sleep(0.2)
+    for _ in range(10_000):  # until the request waits in the engine (10 s at least)
+        if job_id in orchestrator._done_waiters:
+            break
+        await asyncio.sleep(0.001)
+    assert job_id in orchestrator._done_waiters
     assert not waiting.done()
     answer = await result(
         api, {"job_id": job_id, "task_id": task["task_id"], "status": "out_of_stock"}

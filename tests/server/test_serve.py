@@ -164,7 +164,7 @@ async def test_validate_does_not_need_aiohttp() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "import sys, engine.cli; engine.cli.build_parser(); "
+        "import sys, interlock_cli; interlock_cli.build_parser(); "
         "print(sorted(m for m in ('aiohttp', 'server', 'redis') if m in sys.modules))",
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,

@@ -211,7 +211,11 @@ async def test_shutdown_answers_open_polls_at_once(
         url = server.make_url("/_worker/workers/w-solo/tasks/next")
         params = {"timeout": "30", "available_skills": "fetch_image", **batch}
         waiting = asyncio.create_task(session.get(url, params=params, headers=worker()))
-        await asyncio.sleep(0.3)
+        for _ in range(10_000):  # until the poll waits in the engine (10 s at least)
+            if orchestrator.dispatcher.waiters.get("fetch_image"):
+                break
+            await asyncio.sleep(0.001)
+        assert orchestrator.dispatcher.waiters.get("fetch_image")
         assert not waiting.done()
         async with asyncio.timeout(10):  # well before the poll's 30 s
             await server.close()

@@ -104,7 +104,7 @@ def serve(
     }
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve"],
+            [sys.executable, "-m", "interlock_cli", "serve"],
             cwd=ROOT,
             env=environment,
             stdout=sink,

@@ -15,6 +15,7 @@ import pytest
 from tests.worker_sdk.conftest import s3_env
 from tests.worker_sdk.support import (
     client,
+    eventually,
     fast_config,
     fast_env,
     history,
@@ -93,9 +94,10 @@ async def test_nested_params_and_a_folder_round_trip(
             )
             job = await wait_terminal(http, job_id)
             events = await history(http, job_id)
-            await asyncio.sleep(0.1)
+            payloads = (tmp_path / "payloads").resolve()
+            # the task's files are gone once the result is in (not only at shutdown)
+            await eventually(lambda: os.listdir(payloads) == [], what="the task folder removed")
     assert job["status"] == "finished", events
-    payloads = (tmp_path / "payloads").resolve()
     assert Path(seen["scans"][0]).is_relative_to(payloads)
     assert seen["scans"][1] == "not a uri"
     result = job["result"]

@@ -63,12 +63,13 @@ async def test_failover_when_the_primary_is_killed_and_back_when_it_returns(
                 primary.kill()  # mid-stream: tasks leased, running and being reported
                 during = [await submit(http, "jobs/sdk_echo", {"n": i}) for i in range(20)]
                 done = [await wait_terminal(http, j) for j in before + during]
+                back = len(proc.output())
                 with orchestrator(tmp_path, redis_url, port=primary_port):
+                    # once the poll open on the secondary has ended
                     await eventually(
-                        lambda: proc.output().count(f"registered with {primary.url}") == 2,
+                        lambda: f"polling {primary.url} for tasks" in proc.output()[back:],
                         what="the worker returning to the primary",
                     )
-                    await asyncio.sleep(1.5)  # the poll open on the secondary ends (1 s)
                     after = [await submit(http, "jobs/sdk_echo", {"n": i}) for i in range(10)]
                     done += [await wait_terminal(http, j) for j in after]
                 entries = [await history(http, j) for j in before + during + after]

@@ -1,4 +1,7 @@
-"""The `interlock` command line: validate, graph, serve."""
+"""The `interlock` command line: validate, graph, serve.
+
+It sits above both `engine` (validate, graph) and `server` (serve), which never import it.
+"""
 
 from __future__ import annotations
 
@@ -133,7 +136,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
