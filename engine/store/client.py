@@ -30,6 +30,9 @@ Outcome = TypeVar("Outcome")
 
 MAX_CONNECTIONS = 10  # per orchestrator process, pub/sub subscription included
 MAX_BATCH = 500  # job changes (or heartbeats) in one round trip
+# A change writing more values than this runs in a script call of its own (in the same round
+# trip), so that whatever a very large change meets can never fail its batch neighbours.
+LARGE_CHANGE = 2000
 
 KEEP = "-"  # commit(timer_ms=KEEP) leaves the job's timer as it is
 
@@ -254,12 +257,15 @@ class Store:
         return await self._commits.submit((change, history_start))
 
     async def _commit_batch(self, items: list[tuple[Commit, int]]) -> list[bool | Exception]:
-        by_partition: dict[int, list[int]] = {}  # partition -> positions in items
+        # (partition, large change's position or -1) -> positions in items
+        by_partition: dict[tuple[int, int], list[int]] = {}
         for position, (change, _) in enumerate(items):
-            by_partition.setdefault(self.keys.partition(change.job_id), []).append(position)
+            alone = position if _size(change) > LARGE_CHANGE else -1
+            group = (self.keys.partition(change.job_id), alone)
+            by_partition.setdefault(group, []).append(position)
         calls = [
             self._batch_call(partition, [items[i] for i in positions])
-            for partition, positions in by_partition.items()
+            for (partition, _), positions in by_partition.items()
         ]
         answers = await self._run_scripts(self._commit, calls)
         outcomes: list[bool | Exception] = [False] * len(items)
@@ -562,6 +568,18 @@ class Store:
                     yield None
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+
+
+def _size(change: Commit) -> int:
+    """About how many values `change` writes (fields, history, payloads, queue entries)."""
+    return (
+        len(change.fields)
+        + len(change.history)
+        + len(change.payloads)
+        + len(change.drop)
+        + len(change.enqueue)
+        + len(change.dequeue)
+    )
 
 
 def _ms() -> int:
