@@ -341,11 +341,17 @@ class Orchestrator:
         return await self.dispatcher.next_task(worker_id, skills, wait_s)
 
     async def next_tasks(
-        self, worker_id: str, skills: tuple[str, ...], wait_s: float, max_tasks: int
+        self,
+        worker_id: str,
+        skills: tuple[str, ...],
+        wait_s: float,
+        max_tasks: int,
+        gone: Callable[[], bool] | None = None,
     ) -> list[dict[str, Any]]:
         """Up to `max_tasks` leased task payloads for one poll: as soon as at least one is
-        leased (those leased together come together), or [] after `wait_s` seconds."""
-        return await self.dispatcher.next_tasks(worker_id, skills, wait_s, max_tasks)
+        leased (those leased together come together), or [] after `wait_s` seconds.
+        `gone()`: whether the poll's connection closed (no task is leased to it then)."""
+        return await self.dispatcher.next_tasks(worker_id, skills, wait_s, max_tasks, gone)
 
     async def submit_result(self, worker_id: str, result: dict[str, Any]) -> dict[str, Any]:
         """Apply a worker's result once; anything else is answered `ignored` with a reason."""
