@@ -160,9 +160,11 @@ class Orchestrator:
         *,
         client: str,
         parent: dict[str, Any] | None = None,
+        fingerprint: str | None = None,
         **options: Any,
     ) -> bool:
-        """Create and start a job with a given id; False if that id exists already."""
+        """Create and start a job with a given id; False if that id exists already.
+        `fingerprint` identifies the request of an idempotent submit (kept in the job)."""
         now = now_ms()
         doc = new_job(
             job_id=job_id,
@@ -173,6 +175,8 @@ class Orchestrator:
             parent=parent,
             **options,
         )
+        if fingerprint is not None:
+            doc["request_fingerprint"] = fingerprint
         machine = await self.registry.machine(blueprint.content_hash, self.store)
         fx = machine.start(doc, now, self.rng)
         return await self.commit(machine, None, doc, fx, index=(client, now))
