@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from engine.blueprint.model import Blueprint
 from engine.jsonutil import dumps
-from engine.runtime import background, webhooks
+from engine.runtime import background, deployment, webhooks
 from engine.runtime.background import leases_of, now_ms
 from engine.runtime.dispatcher import Dispatcher, Waiter
 from engine.runtime.jobdoc import (
@@ -106,6 +106,7 @@ class Orchestrator:
             "dispatcher": self.dispatcher.run(),
             "timers": background.timer_loop(self),
             "notifications": background.listen(self),
+            "deployment": deployment.watch(self.store),  # notices a wiped store
         }
         if self.webhook_sender is not None:
             loops["webhooks"] = background.webhook_loop(self)

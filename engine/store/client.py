@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -189,6 +190,9 @@ class Store:
         self._claim = client.register_script(_script("claim_timers.lua"))
         self._commits = Batcher(self._commit_batch, MAX_BATCH)
         self._heartbeats = Batcher(self._heartbeat_batch, MAX_BATCH)
+        # The deployment marker this process found (or wrote) at start; see `check_marker`.
+        self.marker: str | None = None
+        self.wiped_at: int | None = None  # ms when the marker was found gone or replaced
 
     @classmethod
     async def connect(cls, url: str, *, prefix: str = "il", partitions: int = 8) -> Store:
@@ -224,7 +228,11 @@ class Store:
     async def _check_partitions(self) -> None:
         try:
             await self.redis.hsetnx(self.keys.meta, "partitions", str(self.keys.partitions))
-            stored = str(await self.redis.hget(self.keys.meta, "partitions"))
+            # The deployment marker: written by the first process to start on this Redis.
+            await self.redis.hsetnx(self.keys.meta, "deployment", uuid.uuid4().hex)
+            stored, marker = await self.redis.hmget(self.keys.meta, ["partitions", "deployment"])
+            stored = str(stored)
+            self.marker = str(marker)
         except redis.exceptions.RedisError as exc:
             raise StoreUnavailable(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
         if stored != str(self.keys.partitions):
@@ -232,6 +240,22 @@ class Store:
                 f"this Redis holds jobs in {stored} partitions but REDIS_PARTITIONS is "
                 f"{self.keys.partitions}; use {stored}"
             )
+
+    @translated
+    async def check_marker(self) -> bool:
+        """False once the deployment marker this process saw at start is gone or replaced:
+        the store was wiped (a Redis without persistence restarted, a FLUSHALL) and every
+        job it held is lost. The marker is written again so that the store stays usable
+        (and every other process notices too, its marker being different)."""
+        if self.wiped_at is not None:
+            return False
+        current = await self.redis.hget(self.keys.meta, "deployment")
+        if current is not None and str(current) == self.marker:
+            return True
+        self.wiped_at = _ms()
+        await self.redis.hsetnx(self.keys.meta, "partitions", str(self.keys.partitions))
+        await self.redis.hsetnx(self.keys.meta, "deployment", uuid.uuid4().hex)
+        return False
 
     async def ping(self) -> bool:
         try:
