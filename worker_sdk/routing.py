@@ -54,8 +54,20 @@ class SlotGate:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.used = 0
+        self.used_by: dict[str, int] = {}  # key -> slots it holds (open polls and tasks)
         self._waiters: list[_Waiter] = []
         self._credit: dict[str, int] = {}
+        self._released: list[asyncio.Future[None]] = []
+
+    def next_release(self) -> asyncio.Future[None]:
+        """A future resolved the next time any slot is given back."""
+        future = asyncio.get_running_loop().create_future()
+        self._released.append(future)
+        return future
+
+    def _count(self, key: str, slots: int) -> None:
+        self.used += slots
+        self.used_by[key] = self.used_by.get(key, 0) + slots
 
     @property
     def free(self) -> int:
@@ -63,7 +75,7 @@ class SlotGate:
 
     async def acquire(self, key: str = "", weight: int = 1) -> None:
         if self.used < self.capacity and not self._waiters:
-            self.used += 1
+            self._count(key, 1)
             return
         waiter = _Waiter(key, weight)
         self._waiters.append(waiter)
@@ -71,30 +83,34 @@ class SlotGate:
             await waiter.future
         except asyncio.CancelledError:
             if waiter.future.done() and not waiter.future.cancelled():
-                self.release()  # granted just as we were cancelled: give it back
+                self.release(1, key)  # granted just as we were cancelled: give it back
             elif waiter in self._waiters:
                 self._waiters.remove(waiter)
             raise
 
-    def try_acquire(self, most: int) -> int:
+    def try_acquire(self, most: int, key: str = "") -> int:
         """Take up to `most` free slots without waiting; how many were taken. None while a
         waiter is queued: a free slot is about to be its."""
         if self._waiters:
             return 0
         taken = max(0, min(most, self.capacity - self.used))
-        self.used += taken
+        self._count(key, taken)
         return taken
 
-    def release(self, count: int = 1) -> None:
+    def release(self, count: int = 1, key: str = "") -> None:
         if count <= 0:
             return
-        self.used -= count
+        self._count(key, -count)
+        for future in self._released:
+            if not future.done():
+                future.set_result(None)
+        self._released.clear()
         # A waiter cancelled since it queued has a cancelled future and leaves on its own.
         self._waiters = [w for w in self._waiters if not w.future.done()]
         while self.used < self.capacity and self._waiters:
             waiter = self._pick()
             self._waiters.remove(waiter)
-            self.used += 1
+            self._count(waiter.key, 1)
             waiter.future.set_result(None)
 
     def _pick(self) -> _Waiter:
@@ -151,9 +167,33 @@ class Router:
         """How many more free slots a poll to `connection`, holding one, may take."""
         spare = self.gate.free
         if self.config.mode != "FAILOVER":
+            others = [c for c in self.connections if c.up and c is not connection]
             # Leave a slot for every other loop, so that poll_wait decides as with one.
-            spare -= sum(1 for c in self.connections if c.up and c is not connection)
+            spare -= len(others)
+            # And take no more than this orchestrator's weighted share of the slots while
+            # the others have work too: whoever polls when slots free up must not take
+            # them all (that split two busy orchestrators 15/5 rather than 10/10).
+            spare = min(spare, self.share(connection) - self.gate.used_by.get(connection.url, 0))
         return max(0, min(spare, MAX_TASKS_PER_POLL - 1))
+
+    def share(self, connection: Connection) -> int:
+        """ROUND_ROBIN: the slots `connection` may hold while the others have work too (its
+        weighted share, rounded up); all of them when the others are down or idle."""
+        busy = [
+            c
+            for c in self.connections
+            if c.up and c is not connection and not self._empty.get(c.url)
+        ]
+        weight = connection.config.weight
+        total = weight + sum(c.config.weight for c in busy)
+        return -(-self.gate.capacity * weight // total)
+
+    def over_share(self, connection: Connection) -> bool:
+        """ROUND_ROBIN: `connection` holds its share already (so it polls again only when
+        one of its slots comes back, or the others go idle)."""
+        if self.config.mode == "FAILOVER":
+            return False
+        return self.gate.used_by.get(connection.url, 0) >= self.share(connection)
 
     def _changed(self) -> None:
         for future in self._changes:
@@ -182,6 +222,9 @@ class Router:
             if connection is None or not connection.up:
                 await self._unless_stopped(self.next_change())
                 continue
+            if self.over_share(connection):
+                await self._unless_stopped(self.gate.next_release())
+                continue
             slot = self.gate.acquire(connection.url, connection.config.weight)
             if not await self._unless_stopped(slot):
                 return
@@ -198,7 +241,7 @@ class Router:
         try:
             if self.stopping.is_set() or not connection.up:
                 return None
-            held += self.gate.try_acquire(self.extra_slots(connection))
+            held += self.gate.try_acquire(self.extra_slots(connection), connection.url)
             try:
                 tasks = await connection.poll(self.skills(), self.poll_wait(connection), held)
             except Unavailable as exc:
@@ -228,7 +271,7 @@ class Router:
                     handed += 1  # the task now owns one of the slots
             return None
         finally:
-            self.gate.release(held - handed)
+            self.gate.release(held - handed, connection.url)
 
     async def _unless_stopped(self, awaitable: Awaitable[Any]) -> bool:
         """Await `awaitable` unless the worker starts stopping first (then cancel it)."""

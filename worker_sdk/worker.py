@@ -367,7 +367,7 @@ class Worker:
         finally:
             self._running.pop(task_id, None)
             self._processing.pop(task_id, None)
-            self._gate.release()
+            self._gate.release(1, connection.url)
         # No await since the task left _processing: heartbeats always list it somewhere.
         self._delivery.submit(connection, body, functools.partial(self._cleanup, context))
 
