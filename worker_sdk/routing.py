@@ -1,9 +1,14 @@
 """Which orchestrator to ask for the next task, and how many tasks may run at once.
 
-FAILOVER (also called WATERFALL): one poll loop asks the first orchestrator, in priority
-order, that is up. When a call finds it unreachable it is marked down and the next poll goes
-to the next one; the supervisor keeps probing the ones that are down, and as soon as a
-higher-priority one answers again the following poll goes back to it.
+FAILOVER: one poll loop asks the first orchestrator, in priority order, that is up. When a
+call finds it unreachable it is marked down and the next poll goes to the next one; the
+supervisor keeps probing the ones that are down, and as soon as a higher-priority one
+answers again the following poll goes back to it.
+
+WATERFALL (avtomatika's meaning): one poll loop too, but a poll that comes back empty sends
+the next one down the priority order (to the next orchestrator that is up); a poll that
+brings tasks sends the next one back to the first. So an orchestrator with work is asked
+even while those before it are up but idle.
 
 ROUND_ROBIN: one poll loop per orchestrator, each holding at most one open poll. A poll
 needs a free slot (MAX_CONCURRENT_TASKS is never exceeded: a poll that brings a task hands
@@ -141,6 +146,7 @@ class Router:
         self.sink = sink
         self.stopping = stopping
         self._empty: dict[str, bool] = {}  # url -> its last poll brought nothing
+        self._fall = 0  # WATERFALL: how far down the priority order the next poll goes
         self._changes: list[asyncio.Future[None]] = []
         for connection in connections:
             connection.listeners.append(self._changed)
@@ -148,13 +154,23 @@ class Router:
     # -- selection ---------------------------------------------------------------------------
 
     def active(self) -> Connection | None:
-        """FAILOVER: the first orchestrator in priority order that is up."""
-        return next((c for c in self.connections if c.up), None)
+        """FAILOVER: the first orchestrator in priority order that is up. WATERFALL: the
+        one the last empty polls have fallen to (back to the first after any task)."""
+        up = [c for c in self.connections if c.up]
+        if not up:
+            return None
+        if self.config.mode == "WATERFALL":
+            return up[self._fall % len(up)]
+        return up[0]
+
+    @property
+    def single_loop(self) -> bool:
+        return self.config.mode in ("FAILOVER", "WATERFALL")
 
     def poll_wait(self, connection: Connection) -> float:
         """How long the next poll to `connection` may wait (its slot is already held)."""
         full = self.config.poll_timeout
-        if self.config.mode == "FAILOVER":
+        if self.single_loop:
             return full
         others = sum(1 for c in self.connections if c.up and c is not connection)
         if self.gate.free >= others:
@@ -166,7 +182,7 @@ class Router:
     def extra_slots(self, connection: Connection) -> int:
         """How many more free slots a poll to `connection`, holding one, may take."""
         spare = self.gate.free
-        if self.config.mode != "FAILOVER":
+        if not self.single_loop:
             others = [c for c in self.connections if c.up and c is not connection]
             # Leave a slot for every other loop, so that poll_wait decides as with one.
             spare -= len(others)
@@ -191,7 +207,7 @@ class Router:
     def over_share(self, connection: Connection) -> bool:
         """ROUND_ROBIN: `connection` holds its share already (so it polls again only when
         one of its slots comes back, or the others go idle)."""
-        if self.config.mode == "FAILOVER":
+        if self.single_loop:
             return False
         return self.gate.used_by.get(connection.url, 0) >= self.share(connection)
 
@@ -210,7 +226,7 @@ class Router:
     # -- poll loops --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        if self.config.mode == "FAILOVER":
+        if self.single_loop:
             await self._loop(None)
         else:
             await asyncio.gather(*(self._loop(c) for c in self.connections))
@@ -257,6 +273,7 @@ class Router:
                 log.warning("orchestrator %s refused a poll: %s", connection.url, exc)
                 return 0.0
             self._empty[connection.url] = not tasks
+            self._fall = self._fall + 1 if not tasks else 0
             if len(tasks) > held:
                 log.error(
                     "orchestrator %s sent %d tasks for max_tasks=%d; the %d beyond are dropped "
