@@ -30,7 +30,9 @@ def fan_out(
     if state.for_each is not None:
         items = state.for_each.search(machine.context(doc))
         if not isinstance(items, list):
-            raise ExpressionError(f"for_each gave {type(items).__name__}, not a list")
+            # Name the expression: "gave NoneType" alone does not say which key was missing.
+            got = "null (nothing at that path)" if items is None else type(items).__name__
+            raise ExpressionError(f"for_each {state.for_each.source!r} gave {got}, not a list")
         names: list[str] | None = None
         count = len(items)
     else:
