@@ -20,8 +20,17 @@ from engine.durations import parse_duration
 from engine.runtime.jobdoc import Ignored, JobStatus
 from engine.runtime.jobgraph import job_dot
 from engine.runtime.orchestrator import Orchestrator, parse_cursor
+from server import idempotency
 from server.auth import CLIENT_HEADER
-from server.errors import ApiError, BadRequest, Conflict, Handler, NotFound, json_response
+from server.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    Handler,
+    NotFound,
+    ServiceUnavailable,
+    json_response,
+)
 from server.params import (
     ID,
     json_object,
@@ -123,6 +132,7 @@ async def submit_job(request: web.Request) -> web.Response:
             "each blueprint's api_endpoint",
             code="unknown_endpoint",
         )
+    key = idempotency.idempotency_key(request.headers)
     body = await json_object(request, empty_ok=True)
     reject_unknown(body, SUBMIT_FIELDS, "the job request")
     problems: list[dict[str, str]] = []
@@ -141,17 +151,46 @@ async def submit_job(request: web.Request) -> web.Response:
             details=problems,
         )
     _check_input(blueprint, initial_data)
-    job_id = await orch.submit(
-        blueprint,
-        initial_data,
-        client=request[CLIENT],
-        webhook_url=webhook_url,
-        dispatch_timeout_ms=dispatch_ms,
-        result_timeout_ms=result_ms,
-    )
-    response = json_response({"status": "accepted", "job_id": job_id}, status=202)
+    options: dict[str, Any] = {
+        "webhook_url": webhook_url,
+        "dispatch_timeout_ms": dispatch_ms,
+        "result_timeout_ms": result_ms,
+    }
+    client = request[CLIENT]
+    status = 202
+    if key is None:
+        job_id = await orch.submit(blueprint, initial_data, client=client, **options)
+    else:
+        job_id, status = await _submit_once(request, key, blueprint, initial_data, body, options)
+    response = json_response({"status": "accepted", "job_id": job_id}, status=status)
     response.headers["Location"] = f"{PREFIX}/jobs/{job_id}"
     return response
+
+
+async def _submit_once(
+    request: web.Request,
+    key: str,
+    blueprint: Blueprint,
+    initial_data: dict[str, Any],
+    body: dict[str, Any],
+    options: dict[str, Any],
+) -> tuple[str, int]:
+    """Submit with an Idempotency-Key: (job id, 202) for a new job, (its id, 200) when the
+    same request made it before; 409 when the key was used for another request."""
+    orch = orchestrator(request)
+    client = request[CLIENT]
+    job_id = idempotency.job_id_for(client, key)
+    expected = idempotency.fingerprint(request.match_info["api_endpoint"], body)
+    for _ in range(3):  # the job may expire between the two steps; then create it again
+        if await orch.create(
+            job_id, blueprint, initial_data, client=client, fingerprint=expected, **options
+        ):
+            return job_id, 202
+        record = await orch.read(job_id, client)
+        if record is not None:
+            idempotency.check_replay(record.doc, key, expected)
+            return job_id, 200
+    raise ServiceUnavailable("the job of this Idempotency-Key keeps changing; retry")
 
 
 def _problem(field: str, message: str) -> dict[str, str]:

@@ -74,6 +74,11 @@ class Conflict(ApiError):
     default_code = "conflict"
 
 
+class ServiceUnavailable(ApiError):
+    status = 503
+    default_code = "store_unavailable"
+
+
 def json_response(data: Any, *, status: int = 200) -> web.Response:
     """A JSON answer encoded by the engine's codec (compact, UTF-8)."""
     return web.Response(

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.runtime.deployment import WIPED_MESSAGE
 from engine.runtime.jobdoc import Ignored
 from server.client_api import decision_of, refused_decision
 from server.errors import NotFound, error_response, json_response
@@ -26,10 +27,22 @@ PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 
 
 async def status(request: web.Request) -> web.Response:
-    """200 while the store answers PING, 503 otherwise."""
-    if await orchestrator(request).store_reachable():
-        return json_response({"status": "ok", "store": "reachable"})
-    return error_response(503, "store_unavailable", "the job store does not answer")
+    """200 while the store answers PING, 503 otherwise; a store found wiped while this
+    process ran is reported (still 200: new jobs work, but the old ones are lost)."""
+    orch = orchestrator(request)
+    if not await orch.store_reachable():
+        return error_response(503, "store_unavailable", "the job store does not answer")
+    wiped_at = orch.store_wiped_at()
+    if wiped_at is not None:
+        return json_response(
+            {
+                "status": "store_wiped",
+                "store": "reachable",
+                "store_wiped_at": iso(wiped_at),
+                "message": WIPED_MESSAGE,
+            }
+        )
+    return json_response({"status": "ok", "store": "reachable"})
 
 
 def approval_not_found() -> NotFound:

@@ -14,6 +14,7 @@ never uses them and sees the routes exactly as RXON has them:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from typing import Any
@@ -32,6 +33,8 @@ from server.params import (
     required_str,
 )
 from server.state import WORKER, WORKER_AUTH, orchestrator, settings, unless_closing
+
+log = logging.getLogger("interlock.server")
 
 DEFAULT_POLL_S = 30.0
 MAX_TASKS_PER_POLL = 100  # the most a poll with `max_tasks` may ask for
@@ -183,16 +186,27 @@ async def next_task(request: web.Request) -> web.Response:
     max_tasks = _max_tasks(request)
     skills = await _skills(request, worker_id)
     orch = orchestrator(request)
-    if max_tasks is not None:
-        work = orch.next_tasks(worker_id, skills, wait_s, max_tasks)
-        tasks = await unless_closing(request, work, [])
-        if not tasks:
-            return web.Response(status=204)
-        return json_response({"tasks": tasks})
-    task = await unless_closing(request, orch.next_task(worker_id, skills, wait_s), None)
-    if task is None:
+
+    def gone() -> bool:  # the worker closed the connection (it died, or gave up waiting)
+        transport = request.transport
+        return transport is None or transport.is_closing()
+
+    work = orch.next_tasks(worker_id, skills, wait_s, max_tasks or 1, gone)
+    tasks = await unless_closing(request, work, [])
+    if not tasks:
         return web.Response(status=204)
-    return json_response(task)
+    response = json_response({"tasks": tasks} if max_tasks is not None else tasks[0])
+    if not gone():
+        try:  # written here, so that a failed write is known and its tasks put back
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        except ConnectionError as exc:
+            log.info("poll of worker %s closed before its tasks were sent: %s", worker_id, exc)
+    # Leased to a connection that is gone: back to the queue at once, the attempt uncounted.
+    for task in tasks:
+        await orch.release(worker_id, task)
+    return response
 
 
 def _check_result(body: dict[str, Any]) -> None:

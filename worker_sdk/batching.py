@@ -48,7 +48,8 @@ class ResultBatcher:
     async def send(self, body: Mapping[str, Any]) -> ResultAnswer:
         """Send one result (with whichever others are waiting); its answer, or raises what
         sending it alone would: Unavailable, RateLimited or Refused."""
-        encoded = json.dumps(body, separators=(",", ":")).encode()
+        # UTF-8, not ASCII escapes: non-ASCII text would grow up to 6 bytes a character.
+        encoded = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         item = _Item(encoded, asyncio.get_running_loop().create_future())
         self._queue.append(item)
         if self._flushing is None:

@@ -23,6 +23,7 @@ every later batch to that orchestrator until it registers anew.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import random
@@ -247,12 +248,14 @@ class Connection:
         if self._session is None:
             raise Unavailable("the connection is closed")
         limit = aiohttp.ClientTimeout(total=total_s or self.request_timeout)
+        if body is not None:  # UTF-8 (aiohttp's json= would escape non-ASCII text as \uXXXX)
+            raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         try:
             async with self._session.request(
                 method,
                 self.url + PREFIX + path,
-                json=body,
-                data=raw,
+                # a stream: aiohttp warns that large bytes sent at once may block the loop
+                data=io.BytesIO(raw) if raw is not None else None,
                 headers=JSON_HEADERS if raw is not None else None,
                 params=params,
                 timeout=limit,

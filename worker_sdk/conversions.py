@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-Mode = Literal["FAILOVER", "ROUND_ROBIN"]
+Mode = Literal["FAILOVER", "WATERFALL", "ROUND_ROBIN"]
 
 WORKER_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MODES: dict[str, Mode] = {
     "FAILOVER": "FAILOVER",
-    "WATERFALL": "FAILOVER",
+    "WATERFALL": "WATERFALL",
     "ROUND_ROBIN": "ROUND_ROBIN",
 }
 
@@ -47,8 +47,7 @@ def mode(text: str) -> Mode:
     mode = MODES.get(text.strip().upper())
     if mode is None:
         raise ValueError(
-            f"{text!r} is not a mode; use FAILOVER (the default), ROUND_ROBIN, or WATERFALL "
-            "(the avtomatika name for FAILOVER)"
+            f"{text!r} is not a mode; use FAILOVER (the default), WATERFALL or ROUND_ROBIN"
         )
     return mode
 

@@ -26,6 +26,7 @@ loses nor duplicates a result.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -41,6 +42,7 @@ from worker_sdk.connection import (
     ResultAnswer,
     Unavailable,
 )
+from worker_sdk.errors import RESULT_TOO_LARGE
 
 log = logging.getLogger("worker_sdk.results")
 
@@ -107,6 +109,12 @@ class Delivery:
             try:
                 answer = await self._send(issuer, body)
             except Refused as exc:
+                if exc.status == 413 and body.get("error", {}).get("code") != RESULT_TOO_LARGE:
+                    # The same result would be refused again, anywhere: report it instead,
+                    # so that the task fails now rather than at its lease's end.
+                    log.error("result of task %s too large for %s: %s", task_id, issuer.url, exc)
+                    body = too_large(body, exc)
+                    continue
                 log.error(
                     "result of task %s refused by %s (%s); not retried", task_id, issuer.url, exc
                 )
@@ -188,6 +196,19 @@ class Delivery:
                         return
         except TimeoutError:
             log.debug("progress of task %s not sent within %gs", task_id, PROGRESS_TIMEOUT_S)
+
+
+def too_large(body: dict[str, Any], refusal: Refused) -> dict[str, Any]:
+    """The failure result that replaces `body`, which the orchestrator refused as too large."""
+    size = len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
+    error = {
+        "code": RESULT_TOO_LARGE,
+        "message": f"the result ({size} bytes of JSON) is too large for the orchestrator: "
+        f"{refusal.message}"[:2000],
+        "details": {"size_bytes": size, "status": body.get("status")},
+    }
+    small = {k: v for k, v in body.items() if k not in ("data", "error", "status")}
+    return {**small, "status": "failure", "error": error}
 
 
 def _log_answer(task_id: str, target: Connection, accepted: bool, reason: str) -> None:

@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 TRANSIENT_ERROR = "TRANSIENT_ERROR"
 PERMANENT_ERROR = "PERMANENT_ERROR"
 INVALID_INPUT_ERROR = "INVALID_INPUT_ERROR"
+# A result larger than the orchestrator takes (HTTP 413): reported instead of the result.
+RESULT_TOO_LARGE = "RESULT_TOO_LARGE"
 
 
 class WorkerError(Exception):

@@ -1,9 +1,14 @@
 """Which orchestrator to ask for the next task, and how many tasks may run at once.
 
-FAILOVER (also called WATERFALL): one poll loop asks the first orchestrator, in priority
-order, that is up. When a call finds it unreachable it is marked down and the next poll goes
-to the next one; the supervisor keeps probing the ones that are down, and as soon as a
-higher-priority one answers again the following poll goes back to it.
+FAILOVER: one poll loop asks the first orchestrator, in priority order, that is up. When a
+call finds it unreachable it is marked down and the next poll goes to the next one; the
+supervisor keeps probing the ones that are down, and as soon as a higher-priority one
+answers again the following poll goes back to it.
+
+WATERFALL (avtomatika's meaning): one poll loop too, but a poll that comes back empty sends
+the next one down the priority order (to the next orchestrator that is up); a poll that
+brings tasks sends the next one back to the first. So an orchestrator with work is asked
+even while those before it are up but idle.
 
 ROUND_ROBIN: one poll loop per orchestrator, each holding at most one open poll. A poll
 needs a free slot (MAX_CONCURRENT_TASKS is never exceeded: a poll that brings a task hands
@@ -54,8 +59,20 @@ class SlotGate:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.used = 0
+        self.used_by: dict[str, int] = {}  # key -> slots it holds (open polls and tasks)
         self._waiters: list[_Waiter] = []
         self._credit: dict[str, int] = {}
+        self._released: list[asyncio.Future[None]] = []
+
+    def next_release(self) -> asyncio.Future[None]:
+        """A future resolved the next time any slot is given back."""
+        future = asyncio.get_running_loop().create_future()
+        self._released.append(future)
+        return future
+
+    def _count(self, key: str, slots: int) -> None:
+        self.used += slots
+        self.used_by[key] = self.used_by.get(key, 0) + slots
 
     @property
     def free(self) -> int:
@@ -63,7 +80,7 @@ class SlotGate:
 
     async def acquire(self, key: str = "", weight: int = 1) -> None:
         if self.used < self.capacity and not self._waiters:
-            self.used += 1
+            self._count(key, 1)
             return
         waiter = _Waiter(key, weight)
         self._waiters.append(waiter)
@@ -71,30 +88,34 @@ class SlotGate:
             await waiter.future
         except asyncio.CancelledError:
             if waiter.future.done() and not waiter.future.cancelled():
-                self.release()  # granted just as we were cancelled: give it back
+                self.release(1, key)  # granted just as we were cancelled: give it back
             elif waiter in self._waiters:
                 self._waiters.remove(waiter)
             raise
 
-    def try_acquire(self, most: int) -> int:
+    def try_acquire(self, most: int, key: str = "") -> int:
         """Take up to `most` free slots without waiting; how many were taken. None while a
         waiter is queued: a free slot is about to be its."""
         if self._waiters:
             return 0
         taken = max(0, min(most, self.capacity - self.used))
-        self.used += taken
+        self._count(key, taken)
         return taken
 
-    def release(self, count: int = 1) -> None:
+    def release(self, count: int = 1, key: str = "") -> None:
         if count <= 0:
             return
-        self.used -= count
+        self._count(key, -count)
+        for future in self._released:
+            if not future.done():
+                future.set_result(None)
+        self._released.clear()
         # A waiter cancelled since it queued has a cancelled future and leaves on its own.
         self._waiters = [w for w in self._waiters if not w.future.done()]
         while self.used < self.capacity and self._waiters:
             waiter = self._pick()
             self._waiters.remove(waiter)
-            self.used += 1
+            self._count(waiter.key, 1)
             waiter.future.set_result(None)
 
     def _pick(self) -> _Waiter:
@@ -125,6 +146,7 @@ class Router:
         self.sink = sink
         self.stopping = stopping
         self._empty: dict[str, bool] = {}  # url -> its last poll brought nothing
+        self._fall = 0  # WATERFALL: how far down the priority order the next poll goes
         self._changes: list[asyncio.Future[None]] = []
         for connection in connections:
             connection.listeners.append(self._changed)
@@ -132,13 +154,23 @@ class Router:
     # -- selection ---------------------------------------------------------------------------
 
     def active(self) -> Connection | None:
-        """FAILOVER: the first orchestrator in priority order that is up."""
-        return next((c for c in self.connections if c.up), None)
+        """FAILOVER: the first orchestrator in priority order that is up. WATERFALL: the
+        one the last empty polls have fallen to (back to the first after any task)."""
+        up = [c for c in self.connections if c.up]
+        if not up:
+            return None
+        if self.config.mode == "WATERFALL":
+            return up[self._fall % len(up)]
+        return up[0]
+
+    @property
+    def single_loop(self) -> bool:
+        return self.config.mode in ("FAILOVER", "WATERFALL")
 
     def poll_wait(self, connection: Connection) -> float:
         """How long the next poll to `connection` may wait (its slot is already held)."""
         full = self.config.poll_timeout
-        if self.config.mode == "FAILOVER":
+        if self.single_loop:
             return full
         others = sum(1 for c in self.connections if c.up and c is not connection)
         if self.gate.free >= others:
@@ -150,10 +182,34 @@ class Router:
     def extra_slots(self, connection: Connection) -> int:
         """How many more free slots a poll to `connection`, holding one, may take."""
         spare = self.gate.free
-        if self.config.mode != "FAILOVER":
+        if not self.single_loop:
+            others = [c for c in self.connections if c.up and c is not connection]
             # Leave a slot for every other loop, so that poll_wait decides as with one.
-            spare -= sum(1 for c in self.connections if c.up and c is not connection)
+            spare -= len(others)
+            # And take no more than this orchestrator's weighted share of the slots while
+            # the others have work too: whoever polls when slots free up must not take
+            # them all (that split two busy orchestrators 15/5 rather than 10/10).
+            spare = min(spare, self.share(connection) - self.gate.used_by.get(connection.url, 0))
         return max(0, min(spare, MAX_TASKS_PER_POLL - 1))
+
+    def share(self, connection: Connection) -> int:
+        """ROUND_ROBIN: the slots `connection` may hold while the others have work too (its
+        weighted share, rounded up); all of them when the others are down or idle."""
+        busy = [
+            c
+            for c in self.connections
+            if c.up and c is not connection and not self._empty.get(c.url)
+        ]
+        weight = connection.config.weight
+        total = weight + sum(c.config.weight for c in busy)
+        return -(-self.gate.capacity * weight // total)
+
+    def over_share(self, connection: Connection) -> bool:
+        """ROUND_ROBIN: `connection` holds its share already (so it polls again only when
+        one of its slots comes back, or the others go idle)."""
+        if self.single_loop:
+            return False
+        return self.gate.used_by.get(connection.url, 0) >= self.share(connection)
 
     def _changed(self) -> None:
         for future in self._changes:
@@ -170,7 +226,7 @@ class Router:
     # -- poll loops --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        if self.config.mode == "FAILOVER":
+        if self.single_loop:
             await self._loop(None)
         else:
             await asyncio.gather(*(self._loop(c) for c in self.connections))
@@ -182,6 +238,9 @@ class Router:
             connection = fixed if fixed is not None else self.active()
             if connection is None or not connection.up:
                 await self._unless_stopped(self.next_change())
+                continue
+            if self.over_share(connection):
+                await self._unless_stopped(self.gate.next_release())
                 continue
             if fixed is None and connection is not polled:
                 log.info("polling %s for tasks", connection.url)  # failed over, or back
@@ -202,7 +261,7 @@ class Router:
         try:
             if self.stopping.is_set() or not connection.up:
                 return None
-            held += self.gate.try_acquire(self.extra_slots(connection))
+            held += self.gate.try_acquire(self.extra_slots(connection), connection.url)
             try:
                 tasks = await connection.poll(self.skills(), self.poll_wait(connection), held)
             except Unavailable as exc:
@@ -218,6 +277,7 @@ class Router:
                 log.warning("orchestrator %s refused a poll: %s", connection.url, exc)
                 return 0.0
             self._empty[connection.url] = not tasks
+            self._fall = self._fall + 1 if not tasks else 0
             if len(tasks) > held:
                 log.error(
                     "orchestrator %s sent %d tasks for max_tasks=%d; the %d beyond are dropped "
@@ -232,7 +292,7 @@ class Router:
                     handed += 1  # the task now owns one of the slots
             return None
         finally:
-            self.gate.release(held - handed)
+            self.gate.release(held - handed, connection.url)
 
     async def _unless_stopped(self, awaitable: Awaitable[Any]) -> bool:
         """Await `awaitable` unless the worker starts stopping first (then cancel it)."""

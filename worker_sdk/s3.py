@@ -28,7 +28,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker_sdk.config import S3Config
-from worker_sdk.errors import PayloadTransferError
+from worker_sdk.errors import PayloadTransferError, PermanentError
 from worker_sdk.paths import (
     S3Uri,
     existing_path,
@@ -90,6 +90,10 @@ class PayloadStore:
                         local = target / uri.name
                         await self._download_file(uri, local)
                 except TRANSFER_ERRORS as exc:
+                    if _missing(exc):  # no retry will make it appear: fail for good
+                        raise PermanentError(
+                            f"cannot download {uri}: {exc}", {"uri": str(uri)}
+                        ) from exc
                     raise PayloadTransferError(
                         f"cannot download {uri}: {exc}", {"uri": str(uri)}
                     ) from exc
@@ -150,6 +154,13 @@ class PayloadStore:
                     how,
                 )
                 return text
+            if await asyncio.to_thread(_linked_elsewhere, resolved):
+                log.warning(
+                    "result value %r is a file with other hard links (it may be a file from "
+                    "outside WORKER_PAYLOAD_DIR): not uploaded, left as is",
+                    text,
+                )
+                return text
             if resolved not in done:
                 key = f"{task_folder_name(job_id)}/{resolved.relative_to(self.root).as_posix()}"
                 try:
@@ -189,6 +200,12 @@ class PayloadStore:
                         file,
                         resolved,
                         self.root,
+                    )
+                elif _linked_elsewhere(resolved):
+                    log.warning(
+                        "not uploading %s: it has other hard links (it may be a file from "
+                        "outside WORKER_PAYLOAD_DIR)",
+                        file,
                     )
                 elif resolved.is_file():
                     found.append((resolved, file.relative_to(folder).as_posix()))
@@ -240,7 +257,29 @@ def _open_regular(path: Path) -> BinaryIO:
     if not stat.S_ISREG(path.stat().st_mode):  # before open(): a FIFO would block it
         raise OSError(f"{path} is neither a regular file nor a folder")
     source = path.open("rb")
-    if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+    opened = os.fstat(source.fileno())
+    if not stat.S_ISREG(opened.st_mode):
         source.close()
         raise OSError(f"{path} is neither a regular file nor a folder")
+    if opened.st_nlink > 1:  # linked since it was checked
+        source.close()
+        raise OSError(f"{path} has other hard links; not uploaded")
     return source
+
+
+def _linked_elsewhere(path: Path) -> bool:
+    """A regular file with more than one hard link: a link made inside the payload
+    directory to a file outside it looks like any file there, and must not be uploaded."""
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_nlink > 1
+
+
+def _missing(exc: BaseException) -> bool:
+    """The object or bucket does not exist (S3's NoSuchKey, NoSuchBucket, a 404)."""
+    if not isinstance(exc, ClientError):
+        return False
+    error = exc.response.get("Error", {})
+    return str(error.get("Code")) in ("NoSuchKey", "NoSuchBucket", "404", "NotFound")

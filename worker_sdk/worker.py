@@ -405,7 +405,7 @@ class Worker:
         finally:
             session.running.pop(task_id, None)
             session.processing.pop(task_id, None)
-            session.gate.release()
+            session.gate.release(1, connection.url)
         # No await since the task left `processing`: heartbeats always list it somewhere.
         session.delivery.submit(connection, body, functools.partial(self._cleanup, context))
 

@@ -60,7 +60,15 @@ def state_shapes(data: dict[str, Any]) -> tuple[dict[str, Any], set[Path], list[
         path: Path = ("states", name)
         kinds = [k for k in STATE_KINDS if k in raw]
         if not kinds:
-            message = f"state {name!r} has no kind; give exactly one of {_KINDS_TEXT}"
+            unknown = [k for k in raw if not isinstance(k, str) or k not in _STATE_FIELDS]
+            if unknown:  # such as `emit:`: name it, rather than say the state has no kind
+                listed = ", ".join(repr(k) for k in unknown)
+                message = (
+                    f"state {name!r}: {listed} {'is' if len(unknown) == 1 else 'are'} not a "
+                    f"kind of state; give exactly one of {_KINDS_TEXT}"
+                )
+            else:
+                message = f"state {name!r} has no kind; give exactly one of {_KINDS_TEXT}"
             message += _misspelled_kind(raw)
             findings.append((path, message, True))
             skip.add(path)

@@ -73,8 +73,8 @@ class RetryPolicy:
             base = self.initial * attempt
         else:
             base = self.initial * 2.0 ** min(attempt - 1, 64)
-        base = min(base, self.max)
-        return max(0.0, base * (1.0 + self.jitter * spread))
+        # Jitter first, then the cap: `max` is the upper bound the schema promises.
+        return max(0.0, min(base * (1.0 + self.jitter * spread), self.max))
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,11 +48,14 @@ class Waiter:
     # Queued tasks may be waiting for this poll: the dispatcher looks at the queues before
     # any new task is handed to it (so a stream of new tasks cannot keep them waiting).
     queue_first: bool = False
+    # Whether the poll's connection is closed (its worker died): checked before each lease,
+    # so that a dead connection is never handed a task.
+    gone: Callable[[], bool] = lambda: False
 
     @property
     def free(self) -> int:
         """How many more tasks to lease for this poll (none once it has one: answer)."""
-        if self.tasks or self.expired or self.future.done():
+        if self.tasks or self.expired or self.future.done() or self.gone():
             return 0
         return self.capacity - self.claims
 
@@ -83,15 +86,23 @@ class Dispatcher:
         return tasks[0] if tasks else None
 
     async def next_tasks(
-        self, worker_id: str, skills: tuple[str, ...], wait_s: float, max_tasks: int
+        self,
+        worker_id: str,
+        skills: tuple[str, ...],
+        wait_s: float,
+        max_tasks: int,
+        gone: Callable[[], bool] | None = None,
     ) -> list[dict[str, Any]]:
-        """Up to `max_tasks` leased task payloads for this worker, or [] after `wait_s`."""
+        """Up to `max_tasks` leased task payloads for this worker, or [] after `wait_s`.
+        `gone()` tells whether the poll's connection has closed: such a poll gets no task."""
         if self.closed:
             return []
         if not skills:
             await asyncio.sleep(min(wait_s, 1.0))
             return []
         waiter = Waiter(worker_id, skills, max(1, max_tasks))
+        if gone is not None:
+            waiter.gone = gone
         for skill in skills:
             queue = self.waiters.setdefault(skill, deque())
             if not queue:  # nobody was waiting for this type: its queues may hold work
@@ -141,7 +152,7 @@ class Dispatcher:
 
     def deliver(self, waiter: Waiter, task: dict[str, Any]) -> None:
         waiter.claims -= 1
-        if waiter.future.done() or len(waiter.tasks) >= waiter.capacity:
+        if waiter.future.done() or len(waiter.tasks) >= waiter.capacity or waiter.gone():
             # The poll is gone (its request ended meanwhile): the task is leased to a
             # worker that will never see it. Put it back now rather than when the lease
             # times out.

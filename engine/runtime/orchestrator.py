@@ -14,13 +14,13 @@ import hmac
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from engine.blueprint.model import Blueprint
 from engine.clock import now_ms
 from engine.jsonutil import dumps
-from engine.runtime import background, tasks, webhooks
+from engine.runtime import background, deployment, tasks, webhooks
 from engine.runtime.background import leases_of
 from engine.runtime.dispatcher import Dispatcher, Waiter
 from engine.runtime.host import Applied, Outcome, Rule
@@ -108,6 +108,7 @@ class Orchestrator:
             "dispatcher": self.dispatcher.run(),
             "timers": background.timer_loop(self),
             "notifications": background.listen(self),
+            "deployment": deployment.watch(self.store),  # notices a wiped store
         }
         if self.webhook_sender is not None:
             loops["webhooks"] = background.webhook_loop(self)
@@ -162,9 +163,11 @@ class Orchestrator:
         *,
         client: str,
         parent: ParentRef | None = None,
+        fingerprint: str | None = None,
         **options: Any,
     ) -> bool:
-        """Create and start a job with a given id; False if that id exists already."""
+        """Create and start a job with a given id; False if that id exists already.
+        `fingerprint` identifies the request of an idempotent submit (kept in the job)."""
         now = now_ms()
         doc = new_job(
             job_id=job_id,
@@ -175,6 +178,8 @@ class Orchestrator:
             parent=parent,
             **options,
         )
+        if fingerprint is not None:
+            doc["request_fingerprint"] = fingerprint
         machine = await self.registry.machine(blueprint.content_hash, self.store)
         fx = machine.start(doc, now, self.rng)
         return await self.commit(machine, None, doc, fx, index=(client, now))
@@ -341,11 +346,17 @@ class Orchestrator:
         return await self.dispatcher.next_task(worker_id, skills, wait_s)
 
     async def next_tasks(
-        self, worker_id: str, skills: tuple[str, ...], wait_s: float, max_tasks: int
+        self,
+        worker_id: str,
+        skills: tuple[str, ...],
+        wait_s: float,
+        max_tasks: int,
+        gone: Callable[[], bool] | None = None,
     ) -> list[dict[str, Any]]:
         """Up to `max_tasks` leased task payloads for one poll: as soon as at least one is
-        leased (those leased together come together), or [] after `wait_s` seconds."""
-        return await self.dispatcher.next_tasks(worker_id, skills, wait_s, max_tasks)
+        leased (those leased together come together), or [] after `wait_s` seconds.
+        `gone()`: whether the poll's connection closed (no task is leased to it then)."""
+        return await self.dispatcher.next_tasks(worker_id, skills, wait_s, max_tasks, gone)
 
     async def submit_result(self, worker_id: str, result: dict[str, Any]) -> dict[str, Any]:
         """Apply a worker's result once; anything else is answered `ignored` with a reason."""
@@ -596,6 +607,10 @@ class Orchestrator:
 
     async def worker_registration(self, worker_id: str) -> dict[str, Any] | None:
         return await self.store.worker_registration(worker_id)
+
+    def store_wiped_at(self) -> int | None:
+        """When this process found the store wiped (its deployment marker gone), or None."""
+        return self.store.wiped_at
 
     async def store_reachable(self) -> bool:
         return await self.store.ping()

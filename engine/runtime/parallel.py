@@ -32,7 +32,9 @@ class ParallelKind(Kind[ParallelState]):
         if state.for_each is not None:
             found = state.for_each.search(step.context())
             if not isinstance(found, list):
-                raise ExpressionError(f"for_each gave {type(found).__name__}, not a list")
+                # Name the expression: "gave NoneType" alone does not say which key was missing.
+                got = "null (nothing at that path)" if found is None else type(found).__name__
+                raise ExpressionError(f"for_each {state.for_each.source!r} gave {got}, not a list")
             items = found
             count = len(items)
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -31,6 +32,9 @@ Outcome = TypeVar("Outcome")
 
 MAX_CONNECTIONS = 10  # per orchestrator process, pub/sub subscription included
 MAX_BATCH = 500  # job changes (or heartbeats) in one round trip
+# A change writing more values than this runs in a script call of its own (in the same round
+# trip), so that whatever a very large change meets can never fail its batch neighbours.
+LARGE_CHANGE = 2000
 
 KEEP = "-"  # commit(timer_ms=KEEP) leaves the job's timer as it is
 
@@ -187,6 +191,9 @@ class Store:
         self._claim = client.register_script(_script("claim_timers.lua"))
         self._commits = Batcher(self._commit_batch, MAX_BATCH)
         self._heartbeats = Batcher(self._heartbeat_batch, MAX_BATCH)
+        # The deployment marker this process found (or wrote) at start; see `check_marker`.
+        self.marker: str | None = None
+        self.wiped_at: int | None = None  # ms when the marker was found gone or replaced
 
     @classmethod
     async def connect(cls, url: str, *, prefix: str = "il", partitions: int = 8) -> Store:
@@ -222,7 +229,11 @@ class Store:
     async def _check_partitions(self) -> None:
         try:
             await self.redis.hsetnx(self.keys.meta, "partitions", str(self.keys.partitions))
-            stored = str(await self.redis.hget(self.keys.meta, "partitions"))
+            # The deployment marker: written by the first process to start on this Redis.
+            await self.redis.hsetnx(self.keys.meta, "deployment", uuid.uuid4().hex)
+            stored, marker = await self.redis.hmget(self.keys.meta, ["partitions", "deployment"])
+            stored = str(stored)
+            self.marker = str(marker)
         except redis.exceptions.RedisError as exc:
             raise StoreUnavailable(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
         if stored != str(self.keys.partitions):
@@ -230,6 +241,22 @@ class Store:
                 f"this Redis holds jobs in {stored} partitions but REDIS_PARTITIONS is "
                 f"{self.keys.partitions}; use {stored}"
             )
+
+    @translated
+    async def check_marker(self) -> bool:
+        """False once the deployment marker this process saw at start is gone or replaced:
+        the store was wiped (a Redis without persistence restarted, a FLUSHALL) and every
+        job it held is lost. The marker is written again so that the store stays usable
+        (and every other process notices too, its marker being different)."""
+        if self.wiped_at is not None:
+            return False
+        current = await self.redis.hget(self.keys.meta, "deployment")
+        if current is not None and str(current) == self.marker:
+            return True
+        self.wiped_at = now_ms()
+        await self.redis.hsetnx(self.keys.meta, "partitions", str(self.keys.partitions))
+        await self.redis.hsetnx(self.keys.meta, "deployment", uuid.uuid4().hex)
+        return False
 
     async def ping(self) -> bool:
         try:
@@ -255,12 +282,15 @@ class Store:
         return await self._commits.submit((change, history_start))
 
     async def _commit_batch(self, items: list[tuple[Commit, int]]) -> list[bool | Exception]:
-        by_partition: dict[int, list[int]] = {}  # partition -> positions in items
+        # (partition, large change's position or -1) -> positions in items
+        by_partition: dict[tuple[int, int], list[int]] = {}
         for position, (change, _) in enumerate(items):
-            by_partition.setdefault(self.keys.partition(change.job_id), []).append(position)
+            alone = position if _size(change) > LARGE_CHANGE else -1
+            group = (self.keys.partition(change.job_id), alone)
+            by_partition.setdefault(group, []).append(position)
         calls = [
             self._batch_call(partition, [items[i] for i in positions])
-            for partition, positions in by_partition.items()
+            for (partition, _), positions in by_partition.items()
         ]
         answers = await self._run_scripts(self._commit, calls)
         outcomes: list[bool | Exception] = [False] * len(items)
@@ -563,3 +593,15 @@ class Store:
                     yield None
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+
+
+def _size(change: Commit) -> int:
+    """About how many values `change` writes (fields, history, payloads, queue entries)."""
+    return (
+        len(change.fields)
+        + len(change.history)
+        + len(change.payloads)
+        + len(change.drop)
+        + len(change.enqueue)
+        + len(change.dequeue)
+    )

@@ -33,8 +33,14 @@ class Worker:
         print(line, flush=True)
 
     async def run(self) -> None:
+        # Say `polling` once a poll's request is on the wire (tests kill a worker then).
+        trace = aiohttp.TraceConfig()
+        trace.on_request_headers_sent.append(self.sent)
         async with aiohttp.ClientSession(
-            self.args.url, headers=self.headers, timeout=aiohttp.ClientTimeout(total=None)
+            self.args.url,
+            headers=self.headers,
+            timeout=aiohttp.ClientTimeout(total=None),
+            trace_configs=[trace],
         ) as http:
             self.http = http
             await self.register()
@@ -59,6 +65,10 @@ class Worker:
                 self.say(f"register-error {exc!r}")
             await asyncio.sleep(0.2)
 
+    async def sent(self, session: Any, context: Any, params: Any) -> None:
+        if params.url.path.endswith("/tasks/next"):
+            self.say("polling")
+
     @property
     def skills(self) -> list[str]:
         return [s for s in self.args.skills.split(",") if s]
@@ -79,7 +89,7 @@ class Worker:
             await asyncio.sleep(self.args.heartbeat)
 
     async def poll(self) -> None:
-        query = {"timeout": "2", "available_skills": ",".join(self.skills)}
+        query = {"timeout": self.args.poll_timeout, "available_skills": ",".join(self.skills)}
         while True:
             try:
                 async with self.http.get(
@@ -150,6 +160,7 @@ def main() -> None:
     parser.add_argument("--heartbeat", type=float, default=0.5)
     parser.add_argument("--hang", action="store_true")
     parser.add_argument("--exit-on-task", action="store_true")
+    parser.add_argument("--poll-timeout", default="2", help="seconds a poll may wait")
     args = parser.parse_args()
     try:
         asyncio.run(Worker(args).run())

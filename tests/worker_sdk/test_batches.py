@@ -77,6 +77,9 @@ async def test_a_poll_takes_extra_slots_up_to_the_cap() -> None:
 async def test_round_robin_leaves_a_slot_for_each_other_orchestrator() -> None:
     route, (a, b, c) = router("ROUND_ROBIN", 10, [True, True, True])
     route.gate.used = 1
+    route.gate.used_by[a.url] = 1
+    assert route.extra_slots(a) == 3  # b and c have work: a takes its share, 4 slots
+    route._empty[b.url] = route._empty[c.url] = True  # their last polls came back empty
     assert route.extra_slots(a) == 7  # 9 free, 2 kept for b and c
     before = route.poll_wait(a)
     route.gate.used += route.extra_slots(a)
@@ -86,6 +89,24 @@ async def test_round_robin_leaves_a_slot_for_each_other_orchestrator() -> None:
     assert route.extra_slots(a) == 0  # the last free slot is b's
     b.up = False
     assert route.extra_slots(a) == 1
+
+
+async def test_round_robin_holds_each_busy_orchestrator_to_its_share() -> None:
+    # 10 slots, two orchestrators with work: 5 each, whoever polls when slots free up
+    route, (a, b) = router("ROUND_ROBIN", 10, [True, True])
+    route.gate.used, route.gate.used_by = 6, {a.url: 5, b.url: 1}  # b's poll holds 1
+    assert route.over_share(a)  # a waits for one of its own slots to come back
+    assert route.extra_slots(b) == 3  # 4 free, one kept for a's next poll
+    assert not route.over_share(b)
+    route._empty[b.url] = True  # b has nothing: a may take every free slot
+    assert not route.over_share(a)
+    assert route.extra_slots(a) == 3  # 4 free, one kept for b's next poll
+    # weights: 3 to 1 gives a 8 of 10 (rounded up)
+    heavy = OrchestratorConfig("http://heavy:1", "t", weight=3)
+    route, (c, d) = router("ROUND_ROBIN", 10, [True, True])
+    c.config = heavy
+    assert route.share(c) == 8
+    assert route.share(d) == 3
 
 
 # -- a scripted orchestrator --------------------------------------------------------------------

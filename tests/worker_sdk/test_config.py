@@ -94,7 +94,7 @@ def test_avtomatika_names_are_accepted() -> None:
         S3_SECRET_KEY="b",
         S3_REGION="eu-west-1",
     )
-    assert config.mode == "FAILOVER"
+    assert config.mode == "WATERFALL"
     assert config.heartbeat_interval == 2.5
     assert config.poll_timeout == 7
     assert config.payload_dir == Path("/tmp/worker-files").resolve()

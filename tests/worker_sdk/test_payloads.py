@@ -114,7 +114,7 @@ async def test_nested_params_and_a_folder_round_trip(
     assert os.listdir(payloads) == []  # the task's files are gone once the result is in
 
 
-async def test_a_missing_object_fails_the_task_as_transient(
+async def test_a_missing_object_fails_the_task_as_permanent(
     tmp_path: Path, redis_url: str, bucket: str, s3_config: S3Config
 ) -> None:
     with orchestrator(tmp_path, redis_url) as server:
@@ -130,7 +130,7 @@ async def test_a_missing_object_fails_the_task_as_transient(
             events = await history(http, job_id)
     assert job["status"] == "failed"
     [result] = [e for e in events if e["event"] == "task_result"]
-    assert result["error"]["code"] == "TRANSIENT_ERROR"
+    assert result["error"]["code"] == "PERMANENT_ERROR"  # not retried: it will not appear
     assert f"cannot download s3://{bucket}/missing.bin" in result["error"]["message"]
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from worker_sdk import PayloadTransferError, S3Config
+from worker_sdk import PermanentError, S3Config
 from worker_sdk.s3 import PayloadStore
 
 
@@ -66,12 +67,35 @@ def check_downloads(local: dict[str, Any], task_dir: Path) -> None:
     assert (folder / "sub" / "2.txt").read_bytes() == b"two"
 
 
-async def test_a_missing_object_is_a_transfer_error(store: PayloadStore, bucket: str) -> None:
-    with pytest.raises(PayloadTransferError) as caught:
+async def test_a_missing_object_is_a_permanent_error(store: PayloadStore, bucket: str) -> None:
+    # no retry makes a missing object appear: not TRANSIENT_ERROR
+    with pytest.raises(PermanentError) as caught:
         await store.download_params({"x": f"s3://{bucket}/nope.bin"}, store.root / "t2")
-    assert caught.value.code == "TRANSIENT_ERROR"
+    assert caught.value.code == "PERMANENT_ERROR"
     assert f"s3://{bucket}/nope.bin" in caught.value.message
     assert "NoSuchKey" in caught.value.message
+
+
+async def test_a_hard_link_to_an_outside_file_is_never_uploaded(
+    store: PayloadStore, s3: Any, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a handler that hard-links a file from outside into its payload folder
+    secret = tmp_path / "secret.txt"
+    secret.write_text("secret")
+    task_dir = store.root / "t5"
+    (task_dir / "out").mkdir(parents=True)
+    (task_dir / "out" / "ok.txt").write_text("ok")
+    os.link(secret, task_dir / "out" / "leak.txt")
+    os.link(secret, task_dir / "leak.txt")
+    data = {"file": str(task_dir / "leak.txt"), "folder": str(task_dir / "out")}
+    # when its result is uploaded
+    with caplog.at_level(logging.WARNING, logger="worker_sdk.s3"):
+        result = await store.upload_result(data, "job-h")
+    # then neither link is, and the warnings say why
+    assert result["file"] == str(task_dir / "leak.txt")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+    assert keys == ["job-h/t5/out/ok.txt"]
+    assert caplog.text.count("other hard links") == 2
 
 
 async def test_result_paths_inside_the_payload_dir_are_uploaded(

@@ -14,7 +14,16 @@
 -- Sorted-set changes are collected and made with one ZREM and one ZADD per key, the
 -- notifications with one PUBLISH per channel. (A batch holds at most one plan per job,
 -- so removals before additions keep each plan's own order.)
+-- Lists of any length are sent in chunks: unpack() of a whole list would hit Lua's stack
+-- limit ("too many results to unpack", at about 8,000 values) for one large change, such
+-- as a `for_each` over thousands of items, and fail the whole batch.
 -- Returns a list: 1 for each plan applied, 0 where the version did not match.
+local CHUNK = 1000 -- values per command; even, so name/value and score/member pairs stay whole
+local function chunked(command, key, list)
+  for first = 1, #list, CHUNK do
+    redis.call(command, key, unpack(list, first, math.min(first + CHUNK - 1, #list)))
+  end
+end
 local batch = cjson.decode(ARGV[1])
 local out = {}
 local adds, removes, ready, done = {}, {}, {}, {}
@@ -33,8 +42,8 @@ for i, plan in ipairs(batch.plans) do
   local ok
   if plan.expect == '' then ok = not current else ok = current == plan.expect end
   if ok then
-    redis.call('HSET', job, unpack(plan.fields))
-    if #plan.hdel > 0 then redis.call('HDEL', job, unpack(plan.hdel)) end
+    chunked('HSET', job, plan.fields)
+    chunked('HDEL', job, plan.hdel)
     for _, entry in ipairs(plan.dequeue) do push(removes, entry[1], entry[2]) end
     for _, entry in ipairs(plan.enqueue) do push(adds, entry[1], entry[2], entry[3]) end
     if plan.timer == false then
@@ -52,8 +61,8 @@ for i, plan in ipairs(batch.plans) do
     out[i] = 0
   end
 end
-for key, members in pairs(removes) do redis.call('ZREM', KEYS[key], unpack(members)) end
-for key, flat in pairs(adds) do redis.call('ZADD', KEYS[key], unpack(flat)) end
+for key, members in pairs(removes) do chunked('ZREM', KEYS[key], members) end
+for key, flat in pairs(adds) do chunked('ZADD', KEYS[key], flat) end
 local lines = {}
 for message in pairs(ready) do lines[#lines + 1] = message end
 if #lines > 0 then redis.call('PUBLISH', batch.ready_channel, table.concat(lines, '\n')) end
