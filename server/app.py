@@ -100,12 +100,12 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     schedules = schedules_for(settings, {blueprint.name for blueprint in blueprints})
     store = await Store.connect(settings.redis_url, partitions=settings.redis_partitions)
     try:
-        async with WebhookSender.session_for_webhooks() as session:
+        async with WebhookSender.session_for_webhooks(settings.webhook_policy) as session:
             orchestrator = Orchestrator(
                 store,
                 Registry(blueprints, runtime_settings(settings)),
                 orchestrator_settings(settings),
-                webhook_sender=WebhookSender(session),
+                webhook_sender=WebhookSender(session, settings.webhook_policy),
                 schedules=schedules,
             )
             await orchestrator.start()

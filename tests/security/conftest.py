@@ -1,0 +1,5 @@
+"""The server fixtures (example blueprints on memory://, two clients, a worker fleet)."""
+
+from tests.server.conftest import api, orchestrator, settings
+
+__all__ = ["api", "orchestrator", "settings"]
