@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.jsonutil import loads_strict
+from engine.jsonutil import JsonValueError, loads_strict
 from server.errors import BadRequest
 
 ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -39,6 +39,12 @@ async def json_object(request: web.Request, *, empty_ok: bool = False) -> dict[s
         raise BadRequest("the request body is empty; send a JSON object", code="invalid_json")
     try:
         value = loads_strict(raw)
+    except JsonValueError as exc:
+        raise BadRequest(
+            f"the request body cannot be stored: {exc}",
+            code="invalid_value",
+            details=[{"path": exc.path, "message": exc.problem}],
+        ) from None
     except (ValueError, RecursionError) as exc:
         message = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
         raise BadRequest(
