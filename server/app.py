@@ -75,10 +75,28 @@ def _base_app(settings: Settings) -> web.Application:
     app[LONG_POLLS] = set()
     app[SKILLS] = SkillCache()
     app.on_shutdown.append(_release_long_polls)
+    app.on_response_prepare.append(_security_headers)
     app.add_subapp("/api/v1", client_app())
     app.add_subapp("/_worker", worker_app())
     app.add_subapp("/_public", public_app())
     return app
+
+
+#: Sent with every answer: no version to fingerprint, nothing for a browser to sniff,
+#: frame, cache or pass on as a referrer (the API serves JSON and DOT, never pages).
+SECURITY_HEADERS = {
+    "Server": "Interlock",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    # Runs before aiohttp adds its defaults, which only fill headers not yet set.
+    response.headers.update(SECURITY_HEADERS)
+    response.headers.setdefault("Cache-Control", "no-store")
 
 
 async def _release_long_polls(app: web.Application) -> None:

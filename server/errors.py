@@ -84,6 +84,11 @@ class PayloadTooLarge(ApiError):
     default_code = "payload_too_large"
 
 
+class UnsupportedMediaType(ApiError):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
 class ServiceUnavailable(ApiError):
     status = 503
     default_code = "store_unavailable"

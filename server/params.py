@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.jsonutil import JsonValueError, loads_strict
-from server.errors import BadRequest
+from server.errors import BadRequest, UnsupportedMediaType
 
 ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -31,7 +31,14 @@ def json_type(value: object) -> str:
 
 async def json_object(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
     """The body as a JSON object. An oversized body raises aiohttp's 413 (rendered as JSON
-    by the error middleware)."""
+    by the error middleware); a body sent as anything but JSON is a 415."""
+    given = request.headers.get("Content-Type")
+    if given is not None and request.body_exists and not is_json(request.content_type):
+        raise UnsupportedMediaType(
+            f"the request body is sent as {request.content_type[:100]!r}; send JSON with "
+            "Content-Type: application/json",
+            code="unsupported_media_type",
+        )
     raw = await request.read()
     if not raw.strip():
         if empty_ok:
@@ -55,6 +62,14 @@ async def json_object(request: web.Request, *, empty_ok: bool = False) -> dict[s
             f"the request body must be a JSON object, not {json_type(value)}", code="invalid_body"
         )
     return value
+
+
+def is_json(media_type: str) -> bool:
+    """application/json, or a JSON-based type such as application/problem+json."""
+    kind = media_type.strip().lower()
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
 
 
 def reject_unknown(body: dict[str, Any], allowed: Collection[str], what: str) -> None:

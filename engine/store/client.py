@@ -230,6 +230,14 @@ class Store:
                 f"{self.keys.partitions}; use {stored}"
             )
 
+    @translated
+    async def shared_setting(self, name: str, proposal: str) -> str:
+        """The deployment-wide value of a generated setting: `proposal` if this is the first
+        orchestrator on this store to ask, else the value the first one stored."""
+        field = f"generated:{name}"
+        await self.redis.hsetnx(self.keys.meta, field, proposal)
+        return str(await self.redis.hget(self.keys.meta, field))
+
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())
