@@ -48,7 +48,9 @@ def runtime_settings(settings: Settings) -> RuntimeSettings:
 
 def orchestrator_settings(settings: Settings) -> OrchestratorSettings:
     return OrchestratorSettings(
-        worker_ttl_ms=settings.worker_ttl_ms, webhook_secret=settings.webhook_secret
+        worker_ttl_ms=settings.worker_ttl_ms,
+        webhook_secret=settings.webhook_secret,
+        clients=tuple(name for name, _ in settings.client_tokens),
     )
 
 

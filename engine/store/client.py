@@ -409,6 +409,27 @@ class Store:
         return found[:limit]
 
     @translated
+    async def prune_client_jobs(
+        self, partition: int, client: str, start: int, count: int
+    ) -> tuple[int, int]:
+        """Drop from the client's job index (one partition) the ids whose job is gone
+        (its retention ended), looking at `count` entries from rank `start`, oldest first.
+        Returns (ids dropped, the rank to look from next: 0 at the end). An entry is
+        written in the commit that creates its job, so a missing job is an expired one."""
+        key = self.keys.client_jobs(partition, client)
+        ids = [str(job_id) for job_id in await self.redis.zrange(key, start, start + count - 1)]
+        if not ids:
+            return 0, 0
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(self.keys.job(job_id))
+        alive = await pipe.execute()
+        gone = [job_id for job_id, found in zip(ids, alive, strict=True) if not found]
+        if gone:
+            await self.redis.zrem(key, *gone)
+        return len(gone), start + len(ids) - len(gone)
+
+    @translated
     async def read_docs(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         """The documents of several jobs in one round trip (None for a job that is gone)."""
         pipe = self.redis.pipeline(transaction=False)
