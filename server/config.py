@@ -63,6 +63,9 @@ class Settings:
     worker_token: str | None = field(default=None, repr=False)
     worker_rules: tuple[WorkerTokenRule, ...] = ()
     max_body_bytes: int = 1 << 20
+    header_timeout_s: float = 10.0  # a connection's first request headers, from connect
+    body_timeout_s: float = 30.0  # a request body, from the handler's first read
+    max_connections: int = 0  # open at once; 0: the descriptor limit less a reserve
     worker_poll_max_s: float = 60.0
     default_run_timeout_ms: int = 3_600_000
     heartbeat_timeout_ms: int = 60_000
@@ -136,6 +139,9 @@ class _Reader:
             worker_rules=worker_rules,
             max_body_bytes=self.value("MAX_BODY_BYTES", d.max_body_bytes, _int_between(1, 1 << 40)),
             worker_poll_max_s=self.value("WORKER_POLL_MAX_SECONDS", 60.0, _seconds),
+            header_timeout_s=self.value("HEADER_TIMEOUT", d.header_timeout_s, _seconds),
+            body_timeout_s=self.value("BODY_TIMEOUT", d.body_timeout_s, _seconds),
+            max_connections=self.value("MAX_CONNECTIONS", 0, _int_between(0, 10_000_000)),
             default_run_timeout_ms=self.value("DEFAULT_RUN_TIMEOUT", d.default_run_timeout_ms, _ms),
             heartbeat_timeout_ms=self.value("HEARTBEAT_TIMEOUT", d.heartbeat_timeout_ms, _ms),
             max_transitions=self.value("MAX_TRANSITIONS", 1000, _int_between(1, 1_000_000)),

@@ -74,6 +74,16 @@ class MethodNotAllowed(ApiError):
     default_code = "method_not_allowed"
 
 
+class RequestTimeout(ApiError):
+    status = 408
+    default_code = "request_timeout"
+
+    def response(self) -> web.Response:
+        response = super().response()
+        response.force_close()  # the rest of the body is not worth waiting for
+        return response
+
+
 class Conflict(ApiError):
     status = 409
     default_code = "conflict"

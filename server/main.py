@@ -27,6 +27,12 @@ from engine.store.client import Store, StoreError
 from server.app import build_app, schedules_for
 from server.config import Settings, redact_url
 from server.errors import ConfigError
+from server.limits import (
+    ConnectionGuard,
+    GuardedSite,
+    default_max_connections,
+    raise_descriptor_limit,
+)
 
 log = logging.getLogger("interlock.server")
 
@@ -135,6 +141,7 @@ async def shared_generated(settings: Settings) -> Settings:
 
 
 async def _serve(settings: Settings, blueprint_count: int, schedule_count: int) -> int:
+    raise_descriptor_limit()  # before anything opens sockets: idle long polls need many
     problem = await check_store(settings)
     if problem is not None:
         _fail(problem)
@@ -167,7 +174,10 @@ async def _run(
     )
     try:
         await runner.setup()  # runs the app's cleanup_ctx: blueprints, store, orchestrator
-        site = web.TCPSite(runner, settings.host, settings.port)
+        guard = ConnectionGuard(
+            settings.max_connections or default_max_connections(), settings.header_timeout_s
+        )
+        site = GuardedSite(runner, settings.host, settings.port, guard)
         await site.start()
     except ScheduleError as exc:  # the file changed since it was checked
         _fail(str(exc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections.abc import Collection
@@ -10,7 +11,8 @@ from typing import Any
 from aiohttp import web
 
 from engine.jsonutil import JsonValueError, loads_strict
-from server.errors import BadRequest, UnsupportedMediaType
+from server.errors import BadRequest, RequestTimeout, UnsupportedMediaType
+from server.state import SETTINGS
 
 ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -39,7 +41,13 @@ async def json_object(request: web.Request, *, empty_ok: bool = False) -> dict[s
             "Content-Type: application/json",
             code="unsupported_media_type",
         )
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(request.config_dict[SETTINGS].body_timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            "the request body did not arrive in time (BODY_TIMEOUT)", code="request_timeout"
+        ) from None
     if not raw.strip():
         if empty_ok:
             return {}

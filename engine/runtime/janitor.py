@@ -35,6 +35,7 @@ class IndexJanitor:
         dropped = 0
         for client in sorted(set(clients)):
             for partition in range(self.store.keys.partitions):
+                checkpoint()  # a driver call may have absorbed our cancellation
                 start = self._next.get((client, partition), 0)
                 gone, following = await self.store.prune_client_jobs(
                     partition, client, start, self.budget
@@ -54,4 +55,5 @@ class IndexJanitor:
             except StoreUnavailable as exc:
                 checkpoint(exc)
                 log.warning("client index pruning: %s", exc)
+            checkpoint()
             await asyncio.sleep(interval_s)
