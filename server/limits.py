@@ -7,8 +7,9 @@ TCPSite with two limits on each connection:
 - at most `max_connections` open at once: one more is closed as soon as it is accepted,
   before it costs more than its socket;
 - its first request's headers must be complete within `header_timeout_s` of the connect,
-  or the connection is closed. Idle keep-alive connections are closed by aiohttp after its
-  keep-alive timeout (75 s); a worker's long poll has sent its headers and is not affected.
+  or the connection is closed. Idle keep-alive connections are closed after 75 s (the
+  runner's keep-alive timeout, server/main.py); the headers of a later request on a kept
+  connection are not timed. A worker's long poll has sent its headers: not affected.
 A body must arrive within `BODY_TIMEOUT` (server/params.py answers 408 otherwise).
 
 `raise_descriptor_limit()` lifts the process's soft descriptor limit to its hard one at

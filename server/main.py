@@ -38,6 +38,7 @@ log = logging.getLogger("interlock.server")
 
 STORE_CHECK_TIMEOUT_S = 10.0
 SHUTDOWN_TIMEOUT_S = 10.0
+KEEPALIVE_TIMEOUT_S = 75.0  # an idle keep-alive connection is closed (aiohttp's default: 1 h)
 
 
 def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -170,7 +171,10 @@ async def _run(
     settings: Settings, blueprint_count: int, schedule_count: int, stop: asyncio.Event
 ) -> int:
     runner = web.AppRunner(
-        build_app(settings), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+        build_app(settings),
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        keepalive_timeout=KEEPALIVE_TIMEOUT_S,
     )
     try:
         await runner.setup()  # runs the app's cleanup_ctx: blueprints, store, orchestrator
