@@ -41,13 +41,19 @@ def loads(text: str | bytes) -> Any:
 
 def loads_strict(text: str | bytes) -> Any:
     """`loads` for input from outside: NaN and Infinity are refused (ValueError), since
-    they would be stored and echoed back as invalid JSON."""
+    they would be stored and echoed back as invalid JSON, and so is any value `check_value`
+    refuses (JsonValueError, naming the field)."""
     if not _long_digits(text):
         try:
-            return orjson.loads(text)
+            value = orjson.loads(text)
         except orjson.JSONDecodeError:
             pass  # the stdlib says what is wrong in plainer words ("NaN is not valid JSON")
-    return json.loads(text, parse_constant=_no_constants)
+        else:
+            check_value(value)
+            return value
+    value = json.loads(text, parse_constant=_no_constants)
+    check_value(value)
+    return value
 
 
 def _long_digits(text: str | bytes) -> bool:
@@ -57,3 +63,58 @@ def _long_digits(text: str | bytes) -> bool:
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+#: Request bodies nest at most this deep: the stored job document wraps them a few levels
+#: further, and every codec on the way (orjson writes 254 levels, Lua cjson 1000) must cope.
+MAX_DEPTH = 100
+
+
+class JsonValueError(ValueError):
+    """Parsed JSON that must not be stored; `path` names the field (`$.initial_data.a`)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def check_value(value: Any, max_depth: int = MAX_DEPTH) -> None:
+    """Raise JsonValueError for what JSON text may carry but the store cannot keep as it
+    was sent: lone surrogates (`"\\ud800"`) in strings or keys, numbers too large for a
+    double (`1e400`, read as infinity, written back as null), and nesting deeper than
+    `max_depth`. Iterative, linear in the size of `value`."""
+    stack: list[tuple[Any, str, int]] = [(value, "$", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, str):
+            if not _encodable(item):
+                raise JsonValueError(path, "a string holds a lone surrogate (e.g. \\ud800)")
+        elif isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                raise JsonValueError(path, "a number is out of the range of a double")
+        elif isinstance(item, dict | list):
+            if depth >= max_depth:
+                raise JsonValueError(path, f"nested deeper than {max_depth} levels")
+            if isinstance(item, list):
+                stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
+                continue
+            for key, v in item.items():
+                if isinstance(key, str) and not _encodable(key):
+                    raise JsonValueError(path, "a key holds a lone surrogate (e.g. \\ud800)")
+                stack.append((v, f"{path}.{_path_key(key)}", depth + 1))
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _path_key(key: Any) -> str:
+    text = str(key)
+    return text if len(text) <= 64 else text[:61] + "..."

@@ -48,7 +48,9 @@ def runtime_settings(settings: Settings) -> RuntimeSettings:
 
 def orchestrator_settings(settings: Settings) -> OrchestratorSettings:
     return OrchestratorSettings(
-        worker_ttl_ms=settings.worker_ttl_ms, webhook_secret=settings.webhook_secret
+        worker_ttl_ms=settings.worker_ttl_ms,
+        webhook_secret=settings.webhook_secret,
+        clients=tuple(name for name, _ in settings.client_tokens),
     )
 
 
@@ -75,10 +77,28 @@ def _base_app(settings: Settings) -> web.Application:
     app[LONG_POLLS] = set()
     app[SKILLS] = SkillCache()
     app.on_shutdown.append(_release_long_polls)
+    app.on_response_prepare.append(_security_headers)
     app.add_subapp("/api/v1", client_app())
     app.add_subapp("/_worker", worker_app())
     app.add_subapp("/_public", public_app())
     return app
+
+
+#: Sent with every answer: no version to fingerprint, nothing for a browser to sniff,
+#: frame, cache or pass on as a referrer (the API serves JSON and DOT, never pages).
+SECURITY_HEADERS = {
+    "Server": "Interlock",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    # Runs before aiohttp adds its defaults, which only fill headers not yet set.
+    response.headers.update(SECURITY_HEADERS)
+    response.headers.setdefault("Cache-Control", "no-store")
 
 
 async def _release_long_polls(app: web.Application) -> None:
@@ -100,12 +120,12 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     schedules = schedules_for(settings, {blueprint.name for blueprint in blueprints})
     store = await Store.connect(settings.redis_url, partitions=settings.redis_partitions)
     try:
-        async with WebhookSender.session_for_webhooks() as session:
+        async with WebhookSender.session_for_webhooks(settings.webhook_policy) as session:
             orchestrator = Orchestrator(
                 store,
                 Registry(blueprints, runtime_settings(settings)),
                 orchestrator_settings(settings),
-                webhook_sender=WebhookSender(session),
+                webhook_sender=WebhookSender(session, settings.webhook_policy),
                 schedules=schedules,
             )
             await orchestrator.start()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -20,6 +19,7 @@ from engine.durations import parse_duration
 from engine.runtime.jobdoc import Ignored, JobStatus
 from engine.runtime.jobgraph import job_dot
 from engine.runtime.orchestrator import Orchestrator, parse_cursor
+from engine.runtime.webhooks import redact
 from server import idempotency
 from server.auth import CLIENT_HEADER
 from server.errors import (
@@ -46,9 +46,11 @@ from server.state import (
     CLOSING,
     orchestrator,
     public_base,
+    settings,
     unless_closing,
 )
 from server.views import blueprint_detail, blueprint_summary, event_view, iso, job_view
+from server.webhook_policy import WebhookRefused
 
 PREFIX = "/api/v1"
 SUBMIT_FIELDS = ("initial_data", "webhook_url", "dispatch_timeout", "result_timeout")
@@ -141,7 +143,7 @@ async def submit_job(request: web.Request) -> web.Response:
         problems.append(
             _problem("initial_data", f"must be an object, not {json_type(initial_data)}")
         )
-    webhook_url = _webhook_url(body.get("webhook_url"), problems)
+    webhook_url = _webhook_url(request, body.get("webhook_url"), problems)
     dispatch_ms = _timeout_ms(body, "dispatch_timeout", problems)
     result_ms = _timeout_ms(body, "result_timeout", problems)
     if problems:
@@ -197,24 +199,18 @@ def _problem(field: str, message: str) -> dict[str, str]:
     return {"path": f"$.{field}", "message": message}
 
 
-def _webhook_url(value: Any, problems: list[dict[str, str]]) -> str | None:
+def _webhook_url(request: web.Request, value: Any, problems: list[dict[str, str]]) -> str | None:
+    """A well-formed http(s) URL whose destination the webhook policy allows."""
     if value is None:
         return None
     if not isinstance(value, str):
         problems.append(_problem("webhook_url", f"must be a string, not {json_type(value)}"))
         return None
     try:
-        parts = urlsplit(value)
-        host = parts.hostname
-    except ValueError:
-        host = None
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not host or len(value) > 2048:
-        problems.append(
-            _problem("webhook_url", f"{value[:200]!r} is not an http:// or https:// URL")
-        )
+        return settings(request).webhook_policy.check_url(value)
+    except WebhookRefused as exc:
+        problems.append(_problem("webhook_url", f"{redact(value)} {exc}"))
         return None
-    return value
 
 
 def _timeout_ms(body: dict[str, Any], name: str, problems: list[dict[str, str]]) -> int | None:

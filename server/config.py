@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from engine.durations import parse_duration
 from server.errors import ConfigError
+from server.webhook_policy import WebhookPolicy
 
 T = TypeVar("T")
 
@@ -48,6 +49,7 @@ class WorkerTokenRule:
     token: str = field(repr=False)
     pattern: bool
     origin: str  # "workers.toml:3", for messages
+    task_types: tuple[str, ...] | None = None  # the task types it may poll (globs); None: any
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,9 @@ class Settings:
     worker_token: str | None = field(default=None, repr=False)
     worker_rules: tuple[WorkerTokenRule, ...] = ()
     max_body_bytes: int = 1 << 20
+    header_timeout_s: float = 10.0  # a connection's first request headers, from connect
+    body_timeout_s: float = 30.0  # a request body, from the handler's first read
+    max_connections: int = 0  # open at once; 0: the descriptor limit less a reserve
     worker_poll_max_s: float = 60.0
     default_run_timeout_ms: int = 3_600_000
     heartbeat_timeout_ms: int = 60_000
@@ -68,6 +73,7 @@ class Settings:
     job_retention_ms: int = 7 * 86_400_000
     worker_ttl_ms: int = 86_400_000
     webhook_secret: str = field(default="", repr=False)
+    webhook_policy: WebhookPolicy = field(default_factory=WebhookPolicy)  # WEBHOOK_ALLOW
     public_url: str = ""  # the base of approval links; empty: the origin of each request
     schedules_path: Path | None = None
     client_token_generated: bool = False
@@ -133,12 +139,16 @@ class _Reader:
             worker_rules=worker_rules,
             max_body_bytes=self.value("MAX_BODY_BYTES", d.max_body_bytes, _int_between(1, 1 << 40)),
             worker_poll_max_s=self.value("WORKER_POLL_MAX_SECONDS", 60.0, _seconds),
+            header_timeout_s=self.value("HEADER_TIMEOUT", d.header_timeout_s, _seconds),
+            body_timeout_s=self.value("BODY_TIMEOUT", d.body_timeout_s, _seconds),
+            max_connections=self.value("MAX_CONNECTIONS", 0, _int_between(0, 10_000_000)),
             default_run_timeout_ms=self.value("DEFAULT_RUN_TIMEOUT", d.default_run_timeout_ms, _ms),
             heartbeat_timeout_ms=self.value("HEARTBEAT_TIMEOUT", d.heartbeat_timeout_ms, _ms),
             max_transitions=self.value("MAX_TRANSITIONS", 1000, _int_between(1, 1_000_000)),
             job_retention_ms=self.value("JOB_RETENTION", d.job_retention_ms, _ms),
             worker_ttl_ms=self.value("WORKER_TTL", d.worker_ttl_ms, _ms),
             webhook_secret=webhook_secret,
+            webhook_policy=self.value("WEBHOOK_ALLOW", d.webhook_policy, WebhookPolicy.from_text),
             public_url=self.value("PUBLIC_URL", d.public_url, _public_url),
             schedules_path=self.value("SCHEDULES_CONFIG_PATH", None, _path),
             client_token_generated=client_generated,
@@ -178,7 +188,7 @@ class _Reader:
         path = self.raw("CLIENTS_CONFIG_PATH")
         if path is not None:
             config = self.toml(path, "client")
-            for name, token, origin in config:
+            for name, token, origin, _ in config:
                 if token in owners:
                     self.problems.append(
                         f"{origin}: [{name}] has the same token as {owners[token]}; "
@@ -196,8 +206,8 @@ class _Reader:
         rules: list[WorkerTokenRule] = []
         path = self.raw("WORKERS_CONFIG_PATH")
         if path is not None:
-            for name, token, origin in self.toml(path, "worker"):
-                rule = self.worker_rule(name, token, origin)
+            for name, token, origin, section in self.toml(path, "worker"):
+                rule = self.worker_rule(name, token, origin, section.get("task_types"))
                 if rule is not None:
                     rules.append(rule)
         if single is not None:
@@ -206,7 +216,9 @@ class _Reader:
             return None, tuple(rules), False
         return secrets.token_urlsafe(24), (), True
 
-    def worker_rule(self, name: str, token: str, origin: str) -> WorkerTokenRule | None:
+    def worker_rule(
+        self, name: str, token: str, origin: str, task_types: Any = None
+    ) -> WorkerTokenRule | None:
         selector = name.removeprefix(PATTERN_PREFIX)
         pattern = name.startswith(PATTERN_PREFIX) or bool(GLOB_CHARS & set(selector))
         if not selector or (not pattern and not WORKER_ID.match(selector)):
@@ -215,10 +227,22 @@ class _Reader:
                 '128) nor a glob pattern such as ["gpu-*"]'
             )
             return None
-        return WorkerTokenRule(selector, token, pattern, origin)
+        if task_types is not None and (
+            not isinstance(task_types, list)
+            or not all(isinstance(t, str) and t.strip() for t in task_types)
+        ):
+            self.problems.append(
+                f"{origin}: [{name}] task_types must be a list of task type names (globs "
+                'allowed), e.g. task_types = ["resize_image", "ocr_*"]'
+            )
+            return None
+        types = tuple(task_types) if task_types is not None else None
+        return WorkerTokenRule(selector, token, pattern, origin, types)
 
-    def toml(self, where_path: tuple[str, str], kind: str) -> list[tuple[str, str, str]]:
-        """(section name, token, "file:line") for each section of a tokens file."""
+    def toml(
+        self, where_path: tuple[str, str], kind: str
+    ) -> list[tuple[str, str, str, dict[str, Any]]]:
+        """(section name, token, "file:line", section) for each section of a tokens file."""
         where, path = where_path
         example = f'[{kind}-name]\\ntoken = "..."'
         try:
@@ -235,7 +259,7 @@ class _Reader:
             line, column, message = _toml_position(str(exc))
             self.problems.append(f"{path}:{line}:{column}: {message} (TOML syntax; {where})")
             return []
-        found: list[tuple[str, str, str]] = []
+        found: list[tuple[str, str, str, dict[str, Any]]] = []
         for name, section in data.items():
             origin = f"{path}:{_section_line(text, name)}"
             if not isinstance(section, dict):
@@ -257,7 +281,7 @@ class _Reader:
             if not token.strip():
                 self.problems.append(f"{origin}: [{name}] token is empty")
                 continue
-            found.append((name, token, origin))
+            found.append((name, token, origin, section))
         return found
 
 

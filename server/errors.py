@@ -69,9 +69,34 @@ class NotFound(ApiError):
     default_code = "not_found"
 
 
+class MethodNotAllowed(ApiError):
+    status = 405
+    default_code = "method_not_allowed"
+
+
+class RequestTimeout(ApiError):
+    status = 408
+    default_code = "request_timeout"
+
+    def response(self) -> web.Response:
+        response = super().response()
+        response.force_close()  # the rest of the body is not worth waiting for
+        return response
+
+
 class Conflict(ApiError):
     status = 409
     default_code = "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    default_code = "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    default_code = "unsupported_media_type"
 
 
 class ServiceUnavailable(ApiError):

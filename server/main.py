@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -26,11 +27,18 @@ from engine.store.client import Store, StoreError
 from server.app import build_app, schedules_for
 from server.config import Settings, redact_url
 from server.errors import ConfigError
+from server.limits import (
+    ConnectionGuard,
+    GuardedSite,
+    default_max_connections,
+    raise_descriptor_limit,
+)
 
 log = logging.getLogger("interlock.server")
 
 STORE_CHECK_TIMEOUT_S = 10.0
 SHUTDOWN_TIMEOUT_S = 10.0
+KEEPALIVE_TIMEOUT_S = 75.0  # an idle keep-alive connection is closed (aiohttp's default: 1 h)
 
 
 def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,10 +114,43 @@ async def check_store(settings: Settings) -> str | None:
     return None
 
 
+async def shared_generated(settings: Settings) -> Settings:
+    """Settings whose generated tokens are those of the first orchestrator on this store,
+    so that orchestrators sharing a Redis without configured tokens accept the same
+    clients and workers (each stores its proposal only if none is there yet)."""
+    if not (
+        settings.client_token_generated
+        or settings.worker_token_generated
+        or settings.webhook_secret_generated
+    ):
+        return settings
+    store = await Store.connect(settings.redis_url, partitions=settings.redis_partitions)
+    try:
+        changes: dict[str, Any] = {}
+        if settings.client_token_generated:
+            name, token = settings.client_tokens[0]
+            changes["client_tokens"] = ((name, await store.shared_setting("client_token", token)),)
+        if settings.worker_token_generated and settings.worker_token is not None:
+            token = settings.worker_token
+            changes["worker_token"] = await store.shared_setting("worker_token", token)
+        if settings.webhook_secret_generated:
+            secret = settings.webhook_secret
+            changes["webhook_secret"] = await store.shared_setting("webhook_secret", secret)
+    finally:
+        await store.close()
+    return dataclasses.replace(settings, **changes)
+
+
 async def _serve(settings: Settings, blueprint_count: int, schedule_count: int) -> int:
+    raise_descriptor_limit()  # before anything opens sockets: idle long polls need many
     problem = await check_store(settings)
     if problem is not None:
         _fail(problem)
+        return 1
+    try:
+        settings = await shared_generated(settings)
+    except StoreError as exc:
+        _fail(f"cannot use the store at {redact_url(settings.redis_url)}: {exc}")
         return 1
     # Handlers first: a SIGTERM sent as soon as the listening line is read must stop us
     # cleanly, not kill us with the default action.
@@ -130,11 +171,17 @@ async def _run(
     settings: Settings, blueprint_count: int, schedule_count: int, stop: asyncio.Event
 ) -> int:
     runner = web.AppRunner(
-        build_app(settings), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+        build_app(settings),
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        keepalive_timeout=KEEPALIVE_TIMEOUT_S,
     )
     try:
         await runner.setup()  # runs the app's cleanup_ctx: blueprints, store, orchestrator
-        site = web.TCPSite(runner, settings.host, settings.port)
+        guard = ConnectionGuard(
+            settings.max_connections or default_max_connections(), settings.header_timeout_s
+        )
+        site = GuardedSite(runner, settings.host, settings.port, guard)
         await site.start()
     except ScheduleError as exc:  # the file changed since it was checked
         _fail(str(exc))
@@ -159,14 +206,22 @@ def _announce(
 ) -> None:
     if settings.client_token_generated:
         token = settings.client_tokens[0][1]
-        print(f"no CLIENT_TOKEN set; using generated token {token} for this run", file=sys.stderr)
+        print(
+            f"no CLIENT_TOKEN set; using generated token {token} (shared by every "
+            "orchestrator on this store)",
+            file=sys.stderr,
+        )
     if settings.worker_token_generated:
         token = settings.worker_token or ""
-        print(f"no WORKER_TOKEN set; using generated token {token} for this run", file=sys.stderr)
+        print(
+            f"no WORKER_TOKEN set; using generated token {token} (shared by every "
+            "orchestrator on this store)",
+            file=sys.stderr,
+        )
     if settings.webhook_secret_generated:
         print(
             f"no WEBHOOK_SECRET set; signing webhooks with generated secret "
-            f"{settings.webhook_secret} for this run",
+            f"{settings.webhook_secret} (shared by every orchestrator on this store)",
             file=sys.stderr,
         )
     port = settings.port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections.abc import Collection
@@ -9,8 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.jsonutil import loads_strict
-from server.errors import BadRequest
+from engine.jsonutil import JsonValueError, loads_strict
+from server.errors import BadRequest, RequestTimeout, UnsupportedMediaType
+from server.state import SETTINGS
 
 ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -31,14 +33,33 @@ def json_type(value: object) -> str:
 
 async def json_object(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
     """The body as a JSON object. An oversized body raises aiohttp's 413 (rendered as JSON
-    by the error middleware)."""
-    raw = await request.read()
+    by the error middleware); a body sent as anything but JSON is a 415."""
+    given = request.headers.get("Content-Type")
+    if given is not None and request.body_exists and not is_json(request.content_type):
+        raise UnsupportedMediaType(
+            f"the request body is sent as {request.content_type[:100]!r}; send JSON with "
+            "Content-Type: application/json",
+            code="unsupported_media_type",
+        )
+    try:
+        async with asyncio.timeout(request.config_dict[SETTINGS].body_timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            "the request body did not arrive in time (BODY_TIMEOUT)", code="request_timeout"
+        ) from None
     if not raw.strip():
         if empty_ok:
             return {}
         raise BadRequest("the request body is empty; send a JSON object", code="invalid_json")
     try:
         value = loads_strict(raw)
+    except JsonValueError as exc:
+        raise BadRequest(
+            f"the request body cannot be stored: {exc}",
+            code="invalid_value",
+            details=[{"path": exc.path, "message": exc.problem}],
+        ) from None
     except (ValueError, RecursionError) as exc:
         message = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
         raise BadRequest(
@@ -49,6 +70,14 @@ async def json_object(request: web.Request, *, empty_ok: bool = False) -> dict[s
             f"the request body must be a JSON object, not {json_type(value)}", code="invalid_body"
         )
     return value
+
+
+def is_json(media_type: str) -> bool:
+    """application/json, or a JSON-based type such as application/problem+json."""
+    kind = media_type.strip().lower()
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
 
 
 def reject_unknown(body: dict[str, Any], allowed: Collection[str], what: str) -> None:

@@ -39,8 +39,22 @@ def settings(request: web.Request) -> Settings:
 
 
 def public_base(request: web.Request) -> str:
-    """Where people reach this server: PUBLIC_URL, or else the origin of this request."""
-    return request.config_dict[SETTINGS].public_url or str(request.url.origin())
+    """Where people reach this server: PUBLIC_URL, or else the address the connection came
+    in on. Never the request's Host header: anyone can write one, and a link built from it
+    would send an approval token to their host."""
+    configured = request.config_dict[SETTINGS]
+    if configured.public_url:
+        return configured.public_url
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        host, port = str(sockname[0]), int(sockname[1])
+    else:  # a Unix socket, or a closed transport: the configured address
+        host, port = configured.host, configured.port
+    host = f"[{host}]" if ":" in host else host
+    scheme = (
+        "https" if request.transport and request.transport.get_extra_info("sslcontext") else "http"
+    )
+    return f"{scheme}://{host}:{port}"
 
 
 async def unless_closing(request: web.Request, work: Coroutine[Any, Any, T], fallback: T) -> T:

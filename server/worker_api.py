@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.clock import now_ms
-from server.auth import WORKER_ID_HEADER, WORKER_TOKEN_HEADER
+from server.auth import WORKER_ID_HEADER, WORKER_TOKEN_HEADER, TaskTypes, may_poll
 from server.errors import BadRequest, Handler, NotFound, json_response
 from server.params import (
     json_object,
@@ -64,18 +64,20 @@ class SkillCache:
 
 
 SKILLS = web.AppKey("worker_skills", SkillCache)
+TASK_TYPES: web.RequestKey[TaskTypes] = web.RequestKey("task_types")
 
 
 @web.middleware
 async def worker_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     auth = request.config_dict[WORKER_AUTH]
-    worker_id = auth.worker(
+    worker_id, task_types = auth.authenticate(
         request.headers.get(WORKER_ID_HEADER), request.headers.get(WORKER_TOKEN_HEADER)
     )
     path_id = request.match_info.get("worker_id")
     if path_id is not None and path_id != worker_id:
         raise auth.mismatch(worker_id, path_id)
     request[WORKER] = worker_id
+    request[TASK_TYPES] = task_types
     return await handler(request)
 
 
@@ -149,6 +151,13 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 async def _skills(request: web.Request, worker_id: str) -> tuple[str, ...]:
+    """The task types this poll asks for, less those the worker's token may not poll
+    (`task_types` in workers.toml)."""
+    allowed = request[TASK_TYPES]
+    return tuple(s for s in await _asked_skills(request, worker_id) if may_poll(allowed, s))
+
+
+async def _asked_skills(request: web.Request, worker_id: str) -> tuple[str, ...]:
     given = request.query.get("available_skills", "")
     skills = tuple(dict.fromkeys(s.strip() for s in given.split(",") if s.strip()))
     if skills:

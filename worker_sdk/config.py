@@ -64,6 +64,8 @@ class S3Config:
     region: str = "us-east-1"
     part_size: int = 8 * MIB  # multipart part size; also the largest single PUT
     chunk_size: int = 1 * MIB  # download buffer
+    # S3_ALLOWED_BUCKETS: the buckets `s3://` params may name (plus `bucket`); None: any
+    allowed_buckets: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,4 +309,10 @@ class _Reader:
                 "install it with pip install 'interlock[s3]'"
             )
         region = self.environ.get("S3_REGION", "").strip() or "us-east-1"
-        return S3Config(bucket, endpoint, access, secret, region)
+        allowed = self.value("S3_ALLOWED_BUCKETS", None, _buckets)
+        return S3Config(bucket, endpoint, access, secret, region, allowed_buckets=allowed)
+
+
+def _buckets(text: str) -> frozenset[str]:
+    """A comma-separated list of bucket names (ValueError names the bad one)."""
+    return frozenset(convert.bucket(name.strip()) for name in text.split(",") if name.strip())

@@ -171,5 +171,6 @@ class Executor:
         result = from_return(value)
         data: Mapping[str, Any] = result.data
         if self.payloads is not None:
-            data = await self.payloads.upload_result(dict(data), ctx.job_id)
+            # Only the task's own folder: another task's inputs stay where they are.
+            data = await self.payloads.upload_result(dict(data), ctx.job_id, ctx.payload_dir)
         return result.status, data

@@ -60,10 +60,44 @@ def from_return(value: Any) -> Result:
             "or Result(status, data)"
         )
     try:
-        json.dumps(result.data, allow_nan=False, default=_refuse)
+        check_json(result.data)
     except (TypeError, ValueError) as exc:
         raise PermanentError(f"the handler's result is not JSON: {exc}") from None
     return result
+
+
+#: The orchestrator refuses request bodies nested deeper than 100 levels; a result's data
+#: sits two levels inside its body.
+MAX_DATA_DEPTH = 98
+
+
+def check_json(value: Any) -> None:
+    """Raise TypeError or ValueError unless the orchestrator can take `value` as it is:
+    JSON types only, finite numbers, text that is valid UTF-8 (no lone surrogates, such
+    as `os.fsdecode(b"report-\\xff.pdf")` makes), at most MAX_DATA_DEPTH levels deep."""
+    try:
+        text = json.dumps(value, allow_nan=False, default=_refuse, ensure_ascii=False)
+    except RecursionError:
+        raise ValueError("it is nested too deeply") from None
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"a string holds {text[exc.start : exc.end].encode('utf-8', 'backslashreplace')!r}"
+            ", which is not valid UTF-8 (a lone surrogate, e.g. from os.fsdecode)"
+        ) from None
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:  # iterative: a deep value must not overflow our own stack either
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > MAX_DATA_DEPTH:
+            raise ValueError(f"it is nested more than {MAX_DATA_DEPTH} levels deep")
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _refuse(value: Any) -> Any:
@@ -75,11 +109,16 @@ def error_of(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, TaskError):
         error = exc.as_error()
         try:
-            json.dumps(error, allow_nan=False)
+            check_json(error)
         except (TypeError, ValueError):
-            error["details"] = repr(error.get("details"))
+            details = repr(error.get("details"))
+            error["details"] = details.encode("utf-8", "backslashreplace").decode()
+            message = str(error.get("message", ""))
+            error["message"] = message.encode("utf-8", "backslashreplace").decode()
         return error
     text = str(exc) or type(exc).__name__
+    # An OSError's text may hold a file name with undecodable bytes (lone surrogates).
+    text = text.encode("utf-8", "backslashreplace").decode()
     return {"code": TRANSIENT_ERROR, "message": f"{type(exc).__name__}: {text}"[:2000]}
 
 

@@ -6,10 +6,16 @@ a time, uploads send one part at a time (a single PUT up to `part_size`, multipa
 Downloads: every `s3://bucket/key` string in the params (any depth) is fetched into
 `<task dir>/in/<n>/<name>` (`n` counts the URIs, so equal names never collide) and replaced
 by that path; `s3://bucket/prefix/` fetches every object below the prefix into a folder.
-Uploads: every string of the result that is an existing path inside the payload directory is
-uploaded to `s3://<bucket>/<job id>/<path below the payload directory>` (a folder with all
-its files, its URI ending in `/`) and replaced by the URI. Anything resolving outside the
-payload directory (through `..` or a symlink) is left as it is, with a warning.
+Uploads: every string of the result that is an existing path inside the task's own folder
+is uploaded to `s3://<bucket>/<job id>/<path below the payload directory>` (a folder with all
+its files, its URI ending in `/`) and replaced by the URI. Anything resolving outside that
+folder (another task's folder, or elsewhere through `..` or a symlink), and any file with
+more than one hard link (it may be another file's contents under a name inside the folder),
+is left as it is, with a warning.
+
+Trust boundary: params come from the orchestrator's clients, so they are not trusted. A
+task can only make the worker read objects of the buckets in `S3_ALLOWED_BUCKETS` (when
+set; plus the worker's own `S3_BUCKET`) and upload files of its own folder.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker_sdk.config import S3Config
-from worker_sdk.errors import PayloadTransferError, PermanentError
+from worker_sdk.errors import InvalidInputError, PayloadTransferError, PermanentError
 from worker_sdk.paths import (
     S3Uri,
     existing_path,
@@ -81,6 +87,7 @@ class PayloadStore:
             uri = parse_s3_uri(text)
             if uri is None:
                 return text
+            self._check_bucket(uri)
             if text not in done:
                 target = task_dir / "in" / str(next(counter))
                 try:
@@ -101,6 +108,15 @@ class PayloadStore:
             return done[text]
 
         return await replace_strings(params, replace)
+
+    def _check_bucket(self, uri: S3Uri) -> None:
+        allowed = self.config.allowed_buckets
+        if allowed is not None and uri.bucket not in allowed and uri.bucket != self.config.bucket:
+            raise InvalidInputError(
+                f"{uri} is in bucket {uri.bucket!r}, which this worker may not read "
+                f"(S3_ALLOWED_BUCKETS: {', '.join(sorted(allowed)) or 'none'})",
+                {"uri": str(uri)},
+            )
 
     async def _download_file(self, uri: S3Uri, dest: Path) -> None:
         response = await self._client.get_object(Bucket=uri.bucket, Key=uri.key)
@@ -135,36 +151,36 @@ class PayloadStore:
 
     # -- result: upload ----------------------------------------------------------------------
 
-    async def upload_result(self, data: Any, job_id: str) -> Any:
-        """`data` with every existing path inside the payload directory uploaded and
-        replaced by its `s3://` URI."""
+    async def upload_result(self, data: Any, job_id: str, task_dir: Path | None = None) -> Any:
+        """`data` with every existing path inside `task_dir` (the task's own folder; the
+        whole payload directory when None) uploaded and replaced by its `s3://` URI."""
         done: dict[Path, str] = {}
+        scope = self.root if task_dir is None else await asyncio.to_thread(task_dir.resolve)
 
         async def replace(text: str) -> str:
             path = await asyncio.to_thread(existing_path, text)
             if path is None:
                 return text
             resolved = await asyncio.to_thread(path.resolve)
-            if resolved == self.root or not resolved.is_relative_to(self.root):
-                how = " (through a symlink or ..)" if path.is_relative_to(self.root) else ""
+            if resolved == scope or not resolved.is_relative_to(scope):
+                how = " (through a symlink or ..)" if path.is_relative_to(scope) else ""
                 log.warning(
-                    "result value %r is outside WORKER_PAYLOAD_DIR %s%s: not uploaded, left as is",
+                    "result value %r is outside the task's folder %s%s: not uploaded, left as is",
                     text,
-                    self.root,
+                    scope,
                     how,
                 )
                 return text
-            if await asyncio.to_thread(_linked_elsewhere, resolved):
+            if await asyncio.to_thread(_hard_linked, resolved):
                 log.warning(
-                    "result value %r is a file with other hard links (it may be a file from "
-                    "outside WORKER_PAYLOAD_DIR): not uploaded, left as is",
+                    "result value %r is a file with other hard links: not uploaded, left as is",
                     text,
                 )
                 return text
             if resolved not in done:
                 key = f"{task_folder_name(job_id)}/{resolved.relative_to(self.root).as_posix()}"
                 try:
-                    done[resolved] = await self._upload(resolved, key)
+                    done[resolved] = await self._upload(resolved, key, scope)
                 except TRANSFER_ERRORS as exc:
                     raise PayloadTransferError(
                         f"cannot upload {text}: {exc}", {"path": text}
@@ -173,18 +189,19 @@ class PayloadStore:
 
         return await replace_strings(data, replace)
 
-    async def _upload(self, path: Path, key: str) -> str:
+    async def _upload(self, path: Path, key: str, scope: Path) -> str:
         bucket = self.config.bucket
         if await asyncio.to_thread(path.is_dir):
-            for file, relative in await asyncio.to_thread(self._files_below, path):
+            for file, relative in await asyncio.to_thread(self._files_below, path, scope):
                 await self._upload_file(file, f"{key}/{relative}")
             return f"s3://{bucket}/{key}/"
         await self._upload_file(path, key)
         return f"s3://{bucket}/{key}"
 
-    def _files_below(self, folder: Path) -> list[tuple[Path, str]]:
+    def _files_below(self, folder: Path, scope: Path) -> list[tuple[Path, str]]:
         """(resolved file, posix path below `folder`) for every file to upload; entries that
-        resolve outside the payload directory are skipped with a warning."""
+        resolve outside `scope`, and files with other hard links, are skipped with a
+        warning."""
         found: list[tuple[Path, str]] = []
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
             here = Path(dirpath)
@@ -194,19 +211,15 @@ class PayloadStore:
             for name in sorted(filenames):
                 file = here / name
                 resolved = file.resolve()
-                if not resolved.is_relative_to(self.root):
+                if not resolved.is_relative_to(scope):
                     log.warning(
-                        "not uploading %s: it resolves to %s, outside WORKER_PAYLOAD_DIR %s",
+                        "not uploading %s: it resolves to %s, outside the task's folder %s",
                         file,
                         resolved,
-                        self.root,
+                        scope,
                     )
-                elif _linked_elsewhere(resolved):
-                    log.warning(
-                        "not uploading %s: it has other hard links (it may be a file from "
-                        "outside WORKER_PAYLOAD_DIR)",
-                        file,
-                    )
+                elif _hard_linked(resolved):
+                    log.warning("not uploading %s: the file has other hard links", file)
                 elif resolved.is_file():
                     found.append((resolved, file.relative_to(folder).as_posix()))
         return found
@@ -253,28 +266,24 @@ def _create(dest: Path) -> BinaryIO:
     return dest.open("wb")
 
 
-def _open_regular(path: Path) -> BinaryIO:
-    if not stat.S_ISREG(path.stat().st_mode):  # before open(): a FIFO would block it
-        raise OSError(f"{path} is neither a regular file nor a folder")
-    source = path.open("rb")
-    opened = os.fstat(source.fileno())
-    if not stat.S_ISREG(opened.st_mode):
-        source.close()
-        raise OSError(f"{path} is neither a regular file nor a folder")
-    if opened.st_nlink > 1:  # linked since it was checked
-        source.close()
-        raise OSError(f"{path} has other hard links; not uploaded")
-    return source
-
-
-def _linked_elsewhere(path: Path) -> bool:
-    """A regular file with more than one hard link: a link made inside the payload
-    directory to a file outside it looks like any file there, and must not be uploaded."""
+def _hard_linked(path: Path) -> bool:
+    """A regular file with more than one name: one may be outside the task's folder."""
     try:
         info = path.stat()
     except OSError:
         return False
     return stat.S_ISREG(info.st_mode) and info.st_nlink > 1
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    if not stat.S_ISREG(path.stat().st_mode):  # before open(): a FIFO would block it
+        raise OSError(f"{path} is neither a regular file nor a folder")
+    source = path.open("rb")
+    info = os.fstat(source.fileno())
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # checked again on what we read
+        source.close()
+        raise OSError(f"{path} is not a regular file with a single name")
+    return source
 
 
 def _missing(exc: BaseException) -> bool:

@@ -18,7 +18,6 @@ from types import MappingProxyType
 from typing import Any
 
 import networkx as nx
-from jsonschema import Draft202012Validator
 
 from engine.blueprint.checks import (
     Finding,
@@ -47,6 +46,7 @@ from engine.blueprint.model import (
     Transition,
     WaitState,
 )
+from engine.blueprint.safe_schema import SafeValidator
 from engine.blueprint.schema import (
     describe_type,
     did_you_mean,
@@ -175,8 +175,9 @@ class _Compiler:
             return
         problems = json_schema_problems(self.source, path, schema)
         self.problems.extend(problems)
-        if not problems:
-            self.validators[path] = Draft202012Validator(schema)
+        if not any(p.severity == "error" for p in problems):  # warnings: slow patterns
+            # Linear-time regexes and uniqueItems: these schemas check untrusted data.
+            self.validators[path] = SafeValidator(schema)
 
     def _scan_task_fields(self, path: Path, raw: dict[str, Any]) -> None:
         if "params" in raw:

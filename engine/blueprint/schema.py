@@ -18,6 +18,7 @@ import referencing.exceptions
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
+from engine.blueprint.safe_schema import SafeValidator, pattern_warnings
 from engine.blueprint.yamlsource import Path, Source
 from engine.durations import parse_duration
 from engine.errors import Problem
@@ -296,7 +297,7 @@ def json_schema_problems(source: Source, path: Path, schema: Any) -> list[Proble
         where: Path = (*path, *error.absolute_path)
         problems.append(source.problem(where, f"not a valid JSON Schema: {error.message}"))
     if not problems:
-        validator = Draft202012Validator(schema)
+        validator = SafeValidator(schema)
         try:
             # Probe one value of each JSON type: an unresolvable $ref, or a $ref cycle that
             # consumes no data (`{"$ref": "#"}`), fails here rather than on a job's data.
@@ -313,4 +314,7 @@ def json_schema_problems(source: Source, path: Path, schema: Any) -> list[Proble
                     path, "not a usable JSON Schema: its $ref refers back to itself without end"
                 )
             )
+    if not problems:  # (an invalid pattern has its error already)
+        for where, message in pattern_warnings(schema):
+            problems.append(source.problem((*path, *where), message, severity="warning"))
     return problems

@@ -152,7 +152,7 @@ async def deliver(orch: LoopHost, job_id: str) -> None:
         log.error(
             "webhook for job %s to %s failed %d times (%s); giving up",
             job_id,
-            url,
+            webhooks.redact(url),
             attempt,
             problem,
         )
@@ -161,7 +161,9 @@ async def deliver(orch: LoopHost, job_id: str) -> None:
         # Record the retry before saying so: until then our claim (a minute) holds the entry.
         retry_at = now_ms() + webhooks.backoff_ms(attempt)
         await orch.store.webhook_retry(job_id, retry_at)
-        log.warning("webhook for job %s to %s failed (%s); retrying", job_id, url, problem)
+        log.warning(
+            "webhook for job %s to %s failed (%s); retrying", job_id, webhooks.redact(url), problem
+        )
 
 
 async def schedule_loop(orch: LoopHost) -> None:

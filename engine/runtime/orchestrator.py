@@ -25,6 +25,7 @@ from engine.runtime.background import leases_of
 from engine.runtime.dispatcher import Dispatcher, Waiter
 from engine.runtime.host import Applied, Outcome, Rule
 from engine.runtime.host import OrchestratorSettings as OrchestratorSettings
+from engine.runtime.janitor import IndexJanitor
 from engine.runtime.jobdoc import (
     TERMINAL,
     ChildJob,
@@ -51,6 +52,9 @@ T = TypeVar("T")
 
 def _doc_or_reason(outcome: Outcome) -> dict[str, Any] | Ignored | None:
     return dict(outcome.doc) if isinstance(outcome, Applied) else outcome
+
+
+LIST_BUDGET = 500  # index entries one listing request reads beyond its page, at most
 
 
 def _reason(outcome: Ignored | None) -> str:
@@ -114,6 +118,9 @@ class Orchestrator:
             loops["webhooks"] = background.webhook_loop(self)
         if self.schedules:
             loops["schedules"] = background.schedule_loop(self)
+        clients = (*self.settings.clients, *(schedule.client for schedule in self.schedules))
+        if clients:  # expired jobs leave their client index entries: drop them
+            loops["janitor"] = IndexJanitor(self.store).run(clients)
         self._tasks = [
             asyncio.create_task(work, name=f"interlock-{name}") for name, work in loops.items()
         ]
@@ -260,10 +267,16 @@ class Orchestrator:
         cursor this method did not produce."""
         after = parse_cursor(cursor) if cursor else None
         jobs: list[dict[str, Any]] = []
+        # A filter matching nothing must not walk the whole history on one request: after
+        # LIST_BUDGET entries, answer what was found, with a cursor to go on from there.
+        budget = LIST_BUDGET + limit
         while len(jobs) < limit:
+            if budget <= 0 and after is not None:
+                return jobs, f"{after[0]}-{after[1]}"
             batch = await self.store.job_ids_for_client(client, limit=max(limit, 50), after=after)
             if not batch:
                 return jobs, None
+            budget -= len(batch)
             docs = await self.store.read_docs([job_id for job_id, _ in batch])
             for (job_id, created), doc in zip(batch, docs, strict=True):
                 after = (created, job_id)

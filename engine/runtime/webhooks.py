@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from engine.jsonutil import dumps
 
@@ -75,3 +76,16 @@ def request(doc: Mapping[str, Any], secret: str, attempt: int) -> tuple[bytes, d
 
 def backoff_ms(attempt: int) -> int:
     return int(min(600.0, 2.0 ** (attempt - 1)) * 1000)
+
+
+def redact(url: object) -> str:
+    """A webhook URL for logs: scheme, host and port only. User-info, path and query may
+    hold secrets (`https://user:pass@host/`, `https://hooks.example/T0/B0/secret`)."""
+    try:
+        parts = urlsplit(str(url))
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<malformed URL>"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}/..."

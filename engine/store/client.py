@@ -258,6 +258,13 @@ class Store:
         await self.redis.hsetnx(self.keys.meta, "deployment", uuid.uuid4().hex)
         return False
 
+    async def shared_setting(self, name: str, proposal: str) -> str:
+        """The deployment-wide value of a generated setting: `proposal` if this is the first
+        orchestrator on this store to ask, else the value the first one stored."""
+        field = f"generated:{name}"
+        await self.redis.hsetnx(self.keys.meta, field, proposal)
+        return str(await self.redis.hget(self.keys.meta, field))
+
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())
@@ -430,6 +437,27 @@ class Store:
             found = [(j, ms) for j, ms in found if (ms, j) < (after[0], after[1])]
         found.sort(key=lambda pair: (pair[1], pair[0]), reverse=True)
         return found[:limit]
+
+    @translated
+    async def prune_client_jobs(
+        self, partition: int, client: str, start: int, count: int
+    ) -> tuple[int, int]:
+        """Drop from the client's job index (one partition) the ids whose job is gone
+        (its retention ended), looking at `count` entries from rank `start`, oldest first.
+        Returns (ids dropped, the rank to look from next: 0 at the end). An entry is
+        written in the commit that creates its job, so a missing job is an expired one."""
+        key = self.keys.client_jobs(partition, client)
+        ids = [str(job_id) for job_id in await self.redis.zrange(key, start, start + count - 1)]
+        if not ids:
+            return 0, 0
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(self.keys.job(job_id))
+        alive = await pipe.execute()
+        gone = [job_id for job_id, found in zip(ids, alive, strict=True) if not found]
+        if gone:
+            await self.redis.zrem(key, *gone)
+        return len(gone), start + len(ids) - len(gone)
 
     @translated
     async def read_docs(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:

@@ -63,7 +63,8 @@ class Keys:
 
     @property
     def meta(self) -> str:
-        """Hash of deployment settings every orchestrator must agree on (partitions)."""
+        """Hash of deployment settings every orchestrator must agree on: partitions, and
+        `generated:<name>` for the tokens generated when none is configured."""
         return f"{self.prefix}:meta"
 
     @property

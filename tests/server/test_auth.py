@@ -35,9 +35,8 @@ def test_client_tokens_map_to_names() -> None:
     [
         ("w1", "t-w1"),  # its own token
         ("gpu-3", "t-gpu"),  # its fleet's pattern
-        ("gpu-7", "t-gpu7"),  # an exact id inside a pattern: both tokens work
-        ("gpu-7", "t-gpu"),
-        ("w1", "global"),  # the global token works for everyone
+        ("gpu-7", "t-gpu7"),  # an exact id inside a pattern: its own token only
+        ("gpu-3", "global"),  # the global token works for every id without its own entry
         ("anyone", "global"),
     ],
 )
@@ -49,6 +48,8 @@ def test_worker_tokens_accepted(worker_id: str, token: str) -> None:
     ("worker_id", "token", "reason"),
     [
         ("w1", "t-gpu", "wrong X-Worker-Token for worker 'w1'"),
+        ("w1", "global", "wrong X-Worker-Token for worker 'w1'"),
+        ("gpu-7", "t-gpu", "wrong X-Worker-Token for worker 'gpu-7'"),
         ("w2", "t-w1", "wrong X-Worker-Token for worker 'w2'"),
         ("cpu-1", "t-gpu", "wrong X-Worker-Token for worker 'cpu-1'"),
         (None, "t-w1", "missing X-Worker-ID header"),
@@ -82,8 +83,8 @@ def test_every_candidate_is_compared(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", counting)
-    WorkerAuth(RULES, "global").worker("gpu-7", "t-gpu7")  # exact id, pattern, global
-    assert calls == [b"t-gpu7", b"t-gpu", b"global"]
+    WorkerAuth(RULES, "global").worker("gpu-3", "t-gpu")  # pattern, then global
+    assert calls == [b"t-gpu", b"global"]
     calls.clear()
     ClientAuth([("a", "x"), ("b", "y"), ("c", "z")]).client("x")
     assert calls == [b"x", b"y", b"z"]

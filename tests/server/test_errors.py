@@ -46,7 +46,8 @@ async def test_oversized_body(orchestrator: Orchestrator, tmp_path: Path) -> Non
             ("/api/v1/jobs/image_pipeline", ACME),
             ("/_worker/tasks/result", worker()),
         ]:
-            response = await client.post(path, data=body, headers=headers)
+            json_headers = {**headers, "Content-Type": "application/json"}
+            response = await client.post(path, data=body, headers=json_headers)
             error = await error_of(response, 413)
             assert error["code"] == "payload_too_large"
             assert error["details"] == {"max_bytes": 2048}
@@ -57,7 +58,8 @@ async def test_oversized_body(orchestrator: Orchestrator, tmp_path: Path) -> Non
 
 async def test_the_default_body_limit_is_one_mebibyte(api: Client) -> None:
     body = b'{"initial_data": {"url": "' + b"x" * (1 << 20) + b'"}}'
-    response = await api.post("/api/v1/jobs/image_pipeline", data=io.BytesIO(body), headers=ACME)
+    headers = {**ACME, "Content-Type": "application/json"}
+    response = await api.post("/api/v1/jobs/image_pipeline", data=io.BytesIO(body), headers=headers)
     assert (await error_of(response, 413))["details"] == {"max_bytes": 1 << 20}
 
 

@@ -81,7 +81,7 @@ async def test_serve_starts_answers_and_stops_on_sigterm() -> None:
         # And a token generated for this run (the only way to learn it), once
         async with asyncio.timeout(5):
             notice = (await process.stderr.readline()).decode()
-        found = re.match(r"no CLIENT_TOKEN set; using generated token (\S+) for this run", notice)
+        found = re.match(r"no CLIENT_TOKEN set; using generated token (\S+) \(shared", notice)
         assert found, notice
         # Then a client with that token is served
         async with aiohttp.ClientSession() as session:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from engine.runtime.webhooks import verify
 from server.app import build_app
+from server.webhook_policy import WebhookPolicy
 from server.webhooks import WebhookSender
 from tests.server.conftest import make_settings, serve
 from tests.server.helpers import ACME, ok_json, submit
@@ -33,7 +34,9 @@ async def test_a_finished_job_is_posted_to_its_webhook_signed_and_retried(
     receiver_app = web.Application()
     receiver_app.router.add_post("/hook", hook)
     receiver = await serve(receiver_app)
-    api = await serve(build_app(make_settings(tmp_path, WEBHOOK_SECRET="hook-secret")))
+    api = await serve(
+        build_app(make_settings(tmp_path, WEBHOOK_SECRET="hook-secret", WEBHOOK_ALLOW="127.0.0.1"))
+    )
     try:
         # When a job with a webhook_url ends
         url = str(receiver.make_url("/hook"))
@@ -58,9 +61,10 @@ async def test_an_unreachable_receiver_is_an_oserror() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    async with WebhookSender.session_for_webhooks() as session:
-        sender = WebhookSender(session)
+    policy = WebhookPolicy.from_text("127.0.0.1")
+    async with WebhookSender.session_for_webhooks(policy) as session:
+        sender = WebhookSender(session, policy)
         with pytest.raises(OSError, match="ClientConnectorError"):
             await sender(f"http://127.0.0.1:{port}/hook", b"{}", {})
-        with pytest.raises(OSError, match="InvalidUrl"):
+        with pytest.raises(OSError, match="refused destination"):
             await sender("http://[not a url/hook", b"{}", {})

@@ -38,7 +38,7 @@ REGISTRATION = {"worker_type": "t", "available_skills": ["fetch_image"]}
         ("w-solo", "solo-token"),  # individual token
         ("gpu-12", "gpu-token"),  # glob section ["gpu-*"]
         ("cpu-7", "cpu-token"),  # avtomatika spelling ["pattern:cpu-?"]
-        ("w-solo", WORKER_TOKEN),  # the global token
+        ("gpu-12", WORKER_TOKEN),  # the global token, for ids without their own entry
         ("anyone-else", WORKER_TOKEN),
     ],
 )

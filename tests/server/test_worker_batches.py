@@ -223,7 +223,8 @@ async def test_a_malformed_batch_is_a_400(api: Client, body: Any, message: str) 
 
 @pytest.mark.parametrize(("data", "code"), [("[]", "invalid_body"), ("{", "invalid_json")])
 async def test_a_batch_that_is_not_an_object_is_a_400(api: Client, data: str, code: str) -> None:
-    response = await api.post(RESULTS, data=data, headers=worker())
+    headers = {**worker(), "Content-Type": "application/json"}
+    response = await api.post(RESULTS, data=data, headers=headers)
     assert (await error_of(response, 400))["code"] == code
 
 

@@ -110,7 +110,7 @@ async def test_nested_params_and_a_folder_round_trip(
         assert not result[key].startswith("s3://"), key
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=job_id)["Contents"]]
     assert len(keys) == 3  # the summary and two thumbnails: nothing else left the machine
-    assert caplog.text.count("is outside WORKER_PAYLOAD_DIR") == 3
+    assert caplog.text.count("is outside the task's folder") == 3
     assert os.listdir(payloads) == []  # the task's files are gone once the result is in
 
 

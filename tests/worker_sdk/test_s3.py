@@ -154,7 +154,7 @@ async def test_paths_escaping_the_payload_dir_are_never_uploaded(
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
     assert keys == ["job-x/t4/out/ok.txt"]
     warnings = caplog.text
-    assert f"result value {traversal!r} is outside WORKER_PAYLOAD_DIR" in warnings
+    assert f"result value {traversal!r} is outside the task's folder" in warnings
     assert "(through a symlink or ..)" in warnings
     assert "not uploading" in warnings
     assert "leak" in warnings

@@ -1,0 +1,140 @@
+"""Slow and greedy clients: bounded connections, bounded time to send headers.
+
+aiohttp reads headers and bodies for as long as a client cares to send them. 1,100
+connections that each send a header byte every 10 s used every file descriptor of a
+1,024-descriptor process, and every normal request failed. `GuardedSite` is aiohttp's
+TCPSite with two limits on each connection:
+- at most `max_connections` open at once: one more is closed as soon as it is accepted,
+  before it costs more than its socket;
+- its first request's headers must be complete within `header_timeout_s` of the connect,
+  or the connection is closed. Idle keep-alive connections are closed after 75 s (the
+  runner's keep-alive timeout, server/main.py); the headers of a later request on a kept
+  connection are not timed. A worker's long poll has sent its headers: not affected.
+A body must arrive within `BODY_TIMEOUT` (server/params.py answers 408 otherwise).
+
+`raise_descriptor_limit()` lifts the process's soft descriptor limit to its hard one at
+start-up, and the default connection limit stays below it, so that accept() never fails
+for lack of descriptors (Redis connections and files need some too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+log = logging.getLogger("interlock.server")
+
+RESERVED_DESCRIPTORS = 256  # for Redis connections, blueprint files, logs, the listener
+
+
+def raise_descriptor_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard limit; returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass  # some systems refuse: keep what we have
+    return soft
+
+
+def default_max_connections() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 100_000
+    return max(16, soft - RESERVED_DESCRIPTORS)
+
+
+class ConnectionGuard:
+    """Counts connections and arms a header deadline on each (see the module docstring)."""
+
+    def __init__(self, max_connections: int, header_timeout_s: float) -> None:
+        self.max_connections = max_connections
+        self.header_timeout_s = header_timeout_s
+        self.open = 0
+        self.refused = 0
+        self.timed_out = 0
+
+    def handler(self, server: web.Server) -> GuardedHandler:
+        """A request handler for one new connection of `server` (as `server()` makes)."""
+        # web.Server.__call__ does exactly this with the RequestHandler class itself.
+        return GuardedHandler(self, server, loop=server._loop, **server._kwargs)
+
+
+class GuardedHandler(RequestHandler):
+    """aiohttp's RequestHandler, counted and with a deadline for the first headers."""
+
+    __slots__ = ("_admitted", "_guard", "_header_timer", "_tail")
+
+    def __init__(self, guard: ConnectionGuard, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard = guard
+        self._admitted = False
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        guard = self._guard
+        if guard.open >= guard.max_connections:
+            guard.refused += 1
+            assert isinstance(transport, asyncio.Transport)
+            transport.abort()  # connection_lost follows; aiohttp never saw this one
+            return
+        guard.open += 1
+        self._admitted = True
+        loop = asyncio.get_running_loop()
+        self._header_timer = loop.call_later(guard.header_timeout_s, self._too_slow, transport)
+        super().connection_made(transport)
+
+    def _too_slow(self, transport: asyncio.BaseTransport) -> None:
+        self._header_timer = None
+        self._guard.timed_out += 1
+        transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_timer is not None:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:  # the first request's headers are complete
+                self._header_timer.cancel()
+                self._header_timer = None
+            else:
+                self._tail = seen[-3:]
+        super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._admitted:
+            return
+        self._admitted = False
+        self._guard.open -= 1
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+
+
+class GuardedSite(web.TCPSite):
+    """aiohttp's TCPSite whose connections go through a ConnectionGuard."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, guard: ConnectionGuard):
+        super().__init__(runner, host, port)
+        self.guard = guard
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: self.guard.handler(server),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+        )
