@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from engine.durations import parse_duration
+from engine.store.cluster import ClusterUrl
+from engine.store.errors import StoreConfigError
 from server.errors import ConfigError
 
 T = TypeVar("T")
@@ -33,7 +35,7 @@ FLAGS = {
     "WORKERS_CONFIG_PATH": "--workers-config",
     "SCHEDULES_CONFIG_PATH": "--schedules-config",
 }
-STORE_SCHEMES = ("memory", "redis", "rediss", "unix")
+STORE_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 WORKER_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 GLOB_CHARS = frozenset("*?[")
 PATTERN_PREFIX = "pattern:"
@@ -331,8 +333,14 @@ def _store_url(text: str) -> str:
     if scheme not in STORE_SCHEMES:
         raise ValueError(
             f"{redact_url(text)!r} is not a store URL; use memory:// (embedded), "
-            "redis://[:password@]host:6379/0, rediss://... (TLS) or unix:///path/redis.sock"
+            "redis://[:password@]host:6379/0, rediss://... (TLS), unix:///path/redis.sock "
+            "or redis+cluster://host:port[,host:port...] (Redis Cluster)"
         )
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        try:
+            ClusterUrl.parse(text)
+        except StoreConfigError as exc:
+            raise ValueError(str(exc)) from exc
     if scheme in ("redis", "rediss") and not urlsplit(text).hostname:
         raise ValueError(f"{redact_url(text)!r} names no host; use e.g. redis://localhost:6379/0")
     return text

@@ -37,7 +37,6 @@ def leases_of(record: JobRecord) -> Leases:
 
 
 async def listen(orch: Orchestrator) -> None:
-    ready, done = orch.store.keys.ready_channel, orch.store.keys.done_channel
     while True:
         checkpoint()
         try:
@@ -45,13 +44,13 @@ async def listen(orch: Orchestrator) -> None:
                 checkpoint()
                 if item is None:
                     continue
-                channel, message = item
-                if channel == ready:  # `task_type|partition` lines
+                kind, message = item
+                if kind == "ready":  # `task_type|partition` lines
                     for line in message.split("\n"):
                         task_type, _, partition = line.rpartition("|")
                         with contextlib.suppress(ValueError):
                             orch.dispatcher.task_queued(task_type, int(partition))
-                elif channel == done:  # job ids
+                else:  # "done": job ids
                     for job_id in message.split():
                         orch.job_done(job_id)
         except Exception as exc:  # redis-py raises its own ConnectionError tree here

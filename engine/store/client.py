@@ -19,9 +19,12 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from engine.errors import InterlockError
 from engine.jsonutil import dumps, loads
+from engine.store import cluster
+from engine.store.errors import PartitionMismatch, StoreConfigError, StoreError, StoreUnavailable
 from engine.store.keys import Keys
+
+__all__ = ["PartitionMismatch", "StoreConfigError", "StoreError", "StoreUnavailable"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,17 +36,9 @@ MAX_BATCH = 500  # job changes (or heartbeats) in one round trip
 
 KEEP = "-"  # commit(timer_ms=KEEP) leaves the job's timer as it is
 
-
-class StoreError(InterlockError):
-    """The job store failed."""
-
-
-class StoreUnavailable(StoreError):
-    """Redis could not be reached or answered with an error."""
-
-
-class PartitionMismatch(StoreError):
-    """This Redis was set up with another partition count than the one configured."""
+# What the driver raises: RedisError, and on Redis Cluster also RedisClusterException (not a
+# RedisError), e.g. SlotNotCoveredError while a failover is still under way.
+DRIVER_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
 
 
 def translated(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -53,7 +48,7 @@ def translated(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await method(*args, **kwargs)
-        except redis.exceptions.RedisError as exc:
+        except DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"Redis: {exc}") from exc
 
     return wrapper
@@ -164,7 +159,7 @@ class Batcher(Generic[Item, Outcome]):
                 for (_, future), outcome in zip(batch, outcomes, strict=True):
                     if future.done():
                         continue
-                    if isinstance(outcome, redis.exceptions.RedisError):
+                    if isinstance(outcome, DRIVER_ERRORS):
                         future.set_exception(StoreUnavailable(f"Redis: {outcome}"))
                     elif isinstance(outcome, Exception):
                         future.set_exception(outcome)
@@ -181,6 +176,9 @@ class Store:
         self.redis = client
         self.keys = keys
         self.url = url
+        # On Redis Cluster (redis+cluster://) `client` is redis-py's asyncio RedisCluster,
+        # which offers the same commands; notifications then go over shard channels.
+        self.cluster = cluster.is_cluster_url(url)
         self._commit = client.register_script(_script("commit.lua"))
         self._lease = client.register_script(_script("lease.lua"))
         self._claim = client.register_script(_script("claim_timers.lua"))
@@ -193,6 +191,9 @@ class Store:
             import fakeredis  # the embedded store: same scripts, in-process
 
             client: aioredis.Redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+        elif cluster.is_cluster_url(url):
+            # Same command methods as aioredis.Redis; one connection pool per node.
+            client = cluster.cluster_client(url)  # type: ignore[assignment]
         else:
             # A bounded pool that waits for a free connection (redis-py's default pool fails
             # with "Too many connections" instead): bursts of heartbeats queue, not fail.
@@ -209,21 +210,36 @@ class Store:
         try:
             await store._check_partitions()
         except BaseException:
-            await client.aclose(close_connection_pool=True)
+            await store._close_client()
             raise
         return store
 
     async def close(self) -> None:
         await self._commits.close()
         await self._heartbeats.close()
-        await self.redis.aclose(close_connection_pool=True)
+        await self._close_client()
+
+    async def _close_client(self) -> None:
+        if self.cluster:
+            await self.redis.aclose()
+        else:
+            await self.redis.aclose(close_connection_pool=True)
 
     async def _check_partitions(self) -> None:
+        shown = redact(self.url)
         try:
+            if self.cluster:
+                await cluster.check_cluster(self.redis, shown)  # type: ignore[arg-type]
+            elif not self.url.startswith("memory://"):
+                await cluster.refuse_cluster_node(self.redis, shown)
+            # Load the scripts up front (on every master, on a cluster), so that the first
+            # pipelined EVALSHA of each does not come back NOSCRIPT and go again.
+            for script in (self._commit, self._lease, self._claim):
+                await self.redis.script_load(script.script)
             await self.redis.hsetnx(self.keys.meta, "partitions", str(self.keys.partitions))
             stored = str(await self.redis.hget(self.keys.meta, "partitions"))
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
+        except DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"cannot reach Redis at {shown}: {exc}") from exc
         if stored != str(self.keys.partitions):
             raise PartitionMismatch(
                 f"this Redis holds jobs in {stored} partitions but REDIS_PARTITIONS is "
@@ -233,7 +249,7 @@ class Store:
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())
-        except (redis.exceptions.RedisError, OSError):
+        except (*DRIVER_ERRORS, OSError):
             return False
 
     # -- jobs --------------------------------------------------------------------------------
@@ -278,17 +294,20 @@ class Store:
         if len(calls) == 1:
             try:
                 return [await script(keys=calls[0][0], args=calls[0][1])]
-            except redis.exceptions.RedisError as exc:
+            except DRIVER_ERRORS as exc:
                 return [exc]
+        # On Redis Cluster this is one pipeline per master, sent concurrently: redis-py
+        # groups the calls by the node of their slot (every call's keys share one slot).
+        # Its ClusterPipeline blocks the evalsha() method, so the command goes by name.
         pipe = self.redis.pipeline(transaction=False)
         for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         answers: list[Any] = await pipe.execute(raise_on_error=False)
         for i, (keys, args) in enumerate(calls):
             if isinstance(answers[i], redis.exceptions.NoScriptError):
                 try:
                     answers[i] = await script(keys=keys, args=args)  # loads it, runs it
-                except redis.exceptions.RedisError as exc:
+                except DRIVER_ERRORS as exc:
                     answers[i] = exc
         return answers
 
@@ -351,11 +370,20 @@ class Store:
                     "done": change.done,
                 }
             )
-        argument = {
-            "plans": plans,
-            "ready_channel": keys.ready_channel,
-            "done_channel": keys.done_channel,
-        }
+        if self.cluster:  # SPUBLISH: the event goes to this partition's master only
+            argument = {
+                "plans": plans,
+                "ready_channel": keys.ready_shard(partition),
+                "done_channel": keys.done_shard(partition),
+                "publish": "SPUBLISH",
+            }
+        else:
+            argument = {
+                "plans": plans,
+                "ready_channel": keys.ready_channel,
+                "done_channel": keys.done_channel,
+                "publish": "PUBLISH",
+            }
         return key_list, [dumps(argument)]
 
     @translated
@@ -549,19 +577,43 @@ class Store:
         return loads(raw) if raw else None
 
     async def notifications(self) -> AsyncIterator[tuple[str, str] | None]:
-        """(channel, message) for queued tasks and finished jobs, from every orchestrator;
-        None after each second without one, so the consumer can check whether to stop."""
+        """(kind, message) for queued tasks (kind "ready") and finished jobs ("done"), from
+        every orchestrator; None after each second without one, so the consumer can check
+        whether to stop."""
+        if self.cluster:
+            async for item in self._shard_notifications():
+                yield item
+            return
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(self.keys.ready_channel, self.keys.done_channel)
         try:
             while True:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message.get("type") == "message":
-                    yield str(message["channel"]), str(message["data"])
+                    channel = str(message["channel"])
+                    kind = "ready" if channel == self.keys.ready_channel else "done"
+                    yield kind, str(message["data"])
                 else:
                     yield None
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+
+    async def _shard_notifications(self) -> AsyncIterator[tuple[str, str] | None]:
+        subscription = cluster.ShardedSubscription(
+            self.redis,  # type: ignore[arg-type]
+            self.url,
+            self.keys.shard_channels(),
+        )
+        try:
+            await subscription.open()
+            async for item in subscription.messages(idle_s=1.0):
+                if item is None:
+                    yield None
+                    continue
+                channel, data = item
+                yield ("ready" if channel.endswith(":ready") else "done"), data
+        finally:
+            await subscription.close()
 
 
 def _ms() -> int:

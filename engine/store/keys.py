@@ -4,6 +4,8 @@ Keys are grouped by *partition*: a job belongs to partition crc32(job_id) % part
 every key of a partition carries the hash tag `{pN}`. A job's hash, the task queues and the
 timer set it touches are therefore in one slot, so each state change is one Lua script on
 one slot, on a single Redis and on Redis Cluster alike. Worker keys carry `{w:<id>}`.
+Notifications go out on two channels on a single Redis, and on two shard channels per
+partition (with the partition's tag) on Redis Cluster, see engine/store/cluster.py.
 """
 
 from __future__ import annotations
@@ -65,6 +67,21 @@ class Keys:
     def meta(self) -> str:
         """Hash of deployment settings every orchestrator must agree on (partitions)."""
         return f"{self.prefix}:meta"
+
+    def ready_shard(self, partition: int) -> str:
+        """Sharded pub/sub on Redis Cluster: the partition's `task_type|partition` lines."""
+        return f"{self._p(partition)}:ready"
+
+    def done_shard(self, partition: int) -> str:
+        """Sharded pub/sub on Redis Cluster: ids of the partition's jobs that ended."""
+        return f"{self._p(partition)}:done"
+
+    def shard_channels(self) -> list[str]:
+        return [
+            channel
+            for p in range(self.partitions)
+            for channel in (self.ready_shard(p), self.done_shard(p))
+        ]
 
     @property
     def ready_channel(self) -> str:

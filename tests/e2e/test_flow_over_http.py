@@ -124,11 +124,13 @@ FLOW_SKILLS = (
 EXPENSE = {"amount": 12.5, "employee": "ada"}
 
 
-async def test_the_flow_examples_run_to_their_expected_end(tmp_path: Path, redis_url: str) -> None:
+async def test_the_flow_examples_run_to_their_expected_end(
+    tmp_path: Path, any_redis_url: str
+) -> None:
     """Given a server with the example blueprints and a worker for all their tasks, when a
     client runs each flow-control example, then each ends as its blueprint says."""
     with (
-        serve(tmp_path, redis_url) as server,
+        serve(tmp_path, any_redis_url) as server,
         worker(tmp_path, server.url, "w-flow", FLOW_SKILLS, "--slots", "8"),
     ):
         async with client(server) as http:
@@ -202,13 +204,13 @@ async def test_the_flow_examples_run_to_their_expected_end(tmp_path: Path, redis
 
 
 async def test_cancel_in_every_status_and_late_results_never_revive(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, any_redis_url: str
 ) -> None:
     """Given jobs queued, running a leased task, in a parallel state, waiting, waiting for a
     person, and waiting for a child job, when each is cancelled, then each ends `cancelled`
     for good: results that arrive later are ignored and timers do nothing."""
     with (
-        serve(tmp_path, redis_url) as server,
+        serve(tmp_path, any_redis_url) as server,
         worker(tmp_path, server.url, "w-accounts", "create_account"),
         worker(
             tmp_path, server.url, "w-slow", "charge_card,ocr", "--slots", "2", "--delay", "3"
@@ -335,14 +337,16 @@ class Receiver:
         return found
 
 
-async def test_webhooks_are_signed_and_survive_a_sigkill(tmp_path: Path, redis_url: str) -> None:
+async def test_webhooks_are_signed_and_survive_a_sigkill(
+    tmp_path: Path, any_redis_url: str
+) -> None:
     """Given a receiver that is down, when server A ends a job with a webhook and is then
     SIGKILLed, then server B on the same Redis delivers it, signed, once the receiver is up
     (through a first 500); jobs ended on B are delivered too."""
     receiver = Receiver(free_port())
     env = {"WEBHOOK_SECRET": SECRET}
     try:
-        with serve(tmp_path, redis_url, env=env) as first:
+        with serve(tmp_path, any_redis_url, env=env) as first:
             async with client(first) as http:
                 ended_on_a = await submit(
                     http, "jobs/expense_approval", EXPENSE, webhook_url=receiver.url
@@ -360,7 +364,7 @@ async def test_webhooks_are_signed_and_survive_a_sigkill(tmp_path: Path, redis_u
 
         await receiver.start()
         with (
-            serve(tmp_path, redis_url, env=env) as second,
+            serve(tmp_path, any_redis_url, env=env) as second,
             worker(tmp_path, second.url, "w-pay", "pay_expense"),
         ):
             async with client(second) as http:
@@ -430,7 +434,7 @@ def _tick_of(job_id: str, created_at: str, schedule_job_id: Callable[[datetime],
 
 
 async def test_a_schedule_on_two_servers_starts_one_job_per_tick(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, any_redis_url: str
 ) -> None:
     schedules = tmp_path / "schedules.toml"
     schedules.write_text(SCHEDULES)
@@ -439,8 +443,8 @@ async def test_a_schedule_on_two_servers_starts_one_job_per_tick(
     by_name = {s.name: s for s in load_schedules(schedules, {"reminder", "expense_approval"})}
     env = {"SCHEDULES_CONFIG_PATH": str(schedules), "CLIENTS_CONFIG_PATH": str(clients)}
     with (
-        serve(tmp_path, redis_url, env=env) as first,
-        serve(tmp_path, redis_url, env=env) as second,
+        serve(tmp_path, any_redis_url, env=env) as first,
+        serve(tmp_path, any_redis_url, env=env) as second,
     ):
         await asyncio.sleep(4)
         logs = first.output() + second.output()
@@ -475,13 +479,15 @@ async def test_a_schedule_on_two_servers_starts_one_job_per_tick(
 # -- parallel join and subflow across two servers ---------------------------------------------
 
 
-async def test_results_arriving_at_two_servers_join_once(tmp_path: Path, redis_url: str) -> None:
+async def test_results_arriving_at_two_servers_join_once(
+    tmp_path: Path, any_redis_url: str
+) -> None:
     """Given two servers and a worker on each, when a fan-out's branch results reach both
     servers, then the join runs once; a subflow whose child ends on the other server
     resumes its parent once."""
     with (
-        serve(tmp_path, redis_url) as first,
-        serve(tmp_path, redis_url) as second,
+        serve(tmp_path, any_redis_url) as first,
+        serve(tmp_path, any_redis_url) as second,
         worker(
             tmp_path,
             first.url,
