@@ -55,7 +55,7 @@ class WorkerTokenRule:
 @dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str = "memory://"
-    redis_partitions: int = 8
+    redis_partitions: int | None = None  # None: what the store holds, or 64 for a new one
     blueprints_dir: Path = Path("blueprints")
     host: str = "127.0.0.1"
     port: int = 8080
@@ -126,7 +126,7 @@ class _Reader:
         webhook_secret = secrets.token_urlsafe(24) if given_secret is None else given_secret[1]
         settings = Settings(
             redis_url=redis_url,
-            redis_partitions=self.value("REDIS_PARTITIONS", 8, _int_between(1, 1024)),
+            redis_partitions=self.value("REDIS_PARTITIONS", None, _int_between(1, 1024)),
             blueprints_dir=Path(self.value("BLUEPRINTS_DIR", "blueprints/", _non_empty)),
             host=self.value("API_HOST", d.host, _host),
             port=self.value("API_PORT", d.port, _int_between(0, 65535)),

@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.runtime import webhooks
 from engine.runtime.aio import Throttle, checkpoint
@@ -30,6 +31,18 @@ throttle = Throttle(log)
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+async def bounded(limit: int, calls: list[Coroutine[Any, Any, None]]) -> None:
+    """Run `calls` with at most `limit` at a time (as many were in flight when partitions
+    were claimed one after the other)."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Coroutine[Any, Any, None]) -> None:
+        async with gate:
+            await call
+
+    await asyncio.gather(*(one(call) for call in calls))
 
 
 def leases_of(record: JobRecord) -> Leases:
@@ -78,13 +91,12 @@ async def timer_loop(orch: Orchestrator) -> None:
 
 
 async def fire_timers(orch: Orchestrator) -> None:
-    now = now_ms()
-    for partition in range(orch.store.keys.partitions):
-        due = await orch.store.claim_timers(
-            partition, now, orch.settings.timer_batch, orch.settings.timer_claim_ms
-        )
-        if due:
-            await asyncio.gather(*(fire(orch, job_id) for job_id in due))
+    # Every partition's due timers in one round trip (one call per master on a cluster):
+    # the cost of a turn does not grow with the partition count.
+    due = await orch.store.claim_timers(
+        now_ms(), orch.settings.timer_batch, orch.settings.timer_claim_ms
+    )
+    await bounded(orch.settings.timer_batch, [fire(orch, job_id) for job_id in due])
 
 
 async def fire(orch: Orchestrator, job_id: str) -> None:
@@ -116,12 +128,8 @@ async def webhook_loop(orch: Orchestrator) -> None:
     while True:
         checkpoint()
         try:
-            now = now_ms()
-            for partition in range(orch.store.keys.partitions):
-                due = await orch.store.claim_webhooks(
-                    partition, now, 50, orch.settings.webhook_claim_ms
-                )
-                await asyncio.gather(*(deliver(orch, job_id) for job_id in due))
+            due = await orch.store.claim_webhooks(now_ms(), 50, orch.settings.webhook_claim_ms)
+            await bounded(50, [deliver(orch, job_id) for job_id in due])
         except StoreUnavailable as exc:
             checkpoint(exc)
             log.warning("webhook loop: %s", exc)

@@ -22,7 +22,7 @@ from redis.commands.core import AsyncScript
 from engine.jsonutil import dumps, loads
 from engine.store import cluster
 from engine.store.errors import PartitionMismatch, StoreConfigError, StoreError, StoreUnavailable
-from engine.store.keys import Keys
+from engine.store.keys import DEFAULT_PARTITIONS, Keys
 
 __all__ = ["PartitionMismatch", "StoreConfigError", "StoreError", "StoreUnavailable"]
 
@@ -171,6 +171,16 @@ class Batcher(Generic[Item, Outcome]):
                 self._flusher = asyncio.create_task(self._flush())
 
 
+# A new store records its partition count and spread tags together (atomically, so that a
+# second orchestrator starting at the same moment cannot take it for an old store).
+SETTLE_META = """
+if redis.call('HEXISTS', KEYS[1], 'partitions') == 0 then
+  redis.call('HSET', KEYS[1], 'partitions', ARGV[1], 'tags', 'spread')
+end
+return redis.call('HMGET', KEYS[1], 'partitions', 'tags')
+"""
+
+
 class Store:
     def __init__(self, client: aioredis.Redis, keys: Keys, url: str) -> None:
         self.redis = client
@@ -186,7 +196,10 @@ class Store:
         self._heartbeats = Batcher(self._heartbeat_batch, MAX_BATCH)
 
     @classmethod
-    async def connect(cls, url: str, *, prefix: str = "il", partitions: int = 8) -> Store:
+    async def connect(cls, url: str, *, prefix: str = "il", partitions: int | None = None) -> Store:
+        """A store on `url`. `partitions` must match the count the store was set up with
+        (a mismatch is refused); None takes that count, or DEFAULT_PARTITIONS for a new
+        store."""
         if url.startswith("memory://"):
             import fakeredis  # the embedded store: same scripts, in-process
 
@@ -206,9 +219,9 @@ class Store:
                 timeout=10,
             )
             client = aioredis.Redis(connection_pool=pool)
-        store = cls(client, Keys(prefix, partitions), url)
+        store = cls(client, Keys(prefix, partitions or DEFAULT_PARTITIONS), url)
         try:
-            await store._check_partitions()
+            await store._check_partitions(partitions)
         except BaseException:
             await store._close_client()
             raise
@@ -225,7 +238,10 @@ class Store:
         else:
             await self.redis.aclose(close_connection_pool=True)
 
-    async def _check_partitions(self) -> None:
+    async def _check_partitions(self, wanted: int | None) -> None:
+        """Check the store (a cluster, or not one) and settle the partition layout: the
+        first orchestrator on a new store records its count with spread tags; later ones
+        take the recorded layout (a store set up before the tags spread has none)."""
         shown = redact(self.url)
         try:
             if self.cluster:
@@ -236,15 +252,17 @@ class Store:
             # pipelined EVALSHA of each does not come back NOSCRIPT and go again.
             for script in (self._commit, self._lease, self._claim):
                 await self.redis.script_load(script.script)
-            await self.redis.hsetnx(self.keys.meta, "partitions", str(self.keys.partitions))
-            stored = str(await self.redis.hget(self.keys.meta, "partitions"))
+            stored, tags = await self.redis.eval(
+                SETTLE_META, 1, self.keys.meta, str(self.keys.partitions)
+            )
         except DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"cannot reach Redis at {shown}: {exc}") from exc
-        if stored != str(self.keys.partitions):
+        if wanted is not None and str(stored) != str(wanted):
             raise PartitionMismatch(
                 f"this Redis holds jobs in {stored} partitions but REDIS_PARTITIONS is "
-                f"{self.keys.partitions}; use {stored}"
+                f"{wanted}; use {stored} (or leave REDIS_PARTITIONS unset)"
             )
+        self.keys = Keys(self.keys.prefix, int(stored), spread=tags == "spread")
 
     async def ping(self) -> bool:
         try:
@@ -477,25 +495,31 @@ class Store:
             )
         return made
 
-    @translated
-    async def claim_timers(
-        self, partition: int, now_ms: int, limit: int, claim_ms: int
-    ) -> list[str]:
-        """Job ids whose timer is due, claimed for `claim_ms` so one orchestrator handles each."""
-        return await self._claim_due(self.keys.timers(partition), now_ms, limit, claim_ms)
+    async def claim_timers(self, now_ms: int, limit: int, claim_ms: int) -> list[str]:
+        """Job ids whose timer is due, in every partition (at most `limit` per partition),
+        claimed for `claim_ms` so one orchestrator handles each."""
+        keys = [self.keys.timers(p) for p in range(self.keys.partitions)]
+        return await self._claim_due(keys, now_ms, limit, claim_ms)
 
-    @translated
-    async def claim_webhooks(
-        self, partition: int, now_ms: int, limit: int, claim_ms: int
-    ) -> list[str]:
+    async def claim_webhooks(self, now_ms: int, limit: int, claim_ms: int) -> list[str]:
         """Job ids whose webhook delivery is due, claimed likewise."""
-        return await self._claim_due(self.keys.webhooks(partition), now_ms, limit, claim_ms)
+        keys = [self.keys.webhooks(p) for p in range(self.keys.partitions)]
+        return await self._claim_due(keys, now_ms, limit, claim_ms)
 
     @translated
-    async def _claim_due(self, key: str, now_ms: int, limit: int, claim_ms: int) -> list[str]:
-        due: list[str] = await self._claim(
-            keys=[key], args=[str(now_ms), str(limit), str(claim_ms)]
-        )
+    async def _claim_due(
+        self, keys: list[str], now_ms: int, limit: int, claim_ms: int
+    ) -> list[str]:
+        # One script call for all partitions on a single Redis; on a cluster one per
+        # partition (each is its own slot), sent as one pipeline per master.
+        groups = [[key] for key in keys] if self.cluster else [keys]
+        args = [str(now_ms), str(limit), str(claim_ms)]
+        answers = await self._run_scripts(self._claim, [(group, args) for group in groups])
+        due: list[str] = []
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+            due += answer
         return due
 
     @translated
