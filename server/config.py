@@ -56,6 +56,8 @@ class WorkerTokenRule:
 class Settings:
     redis_url: str = "memory://"
     redis_partitions: int | None = None  # None: what the store holds, or 64 for a new one
+    redis_wait_replicas: int = 0  # WAIT for this many replicas after each commit and lease
+    redis_wait_timeout_ms: int = 1000
     blueprints_dir: Path = Path("blueprints")
     host: str = "127.0.0.1"
     port: int = 8080
@@ -127,6 +129,8 @@ class _Reader:
         settings = Settings(
             redis_url=redis_url,
             redis_partitions=self.value("REDIS_PARTITIONS", None, _int_between(1, 1024)),
+            redis_wait_replicas=self.value("REDIS_WAIT_REPLICAS", 0, _int_between(0, 16)),
+            redis_wait_timeout_ms=self.value("REDIS_WAIT_TIMEOUT", 1000, _ms),
             blueprints_dir=Path(self.value("BLUEPRINTS_DIR", "blueprints/", _non_empty)),
             host=self.value("API_HOST", d.host, _host),
             port=self.value("API_PORT", d.port, _int_between(0, 65535)),

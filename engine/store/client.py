@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from engine.jsonutil import dumps, loads
@@ -41,6 +44,21 @@ KEEP = "-"  # commit(timer_ms=KEEP) leaves the job's timer as it is
 DRIVER_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
 
 
+def driver_error(exc: BaseException) -> bool:
+    """Whether `exc` is the store failing (not a bug of ours). Besides DRIVER_ERRORS: redis-py's
+    cluster client closes every connection it holds on some errors (CLUSTERDOWN, a failed
+    pipeline), and a command using one of them at that moment fails with whatever the
+    transport raises (AttributeError, RuntimeError "handler is closed" under uvloop, see
+    redis/redis-py#4287) instead of a ConnectionError. Those count when they come from
+    inside redis-py's asyncio connection code."""
+    if isinstance(exc, DRIVER_ERRORS):
+        return True
+    if not isinstance(exc, (AttributeError, RuntimeError, TypeError)):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and any(f"redis{os.sep}asyncio" in frame.filename for frame in frames)
+
+
 def translated(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Turn driver errors into StoreUnavailable where they enter the package."""
 
@@ -48,7 +66,11 @@ def translated(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await method(*args, **kwargs)
-        except DRIVER_ERRORS as exc:
+        except StoreError:
+            raise
+        except Exception as exc:
+            if not driver_error(exc):
+                raise
             raise StoreUnavailable(f"Redis: {exc}") from exc
 
     return wrapper
@@ -159,7 +181,7 @@ class Batcher(Generic[Item, Outcome]):
                 for (_, future), outcome in zip(batch, outcomes, strict=True):
                     if future.done():
                         continue
-                    if isinstance(outcome, DRIVER_ERRORS):
+                    if isinstance(outcome, Exception) and driver_error(outcome):
                         future.set_exception(StoreUnavailable(f"Redis: {outcome}"))
                     elif isinstance(outcome, Exception):
                         future.set_exception(outcome)
@@ -189,6 +211,7 @@ class Store:
         # On Redis Cluster (redis+cluster://) `client` is redis-py's asyncio RedisCluster,
         # which offers the same commands; notifications then go over shard channels.
         self.cluster = cluster.is_cluster_url(url)
+        self.wait = (0, 0)  # (replicas, timeout ms) to WAIT for after commits and leases
         self._commit = client.register_script(_script("commit.lua"))
         self._lease = client.register_script(_script("lease.lua"))
         self._claim = client.register_script(_script("claim_timers.lua"))
@@ -196,10 +219,19 @@ class Store:
         self._heartbeats = Batcher(self._heartbeat_batch, MAX_BATCH)
 
     @classmethod
-    async def connect(cls, url: str, *, prefix: str = "il", partitions: int | None = None) -> Store:
+    async def connect(
+        cls,
+        url: str,
+        *,
+        prefix: str = "il",
+        partitions: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+    ) -> Store:
         """A store on `url`. `partitions` must match the count the store was set up with
         (a mismatch is refused); None takes that count, or DEFAULT_PARTITIONS for a new
-        store."""
+        store. With `wait_replicas`, every commit and lease is followed by WAIT on the same
+        connection (see `_run_scripts`)."""
         if url.startswith("memory://"):
             import fakeredis  # the embedded store: same scripts, in-process
 
@@ -220,6 +252,7 @@ class Store:
             )
             client = aioredis.Redis(connection_pool=pool)
         store = cls(client, Keys(prefix, partitions or DEFAULT_PARTITIONS), url)
+        store.wait = (wait_replicas, wait_timeout_ms)
         try:
             await store._check_partitions(partitions)
         except BaseException:
@@ -267,7 +300,7 @@ class Store:
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())
-        except (*DRIVER_ERRORS, OSError):
+        except (*DRIVER_ERRORS, OSError, RuntimeError):
             return False
 
     # -- jobs --------------------------------------------------------------------------------
@@ -309,7 +342,8 @@ class Store:
     ) -> list[Any]:
         """Run `script` once per (KEYS, ARGV), all in one round trip; each call's answer, or
         the Redis error it met. A Redis that lost its scripts (a restart) gets them again."""
-        if len(calls) == 1:
+        replicas, timeout_ms = self.wait if script is not self._claim else (0, 0)
+        if len(calls) == 1 and not replicas:
             try:
                 return [await script(keys=calls[0][0], args=calls[0][1])]
             except DRIVER_ERRORS as exc:
@@ -320,7 +354,17 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for keys, args in calls:
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        waits = self._add_waits(pipe, calls, replicas, timeout_ms) if replicas else 0
         answers: list[Any] = await pipe.execute(raise_on_error=False)
+        if waits:
+            acked, answers = answers[-waits:], answers[:-waits]
+            if any(isinstance(n, Exception) or int(n) < replicas for n in acked):
+                late = redis.exceptions.ConnectionError(
+                    f"fewer than {replicas} replica(s) acknowledged within {timeout_ms} ms "
+                    f"(WAIT answered {acked})"
+                )
+                answers = [late if not isinstance(a, Exception) else a for a in answers]
+        # A rerun after NOSCRIPT (a master that lost its scripts) goes without WAIT.
         for i, (keys, args) in enumerate(calls):
             if isinstance(answers[i], redis.exceptions.NoScriptError):
                 try:
@@ -328,6 +372,25 @@ class Store:
                 except DRIVER_ERRORS as exc:
                     answers[i] = exc
         return answers
+
+    def _add_waits(
+        self, pipe: Any, calls: Sequence[tuple[list[str], list[str]]], replicas: int, ms: int
+    ) -> int:
+        """Append WAIT after the scripts, on the same connection as the writes it covers (one
+        per master on a cluster: the pipeline sends each node's commands in order on one
+        connection). Returns how many WAITs were added."""
+        if not self.cluster:
+            pipe.execute_command("WAIT", replicas, ms)
+            return 1
+        client: RedisCluster = self.redis  # type: ignore[assignment]  # a cluster here
+        nodes = {}
+        for keys, _ in calls:
+            node = client.get_node_from_key(keys[0])
+            if node is not None:  # (None: no master for the slot; the script fails anyway)
+                nodes[node.name] = node
+        for node in nodes.values():
+            pipe.execute_command("WAIT", replicas, ms, target_nodes=node)
+        return len(nodes)
 
     def _batch_call(
         self, partition: int, changes: list[tuple[Commit, int]]

@@ -84,6 +84,10 @@ def cluster_client(url: str) -> RedisCluster:
         startup_nodes=[ClusterNode(host, port) for host, port in parsed.seeds],
         max_connections=MAX_CONNECTIONS_PER_NODE,
         require_full_coverage=True,
+        # By default redis-py drops every connection and reloads the slot map on each 5th
+        # MOVED answer, which breaks the commands in flight on those connections; while
+        # slots migrate that is often. Follow each MOVED by moving that slot instead.
+        reinitialize_steps=0,
         **parsed.client_kwargs(),
     )
 

@@ -183,6 +183,45 @@ class RedisCluster:
             "every node to be seen as healthy",
         )
 
+    def node_id(self, port: int) -> str:
+        return self.node_cli(port, "CLUSTER", "MYID").strip()
+
+    def role(self, port: int) -> str:
+        info = self.node_cli(port, "INFO", "replication")
+        return "master" if "role:master" in info else "slave"
+
+    def failover(self, replica_port: int) -> None:
+        """CLUSTER FAILOVER on a replica: it takes over once it has caught up (no loss)."""
+        self.node_cli(replica_port, "CLUSTER", "FAILOVER")
+        wait_for(lambda: self.role(replica_port) == "master", f"{replica_port} to take over")
+        self.wait_healthy()
+
+    def kill_master(self, port: int) -> int:
+        """SIGKILL a master; returns the port of the replica that takes over."""
+        replica = self.replica_of(port)
+        self.node(port).kill()
+        wait_for(lambda: self.role(replica) == "master", f"{replica} to be promoted")
+        self.wait_healthy()
+        return replica
+
+    def reshard(self, source: int, target: int, slots: int) -> None:
+        """Move `slots` slots, keys included, from one master to another, as an operator
+        would (`redis-cli --cluster reshard`); returns when they have moved."""
+        self.run_cli(
+            "--cluster",
+            "reshard",
+            f"127.0.0.1:{source}",
+            "--cluster-from",
+            self.node_id(source),
+            "--cluster-to",
+            self.node_id(target),
+            "--cluster-slots",
+            str(slots),
+            "--cluster-yes",
+            timeout=120,
+        )
+        self.wait_healthy()
+
     def flush(self) -> None:
         for port in self.masters():
             self.node_cli(port, "FLUSHALL")
