@@ -28,7 +28,7 @@ from tests.support.redis_server import RedisServer as TestRedisServer
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_TOKEN = "bench-client-token"
 WORKER_TOKEN = "bench-worker-token"
-PARTITIONS = DEFAULT_PARTITIONS  # REDIS_PARTITIONS given to the server (bench.run --partitions)
+PARTITIONS = DEFAULT_PARTITIONS  # a single Redis's default (bench.run --partitions)
 BENCH_CLIENT_NAME = "interlock-bench"  # the bench's own Redis connections carry this name
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -150,7 +150,7 @@ def serve(
     store_url: str,
     blueprints: Path,
     env: Mapping[str, str] | None = None,
-    partitions: int = PARTITIONS,
+    partitions: int | None = PARTITIONS,
 ) -> Iterator[Server]:
     """`interlock serve` as a subprocess (the tests' launcher, with the bench's settings),
     stopped with SIGTERM on exit."""
@@ -159,7 +159,7 @@ def serve(
         "WORKER_TOKEN": WORKER_TOKEN,
         "WEBHOOK_SECRET": "bench-webhook-secret",
         "LOG_LEVEL": "WARNING",
-        "REDIS_PARTITIONS": str(partitions),
+        **({"REDIS_PARTITIONS": str(partitions)} if partitions else {}),
         **(env or {}),
     }
     with processes.serve(workdir, store_url, blueprints, settings, graceful=True) as server:

@@ -48,6 +48,7 @@ from bench.harness import (
 )
 from bench.load import LoadResult, Payload, percentile, run_load
 from bench.profile import PySpy, summarise
+from engine.store.keys import CLUSTER_PARTITIONS
 
 
 def numbered(i: int) -> dict[str, Any]:
@@ -225,7 +226,13 @@ async def _measure(
 
 
 def run_one(
-    spec: Spec, store: str, n: int, profile: Path | None, quiet_wait_s: float, partitions: int
+    spec: Spec,
+    store: str,
+    n: int,
+    profile: Path | None,
+    quiet_wait_s: float,
+    partitions: int,
+    env: dict[str, str] | None = None,
 ) -> Measurement:
     if quiet_wait_s > 0:
         busy = wait_for_quiet(quiet_wait_s)
@@ -237,7 +244,7 @@ def run_one(
         with _redis(store) as redis:
             url = redis.url if redis is not None else "memory://"
             with (
-                serve(workdir, url, blueprints, partitions=partitions) as server,
+                serve(workdir, url, blueprints, env, partitions=partitions) as server,
                 echo_workers(workdir, server.url, spec.workers) as workers,
             ):
                 measurement = asyncio.run(
@@ -388,12 +395,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--partitions",
         type=int,
-        default=PARTITIONS,
-        help=f"REDIS_PARTITIONS for the server (default {PARTITIONS})",
+        help="REDIS_PARTITIONS for the server (default: the store's default, "
+        f"{PARTITIONS} on one Redis, {CLUSTER_PARTITIONS} on a cluster)",
     )
     parser.add_argument("-n", type=int, help="jobs per workload (default: per workload)")
     parser.add_argument("-c", type=int, help="jobs in flight (c1 always uses 1)")
     parser.add_argument("-w", type=int, help="worker processes (noop always uses 0)")
+    parser.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        metavar="R",
+        help="REDIS_WAIT_REPLICAS for the server (cluster: each master has one replica)",
+    )
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy the orchestrator into DIR"
     )
@@ -430,7 +444,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"W={spec.workers} ...",
                     flush=True,
                 )
-                m = run_one(spec, store, n, args.profile, args.quiet_wait, args.partitions)
+                env = {"REDIS_WAIT_REPLICAS": str(args.wait_replicas)}
+                partitions = args.partitions or (
+                    CLUSTER_PARTITIONS if store == "cluster" else PARTITIONS
+                )
+                m = run_one(spec, store, n, args.profile, args.quiet_wait, partitions, env)
                 print(row(m), flush=True)
                 results.append(m)
     report(results)

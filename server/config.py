@@ -55,7 +55,7 @@ class WorkerTokenRule:
 @dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str = "memory://"
-    redis_partitions: int | None = None  # None: what the store holds, or 64 for a new one
+    redis_partitions: int | None = None  # None: what the store holds (or 8, 64 on a cluster)
     redis_wait_replicas: int = 0  # WAIT for this many replicas after each commit and lease
     redis_wait_timeout_ms: int = 1000
     blueprints_dir: Path = Path("blueprints")

@@ -25,7 +25,7 @@ from redis.commands.core import AsyncScript
 from engine.jsonutil import dumps, loads
 from engine.store import cluster
 from engine.store.errors import PartitionMismatch, StoreConfigError, StoreError, StoreUnavailable
-from engine.store.keys import DEFAULT_PARTITIONS, Keys
+from engine.store.keys import CLUSTER_PARTITIONS, DEFAULT_PARTITIONS, Keys
 
 __all__ = ["PartitionMismatch", "StoreConfigError", "StoreError", "StoreUnavailable"]
 
@@ -229,9 +229,9 @@ class Store:
         wait_timeout_ms: int = 1000,
     ) -> Store:
         """A store on `url`. `partitions` must match the count the store was set up with
-        (a mismatch is refused); None takes that count, or DEFAULT_PARTITIONS for a new
-        store. With `wait_replicas`, every commit and lease is followed by WAIT on the same
-        connection (see `_run_scripts`)."""
+        (a mismatch is refused); None takes that count, or for a new store
+        DEFAULT_PARTITIONS (CLUSTER_PARTITIONS on a cluster). With `wait_replicas`, every
+        commit and lease is followed by WAIT on the same connection (see `_run_scripts`)."""
         if url.startswith("memory://"):
             import fakeredis  # the embedded store: same scripts, in-process
 
@@ -251,7 +251,8 @@ class Store:
                 timeout=10,
             )
             client = aioredis.Redis(connection_pool=pool)
-        store = cls(client, Keys(prefix, partitions or DEFAULT_PARTITIONS), url)
+        default = CLUSTER_PARTITIONS if cluster.is_cluster_url(url) else DEFAULT_PARTITIONS
+        store = cls(client, Keys(prefix, partitions or default), url)
         store.wait = (wait_replicas, wait_timeout_ms)
         try:
             await store._check_partitions(partitions)

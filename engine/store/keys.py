@@ -23,7 +23,11 @@ from dataclasses import dataclass
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-DEFAULT_PARTITIONS = 64
+# A new store's partition count. On a cluster, enough to spread over many masters; on a
+# single Redis, 8: every partition costs a script call in each group commit that touches it
+# and a timer sweep per turn, for nothing (bench/README.md, "Redis Cluster").
+DEFAULT_PARTITIONS = 8
+CLUSTER_PARTITIONS = 64
 
 
 @functools.cache

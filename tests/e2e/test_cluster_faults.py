@@ -128,6 +128,8 @@ async def test_failover_and_resharding_under_load_with_an_orchestrator_killed(
             masters = redis_cluster.masters()
             await in_thread(lambda: redis_cluster.reshard(masters[1], masters[2], 1000))
             await load.until(20)
+            # The moved slots ended the shard subscriptions: the orchestrators resubscribed.
+            assert "resubscribing" in second.output()
             first.kill()
             load.urls = [second.url]
             await load.until(20)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncCluster
 
-from engine.store.client import Commit, Store, StoreConfigError
+from engine.store.client import Commit, Store, StoreConfigError, StoreUnavailable
 from engine.store.keys import Keys
 from tests.conftest import require_program
 from tests.support.redis_cluster import RedisCluster, free_cluster_port
@@ -100,8 +102,52 @@ async def test_a_group_commit_runs_one_script_per_partition_on_its_master(
         await store.close()
 
 
+async def test_the_default_partitions_fall_21_21_22_on_the_three_masters(cluster_url: str) -> None:
+    store = await Store.connect(cluster_url)
+    try:
+        client: AsyncCluster = store.redis  # type: ignore[assignment]
+        owners: dict[str, int] = {}
+        for partition in range(store.keys.partitions):
+            node = client.get_node_from_key(store.keys.timers(partition))
+            assert node is not None
+            owners[node.name] = owners.get(node.name, 0) + 1
+        assert sorted(owners.values()) == [21, 21, 22]
+    finally:
+        await store.close()
+
+
+async def test_a_batch_of_commits_is_one_pipeline_per_master(
+    cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given changes to jobs of all 64 partitions in one group commit, then the cluster
+    client sends one pipeline to each of the three masters (not one per partition)."""
+    store = await Store.connect(cluster_url)
+    sent: list[str] = []
+    original = ClusterNode.execute_pipeline
+
+    async def counting(self: ClusterNode, commands: Any) -> bool:
+        sent.append(self.name)
+        return await original(self, commands)
+
+    monkeypatch.setattr(ClusterNode, "execute_pipeline", counting)
+    try:
+        ids, seen = [], set()
+        for n in range(10_000):
+            if store.keys.partition(f"j{n}") not in seen:
+                seen.add(store.keys.partition(f"j{n}"))
+                ids.append(f"j{n}")
+        batch = [(Commit(i, None, {"v": "1", "doc": "{}"}), 0) for i in ids]
+        assert len(ids) == 64
+        assert await store._commit_batch(batch) == [True] * 64
+        assert len(sent) == 3
+        assert len(set(sent)) == 3
+    finally:
+        await store.close()
+
+
 async def test_notifications_arrive_over_shard_channels(cluster_url: str) -> None:
-    """Given a subscriber, when jobs of every partition end, then it hears of each one."""
+    """Given a subscriber, when jobs of every partition end, then it hears of each one, over
+    one subscribed connection per master, each channel subscribed on its own master."""
     store = await Store.connect(cluster_url, partitions=16)
     keys = Keys(partitions=16)
     heard: set[str] = set()
@@ -120,6 +166,19 @@ async def test_notifications_arrive_over_shard_channels(cluster_url: str) -> Non
         listener = asyncio.create_task(listen())
         async with asyncio.timeout(20):
             await subscribed.wait()  # the first idle tick comes after subscribing
+            client: AsyncCluster = store.redis  # type: ignore[assignment]
+            for channel in keys.shard_channels():
+                owner = client.get_node_from_key(channel)
+                assert owner is not None
+                counts = await client.execute_command(
+                    "PUBSUB", "SHARDNUMSUB", channel, target_nodes=owner
+                )
+                assert counts == [channel, 1]
+            listing = await client.client_list(target_nodes=AsyncCluster.PRIMARIES)
+            assert len(listing) == 3
+            for clients in listing.values():
+                subscribers = [c for c in clients if int(c.get("ssub", 0)) > 0]
+                assert len(subscribers) == 1
             await asyncio.gather(
                 *(
                     store.commit(
@@ -130,5 +189,17 @@ async def test_notifications_arrive_over_shard_channels(cluster_url: str) -> Non
             )
             await listener
         assert {keys.partition(i) for i in ids} == set(range(16))
+    finally:
+        await store.close()
+
+
+async def test_a_change_no_replica_acknowledged_is_a_failure(redis_url: str) -> None:
+    """Given REDIS_WAIT_REPLICAS=1 on a Redis without replicas, when a job is created, then
+    the commit fails as unavailable (a 503 at the API) instead of being acknowledged."""
+    store = await Store.connect(redis_url, wait_replicas=1, wait_timeout_ms=50)
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.commit(Commit("w-1", None, {"v": "1", "doc": "{}"}), history_start=0)
+        assert "fewer than 1 replica(s) acknowledged within 50 ms" in str(caught.value)
     finally:
         await store.close()

@@ -6,14 +6,14 @@ import pytest
 from redis.crc import key_slot
 
 from engine.store.client import PartitionMismatch, Store
-from engine.store.keys import DEFAULT_PARTITIONS, Keys, spread_tags
+from engine.store.keys import CLUSTER_PARTITIONS, DEFAULT_PARTITIONS, Keys, spread_tags
 
 
 async def test_a_new_store_records_the_default_and_later_ones_adopt_it(store_url: str) -> None:
     first = await Store.connect(store_url)
     try:
         assert first.keys == Keys("il", DEFAULT_PARTITIONS, spread=True)
-        assert await first.redis.hgetall("il:meta") == {"partitions": "64", "tags": "spread"}
+        assert await first.redis.hgetall("il:meta") == {"partitions": "8", "tags": "spread"}
         if store_url.startswith("memory://"):
             return  # each memory:// store is its own
         second = await Store.connect(store_url)
@@ -55,3 +55,18 @@ def test_spread_tags_put_partition_n_in_the_nth_slot_range(partitions: int) -> N
         assert key_slot(tag.encode()) * partitions // 16384 == n
     keys = Keys("il", partitions)
     assert keys.timers(0).startswith(f"il:{{{tags[0]}}}")
+
+
+def masters_of(partitions: int, masters: int) -> list[int]:
+    """Partitions per master when the slots are split in equal ranges, as
+    `redis-cli --cluster create` does."""
+    counts = [0] * masters
+    for tag in spread_tags(partitions):
+        counts[min(masters - 1, key_slot(tag.encode()) * masters // 16384)] += 1
+    return counts
+
+
+def test_the_cluster_default_spreads_evenly_over_3_10_and_64_masters() -> None:
+    assert sorted(masters_of(CLUSTER_PARTITIONS, 3)) == [21, 21, 22]
+    assert set(masters_of(CLUSTER_PARTITIONS, 10)) == {6, 7}
+    assert set(masters_of(CLUSTER_PARTITIONS, 64)) == {1}

@@ -58,7 +58,13 @@ def wait_for(check: Callable[[], bool], what: str, within_s: float = 30) -> None
 
 
 class RedisCluster:
-    def __init__(self, server_binary: str, cli_binary: str, masters: int = MASTERS) -> None:
+    def __init__(
+        self,
+        server_binary: str,
+        cli_binary: str,
+        masters: int = MASTERS,
+        ports: list[int] | None = None,
+    ) -> None:
         self.cli = cli_binary
         extra = (
             "--cluster-enabled",
@@ -71,8 +77,8 @@ class RedisCluster:
         # Each node keeps its nodes.conf in its own --dir, so a killed node restarts as
         # the same cluster member (it then rejoins as a replica of whoever took over).
         self.nodes = [RedisServer(server_binary, extra) for _ in range(masters * 2)]
-        for node in self.nodes:
-            node.port = free_cluster_port()
+        for i, node in enumerate(self.nodes):
+            node.port = ports[i] if ports else free_cluster_port()
 
     @property
     def ports(self) -> list[int]:
