@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from bench.harness import BENCH_CLIENT_NAME, command_calls
+from bench.harness import BENCH_CLIENT_NAME, command_calls, cpu_seconds
 from tests.support.redis_cluster import RedisCluster
 
 
@@ -53,6 +53,15 @@ class BenchCluster:
                 out[port] = await command_calls(client)
         return out
 
+    def cpu_by_master(self) -> dict[int, float]:
+        """CPU seconds (utime + stime) of each master's redis-server process."""
+        return {port: cpu_seconds(self.pid_of(port)) for port in self.masters()}
+
+    def pid_of(self, port: int) -> int:
+        process = self.cluster.node(port).process
+        assert process is not None
+        return process.pid
+
     async def keys_by_master(self) -> dict[int, int]:
         out = {}
         for port in self.masters():
@@ -62,9 +71,9 @@ class BenchCluster:
 
 
 def spread_lines(
-    name: str, n: int, calls: dict[int, Counter[str]], keys: dict[int, int]
+    name: str, n: int, calls: dict[int, Counter[str]], keys: dict[int, int], cpu: dict[int, float]
 ) -> list[str]:
-    """Per master: commands per job, share of the commands, share of the keys."""
+    """Per master: commands per job, share of the commands, share of the keys, CPU per job."""
     total_calls = sum(sum(c.values()) for c in calls.values()) or 1
     total_keys = sum(keys.values()) or 1
     lines = []
@@ -73,7 +82,8 @@ def spread_lines(
         lines.append(
             f"  {name:<11} master :{port}  cmds/job {count / n:5.2f}  "
             f"commands {100 * count / total_calls:5.1f}%  keys {keys.get(port, 0):>6} "
-            f"({100 * keys.get(port, 0) / total_keys:5.1f}%)"
+            f"({100 * keys.get(port, 0) / total_keys:5.1f}%)  "
+            f"CPU {1e6 * cpu.get(port, 0.0) / n:6.1f} us/job"
         )
     return lines
 
@@ -97,12 +107,16 @@ def total(per_master: dict[int, Counter[str]]) -> Counter[str]:
     return summed
 
 
-def report(rows: Sequence[tuple[str, int, dict[int, Counter[str]], dict[int, int]]]) -> None:
+Row = tuple[str, int, dict[int, Counter[str]], dict[int, int], dict[int, float]]
+
+
+def report(rows: Sequence[Row]) -> None:
     print()
     print(
         "Redis Cluster, per master: commands per job (scripts' inner commands included), "
-        "share of the commands, keys left at the end (DBSIZE) and their share:"
+        "share of the commands, keys left at the end (DBSIZE) and their share, and the "
+        "master's CPU per job:"
     )
-    for name, n, calls, keys in rows:
-        for line in spread_lines(name, n, calls, keys):
+    for name, n, calls, keys, cpu in rows:
+        for line in spread_lines(name, n, calls, keys, cpu):
             print(line)

@@ -103,6 +103,7 @@ class Measurement:
     partitions: int = PARTITIONS
     master_commands: dict[int, Counter[str]] | None = None  # on a cluster, per master port
     master_keys: dict[int, int] | None = None
+    master_cpu: dict[int, float] | None = None
 
     @property
     def redis_calls(self) -> int | None:
@@ -173,6 +174,8 @@ async def _measure(
     others = {"redis": redis_pids, "loadgen": [os.getpid()]}
     masters_before = masters_after = None
     master_keys: dict[int, int] | None = None
+    master_cpu: dict[int, float] | None = None
+    master_cpu_before: dict[int, float] = {}
     others["workers"] = [w.process.pid for w in workers]
     try:
         if profile is not None:
@@ -181,6 +184,7 @@ async def _measure(
         before_redis = await command_calls(client) if client is not None else None
         if isinstance(redis, bench_cluster.BenchCluster):
             masters_before = await redis.calls_by_master()
+            master_cpu_before = redis.cpu_by_master()
         before_cpu = cpu_seconds(server.pid)
         before_others = _cpu(others)
         before_machine = machine_cpu_seconds()
@@ -191,6 +195,10 @@ async def _measure(
         after_redis = await command_calls(client) if client is not None else None
         if isinstance(redis, bench_cluster.BenchCluster):
             masters_after = await redis.calls_by_master()
+            master_cpu = {
+                port: seconds - master_cpu_before.get(port, seconds)
+                for port, seconds in redis.cpu_by_master().items()
+            }
             master_keys = await redis.keys_by_master()
     finally:
         if spy is not None:
@@ -222,6 +230,7 @@ async def _measure(
         partitions=partitions,
         master_commands=master_commands,
         master_keys=master_keys,
+        master_cpu=master_cpu,
     )
 
 
@@ -375,7 +384,7 @@ def report(results: list[Measurement]) -> None:
             verdict = "met" if met else "NOT MET"
             print(f"{m.spec.name:<11} {m.store:<6} {target:<32} {measured:<18} {verdict}")
     spread = [
-        (m.spec.name, m.n, m.master_commands, m.master_keys or {})
+        (m.spec.name, m.n, m.master_commands, m.master_keys or {}, m.master_cpu or {})
         for m in results
         if m.master_commands is not None
     ]

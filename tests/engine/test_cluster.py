@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +15,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncCluster
 
 from engine.store.client import Commit, Store, StoreConfigError, StoreUnavailable
 from engine.store.keys import Keys
-from tests.conftest import require_program
+from tests.conftest import ROOT, require_program
 from tests.support.redis_cluster import RedisCluster, free_cluster_port
 from tests.support.redis_server import RedisServer
 
@@ -174,7 +177,7 @@ async def test_notifications_arrive_over_shard_channels(cluster_url: str) -> Non
                     "PUBSUB", "SHARDNUMSUB", channel, target_nodes=owner
                 )
                 assert counts == [channel, 1]
-            listing = await client.client_list(target_nodes=AsyncCluster.PRIMARIES)
+            listing: Any = await client.client_list(target_nodes=AsyncCluster.PRIMARIES)
             assert len(listing) == 3
             for clients in listing.values():
                 subscribers = [c for c in clients if int(c.get("ssub", 0)) > 0]
@@ -203,3 +206,22 @@ async def test_a_change_no_replica_acknowledged_is_a_failure(redis_url: str) -> 
         assert "fewer than 1 replica(s) acknowledged within 50 ms" in str(caught.value)
     finally:
         await store.close()
+
+
+def test_interlock_serve_on_a_cluster_node_exits_saying_which_url_to_use(
+    cluster_url: str, redis_cluster: RedisCluster
+) -> None:
+    port = redis_cluster.masters()[0]
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve"],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "API_PORT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert f"set REDIS_URL to redis+cluster://127.0.0.1:{port}" in output
+    assert "cannot reach" not in output
