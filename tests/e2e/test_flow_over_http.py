@@ -479,15 +479,13 @@ async def test_a_schedule_on_two_servers_starts_one_job_per_tick(
 # -- parallel join and subflow across two servers ---------------------------------------------
 
 
-async def test_results_arriving_at_two_servers_join_once(
-    tmp_path: Path, any_redis_url: str
-) -> None:
+async def test_results_arriving_at_two_servers_join_once(tmp_path: Path, redis_url: str) -> None:
     """Given two servers and a worker on each, when a fan-out's branch results reach both
     servers, then the join runs once; a subflow whose child ends on the other server
     resumes its parent once."""
     with (
-        serve(tmp_path, any_redis_url) as first,
-        serve(tmp_path, any_redis_url) as second,
+        serve(tmp_path, redis_url) as first,
+        serve(tmp_path, redis_url) as second,
         worker(
             tmp_path,
             first.url,

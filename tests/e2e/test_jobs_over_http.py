@@ -146,14 +146,14 @@ async def test_a_worker_killed_mid_task_loses_nothing(tmp_path: Path, any_redis_
             assert timeouts[0]["worker"] == "w-doomed"
 
 
-async def test_two_servers_one_killed_under_load(tmp_path: Path, any_redis_url: str) -> None:
+async def test_two_servers_one_killed_under_load(tmp_path: Path, redis_url: str) -> None:
     """Given two servers on one Redis and workers on both, when one server is SIGKILLed
     while jobs run, then every submitted job still ends, and none finishes twice."""
     env = {"HEARTBEAT_TIMEOUT": "1s"}
     folder = _folder(tmp_path, RETRY)
     with (
-        serve(tmp_path, any_redis_url, folder, env=env) as first,
-        serve(tmp_path, any_redis_url, folder, env=env) as second,
+        serve(tmp_path, redis_url, folder, env=env) as first,
+        serve(tmp_path, redis_url, folder, env=env) as second,
         worker(tmp_path, first.url, "w-first", "echo", "--slots", "4", "--delay", "0.05"),
         worker(tmp_path, second.url, "w-second", "echo", "--slots", "4", "--delay", "0.05"),
     ):

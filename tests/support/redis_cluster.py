@@ -162,10 +162,17 @@ class RedisCluster:
         raise ClusterError(f"no live replica of {master_port}")
 
     def healthy(self) -> bool:
-        """Every live node says cluster_state:ok and sees full slot coverage."""
+        """Every live node says cluster_state:ok and sees full slot coverage, and every
+        live replica's link to its master is up (so that WAIT 1 can be answered)."""
         for node in self.alive():
             info = self.cluster_info(node.port)
             if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != "16384":
+                return False
+            try:
+                replication = self.node_cli(node.port, "INFO", "replication")
+            except (ClusterError, subprocess.TimeoutExpired):
+                return False
+            if "role:slave" in replication and "master_link_status:up" not in replication:
                 return False
         return True
 
