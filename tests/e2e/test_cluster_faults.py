@@ -108,7 +108,7 @@ async def test_failover_and_resharding_under_load_with_an_orchestrator_killed(
     tmp_path: Path, cluster_url: str, redis_cluster: RedisCluster
 ) -> None:
     """Given two orchestrators on the cluster and a worker on each, while jobs keep coming:
-    when a replica takes over with CLUSTER FAILOVER, 1,000 slots move to another master
+    when a replica takes over with CLUSTER FAILOVER, 300 slots move to another master
     with `redis-cli --cluster reshard`, and then one orchestrator is SIGKILLed, then every
     accepted job finishes, and no job is created or finished twice."""
     folder = _folder(tmp_path, RETRY)
@@ -121,18 +121,18 @@ async def test_failover_and_resharding_under_load_with_an_orchestrator_killed(
     ):
         load = Load([first.url, second.url])
         async with running(load):
-            await load.until(20)
+            await load.until(10)
             masters = redis_cluster.masters()
             await in_thread(lambda: redis_cluster.failover(redis_cluster.replica_of(masters[0])))
-            await load.until(20)
+            await load.until(10)
             masters = redis_cluster.masters()
-            await in_thread(lambda: redis_cluster.reshard(masters[1], masters[2], 1000))
-            await load.until(20)
+            await in_thread(lambda: redis_cluster.reshard(masters[1], masters[2], 300))
+            await load.until(10)
             # The moved slots ended the shard subscriptions: the orchestrators resubscribed.
             assert "resubscribing" in second.output()
             first.kill()
             load.urls = [second.url]
-            await load.until(20)
+            await load.until(10)
         print(f"\n{len(load.accepted)} jobs accepted (all end once), {load.refused} refused")
         async with aiohttp.ClientSession(headers={"X-Client-Token": CLIENT_TOKEN}) as http:
             await every_job_ends_once(http, second.url, load.accepted)
@@ -147,18 +147,18 @@ async def test_a_sigkilled_master_loses_no_acknowledged_job_with_wait(
     left, so its partitions refuse changes until the killed node is back as its replica:
     the price of waiting for a replica.)"""
     folder = _folder(tmp_path, RETRY)
-    env = {"HEARTBEAT_TIMEOUT": "1s", "REDIS_WAIT_REPLICAS": "1"}
+    env = {"HEARTBEAT_TIMEOUT": "1s", "REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT": "250ms"}
     with (
         serve(tmp_path, cluster_url, folder, env=env) as server,
         worker(tmp_path, server.url, "w-one", "echo", "--slots", "8", "--delay", "0.02"),
     ):
         load = Load([server.url])
         async with running(load):
-            await load.until(30)
+            await load.until(15)
             victim = redis_cluster.masters()[0]
             await in_thread(lambda: redis_cluster.kill_master(victim))
             await in_thread(redis_cluster.heal)  # the killed node rejoins as a replica
-            await load.until(30)
+            await load.until(15)
         print(f"\n{len(load.accepted)} jobs accepted (all end once), {load.refused} refused")
         async with aiohttp.ClientSession(headers={"X-Client-Token": CLIENT_TOKEN}) as http:
             await every_job_ends_once(http, server.url, load.accepted)
