@@ -105,7 +105,9 @@ async def test_a_group_commit_runs_one_script_per_partition_on_its_master(
         await store.close()
 
 
-async def test_the_default_partitions_fall_21_21_22_on_the_three_masters(cluster_url: str) -> None:
+async def test_the_default_partitions_spread_evenly_on_the_three_masters(cluster_url: str) -> None:
+    """21/21/22 on a fresh cluster (test_partitions.py computes it for equal slot ranges);
+    the session's cluster may have moved a few hundred slots in the fault tests since."""
     store = await Store.connect(cluster_url)
     try:
         client: AsyncCluster = store.redis  # type: ignore[assignment]
@@ -114,7 +116,9 @@ async def test_the_default_partitions_fall_21_21_22_on_the_three_masters(cluster
             node = client.get_node_from_key(store.keys.timers(partition))
             assert node is not None
             owners[node.name] = owners.get(node.name, 0) + 1
-        assert sorted(owners.values()) == [21, 21, 22]
+        assert len(owners) == 3
+        assert min(owners.values()) >= 19
+        assert max(owners.values()) <= 24
     finally:
         await store.close()
 
