@@ -20,6 +20,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from engine.store.keys import DEFAULT_PARTITIONS
 from tests.support import processes
 from tests.support.processes import Server as Server  # what serve() yields
 from tests.support.redis_server import RedisServer as TestRedisServer
@@ -27,7 +28,7 @@ from tests.support.redis_server import RedisServer as TestRedisServer
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_TOKEN = "bench-client-token"
 WORKER_TOKEN = "bench-worker-token"
-PARTITIONS = 8  # REDIS_PARTITIONS given to the server (its default)
+PARTITIONS = DEFAULT_PARTITIONS  # a single Redis's default (bench.run --partitions)
 BENCH_CLIENT_NAME = "interlock-bench"  # the bench's own Redis connections carry this name
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -145,7 +146,11 @@ async def command_calls(client: aioredis.Redis) -> Counter[str]:
 
 @contextlib.contextmanager
 def serve(
-    workdir: Path, store_url: str, blueprints: Path, env: Mapping[str, str] | None = None
+    workdir: Path,
+    store_url: str,
+    blueprints: Path,
+    env: Mapping[str, str] | None = None,
+    partitions: int | None = PARTITIONS,
 ) -> Iterator[Server]:
     """`interlock serve` as a subprocess (the tests' launcher, with the bench's settings),
     stopped with SIGTERM on exit."""
@@ -154,7 +159,7 @@ def serve(
         "WORKER_TOKEN": WORKER_TOKEN,
         "WEBHOOK_SECRET": "bench-webhook-secret",
         "LOG_LEVEL": "WARNING",
-        "REDIS_PARTITIONS": str(PARTITIONS),
+        **({"REDIS_PARTITIONS": str(partitions)} if partitions else {}),
         **(env or {}),
     }
     with processes.serve(workdir, store_url, blueprints, settings, graceful=True) as server:

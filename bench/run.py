@@ -1,8 +1,8 @@
 """The throughput and latency benchmark of issue 6.
 
     .venv/bin/python -m bench.run [--workload linear3|noop|fanout|c1|all]
-                                  [--store redis|memory|both] [-n N] [-c C] [-w W]
-                                  [--profile DIR]
+                                  [--store redis|memory|cluster|both] [-n N] [-c C] [-w W]
+                                  [--partitions P] [--profile DIR]
 
 For each workload and store it starts a fresh redis-server (for `redis`) on a free port,
 `interlock serve` with the bench blueprints, W echo workers (bench.echo_worker, built on
@@ -11,6 +11,8 @@ worker_sdk) and submits N jobs over REST with C in flight, waiting for each with
 p50/p95/p99 latency (submit -> terminal seen), the orchestrator's CPU seconds (utime+stime
 from /proc) and CPU ms per job, its peak RSS (VmHWM), and Redis commands per job (summed
 `calls` of INFO commandstats, before/after, / N). It exits 1 if any job did not finish.
+`--store cluster` runs on a local Redis Cluster (bench/cluster.py) and adds the commands per
+job per master and the spread of keys and commands over the masters.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bench import cluster as bench_cluster
 from bench.blueprints import ENDPOINTS, write_blueprints
 from bench.harness import (
     PARTITIONS,
@@ -45,6 +48,7 @@ from bench.harness import (
 )
 from bench.load import LoadResult, Payload, percentile, run_load
 from bench.profile import PySpy, summarise
+from engine.store.keys import CLUSTER_PARTITIONS
 
 
 def numbered(i: int) -> dict[str, Any]:
@@ -96,6 +100,10 @@ class Measurement:
     other_cpu_s: dict[str, float]  # CPU seconds of redis-server, the load generator, workers
     machine_cpu_s: float  # CPU seconds of every process on the machine, ours included
     irq_cpu_s: float  # of which in interrupts (loopback networking), charged to no process
+    partitions: int = PARTITIONS
+    master_commands: dict[int, Counter[str]] | None = None  # on a cluster, per master port
+    master_keys: dict[int, int] | None = None
+    master_cpu: dict[int, float] | None = None
 
     @property
     def redis_calls(self) -> int | None:
@@ -125,11 +133,12 @@ class Measurement:
 
 
 @contextlib.contextmanager
-def _redis(store: str) -> Iterator[RedisServer | None]:
+def _redis(store: str) -> Iterator[RedisServer | bench_cluster.BenchCluster | None]:
     if store == "memory":
         yield None
         return
-    server = RedisServer()
+    server: RedisServer | bench_cluster.BenchCluster
+    server = bench_cluster.BenchCluster() if store == "cluster" else RedisServer()
     try:
         server.start()
         yield server
@@ -146,23 +155,36 @@ async def _measure(
     store: str,
     n: int,
     server: Server,
-    redis: RedisServer | None,
+    redis: RedisServer | bench_cluster.BenchCluster | None,
     workers: list[WorkerProcess],
     profile: Path | None,
+    partitions: int,
 ) -> Measurement:
     endpoint = ENDPOINTS[spec.blueprint]
     warm = await run_load(server.url, endpoint, spec.warmup, spec.concurrency, spec.payload)
     if warm.not_finished:
         print(f"  warm-up: {warm.not_finished} of {warm.n} jobs did not finish: {warm.examples}")
-    client = redis.client() if redis is not None else None
+    client = redis.client() if isinstance(redis, RedisServer) else None
     spy = None
-    others = {"redis": [redis.pid] if redis is not None else [], "loadgen": [os.getpid()]}
+    redis_pids: list[int] = []
+    if isinstance(redis, bench_cluster.BenchCluster):
+        redis_pids = redis.pids
+    elif redis is not None:
+        redis_pids = [redis.pid]
+    others = {"redis": redis_pids, "loadgen": [os.getpid()]}
+    masters_before = masters_after = None
+    master_keys: dict[int, int] | None = None
+    master_cpu: dict[int, float] | None = None
+    master_cpu_before: dict[int, float] = {}
     others["workers"] = [w.process.pid for w in workers]
     try:
         if profile is not None:
             spy = PySpy(server.pid, profile / f"{spec.name}-{store}.txt")
             await asyncio.sleep(1.0)  # let py-spy attach
         before_redis = await command_calls(client) if client is not None else None
+        if isinstance(redis, bench_cluster.BenchCluster):
+            masters_before = await redis.calls_by_master()
+            master_cpu_before = redis.cpu_by_master()
         before_cpu = cpu_seconds(server.pid)
         before_others = _cpu(others)
         before_machine = machine_cpu_seconds()
@@ -171,6 +193,13 @@ async def _measure(
         after_others = _cpu(others)
         after_machine = machine_cpu_seconds()
         after_redis = await command_calls(client) if client is not None else None
+        if isinstance(redis, bench_cluster.BenchCluster):
+            masters_after = await redis.calls_by_master()
+            master_cpu = {
+                port: seconds - master_cpu_before.get(port, seconds)
+                for port, seconds in redis.cpu_by_master().items()
+            }
+            master_keys = await redis.keys_by_master()
     finally:
         if spy is not None:
             spy.stop()
@@ -181,6 +210,10 @@ async def _measure(
         commands = after_redis - before_redis
         commands["info"] -= 1  # the bench's own first INFO
         commands = +commands  # drop zeros
+    master_commands = None
+    if masters_before is not None and masters_after is not None:
+        master_commands = bench_cluster.difference(masters_after, masters_before)
+        commands = bench_cluster.total(master_commands)
     return Measurement(
         spec=spec,
         store=store,
@@ -194,11 +227,21 @@ async def _measure(
         peak_rss_mib=peak_rss_mib(server.pid),
         rss_mib=rss_mib(server.pid),
         redis_commands=commands,
+        partitions=partitions,
+        master_commands=master_commands,
+        master_keys=master_keys,
+        master_cpu=master_cpu,
     )
 
 
 def run_one(
-    spec: Spec, store: str, n: int, profile: Path | None, quiet_wait_s: float
+    spec: Spec,
+    store: str,
+    n: int,
+    profile: Path | None,
+    quiet_wait_s: float,
+    partitions: int,
+    env: dict[str, str] | None = None,
 ) -> Measurement:
     if quiet_wait_s > 0:
         busy = wait_for_quiet(quiet_wait_s)
@@ -210,10 +253,12 @@ def run_one(
         with _redis(store) as redis:
             url = redis.url if redis is not None else "memory://"
             with (
-                serve(workdir, url, blueprints) as server,
+                serve(workdir, url, blueprints, env, partitions=partitions) as server,
                 echo_workers(workdir, server.url, spec.workers) as workers,
             ):
-                measurement = asyncio.run(_measure(spec, store, n, server, redis, workers, profile))
+                measurement = asyncio.run(
+                    _measure(spec, store, n, server, redis, workers, profile, partitions)
+                )
                 if measurement.not_finished or not server.alive():
                     print("  --- server log (tail) ---")
                     print("\n".join(server.output().splitlines()[-30:]))
@@ -309,12 +354,19 @@ def report(results: list[Measurement]) -> None:
     print()
     print("p50/p95 ms by the job's store partition (a fair dispatcher serves them alike):")
     for m in results:
-        if m.spec.concurrency > 1 and m.store == "redis":
-            groups = m.load.by_partition(PARTITIONS)
+        if m.spec.concurrency > 1 and m.store != "memory":
+            groups = m.load.by_partition(m.partitions)
             cells = " ".join(
                 f"p{p}={percentile(lat, 50):.0f}/{percentile(lat, 95):.0f}"
                 for p, lat in groups.items()
             )
+            if len(groups) > 16:  # one line: the range over the partitions
+                p50s = [percentile(lat, 50) for lat in groups.values() if lat]
+                p95s = [percentile(lat, 95) for lat in groups.values() if lat]
+                cells = (
+                    f"{len(groups)} partitions: p50 {min(p50s):.0f}..{max(p50s):.0f}, "
+                    f"p95 {min(p95s):.0f}..{max(p95s):.0f}"
+                )
             print(f"  {m.spec.name:<11} {cells}")
     print()
     print(
@@ -331,6 +383,13 @@ def report(results: list[Measurement]) -> None:
         for target, measured, met in targets(m):
             verdict = "met" if met else "NOT MET"
             print(f"{m.spec.name:<11} {m.store:<6} {target:<32} {measured:<18} {verdict}")
+    spread = [
+        (m.spec.name, m.n, m.master_commands, m.master_keys or {}, m.master_cpu or {})
+        for m in results
+        if m.master_commands is not None
+    ]
+    if spread:
+        bench_cluster.report(spread)
     for m in results:
         if m.load.examples:
             print(f"{m.spec.name} ({m.store}) problems, first few: {m.load.examples}")
@@ -341,10 +400,23 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.run", description="Interlock throughput and latency benchmark"
     )
     parser.add_argument("--workload", choices=[*ORDER, "all"], default="all")
-    parser.add_argument("--store", choices=["redis", "memory", "both"], default="both")
+    parser.add_argument("--store", choices=["redis", "memory", "cluster", "both"], default="both")
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        help="REDIS_PARTITIONS for the server (default: the store's default, "
+        f"{PARTITIONS} on one Redis, {CLUSTER_PARTITIONS} on a cluster)",
+    )
     parser.add_argument("-n", type=int, help="jobs per workload (default: per workload)")
     parser.add_argument("-c", type=int, help="jobs in flight (c1 always uses 1)")
     parser.add_argument("-w", type=int, help="worker processes (noop always uses 0)")
+    parser.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        metavar="R",
+        help="REDIS_WAIT_REPLICAS for the server (cluster: each master has one replica)",
+    )
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy the orchestrator into DIR"
     )
@@ -374,14 +446,18 @@ def main(argv: list[str] | None = None) -> int:
                 n = (
                     args.n
                     if args.n is not None
-                    else (spec.n if store == "redis" else spec.n_memory)
+                    else (spec.n_memory if store == "memory" else spec.n)
                 )
                 print(
                     f"running {spec.name} on {store}: N={n} C={spec.concurrency} "
                     f"W={spec.workers} ...",
                     flush=True,
                 )
-                m = run_one(spec, store, n, args.profile, args.quiet_wait)
+                env = {"REDIS_WAIT_REPLICAS": str(args.wait_replicas)}
+                partitions = args.partitions or (
+                    CLUSTER_PARTITIONS if store == "cluster" else PARTITIONS
+                )
+                m = run_one(spec, store, n, args.profile, args.quiet_wait, partitions, env)
                 print(row(m), flush=True)
                 results.append(m)
     report(results)

@@ -118,7 +118,12 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     blueprints = load_blueprints([settings.blueprints_dir])
     schedules = schedules_for(settings, {blueprint.name for blueprint in blueprints})
-    store = await Store.connect(settings.redis_url, partitions=settings.redis_partitions)
+    store = await Store.connect(
+        settings.redis_url,
+        partitions=settings.redis_partitions,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
+    )
     try:
         async with WebhookSender.session_for_webhooks(settings.webhook_policy) as session:
             orchestrator = Orchestrator(

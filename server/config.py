@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from engine.durations import parse_duration
+from engine.store.cluster import ClusterUrl
+from engine.store.errors import StoreConfigError
 from server.errors import ConfigError
 from server.webhook_policy import WebhookPolicy
 
@@ -34,7 +36,7 @@ FLAGS = {
     "WORKERS_CONFIG_PATH": "--workers-config",
     "SCHEDULES_CONFIG_PATH": "--schedules-config",
 }
-STORE_SCHEMES = ("memory", "redis", "rediss", "unix")
+STORE_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 WORKER_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 GLOB_CHARS = frozenset("*?[")
 PATTERN_PREFIX = "pattern:"
@@ -55,7 +57,9 @@ class WorkerTokenRule:
 @dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str = "memory://"
-    redis_partitions: int = 8
+    redis_partitions: int | None = None  # None: what the store holds (or 8, 64 on a cluster)
+    redis_wait_replicas: int = 0  # WAIT for this many replicas after each commit and lease
+    redis_wait_timeout_ms: int = 1000
     blueprints_dir: Path = Path("blueprints")
     host: str = "127.0.0.1"
     port: int = 8080
@@ -130,7 +134,9 @@ class _Reader:
         webhook_secret = secrets.token_urlsafe(24) if given_secret is None else given_secret[1]
         settings = Settings(
             redis_url=redis_url,
-            redis_partitions=self.value("REDIS_PARTITIONS", 8, _int_between(1, 1024)),
+            redis_partitions=self.value("REDIS_PARTITIONS", None, _int_between(1, 1024)),
+            redis_wait_replicas=self.value("REDIS_WAIT_REPLICAS", 0, _int_between(0, 16)),
+            redis_wait_timeout_ms=self.value("REDIS_WAIT_TIMEOUT", 1000, _ms),
             blueprints_dir=Path(self.value("BLUEPRINTS_DIR", "blueprints/", _non_empty)),
             host=self.value("API_HOST", d.host, _host),
             port=self.value("API_PORT", d.port, _int_between(0, 65535)),
@@ -355,8 +361,14 @@ def _store_url(text: str) -> str:
     if scheme not in STORE_SCHEMES:
         raise ValueError(
             f"{redact_url(text)!r} is not a store URL; use memory:// (embedded), "
-            "redis://[:password@]host:6379/0, rediss://... (TLS) or unix:///path/redis.sock"
+            "redis://[:password@]host:6379/0, rediss://... (TLS), unix:///path/redis.sock "
+            "or redis+cluster://host:port[,host:port...] (Redis Cluster)"
         )
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        try:
+            ClusterUrl.parse(text)
+        except StoreConfigError as exc:
+            raise ValueError(str(exc)) from exc
     if scheme in ("redis", "rediss") and not urlsplit(text).hostname:
         raise ValueError(f"{redact_url(text)!r} names no host; use e.g. redis://localhost:6379/0")
     return text

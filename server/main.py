@@ -100,7 +100,12 @@ async def check_store(settings: Settings) -> str | None:
     where = redact_url(settings.redis_url)
     try:
         async with asyncio.timeout(STORE_CHECK_TIMEOUT_S):
-            store = await Store.connect(settings.redis_url, partitions=settings.redis_partitions)
+            store = await Store.connect(
+                settings.redis_url,
+                partitions=settings.redis_partitions,
+                wait_replicas=settings.redis_wait_replicas,
+                wait_timeout_ms=settings.redis_wait_timeout_ms,
+            )
             try:
                 if not await store.ping():
                     return f"the store at {where} does not answer PING"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,4 +67,34 @@ def store_url(request: pytest.FixtureRequest) -> str:
     if request.param == "memory":
         return "memory://"
     url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """One real Redis Cluster per test session: three masters, three replicas."""
+    cluster = RedisCluster(
+        require_program("redis-server", "apt-get install redis-server"),
+        require_program("redis-cli", "apt-get install redis-tools"),
+    )
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisCluster) -> str:
+    """The session's cluster, healed (after a test killed or failed over a node) and
+    flushed before each test."""
+    redis_cluster.heal()
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """Run an end-to-end test on one Redis and on a Redis Cluster."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
     return url

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 from engine.clock import now_ms
 from engine.runtime import webhooks
@@ -26,12 +28,23 @@ log = logging.getLogger("interlock.orchestrator")
 throttle = Throttle(log)
 
 
+async def bounded(limit: int, calls: list[Coroutine[Any, Any, None]]) -> None:
+    """Run `calls` with at most `limit` at a time (as many were in flight when partitions
+    were claimed one after the other)."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Coroutine[Any, Any, None]) -> None:
+        async with gate:
+            await call
+
+    await asyncio.gather(*(one(call) for call in calls))
+
+
 def leases_of(record: JobRecord) -> Leases:
     return {task_id: TaskLease.decode(raw) for task_id, raw in record.leases.items()}
 
 
 async def listen(orch: LoopHost) -> None:
-    ready, done = orch.store.keys.ready_channel, orch.store.keys.done_channel
     while True:
         checkpoint()
         try:
@@ -39,13 +52,13 @@ async def listen(orch: LoopHost) -> None:
                 checkpoint()
                 if item is None:
                     continue
-                channel, message = item
-                if channel == ready:  # `task_type|partition` lines
+                kind, message = item
+                if kind == "ready":  # `task_type|partition` lines
                     for line in message.split("\n"):
                         task_type, _, partition = line.rpartition("|")
                         with contextlib.suppress(ValueError):
                             orch.dispatcher.task_queued(task_type, int(partition))
-                elif channel == done:  # job ids
+                else:  # "done": job ids
                     for job_id in message.split():
                         orch.job_done(job_id)
         except Exception as exc:  # redis-py raises its own ConnectionError tree here
@@ -78,13 +91,12 @@ async def timer_loop(orch: LoopHost) -> None:
 
 
 async def fire_timers(orch: LoopHost) -> None:
-    now = now_ms()
-    for partition in range(orch.store.keys.partitions):
-        due = await orch.store.claim_timers(
-            partition, now, orch.settings.timer_batch, orch.settings.timer_claim_ms
-        )
-        if due:
-            await asyncio.gather(*(fire(orch, job_id) for job_id in due))
+    # Every partition's due timers in one round trip (one call per master on a cluster):
+    # the cost of a turn does not grow with the partition count.
+    due = await orch.store.claim_timers(
+        now_ms(), orch.settings.timer_batch, orch.settings.timer_claim_ms
+    )
+    await bounded(orch.settings.timer_batch, [fire(orch, job_id) for job_id in due])
 
 
 async def fire(orch: LoopHost, job_id: str) -> None:
@@ -117,12 +129,8 @@ async def webhook_loop(orch: LoopHost) -> None:
     while True:
         checkpoint()
         try:
-            now = now_ms()
-            for partition in range(orch.store.keys.partitions):
-                due = await orch.store.claim_webhooks(
-                    partition, now, 50, orch.settings.webhook_claim_ms
-                )
-                await asyncio.gather(*(deliver(orch, job_id) for job_id in due))
+            due = await orch.store.claim_webhooks(now_ms(), 50, orch.settings.webhook_claim_ms)
+            await bounded(50, [deliver(orch, job_id) for job_id in due])
         except StoreUnavailable as exc:
             checkpoint(exc)
             log.warning("webhook loop: %s", exc)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,13 +19,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from engine.clock import now_ms
-from engine.errors import InterlockError
 from engine.jsonutil import dumps, loads
 from engine.runtime.jobdoc import JobDoc
-from engine.store.keys import Keys
+from engine.store import cluster
+from engine.store.errors import PartitionMismatch, StoreConfigError, StoreError, StoreUnavailable
+from engine.store.keys import CLUSTER_PARTITIONS, DEFAULT_PARTITIONS, Keys
+
+__all__ = ["PartitionMismatch", "StoreConfigError", "StoreError", "StoreUnavailable"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,17 +44,24 @@ LARGE_CHANGE = 2000
 
 KEEP = "-"  # commit(timer_ms=KEEP) leaves the job's timer as it is
 
-
-class StoreError(InterlockError):
-    """The job store failed."""
-
-
-class StoreUnavailable(StoreError):
-    """Redis could not be reached or answered with an error."""
+# What the driver raises: RedisError, and on Redis Cluster also RedisClusterException (not a
+# RedisError), e.g. SlotNotCoveredError while a failover is still under way.
+DRIVER_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
 
 
-class PartitionMismatch(StoreError):
-    """This Redis was set up with another partition count than the one configured."""
+def driver_error(exc: BaseException) -> bool:
+    """Whether `exc` is the store failing (not a bug of ours). Besides DRIVER_ERRORS: redis-py's
+    cluster client closes every connection it holds on some errors (CLUSTERDOWN, a failed
+    pipeline), and a command using one of them at that moment fails with whatever the
+    transport raises (AttributeError, RuntimeError "handler is closed" under uvloop, see
+    redis/redis-py#4287) instead of a ConnectionError. Those count when they come from
+    inside redis-py's asyncio connection code."""
+    if isinstance(exc, DRIVER_ERRORS):
+        return True
+    if not isinstance(exc, (AttributeError, RuntimeError, TypeError)):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and any(f"redis{os.sep}asyncio" in frame.filename for frame in frames)
 
 
 def translated(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -58,7 +71,11 @@ def translated(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await method(*args, **kwargs)
-        except redis.exceptions.RedisError as exc:
+        except StoreError:
+            raise
+        except Exception as exc:
+            if not driver_error(exc):
+                raise
             raise StoreUnavailable(f"Redis: {exc}") from exc
 
     return wrapper
@@ -169,7 +186,7 @@ class Batcher(Generic[Item, Outcome]):
                 for (_, future), outcome in zip(batch, outcomes, strict=True):
                     if future.done():
                         continue
-                    if isinstance(outcome, redis.exceptions.RedisError):
+                    if isinstance(outcome, Exception) and driver_error(outcome):
                         future.set_exception(StoreUnavailable(f"Redis: {outcome}"))
                     elif isinstance(outcome, Exception):
                         future.set_exception(outcome)
@@ -181,11 +198,28 @@ class Batcher(Generic[Item, Outcome]):
                 self._flusher = asyncio.create_task(self._flush())
 
 
+# A new store records its partition count and spread tags together (atomically, so that a
+# second orchestrator starting at the same moment cannot take it for an old store).
+# The deployment's settings, written by the first process on a new (or wiped) store: the
+# partition count, the partition tags, and the deployment marker (`Store.check_marker`).
+SETTLE_META = """
+if redis.call('HEXISTS', KEYS[1], 'partitions') == 0 then
+  redis.call('HSET', KEYS[1], 'partitions', ARGV[1], 'tags', 'spread')
+end
+redis.call('HSETNX', KEYS[1], 'deployment', ARGV[2])
+return redis.call('HMGET', KEYS[1], 'partitions', 'tags', 'deployment')
+"""
+
+
 class Store:
     def __init__(self, client: aioredis.Redis, keys: Keys, url: str) -> None:
         self.redis = client
         self.keys = keys
         self.url = url
+        # On Redis Cluster (redis+cluster://) `client` is redis-py's asyncio RedisCluster,
+        # which offers the same commands; notifications then go over shard channels.
+        self.cluster = cluster.is_cluster_url(url)
+        self.wait = (0, 0)  # (replicas, timeout ms) to WAIT for after commits and leases
         self._commit = client.register_script(_script("commit.lua"))
         self._lease = client.register_script(_script("lease.lua"))
         self._claim = client.register_script(_script("claim_timers.lua"))
@@ -196,11 +230,26 @@ class Store:
         self.wiped_at: int | None = None  # ms when the marker was found gone or replaced
 
     @classmethod
-    async def connect(cls, url: str, *, prefix: str = "il", partitions: int = 8) -> Store:
+    async def connect(
+        cls,
+        url: str,
+        *,
+        prefix: str = "il",
+        partitions: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+    ) -> Store:
+        """A store on `url`. `partitions` must match the count the store was set up with
+        (a mismatch is refused); None takes that count, or for a new store
+        DEFAULT_PARTITIONS (CLUSTER_PARTITIONS on a cluster). With `wait_replicas`, every
+        commit and lease is followed by WAIT on the same connection (see `_run_scripts`)."""
         if url.startswith("memory://"):
             import fakeredis  # the embedded store: same scripts, in-process
 
             client: aioredis.Redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+        elif cluster.is_cluster_url(url):
+            # Same command methods as aioredis.Redis; one connection pool per node.
+            client = cluster.cluster_client(url)  # type: ignore[assignment]
         else:
             # A bounded pool that waits for a free connection (redis-py's default pool fails
             # with "Too many connections" instead): bursts of heartbeats queue, not fail.
@@ -213,34 +262,51 @@ class Store:
                 timeout=10,
             )
             client = aioredis.Redis(connection_pool=pool)
-        store = cls(client, Keys(prefix, partitions), url)
+        default = CLUSTER_PARTITIONS if cluster.is_cluster_url(url) else DEFAULT_PARTITIONS
+        store = cls(client, Keys(prefix, partitions or default), url)
+        store.wait = (wait_replicas, wait_timeout_ms)
         try:
-            await store._check_partitions()
+            await store._check_partitions(partitions)
         except BaseException:
-            await client.aclose(close_connection_pool=True)
+            await store._close_client()
             raise
         return store
 
     async def close(self) -> None:
         await self._commits.close()
         await self._heartbeats.close()
-        await self.redis.aclose(close_connection_pool=True)
+        await self._close_client()
 
-    async def _check_partitions(self) -> None:
+    async def _close_client(self) -> None:
+        if self.cluster:
+            await self.redis.aclose()
+        else:
+            await self.redis.aclose(close_connection_pool=True)
+
+    async def _check_partitions(self, wanted: int | None) -> None:
+        """Check the store (a cluster, or not one) and settle the partition layout: the
+        first orchestrator on a new store records its count with spread tags; later ones
+        take the recorded layout (a store set up before the tags spread has none)."""
+        shown = redact(self.url)
         try:
-            await self.redis.hsetnx(self.keys.meta, "partitions", str(self.keys.partitions))
-            # The deployment marker: written by the first process to start on this Redis.
-            await self.redis.hsetnx(self.keys.meta, "deployment", uuid.uuid4().hex)
-            stored, marker = await self.redis.hmget(self.keys.meta, ["partitions", "deployment"])
-            stored = str(stored)
+            if self.cluster:
+                await cluster.check_cluster(self.redis, shown)  # type: ignore[arg-type]
+            elif not self.url.startswith("memory://"):
+                await cluster.refuse_cluster_node(self.redis, shown)
+            # Load the scripts up front (on every master, on a cluster), so that the first
+            # pipelined EVALSHA of each does not come back NOSCRIPT and go again.
+            for script in (self._commit, self._lease, self._claim):
+                await self.redis.script_load(script.script)
+            stored, tags, marker = await self._settle_meta()
             self.marker = str(marker)
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
-        if stored != str(self.keys.partitions):
+        except DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"cannot reach Redis at {shown}: {exc}") from exc
+        if wanted is not None and str(stored) != str(wanted):
             raise PartitionMismatch(
                 f"this Redis holds jobs in {stored} partitions but REDIS_PARTITIONS is "
-                f"{self.keys.partitions}; use {stored}"
+                f"{wanted}; use {stored} (or leave REDIS_PARTITIONS unset)"
             )
+        self.keys = Keys(self.keys.prefix, int(stored), spread=tags == "spread")
 
     @translated
     async def check_marker(self) -> bool:
@@ -254,9 +320,15 @@ class Store:
         if current is not None and str(current) == self.marker:
             return True
         self.wiped_at = now_ms()
-        await self.redis.hsetnx(self.keys.meta, "partitions", str(self.keys.partitions))
-        await self.redis.hsetnx(self.keys.meta, "deployment", uuid.uuid4().hex)
+        await self._settle_meta()
         return False
+
+    async def _settle_meta(self) -> list[Any]:
+        """[partitions, tags, deployment marker] as stored, writing them first if absent."""
+        answer: list[Any] = await self.redis.eval(
+            SETTLE_META, 1, self.keys.meta, str(self.keys.partitions), uuid.uuid4().hex
+        )
+        return answer
 
     async def shared_setting(self, name: str, proposal: str) -> str:
         """The deployment-wide value of a generated setting: `proposal` if this is the first
@@ -268,7 +340,7 @@ class Store:
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())
-        except (redis.exceptions.RedisError, OSError):
+        except (*DRIVER_ERRORS, OSError, RuntimeError):
             return False
 
     # -- jobs --------------------------------------------------------------------------------
@@ -313,22 +385,55 @@ class Store:
     ) -> list[Any]:
         """Run `script` once per (KEYS, ARGV), all in one round trip; each call's answer, or
         the Redis error it met. A Redis that lost its scripts (a restart) gets them again."""
-        if len(calls) == 1:
+        replicas, timeout_ms = self.wait if script is not self._claim else (0, 0)
+        if len(calls) == 1 and not replicas:
             try:
                 return [await script(keys=calls[0][0], args=calls[0][1])]
-            except redis.exceptions.RedisError as exc:
+            except DRIVER_ERRORS as exc:
                 return [exc]
+        # On Redis Cluster this is one pipeline per master, sent concurrently: redis-py
+        # groups the calls by the node of their slot (every call's keys share one slot).
+        # Its ClusterPipeline blocks the evalsha() method, so the command goes by name.
         pipe = self.redis.pipeline(transaction=False)
         for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        waits = self._add_waits(pipe, calls, replicas, timeout_ms) if replicas else 0
         answers: list[Any] = await pipe.execute(raise_on_error=False)
+        if waits:
+            acked, answers = answers[-waits:], answers[:-waits]
+            if any(isinstance(n, Exception) or int(n) < replicas for n in acked):
+                late = redis.exceptions.ConnectionError(
+                    f"fewer than {replicas} replica(s) acknowledged within {timeout_ms} ms "
+                    f"(WAIT answered {acked})"
+                )
+                answers = [late if not isinstance(a, Exception) else a for a in answers]
+        # A rerun after NOSCRIPT (a master that lost its scripts) goes without WAIT.
         for i, (keys, args) in enumerate(calls):
             if isinstance(answers[i], redis.exceptions.NoScriptError):
                 try:
                     answers[i] = await script(keys=keys, args=args)  # loads it, runs it
-                except redis.exceptions.RedisError as exc:
+                except DRIVER_ERRORS as exc:
                     answers[i] = exc
         return answers
+
+    def _add_waits(
+        self, pipe: Any, calls: Sequence[tuple[list[str], list[str]]], replicas: int, ms: int
+    ) -> int:
+        """Append WAIT after the scripts, on the same connection as the writes it covers (one
+        per master on a cluster: the pipeline sends each node's commands in order on one
+        connection). Returns how many WAITs were added."""
+        if not self.cluster:
+            pipe.execute_command("WAIT", replicas, ms)
+            return 1
+        client: RedisCluster = self.redis  # type: ignore[assignment]  # a cluster here
+        nodes = {}
+        for keys, _ in calls:
+            node = client.get_node_from_key(keys[0])
+            if node is not None:  # (None: no master for the slot; the script fails anyway)
+                nodes[node.name] = node
+        for node in nodes.values():
+            pipe.execute_command("WAIT", replicas, ms, target_nodes=node)
+        return len(nodes)
 
     def _batch_call(
         self, partition: int, changes: list[tuple[Commit, int]]
@@ -389,11 +494,20 @@ class Store:
                     "done": change.done,
                 }
             )
-        argument = {
-            "plans": plans,
-            "ready_channel": keys.ready_channel,
-            "done_channel": keys.done_channel,
-        }
+        if self.cluster:  # SPUBLISH: the event goes to this partition's master only
+            argument = {
+                "plans": plans,
+                "ready_channel": keys.ready_shard(partition),
+                "done_channel": keys.done_shard(partition),
+                "publish": "SPUBLISH",
+            }
+        else:
+            argument = {
+                "plans": plans,
+                "ready_channel": keys.ready_channel,
+                "done_channel": keys.done_channel,
+                "publish": "PUBLISH",
+            }
         return key_list, [dumps(argument)]
 
     @translated
@@ -508,25 +622,31 @@ class Store:
             )
         return made
 
-    @translated
-    async def claim_timers(
-        self, partition: int, now_ms: int, limit: int, claim_ms: int
-    ) -> list[str]:
-        """Job ids whose timer is due, claimed for `claim_ms` so one orchestrator handles each."""
-        return await self._claim_due(self.keys.timers(partition), now_ms, limit, claim_ms)
+    async def claim_timers(self, now_ms: int, limit: int, claim_ms: int) -> list[str]:
+        """Job ids whose timer is due, in every partition (at most `limit` per partition),
+        claimed for `claim_ms` so one orchestrator handles each."""
+        keys = [self.keys.timers(p) for p in range(self.keys.partitions)]
+        return await self._claim_due(keys, now_ms, limit, claim_ms)
 
-    @translated
-    async def claim_webhooks(
-        self, partition: int, now_ms: int, limit: int, claim_ms: int
-    ) -> list[str]:
+    async def claim_webhooks(self, now_ms: int, limit: int, claim_ms: int) -> list[str]:
         """Job ids whose webhook delivery is due, claimed likewise."""
-        return await self._claim_due(self.keys.webhooks(partition), now_ms, limit, claim_ms)
+        keys = [self.keys.webhooks(p) for p in range(self.keys.partitions)]
+        return await self._claim_due(keys, now_ms, limit, claim_ms)
 
     @translated
-    async def _claim_due(self, key: str, now_ms: int, limit: int, claim_ms: int) -> list[str]:
-        due: list[str] = await self._claim(
-            keys=[key], args=[str(now_ms), str(limit), str(claim_ms)]
-        )
+    async def _claim_due(
+        self, keys: list[str], now_ms: int, limit: int, claim_ms: int
+    ) -> list[str]:
+        # One script call for all partitions on a single Redis; on a cluster one per
+        # partition (each is its own slot), sent as one pipeline per master.
+        groups = [[key] for key in keys] if self.cluster else [keys]
+        args = [str(now_ms), str(limit), str(claim_ms)]
+        answers = await self._run_scripts(self._claim, [(group, args) for group in groups])
+        due: list[str] = []
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+            due += answer
         return due
 
     @translated
@@ -608,19 +728,43 @@ class Store:
         return loads(raw) if raw else None
 
     async def notifications(self) -> AsyncIterator[tuple[str, str] | None]:
-        """(channel, message) for queued tasks and finished jobs, from every orchestrator;
-        None after each second without one, so the consumer can check whether to stop."""
+        """(kind, message) for queued tasks (kind "ready") and finished jobs ("done"), from
+        every orchestrator; None after each second without one, so the consumer can check
+        whether to stop."""
+        if self.cluster:
+            async for item in self._shard_notifications():
+                yield item
+            return
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(self.keys.ready_channel, self.keys.done_channel)
         try:
             while True:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message.get("type") == "message":
-                    yield str(message["channel"]), str(message["data"])
+                    channel = str(message["channel"])
+                    kind = "ready" if channel == self.keys.ready_channel else "done"
+                    yield kind, str(message["data"])
                 else:
                     yield None
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+
+    async def _shard_notifications(self) -> AsyncIterator[tuple[str, str] | None]:
+        subscription = cluster.ShardedSubscription(
+            self.redis,  # type: ignore[arg-type]
+            self.url,
+            self.keys.shard_channels(),
+        )
+        try:
+            await subscription.open()
+            async for item in subscription.messages(idle_s=1.0):
+                if item is None:
+                    yield None
+                    continue
+                channel, data = item
+                yield ("ready" if channel.endswith(":ready") else "done"), data
+        finally:
+            await subscription.close()
 
 
 def _size(change: Commit) -> int:

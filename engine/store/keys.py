@@ -1,27 +1,67 @@
 """Every Redis key and channel name Interlock uses, built here and nowhere else.
 
 Keys are grouped by *partition*: a job belongs to partition crc32(job_id) % partitions, and
-every key of a partition carries the hash tag `{pN}`. A job's hash, the task queues and the
-timer set it touches are therefore in one slot, so each state change is one Lua script on
+every key of a partition carries the partition's hash tag. A job's hash, the task queues and
+the timer set it touches are therefore in one slot, so each state change is one Lua script on
 one slot, on a single Redis and on Redis Cluster alike. Worker keys carry `{w:<id>}`.
+
+Partition N's tag (for a store set up since the tags were spread) is the one of `{s0}`,
+`{s1}`, ... that puts it in the N-th of `partitions` equal ranges of the 16384 cluster
+slots (`spread_tags`). A cluster assigns slots to masters in contiguous ranges, so the partitions
+fall evenly on its masters: 64 partitions give 21/21/22 on 3 masters and 6 or 7 on each of
+10, where the plain `{pN}` tags (CRC16 clusters them) give 20 to 24 and 4 to 9. A store set
+up before keeps the plain tags (`spread=False`; see Store.connect).
+Notifications go out on two channels on a single Redis, and on two shard channels per
+partition (with the partition's tag) on Redis Cluster, see engine/store/cluster.py.
 """
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+# A new store's partition count. On a cluster, enough to spread over many masters; on a
+# single Redis, 8: every partition costs a script call in each group commit that touches it
+# and a timer sweep per turn, for nothing (bench/README.md, "Redis Cluster").
+DEFAULT_PARTITIONS = 8
+CLUSTER_PARTITIONS = 64
+
+
+@functools.cache
+def spread_tags(partitions: int) -> tuple[str, ...]:
+    """The hash tag of each partition: partition N's slot lies in the N-th of `partitions`
+    equal slot ranges. Deterministic (every orchestrator computes the same tags): the
+    candidates `s0`, `s1`, ... are tried in order, each range taking the first that falls
+    in it (about partitions x ln(partitions) tries)."""
+    tags: list[str | None] = [None] * partitions
+    missing, k = partitions, 0
+    while missing:
+        tag = f"s{k}"
+        n = key_slot(tag.encode()) * partitions // REDIS_CLUSTER_HASH_SLOTS
+        if tags[n] is None:
+            tags[n] = tag
+            missing -= 1
+        k += 1
+    return tuple(tag for tag in tags if tag is not None)
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "il"
-    partitions: int = 8
+    partitions: int = DEFAULT_PARTITIONS
+    spread: bool = True  # False: the plain {pN} tags of a store set up before they spread
 
     def partition(self, job_id: str) -> int:
         return zlib.crc32(job_id.encode()) % self.partitions
 
+    def tag(self, partition: int) -> str:
+        return spread_tags(self.partitions)[partition] if self.spread else f"p{partition}"
+
     def _p(self, partition: int) -> str:
-        return f"{self.prefix}:{{p{partition}}}"
+        return f"{self.prefix}:{{{self.tag(partition)}}}"
 
     def job(self, job_id: str) -> str:
         """Hash of one job: v (version), doc (JSON document), leases (JSON: task id ->
@@ -64,8 +104,24 @@ class Keys:
     @property
     def meta(self) -> str:
         """Hash of deployment settings every orchestrator must agree on: partitions, and
-        `generated:<name>` for the tokens generated when none is configured."""
+        tags ("spread" when the partition tags are spread over the slots), the deployment
+        marker, and `generated:<name>` for the tokens generated when none is configured."""
         return f"{self.prefix}:meta"
+
+    def ready_shard(self, partition: int) -> str:
+        """Sharded pub/sub on Redis Cluster: the partition's `task_type|partition` lines."""
+        return f"{self._p(partition)}:ready"
+
+    def done_shard(self, partition: int) -> str:
+        """Sharded pub/sub on Redis Cluster: ids of the partition's jobs that ended."""
+        return f"{self._p(partition)}:done"
+
+    def shard_channels(self) -> list[str]:
+        return [
+            channel
+            for p in range(self.partitions)
+            for channel in (self.ready_shard(p), self.done_shard(p))
+        ]
 
     @property
     def ready_channel(self) -> str:

@@ -125,11 +125,13 @@ FLOW_SKILLS = (
 EXPENSE = {"amount": 12.5, "employee": "ada"}
 
 
-async def test_the_flow_examples_run_to_their_expected_end(tmp_path: Path, redis_url: str) -> None:
+async def test_the_flow_examples_run_to_their_expected_end(
+    tmp_path: Path, any_redis_url: str
+) -> None:
     """Given a server with the example blueprints and a worker for all their tasks, when a
     client runs each flow-control example, then each ends as its blueprint says."""
     with (
-        serve(tmp_path, redis_url) as server,
+        serve(tmp_path, any_redis_url) as server,
         worker(tmp_path, server.url, "w-flow", FLOW_SKILLS, "--slots", "8"),
     ):
         async with client(server) as http:
@@ -203,7 +205,7 @@ async def test_the_flow_examples_run_to_their_expected_end(tmp_path: Path, redis
 
 
 async def test_cancel_in_every_status_and_late_results_never_revive(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, any_redis_url: str
 ) -> None:
     """Given jobs queued, running a leased task, in a parallel state, waiting, waiting for a
     person, and waiting for a child job, when each is cancelled, then each ends `cancelled`
@@ -216,7 +218,7 @@ async def test_cancel_in_every_status_and_late_results_never_revive(
     reminder = folder / "wait_and_set.yaml"
     reminder.write_text(reminder.read_text().replace("wait: 2s", "wait: 1h"))
     with (
-        serve(tmp_path, redis_url, folder) as server,
+        serve(tmp_path, any_redis_url, folder) as server,
         worker(tmp_path, server.url, "w-accounts", "create_account"),
         worker(
             tmp_path, server.url, "w-slow", "charge_card,ocr", "--slots", "2", "--delay", "3"
@@ -338,7 +340,9 @@ class Receiver:
         return found
 
 
-async def test_webhooks_are_signed_and_survive_a_sigkill(tmp_path: Path, redis_url: str) -> None:
+async def test_webhooks_are_signed_and_survive_a_sigkill(
+    tmp_path: Path, any_redis_url: str
+) -> None:
     """Given a receiver that is down, when server A ends a job with a webhook and is then
     SIGKILLed, then server B on the same Redis delivers it, signed, once the receiver is up
     (through a first 500); jobs ended on B are delivered too."""
@@ -346,7 +350,7 @@ async def test_webhooks_are_signed_and_survive_a_sigkill(tmp_path: Path, redis_u
     # The receiver is on 127.0.0.1, which webhooks may reach only when allowed.
     env = {"WEBHOOK_SECRET": SECRET, "WEBHOOK_ALLOW": "127.0.0.1"}
     try:
-        with serve(tmp_path, redis_url, env=env) as first:
+        with serve(tmp_path, any_redis_url, env=env) as first:
             async with client(first) as http:
                 ended_on_a = await submit(
                     http, "jobs/expense_approval", EXPENSE, webhook_url=receiver.url
@@ -366,7 +370,7 @@ async def test_webhooks_are_signed_and_survive_a_sigkill(tmp_path: Path, redis_u
 
         await receiver.start()
         with (
-            serve(tmp_path, redis_url, env=env) as second,
+            serve(tmp_path, any_redis_url, env=env) as second,
             worker(tmp_path, second.url, "w-pay", "pay_expense"),
         ):
             async with client(second) as http:
@@ -436,7 +440,7 @@ def _tick_of(job_id: str, created_at: str, schedule_job_id: Callable[[datetime],
 
 
 async def test_a_schedule_on_two_servers_starts_one_job_per_tick(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, any_redis_url: str
 ) -> None:
     schedules = tmp_path / "schedules.toml"
     schedules.write_text(SCHEDULES)
@@ -447,8 +451,8 @@ async def test_a_schedule_on_two_servers_starts_one_job_per_tick(
     tokens = {"reminders": "scheduler-token", "expenses": "finance-token"}
     blueprints = {"reminders": "reminder", "expenses": "expense_approval"}
     with (
-        serve(tmp_path, redis_url, env=env) as first,
-        serve(tmp_path, redis_url, env=env) as second,
+        serve(tmp_path, any_redis_url, env=env) as first,
+        serve(tmp_path, any_redis_url, env=env) as second,
     ):
 
         async def scheduled(name: str) -> list[dict[str, Any]]:

@@ -65,12 +65,12 @@ EXAMPLES: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
-async def test_the_example_blueprints_run_to_finished(tmp_path: Path, redis_url: str) -> None:
+async def test_the_example_blueprints_run_to_finished(tmp_path: Path, any_redis_url: str) -> None:
     """Given a server with the example blueprints and a worker for their tasks,
     when a client submits one job per example, then each ends `finished`."""
     skills = ",".join(sorted({s for _, (_, sk) in EXAMPLES.items() for s in sk.split(",")}))
     with (
-        serve(tmp_path, redis_url) as server,
+        serve(tmp_path, any_redis_url) as server,
         worker(tmp_path, server.url, "w-examples", skills, "--slots", "4"),
     ):
         async with client(server) as http:
@@ -126,11 +126,11 @@ async def test_a_transient_failure_is_retried_by_the_next_attempt(
             assert events.count("task_result") == 2
 
 
-async def test_a_worker_killed_mid_task_loses_nothing(tmp_path: Path, redis_url: str) -> None:
+async def test_a_worker_killed_mid_task_loses_nothing(tmp_path: Path, any_redis_url: str) -> None:
     """Given a worker that dies as soon as it takes a task, when a healthy worker joins,
     then the task is leased again and the job finishes exactly once."""
     env = {"HEARTBEAT_TIMEOUT": "1s"}
-    with serve(tmp_path, redis_url, _folder(tmp_path, RETRY), env=env) as server:
+    with serve(tmp_path, any_redis_url, _folder(tmp_path, RETRY), env=env) as server:
         async with client(server) as http:
             job_id = await submit(http, "jobs/retry_fast", {"x": 1})
             with worker(tmp_path, server.url, "w-doomed", "echo", "--exit-on-task") as doomed:

@@ -57,6 +57,7 @@ class RedisServer:
                         return
             except OSError:
                 time.sleep(0.05)
+        self.kill()
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def kill(self) -> None:

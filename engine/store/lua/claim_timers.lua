@@ -1,11 +1,18 @@
--- Claim due timers so that only one orchestrator handles each at a time.
--- KEYS[1] timers zset of one partition
--- ARGV[1] now (ms)   ARGV[2] max count   ARGV[3] claim duration (ms)
+-- Claim due timers (or webhook deliveries) so that only one orchestrator handles each at a
+-- time.
+-- KEYS: the timers (or webhooks) zsets of one or more partitions (one on Redis Cluster, where
+--   each partition is its own slot; all of them on a single Redis: one call per turn)
+-- ARGV[1] now (ms)   ARGV[2] max count per key   ARGV[3] claim duration (ms)
 -- A claimed job's timer moves to now + claim; handling it sets the real next deadline.
 -- If the claimer dies, the timer falls due again after the claim duration.
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+-- Returns the claimed job ids of all keys.
 local later = tonumber(ARGV[1]) + tonumber(ARGV[3])
-for _, job_id in ipairs(due) do
-  redis.call('ZADD', KEYS[1], later, job_id)
+local out = {}
+for _, key in ipairs(KEYS) do
+  local due = redis.call('ZRANGEBYSCORE', key, '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+  for _, job_id in ipairs(due) do
+    redis.call('ZADD', key, later, job_id)
+    out[#out + 1] = job_id
+  end
 end
-return due
+return out

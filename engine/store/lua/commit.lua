@@ -1,7 +1,7 @@
 -- Apply a batch of job changes, each guarded by its job's version (group commit: the
 -- changes that queue up while one batch is on its way go together in the next).
 -- KEYS: every key the plans name, each once (all share one partition's {pN} tag)
--- ARGV[1]: JSON {plans: [...], ready_channel, done_channel}; each plan:
+-- ARGV[1]: JSON {plans: [...], ready_channel, done_channel, publish}; each plan:
 --   key: KEYS index of the job hash      id: job id
 --   expect: version string ("" when creating: the job must not exist)
 --   fields: flat [name, value, ...] for the job hash (includes "v")
@@ -12,7 +12,8 @@
 --   webhooks: KEYS index of the webhook outbox; webhook: score | false
 --   ttl: ms | false     ready: [message]     done: true | false
 -- Sorted-set changes are collected and made with one ZREM and one ZADD per key, the
--- notifications with one PUBLISH per channel. (A batch holds at most one plan per job,
+-- notifications with one `publish` (PUBLISH, or SPUBLISH on the partition's shard channels
+-- on Redis Cluster) per channel. (A batch holds at most one plan per job,
 -- so removals before additions keep each plan's own order.)
 -- Lists of any length are sent in chunks: unpack() of a whole list would hit Lua's stack
 -- limit ("too many results to unpack", at about 8,000 values) for one large change, such
@@ -65,6 +66,7 @@ for key, members in pairs(removes) do chunked('ZREM', KEYS[key], members) end
 for key, flat in pairs(adds) do chunked('ZADD', KEYS[key], flat) end
 local lines = {}
 for message in pairs(ready) do lines[#lines + 1] = message end
-if #lines > 0 then redis.call('PUBLISH', batch.ready_channel, table.concat(lines, '\n')) end
-if #done > 0 then redis.call('PUBLISH', batch.done_channel, table.concat(done, ' ')) end
+local publish = batch.publish
+if #lines > 0 then redis.call(publish, batch.ready_channel, table.concat(lines, '\n')) end
+if #done > 0 then redis.call(publish, batch.done_channel, table.concat(done, ' ')) end
 return out
