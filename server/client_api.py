@@ -39,6 +39,7 @@ from server.state import (
     unless_closing,
 )
 from server.views import blueprint_detail, blueprint_summary, event_view, iso, job_view
+from server.workers_view import list_workers
 
 PREFIX = "/api/v1"
 SUBMIT_FIELDS = ("initial_data", "webhook_url", "dispatch_timeout", "result_timeout")
@@ -67,7 +68,9 @@ def _job_id(request: web.Request) -> str:
     return job_id
 
 
-async def _read_view(request: web.Request, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+async def _read_view(
+    request: web.Request, job_id: str, wait_s: float = 0.0, *, include_input: bool = False
+) -> dict[str, Any]:
     """The owner's view of a job (with its approval link, if it waits for a person); with
     `wait_s`, once the job is terminal or the wait ends."""
     orch = orchestrator(request)
@@ -77,13 +80,16 @@ async def _read_view(request: web.Request, job_id: str, wait_s: float = 0.0) -> 
         record = await orch.read(job_id, request[CLIENT])  # shutting down: answer as it is
     if record is None:
         raise job_not_found()
-    return job_view(
+    view = job_view(
         record.doc,
         record.leases,
         await _retry_types(orch, record.doc),
         # Only a job waiting for a person shows a link (building the origin costs).
         public_base=public_base(request) if record.doc.get("approval") else None,
     )
+    if include_input:
+        view["initial_data"] = record.doc.get("initial_data")
+    return view
 
 
 async def _retry_types(
@@ -227,8 +233,22 @@ def _check_input(blueprint: Blueprint, initial_data: dict[str, Any]) -> None:
 async def get_job(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     wait_s = query_number(request, "wait", 0.0, 0.0, MAX_WAIT_S, clamp=False)
+    include = _include(request)
     # Answers as soon as the job is terminal (at once if unknown or another client's).
-    return json_response(await _read_view(request, job_id, wait_s))
+    view = await _read_view(request, job_id, wait_s, include_input=include)
+    return json_response(view)
+
+
+def _include(request: web.Request) -> bool:
+    """`?include=initial_data` adds the job's input to its view (the web console shows it;
+    other clients need not carry it on every read)."""
+    include = request.query.get("include") or None
+    if include is not None and include != "initial_data":
+        raise BadRequest(
+            f"query parameter include={include[:50]!r} is not supported; use include=initial_data",
+            code="invalid_query",
+        )
+    return include is not None
 
 
 async def job_history(request: web.Request) -> web.Response:
@@ -397,5 +417,6 @@ def client_app() -> web.Application:
     app.router.add_get("/jobs/{job_id}/graph", job_graph)
     app.router.add_post("/jobs/{job_id}/cancel", cancel_job)
     app.router.add_post("/jobs/{job_id}/approval", decide_approval)
+    app.router.add_get("/workers", list_workers)
     app.router.add_post("/{api_endpoint:.+}", submit_job)
     return app
