@@ -22,6 +22,7 @@ from engine.store.client import Store
 from server.auth import ClientAuth, WorkerAuth
 from server.client_api import client_app
 from server.config import Settings
+from server.console import add_console
 from server.errors import error_middleware
 from server.public import public_app
 from server.state import (
@@ -78,6 +79,7 @@ def _base_app(settings: Settings) -> web.Application:
     app.add_subapp("/api/v1", client_app())
     app.add_subapp("/_worker", worker_app())
     app.add_subapp("/_public", public_app())
+    add_console(app)  # the web console at `/`
     return app
 
 

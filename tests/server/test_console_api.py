@@ -1,0 +1,126 @@
+"""The API routes and pages the web console needs: `/`, `/console/*`, `GET /api/v1/workers`
+and `GET /api/v1/jobs/{id}?include=initial_data`."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.runtime.orchestrator import Orchestrator
+from tests.server.helpers import ACME, GLOBEX, Client, error_of, job, ok_json, poll, register
+from tests.server.helpers import submit as submit_job
+from tests.server.helpers import worker as worker_headers
+
+
+async def test_the_console_page_is_served_with_a_strict_policy(api: Client) -> None:
+    # Given the server, when a browser opens `/`
+    response = await api.get("/")
+    text = await response.text()
+    # Then it gets the console page, with no inline script, under a CSP that allows
+    # scripts from this origin only
+    assert response.status == 200
+    assert response.content_type == "text/html"
+    assert '<script type="module" src="/console/app.js"></script>' in text
+    assert "<script>" not in text
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self' 'wasm-unsafe-eval'" in csp
+    assert "default-src 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/console/app.js", "text/javascript"),
+        ("/console/app.css", "text/css"),
+        ("/console/vendor/viz.js", "text/javascript"),
+    ],
+)
+async def test_console_assets_are_served_from_the_package(
+    api: Client, path: str, content_type: str
+) -> None:
+    response = await api.get(path)
+    assert response.status == 200
+    assert response.content_type == content_type
+    assert len(await response.read()) > 100
+
+
+@pytest.mark.parametrize(
+    "path", ["/console/index.py", "/console/../console.py", "/console/vendor/LICENSE-viz.tx"]
+)
+async def test_only_listed_console_files_are_reachable(api: Client, path: str) -> None:
+    error = await error_of(await api.get(path), 404)
+    assert error["code"] == "not_found"
+
+
+async def test_workers_needs_a_client_token(api: Client) -> None:
+    error = await error_of(await api.get("/api/v1/workers"), 401)
+    assert error["code"] == "missing_client_token"
+
+
+async def test_workers_lists_who_serves_what_and_queue_depths(api: Client) -> None:
+    # Given no worker yet and one job queued for fetch_image
+    await submit_job(api, "jobs/image_pipeline", {"url": "https://x.test/a.png"})
+    body = await ok_json(await api.get("/api/v1/workers", headers=ACME))
+    assert body["workers"] == []
+    queues = {q["task_type"]: q for q in body["queues"]}
+    # every task type of the loaded blueprints is counted, served or not
+    assert queues["fetch_image"] == {"task_type": "fetch_image", "depth": 1, "workers": False}
+    assert queues["charge_card"]["depth"] == 0
+    # When a worker registers for fetch_image and takes the task
+    await register(api, ["fetch_image"])
+    task = await poll(api, ["fetch_image"])
+    heartbeat = {"worker_id": "w-solo", "current_tasks": [task["task_id"]]}
+    beat = await api.patch("/_worker/workers/w-solo", json=heartbeat, headers=worker_headers())
+    assert beat.status == 200, await beat.text()
+    # Then any client sees the worker, its task types, its heartbeat and the task it holds,
+    # and the queue is empty
+    for headers in (ACME, GLOBEX):
+        body = await ok_json(await api.get("/api/v1/workers", headers=headers))
+        (seen,) = body["workers"]
+        assert seen["id"] == "w-solo"
+        assert seen["worker_type"] == "test"
+        assert seen["task_types"] == ["fetch_image"]
+        assert seen["connected"] is True
+        assert seen["last_heartbeat"].endswith("Z")
+        assert seen["tasks"] == [task["task_id"]]
+        queues = {q["task_type"]: q for q in body["queues"]}
+        assert queues["fetch_image"] == {"task_type": "fetch_image", "depth": 0, "workers": True}
+
+
+async def test_forgotten_workers_leave_the_list(api: Client, orchestrator: Orchestrator) -> None:
+    # Given two registered workers
+    await register(api, ["fetch_image"])
+    await register(api, ["resize_image"], worker_headers("gpu-1", "gpu-token"))
+    body = await ok_json(await api.get("/api/v1/workers", headers=ACME))
+    assert [w["id"] for w in body["workers"]] == ["gpu-1", "w-solo"]  # most recent first
+    store = orchestrator.store
+    # When one's registration expires (WORKER_TTL) and the other's heartbeat record does
+    await store.redis.delete(store.keys.worker("gpu-1"))
+    await store.redis.delete(store.keys.worker_alive("w-solo"))
+    # Then the first is no longer listed, the second shows as silent
+    body = await ok_json(await api.get("/api/v1/workers", headers=ACME))
+    (silent,) = body["workers"]
+    assert (silent["id"], silent["connected"], silent["last_heartbeat"]) == ("w-solo", False, None)
+    # And an index entry older than WORKER_TTL is pruned from the index itself
+    await store.redis.zadd(store.keys.workers, {"w-solo": 0})
+    body = await ok_json(await api.get("/api/v1/workers", headers=ACME))
+    assert body["workers"] == []
+    assert await store.redis.zscore(store.keys.workers, "w-solo") is None
+
+
+async def test_include_initial_data_adds_the_input_to_the_owners_view(api: Client) -> None:
+    data = {"url": "https://x.test/<script>.png", "width": 3}
+    job_id = await submit_job(api, "jobs/image_pipeline", data)
+    assert "initial_data" not in await job(api, job_id)
+    assert (await job(api, job_id, include="initial_data"))["initial_data"] == data
+    response = await api.get(f"/api/v1/jobs/{job_id}", params={"include": "secrets"}, headers=ACME)
+    error = await error_of(response, 400)
+    assert error["code"] == "invalid_query"
+    assert "include" in error["message"]
+    # another client still gets the 404 of an unknown job
+    other = await api.get(
+        f"/api/v1/jobs/{job_id}", params={"include": "initial_data"}, headers=GLOBEX
+    )
+    assert (await error_of(other, 404))["code"] == "job_not_found"
