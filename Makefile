@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make serve   install into .venv and run the server with blueprints/ on the embedded store
-#   make test    install into .venv (plus Graphviz when possible), lint and run every test
+#   make test    install into .venv (plus Graphviz and Chromium when possible), lint and run
+#                every test
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 COMPAT := .venv-compat
 COMPAT_STAMP := $(COMPAT)/.installed
 
-.PHONY: serve test lint pytest graphviz compat constraints clean
+.PHONY: serve test lint pytest graphviz chromium compat constraints clean
 
 # constraints.txt pins the versions the suite was last run with: without it pip's resolver
 # backtracks through old moto/botocore releases for minutes and can end on one that no
@@ -37,6 +38,9 @@ serve: $(STAMP)
 graphviz:
 	@scripts/ensure-graphviz
 
+chromium:
+	@scripts/ensure-chromium
+
 # The published avtomatika-worker SDK, in its own venv (it pins its own aiohttp), so the
 # tests can check that unmodified workers built with it run jobs on Interlock.
 $(COMPAT_STAMP):
@@ -51,7 +55,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-pytest: $(STAMP) graphviz compat
+pytest: $(STAMP) graphviz chromium compat
 	$(BIN)/pytest
 
 test: lint pytest

@@ -1,7 +1,8 @@
 """A small worker process speaking the RXON worker protocol, for end-to-end tests.
 
     python -m tests.support.rxon_worker --url http://127.0.0.1:8080 --id w1 --token T \
-        --skills echo,charge_card [--fail-first 1] [--hang] [--exit-on-task] [--slots 4]
+        --skills echo,charge_card [--fail-first 1 [--fail-code PERMANENT_ERROR]] [--hang] \
+        [--exit-on-task] [--slots 4]
 
 It answers every task with its params merged into a fixed set of fields the example
 blueprints read (path, url, charge_id, ok), after the failures it was told to simulate.
@@ -112,7 +113,7 @@ class Worker:
                 self.failures[task["job_id"]] = seen + 1
                 result: dict[str, Any] = {
                     "status": "failure",
-                    "error": {"code": "TRANSIENT_ERROR", "message": "simulated failure"},
+                    "error": {"code": self.args.fail_code, "message": "simulated failure"},
                 }
             else:
                 result = {"data": {**FIELDS, **task.get("params", {})}}
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--skills", required=True)
     parser.add_argument("--slots", type=int, default=1)
     parser.add_argument("--fail-first", type=int, default=0)
+    parser.add_argument("--fail-code", default="TRANSIENT_ERROR")
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--heartbeat", type=float, default=0.5)
     parser.add_argument("--hang", action="store_true")
