@@ -21,6 +21,7 @@ from engine.runtime.jobgraph import job_dot
 from engine.runtime.orchestrator import Orchestrator, parse_cursor
 from server.auth import CLIENT_HEADER
 from server.errors import ApiError, BadRequest, Conflict, Handler, NotFound, json_response
+from server.live import job_when_changed, page_when_changed, since_of
 from server.params import (
     ID,
     json_object,
@@ -283,15 +284,30 @@ async def list_jobs(request: web.Request) -> web.Response:
                 "query parameter cursor must be a next_cursor value from a previous page",
                 code="invalid_query",
             ) from None
-    jobs, next_cursor = await orchestrator(request).list_jobs(
-        request[CLIENT], status=status, blueprint=blueprint, limit=limit, cursor=cursor
-    )
-    return json_response(
-        {
-            "jobs": [_list_item(doc) for doc in jobs],
-            "next_cursor": next_cursor,
-        }
-    )
+
+    async def page() -> dict[str, Any]:
+        jobs, next_cursor = await orchestrator(request).list_jobs(
+            request[CLIENT], status=status, blueprint=blueprint, limit=limit, cursor=cursor
+        )
+        return {"jobs": [_list_item(doc) for doc in jobs], "next_cursor": next_cursor}
+
+    if "wait" not in request.query:
+        return json_response(await page())
+    # A long poll (see server/live.py): the page once it differs from the one seen.
+    wait_s = query_number(request, "wait", 0.0, 0.0, MAX_WAIT_S, clamp=False)
+    return json_response(await page_when_changed(request, since_of(request), wait_s, page))
+
+
+async def job_changes(request: web.Request) -> web.Response:
+    """A long poll: answers once the job changed since `since` (see server/live.py)."""
+    job_id = _job_id(request)
+    wait_s = query_number(request, "wait", 0.0, 0.0, MAX_WAIT_S, clamp=False)
+    since = since_of(request)
+    record = await job_when_changed(request, job_id, request[CLIENT], since, wait_s)
+    if record is None:
+        raise job_not_found()
+    status = job_view(record.doc, record.leases)["status"]  # "running" once a worker holds it
+    return json_response({"job_id": job_id, "change": str(record.version), "status": status})
 
 
 def _list_item(doc: dict[str, Any]) -> dict[str, Any]:
@@ -415,6 +431,7 @@ def client_app() -> web.Application:
     app.router.add_get("/jobs/{job_id}", get_job)
     app.router.add_get("/jobs/{job_id}/history", job_history)
     app.router.add_get("/jobs/{job_id}/graph", job_graph)
+    app.router.add_get("/jobs/{job_id}/changes", job_changes)
     app.router.add_post("/jobs/{job_id}/cancel", cancel_job)
     app.router.add_post("/jobs/{job_id}/approval", decide_approval)
     app.router.add_get("/workers", list_workers)

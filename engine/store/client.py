@@ -21,6 +21,7 @@ from redis.commands.core import AsyncScript
 
 from engine.errors import InterlockError
 from engine.jsonutil import dumps, loads
+from engine.store.changes import Changes
 from engine.store.keys import Keys
 
 P = ParamSpec("P")
@@ -186,6 +187,8 @@ class Store:
         self._claim = client.register_script(_script("claim_timers.lua"))
         self._commits = Batcher(self._commit_batch, MAX_BATCH)
         self._heartbeats = Batcher(self._heartbeat_batch, MAX_BATCH)
+        # Jobs this store changed, announced to long polls (the web console's live pages).
+        self.changes = Changes()
 
     @classmethod
     async def connect(cls, url: str, *, prefix: str = "il", partitions: int = 8) -> Store:
@@ -268,6 +271,7 @@ class Store:
                 outcomes[position] = (
                     answer if isinstance(answer, Exception) else bool(answer[offset])
                 )
+        self.changes.notify(items[i][0].job_id for i, ok in enumerate(outcomes) if ok is True)
         return outcomes
 
     async def _run_scripts(
@@ -447,6 +451,7 @@ class Store:
                     for i in range(0, len(answer), 6)
                 ]
             )
+        self.changes.notify(leased.job_id for leases in made for leased in leases)
         return made
 
     @translated

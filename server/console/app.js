@@ -5,24 +5,59 @@ import { drawGraph, graphvizOnlineUrl } from "./graph.js";
 import { example, validate } from "./schema.js";
 
 const TOKEN_KEY = "interlock.clientToken";
-const LIVE_MS = 1000; // how often a live page asks the API again
+const POLL_S = 25; // how long a long poll may be held by the server
+const WORKERS_MS = 2000; // how often the workers page asks again (heartbeats are not job changes)
 const STATUSES = ["queued", "running", "retrying", "waiting", "waiting_for_human", "finished", "failed", "cancelled"];
 const TERMINAL = new Set(["finished", "failed", "cancelled"]);
 const app = document.getElementById("app");
 
 // -- the page's life: one view at a time, whose timers stop when another view starts ------
 
-let view = { alive: false, timers: [] };
+let view = { alive: false, timers: [], abort: new AbortController() };
 
 function newView() {
   view.alive = false;
   view.timers.forEach(clearTimeout);
-  view = { alive: true, timers: [] };
+  view.abort.abort();
+  view = { alive: true, timers: [], abort: new AbortController() };
   return view;
 }
 
-// Run `refresh` now and again every LIVE_MS while the view lives and `until()` is false.
-function live(current, refresh, until = () => false) {
+const pause = (current, ms) => new Promise((resolve) => current.timers.push(setTimeout(resolve, ms)));
+
+// Follow a long poll while the view lives: `poll(since, signal)` answers (with its `change`)
+// once something changed since `since`; `apply(answer)` shows it. Errors are shown and the
+// poll tries again a little later. Returns a function that restarts the poll (new filters).
+function follow(current, poll, apply) {
+  let controller = null;
+  const run = async (mine) => {
+    let since = null;
+    while (current.alive && !mine.signal.aborted) {
+      try {
+        const answer = await poll(since, mine.signal);
+        if (!current.alive || mine.signal.aborted) return;
+        if (answer.change !== since) {
+          since = answer.change;
+          if (await apply(answer)) return; // nothing more can change
+        }
+      } catch (error) {
+        if (!current.alive || mine.signal.aborted || error instanceof SignedOut) return;
+        showProblem(error);
+        await pause(current, 2000);
+      }
+    }
+  };
+  const restart = () => {
+    if (controller) controller.abort();
+    controller = new AbortController();
+    current.abort.signal.addEventListener("abort", () => controller.abort(), { once: true });
+    return run(controller);
+  };
+  return restart;
+}
+
+// Run `refresh` now and again every `ms` while the view lives (pages without a long poll).
+function every(current, ms, refresh) {
   const tick = async () => {
     if (!current.alive) return;
     try {
@@ -30,7 +65,7 @@ function live(current, refresh, until = () => false) {
     } catch (error) {
       if (!(error instanceof SignedOut)) showProblem(error);
     }
-    if (current.alive && !until()) current.timers.push(setTimeout(tick, LIVE_MS));
+    if (current.alive) current.timers.push(setTimeout(tick, ms));
   };
   return tick();
 }
@@ -83,7 +118,7 @@ class SignedOut extends Error {}
 
 const token = () => sessionStorage.getItem(TOKEN_KEY);
 
-async function api(path, { method = "GET", body, text = false, tokenValue } = {}) {
+async function api(path, { method = "GET", body, text = false, tokenValue, signal } = {}) {
   const headers = { "X-Client-Token": tokenValue || token() || "" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch("/api/v1" + path, {
@@ -92,6 +127,7 @@ async function api(path, { method = "GET", body, text = false, tokenValue } = {}
     body: body === undefined ? undefined : JSON.stringify(body),
     cache: "no-store",
     credentials: "omit",
+    signal: signal || view.abort.signal,
   });
   if (response.status === 401 && !tokenValue) {
     sessionStorage.removeItem(TOKEN_KEY);
@@ -277,13 +313,15 @@ async function jobs(current, query) {
     h("option", { value: "" }, "any status"), STATUSES.map((s) => h("option", { value: s, selected: s === status }, s)));
   const blueprintSelect = h("select", { id: "filter-blueprint", "aria-label": "blueprint", onchange: (e) => go({ blueprint: e.target.value }) },
     h("option", { value: "" }, "any blueprint"), list.map((bp) => h("option", { value: bp.name, selected: bp.name === wanted }, bp.name)));
-  const refresh = async () => {
-    const q = new URLSearchParams({ limit: "50" });
+  const poll = (since, signal) => {
+    const q = new URLSearchParams({ limit: "50", wait: String(POLL_S) });
     if (status) q.set("status", status);
     if (wanted) q.set("blueprint", wanted);
     if (cursors[page]) q.set("cursor", cursors[page]);
-    const answer = await api(`/jobs?${q}`);
-    if (!current.alive) return;
+    if (since) q.set("since", since);
+    return api(`/jobs?${q}`, { signal });
+  };
+  const apply = (answer) => {
     next = answer.next_cursor;
     more.disabled = !next;
     back.disabled = page === 0;
@@ -295,9 +333,11 @@ async function jobs(current, query) {
     )));
     if (!answer.jobs.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No jobs.")));
     stamp.textContent = `live · updated ${new Date().toLocaleTimeString()}`;
+    return false;
   };
-  more.addEventListener("click", () => { if (next) { cursors[page + 1] = next; page += 1; refresh(); } });
-  back.addEventListener("click", () => { if (page > 0) { page -= 1; refresh(); } });
+  const restart = follow(current, poll, apply);
+  more.addEventListener("click", () => { if (next) { cursors[page + 1] = next; page += 1; restart(); } });
+  back.addEventListener("click", () => { if (page > 0) { page -= 1; restart(); } });
   show(
     h("h1", {}, "Jobs"),
     h("div", { class: "row" }, statusSelect, blueprintSelect, stamp),
@@ -306,7 +346,7 @@ async function jobs(current, query) {
       body),
     h("div", { class: "row" }, back, more),
   );
-  await live(current, refresh);
+  restart();
 }
 
 function eventLine(event) {
@@ -405,7 +445,12 @@ async function job(current, id) {
     }
     stamp.textContent = ended ? "(ended)" : `live · ${new Date().toLocaleTimeString()}`;
   };
-  await live(current, refresh, () => ended);
+  const poll = (since, signal) => {
+    const q = new URLSearchParams({ wait: String(POLL_S) });
+    if (since) q.set("since", since);
+    return api(`/jobs/${encodeURIComponent(id)}/changes?${q}`, { signal });
+  };
+  follow(current, poll, async () => { await refresh(); return ended; })();
 }
 
 // -- workers -------------------------------------------------------------------------------------
@@ -424,7 +469,7 @@ async function workers(current) {
       h("thead", {}, h("tr", {}, ["task type", "waiting tasks", "a connected worker serves it"].map((c) => h("th", {}, c)))),
       queues),
   );
-  await live(current, async () => {
+  await every(current, WORKERS_MS, async () => {
     const answer = await api("/workers");
     if (!current.alive) return;
     people.replaceChildren(...answer.workers.map((w) => h("tr", { "data-worker": w.id },

@@ -3,9 +3,13 @@ and `GET /api/v1/jobs/{id}?include=initial_data`."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from engine.runtime.orchestrator import Orchestrator
+from engine.store import changes
+from server import live
 from tests.server.helpers import ACME, GLOBEX, Client, error_of, job, ok_json, poll, register
 from tests.server.helpers import submit as submit_job
 from tests.server.helpers import worker as worker_headers
@@ -124,3 +128,120 @@ async def test_include_initial_data_adds_the_input_to_the_owners_view(api: Clien
         f"/api/v1/jobs/{job_id}", params={"include": "initial_data"}, headers=GLOBEX
     )
     assert (await error_of(other, 404))["code"] == "job_not_found"
+
+
+# -- long polls for live pages ----------------------------------------------------------------
+
+
+@pytest.fixture
+def poll_waits(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Set once a long poll has read what it waits on and waits for a change notice.
+    Polls re-read only on a notice (not every second), so a test sees that the notice
+    itself wakes them."""
+    monkeypatch.setattr(live, "RECHECK_S", 60.0)
+    started = asyncio.Event()
+    original = changes.changed
+
+    async def changed(future: asyncio.Future[None], timeout_s: float) -> bool:
+        started.set()
+        return await original(future, timeout_s)
+
+    monkeypatch.setattr(live, "changed", changed)
+    return started
+
+
+async def test_job_changes_answers_when_a_worker_takes_the_task(
+    api: Client, poll_waits: asyncio.Event
+) -> None:
+    # Given a queued job, and what its page has seen of it
+    job_id = await submit_job(api, "jobs/image_pipeline", {"url": "https://x.test/a.png"})
+    url = f"/api/v1/jobs/{job_id}/changes"
+    seen = await ok_json(await api.get(url, headers=ACME))
+    assert seen["status"] == "queued"
+    # When the page waits for a change and a worker takes the task
+    waiting = asyncio.create_task(
+        api.get(url, params={"since": seen["change"], "wait": "50"}, headers=ACME)
+    )
+    async with asyncio.timeout(10):
+        await poll_waits.wait()
+    await register(api, ["fetch_image"])
+    await poll(api, ["fetch_image"])
+    # Then the wait answers with the new change (well before its 50 s)
+    async with asyncio.timeout(10):
+        answer = await ok_json(await waiting)
+    assert answer["change"] != seen["change"]
+    assert answer["status"] == "running"
+
+
+async def test_job_changes_waits_while_nothing_changes(api: Client) -> None:
+    job_id = await submit_job(api, "jobs/image_pipeline", {"url": "https://x.test/a.png"})
+    url = f"/api/v1/jobs/{job_id}/changes"
+    seen = await ok_json(await api.get(url, headers=ACME))
+    answer = await ok_json(
+        await api.get(url, params={"since": seen["change"], "wait": "0.3"}, headers=ACME)
+    )
+    assert answer == seen
+
+
+async def test_job_changes_answers_at_once_for_an_ended_job(
+    api: Client, poll_waits: asyncio.Event
+) -> None:
+    job_id = await submit_job(api, "jobs/image_pipeline", {"url": "https://x.test/a.png"})
+    cancelled = await api.post(f"/api/v1/jobs/{job_id}/cancel", headers=ACME)
+    assert cancelled.status == 200
+    url = f"/api/v1/jobs/{job_id}/changes"
+    seen = await ok_json(await api.get(url, headers=ACME))
+    async with asyncio.timeout(10):
+        again = await ok_json(
+            await api.get(url, params={"since": seen["change"], "wait": "50"}, headers=ACME)
+        )
+    assert again == seen
+    assert again["status"] == "cancelled"
+
+
+async def test_job_list_long_poll_answers_when_a_job_appears(
+    api: Client, poll_waits: asyncio.Event
+) -> None:
+    first = await submit_job(api, "jobs/image_pipeline", {"url": "https://x.test/a.png"})
+    page = await ok_json(await api.get("/api/v1/jobs", params={"wait": "0"}, headers=ACME))
+    assert [j["id"] for j in page["jobs"]] == [first]
+    waiting = asyncio.create_task(
+        api.get("/api/v1/jobs", params={"since": page["change"], "wait": "50"}, headers=ACME)
+    )
+    async with asyncio.timeout(10):
+        await poll_waits.wait()
+    second = await submit_job(api, "jobs/image_pipeline", {"url": "https://x.test/b.png"})
+    async with asyncio.timeout(10):
+        answer = await ok_json(await waiting)
+    assert [j["id"] for j in answer["jobs"]] == [second, first]
+    assert answer["change"] != page["change"]
+    # Without `wait`, the listing is as it always was: no change token
+    plain = await ok_json(await api.get("/api/v1/jobs", headers=ACME))
+    assert "change" not in plain
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        ("/api/v1/jobs", {"wait": "61"}),
+        ("/api/v1/jobs", {"wait": "x"}),
+        ("/api/v1/jobs", {"wait": "1", "since": "x" * 65}),
+        ("/api/v1/jobs/{id}/changes", {"wait": "-1"}),
+        ("/api/v1/jobs/{id}/changes", {"since": "x" * 65}),
+    ],
+)
+async def test_long_poll_parameters_are_checked(
+    api: Client, path: str, query: dict[str, str]
+) -> None:
+    job_id = await submit_job(api, "jobs/image_pipeline", {"url": "https://x.test/a.png"})
+    response = await api.get(path.format(id=job_id), params=query, headers=ACME)
+    error = await error_of(response, 400)
+    assert error["code"] == "invalid_query"
+    named = "since" if "since" in query else "wait"
+    assert named in error["message"]
+
+
+async def test_job_changes_of_another_clients_job_is_not_found(api: Client) -> None:
+    job_id = await submit_job(api, "jobs/image_pipeline", {"url": "https://x.test/a.png"})
+    response = await api.get(f"/api/v1/jobs/{job_id}/changes", headers=GLOBEX)
+    assert (await error_of(response, 404))["code"] == "job_not_found"

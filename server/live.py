@@ -1,0 +1,97 @@
+"""Long polls for pages that follow jobs live (the web console): they hold the request until
+what the caller has seen changes, or the wait ends.
+
+- `GET /api/v1/jobs/{id}/changes?since=C&wait=S`: `{"job_id", "change", "status"}` once the
+  job's change counter differs from `since` (at once without `since`, or for an ended job).
+- `GET /api/v1/jobs?...&since=C&wait=S`: the page, with its `change` token, once the page
+  differs from the one whose token is `since`.
+
+A change applied by this server wakes the poll at once (`Store.changes`); one applied by
+another orchestrator is seen within RECHECK_S, when the poll re-reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from engine.jsonutil import dumps
+from engine.runtime.jobdoc import TERMINAL
+from engine.store.changes import changed
+from engine.store.client import JobRecord
+from server.errors import BadRequest
+from server.state import CLOSING, orchestrator, unless_closing
+
+RECHECK_S = 1.0  # the longest a change made by another orchestrator goes unseen
+SETTLE_S = 0.2  # after a change, the list waits this long so a burst costs one listing
+MAX_SINCE = 64
+
+
+def since_of(request: web.Request) -> str | None:
+    since = request.query.get("since") or None
+    if since is not None and len(since) > MAX_SINCE:
+        raise BadRequest(
+            "query parameter since must be a change value from a previous answer",
+            code="invalid_query",
+        )
+    return since
+
+
+def _closing(request: web.Request) -> bool:
+    return request.config_dict[CLOSING].is_set()
+
+
+async def job_when_changed(
+    request: web.Request, job_id: str, client: str, since: str | None, wait_s: float
+) -> JobRecord | None:
+    """The job once its version differs from `since`, it has ended, or the wait is over;
+    None if this client cannot see it."""
+    orch = orchestrator(request)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        # Watch before reading: a change landing between the read and the wait still wakes.
+        with orch.store.changes.watch(job_id) as future:
+            record = await orch.read(job_id, client)
+            remaining = deadline - loop.time()
+            if (
+                record is None
+                or str(record.version) != since
+                or record.doc["status"] in TERMINAL
+                or remaining <= 0
+                or _closing(request)
+            ):
+                return record
+            await unless_closing(request, changed(future, min(RECHECK_S, remaining)), False)
+
+
+def page_token(body: dict[str, Any]) -> str:
+    return hashlib.sha256(dumps(body).encode()).hexdigest()[:16]
+
+
+async def page_when_changed(
+    request: web.Request,
+    since: str | None,
+    wait_s: float,
+    page: Callable[[], Awaitable[dict[str, Any]]],
+) -> dict[str, Any]:
+    """`page()` with its `change` token, once the token differs from `since` or the wait
+    is over. Any job change applied by this server makes it list again."""
+    orch = orchestrator(request)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        with orch.store.changes.watch(None) as future:
+            body = await page()
+            token = page_token(body)
+            remaining = deadline - loop.time()
+            if token != since or remaining <= 0 or _closing(request):
+                return {**body, "change": token}
+            woke = await unless_closing(request, changed(future, min(RECHECK_S, remaining)), False)
+        if woke:
+            settle = min(SETTLE_S, max(0.0, deadline - loop.time()))
+            await unless_closing(request, asyncio.sleep(settle), None)
