@@ -27,7 +27,7 @@ from server.errors import BadRequest
 from server.state import CLOSING, orchestrator, unless_closing
 
 RECHECK_S = 1.0  # the longest a change made by another orchestrator goes unseen
-SETTLE_S = 0.2  # after a change, the list waits this long so a burst costs one listing
+SETTLE_S = 0.2  # after a change, the list waits at least this long: a burst costs one listing
 MAX_SINCE = 64
 
 
@@ -86,12 +86,21 @@ async def page_when_changed(
     deadline = loop.time() + wait_s
     while True:
         with orch.store.changes.watch(None) as future:
+            started = loop.time()
             body = await page()
             token = page_token(body)
+            # A filtered listing may read every job of the client (seconds, with 10,000
+            # of them): wait at least 4x as long as it took before listing again, so a
+            # waiting page spends at most a fifth of its time listing.
+            pause = max(SETTLE_S, 4 * (loop.time() - started))
             remaining = deadline - loop.time()
             if token != since or remaining <= 0 or _closing(request):
                 return {**body, "change": token}
-            woke = await unless_closing(request, changed(future, min(RECHECK_S, remaining)), False)
+            wait = min(max(RECHECK_S, pause), remaining)
+            woke = await unless_closing(request, changed(future, wait), False)
         if woke:
-            settle = min(SETTLE_S, max(0.0, deadline - loop.time()))
-            await unless_closing(request, asyncio.sleep(settle), None)
+            # Let a burst of changes settle: one listing per burst, not one per commit.
+            settle = min(pause, deadline - loop.time())
+            await unless_closing(request, asyncio.sleep(max(0.0, settle)), None)
+        if deadline - loop.time() <= 0 or _closing(request):
+            return {**body, "change": token}  # as the caller has it; it asks again

@@ -295,8 +295,6 @@ function typeOf(value) {
 async function jobs(current, query) {
   const status = query.get("status") || "";
   const wanted = query.get("blueprint") || "";
-  const { blueprints: list } = await api("/blueprints");
-  if (!current.alive) return;
   const cursors = [null]; // the cursor of each page seen, to go back
   let page = 0;
   const body = h("tbody");
@@ -311,8 +309,13 @@ async function jobs(current, query) {
   };
   const statusSelect = h("select", { id: "filter-status", "aria-label": "status", onchange: (e) => go({ status: e.target.value }) },
     h("option", { value: "" }, "any status"), STATUSES.map((s) => h("option", { value: s, selected: s === status }, s)));
+  const blueprintOptions = (names) => [h("option", { value: "" }, "any blueprint"), names.map((name) => h("option", { value: name, selected: name === wanted }, name))];
   const blueprintSelect = h("select", { id: "filter-blueprint", "aria-label": "blueprint", onchange: (e) => go({ blueprint: e.target.value }) },
-    h("option", { value: "" }, "any blueprint"), list.map((bp) => h("option", { value: bp.name, selected: bp.name === wanted }, bp.name)));
+    blueprintOptions(wanted ? [wanted] : []));
+  // The blueprint names arrive alongside the first page of jobs, not before it.
+  api("/blueprints").then(({ blueprints: list }) => {
+    if (current.alive) blueprintSelect.replaceChildren(...blueprintOptions(list.map((bp) => bp.name)));
+  }).catch((error) => { if (!(error instanceof SignedOut) && current.alive) showProblem(error); });
   const poll = (since, signal) => {
     const q = new URLSearchParams({ limit: "50", wait: String(POLL_S) });
     if (status) q.set("status", status);
