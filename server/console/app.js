@@ -363,6 +363,7 @@ function eventLine(event) {
   if (event.to) parts.push(`→ ${event.to}`);
   if (event.decision) parts.push(`decision ${event.decision}`);
   if (event.reason) parts.push(`reason ${event.reason}`);
+  if (typeof event.message === "string") parts.push(event.message);
   const error = event.error ? (typeof event.error === "object" ? `${event.error.code || ""}: ${event.error.message || ""}` : String(event.error)) : null;
   const progress = typeof event.progress === "number" ? event.progress : null;
   return h("li", { "data-event": event.event },
@@ -431,7 +432,7 @@ async function job(current, id) {
       if (!ended) buttons.push(h("button", { type: "button", class: "danger", id: "cancel", onclick: () => act("cancel") }, "Cancel job"));
       actions.replaceChildren(...buttons);
     }
-    if (doc.progress && typeof doc.progress.progress === "number") {
+    if (!ended && doc.progress && typeof doc.progress.progress === "number") {
       const p = doc.progress.progress;
       summary.append(" · progress ", h("progress", { id: "progress", max: p > 1 ? 100 : 1, value: p }));
     }

@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, sync_playwright
 
 from tests.conftest import require_program
-from tests.support.processes import CLIENT_TOKEN, ROOT, Server, serve, worker
+from tests.support.processes import CLIENT_TOKEN, ROOT, WORKER_TOKEN, Server, serve, worker
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -33,7 +33,10 @@ api_endpoint: jobs/hostile_probe
 input_schema:
   type: object
   properties:
-    note: {type: string, description: "<script>window.__xss='schema'</script>"}
+    note:
+      type: string
+      description: "<script>window.__xss='schema'</script>"
+      not: {const: forbidden}  # a keyword the console leaves to the server
 start: done
 states:
   done: {end: finished, output: {echo: "${ initial_data.note }"}}
@@ -47,7 +50,8 @@ HOSTILE_NOTE = "<script>window.__xss='data'</script><img src=x onerror=\"window.
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The example blueprints (plus the hostile one) served on the embedded store, with a
-    worker for the pipeline and payment steps (1 s per task, so states can be watched),
+    worker for the pipeline and payment steps (1 s per task, so states can be watched, with
+    a progress report of 50% at the start of each),
     one that hangs on `charge_card`, and one whose `check_inventory` fails for good."""
     tmp = tmp_path_factory.mktemp("console")
     blueprints = tmp / "blueprints"
@@ -55,7 +59,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     (blueprints / "hostile_probe.yaml").write_text(HOSTILE_BLUEPRINT, encoding="utf-8")
     with (
         serve(tmp, "memory://", blueprints) as server,
-        worker(tmp, server.url, "w-steps", STEP_TASKS, "--delay", "1"),
+        worker(tmp, server.url, "w-steps", STEP_TASKS, "--delay", "1", "--progress"),
         worker(tmp, server.url, "w-hang", "charge_card", "--hang"),
         worker(
             tmp, server.url, "w-broken", "check_inventory", "--fail-first", "9",
@@ -207,6 +211,7 @@ WATCH_SUMMARY = """() => {
     const state = (text.match(/state (\\w+)/) || [])[1] || '';
     const entry = (badge ? badge.dataset.status : '') + ':' + state;
     if (window.__seen[window.__seen.length - 1] !== entry) window.__seen.push(entry);
+    if (document.querySelector('#job-summary progress')) window.__bar = true;
   };
   note();
   new MutationObserver(note).observe(document.getElementById('app'),
@@ -218,6 +223,10 @@ def test_submit_from_the_form_and_watch_the_job_run(page: Page, console: Server)
     # Given the image_pipeline blueprint page
     sign_in(page, console, "#/blueprints/image_pipeline")
     page.wait_for_selector("#submit-job")
+    # Then the form holds an example that the input schema accepts
+    example = json.loads(page.input_value("#initial-data"))
+    assert isinstance(example["url"], str)
+    assert example["url"]
     # When the form holds data the input schema refuses, then nothing is sent and the
     # problems are listed by path
     before = len(call(console, "GET", "/api/v1/jobs?blueprint=image_pipeline")["jobs"])
@@ -241,6 +250,7 @@ def test_submit_from_the_form_and_watch_the_job_run(page: Page, console: Server)
     seen: list[str] = page.evaluate("window.__seen")
     assert page.evaluate("window.__mark") == "no reload"
     assert seen[-1] == "finished:done", seen
+    assert page.evaluate("window.__bar === true")  # a running task's progress bar was shown
     states_seen = {entry.split(":")[1] for entry in seen[:-1]}
     assert len(states_seen & {"fetch", "resize", "publish"}) >= 2, seen
     # And the history shows each task attempt with its worker and duration, the result
@@ -249,6 +259,9 @@ def test_submit_from_the_form_and_watch_the_job_run(page: Page, console: Server)
     results = page.locator("#timeline li[data-event=task_result]").all_inner_texts()
     assert len(results) == 3
     assert all("worker w-steps" in line and " ms" in line for line in results), results
+    bars = page.locator("#timeline li[data-event=task_progress] progress")
+    assert [bar.get_attribute("value") for bar in bars.all()] == ["0.5"] * 3
+    assert "halfway" in page.inner_text("#timeline li[data-event=task_progress] >> nth=0")
     assert '"thumbnail"' in page.inner_text("#outcome")
     assert '"url": "https://example.test/cat.png"' in page.inner_text("#initial-data")
     page.wait_for_selector("#graph svg g.node")
@@ -351,6 +364,18 @@ def test_blueprint_and_job_data_render_as_text(page: Page, console: Server) -> N
     assert page.locator("#app img, #app script").count() == 0
 
 
+def test_the_server_checks_what_the_form_does_not(page: Page, console: Server) -> None:
+    # Given a blueprint whose input schema uses a keyword the console does not check
+    sign_in(page, console, "#/blueprints/hostile_probe")
+    page.wait_for_selector("#submit-job")
+    # When data breaking it is submitted, then the server's 400 is shown, naming the field
+    page.fill("#initial-data", '{"note": "forbidden"}')
+    page.click("#submit-job button[type=submit]")
+    page.wait_for_selector("#submit-problems li:has-text('$.note')")
+    assert "does not match the input_schema" in page.inner_text("#submit-problems")
+    assert "#/blueprints/hostile_probe" in page.url
+
+
 def test_the_workers_page(page: Page, console: Server) -> None:
     # Given the three workers of this server
     sign_in(page, console, "#/workers")
@@ -363,3 +388,15 @@ def test_the_workers_page(page: Page, console: Server) -> None:
     page.wait_for_selector("#queues tr[data-queue='fetch_image']")
     assert page.inner_text("#queues tr[data-queue='ocr']").split() == ["ocr", "0", "no"]
     shot(page, "workers")
+    # When another worker registers while the page is open, then it appears by itself
+    page.evaluate("window.__mark = 'no reload'")
+    register = urllib.request.Request(
+        console.url + "/_worker/workers/register",
+        method="POST",
+        data=json.dumps({"worker_id": "w-late", "supported_skills": [{"name": "ocr"}]}).encode(),
+        headers={"X-Worker-ID": "w-late", "X-Worker-Token": WORKER_TOKEN},
+    )
+    with urllib.request.urlopen(register, timeout=10) as response:
+        assert response.status == 200
+    page.wait_for_selector("#workers tr[data-worker='w-late']")
+    assert page.evaluate("window.__mark") == "no reload"
