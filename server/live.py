@@ -42,7 +42,11 @@ def since_of(request: web.Request) -> str | None:
 
 
 def _closing(request: web.Request) -> bool:
-    return request.config_dict[CLOSING].is_set()
+    """The server shuts down, or the caller has gone: aiohttp does not cancel a handler whose
+    client disconnected, and a page that navigates away leaves its poll behind."""
+    transport = request.transport
+    gone = transport is None or transport.is_closing()
+    return gone or request.config_dict[CLOSING].is_set()
 
 
 async def job_when_changed(
