@@ -302,6 +302,16 @@ def test_the_jobs_table_pages_filters_and_updates_live(page: Page, console: Serv
     shot(page, "jobs")
 
 
+# The state whose node carries the "current" label in the drawn graph equals `arg`.
+CURRENT_MARKED = """(state) => {
+  const nodes = [...document.querySelectorAll('#graph svg g.node')];
+  const isCurrent = (n) => [...n.querySelectorAll('text')].some((t) => t.textContent === 'current');
+  const names = nodes.filter(isCurrent).map((n) => n.querySelector('title').textContent);
+  if (state === null) return nodes.length > 0 && names.length === 0;
+  return names.length === 1 && names[0] === state;
+}"""
+
+
 def test_approve_a_job_waiting_for_approval(page: Page, console: Server) -> None:
     # Given a job waiting for a person
     job_id = submit(console, "jobs/expense_approval", {"amount": 12.5, "employee": "ada"})
@@ -311,10 +321,14 @@ def test_approve_a_job_waiting_for_approval(page: Page, console: Server) -> None
     assert page.inner_text("#approval-message") == "Approve 12.5 for ada?"
     decisions = page.locator("#actions button[data-decision]")
     assert [d.get_attribute("data-decision") for d in decisions.all()] == ["approve", "reject"]
+    # And its graph marks the state it waits in as the current one
+    page.wait_for_function(CURRENT_MARKED, arg="review")
     shot(page, "job-approval")
-    # When approve is clicked, then the job goes on to pay and finishes
+    # When approve is clicked, then the job goes on to pay and finishes, and the graph,
+    # redrawn, marks no state as current any more
     page.click("#actions button[data-decision=approve]")
     wait_status(page, "finished")
+    page.wait_for_function(CURRENT_MARKED, arg=None)
     assert page.locator("#timeline li[data-event=approval_decided]").count() == 1
     assert "decision approve" in page.inner_text("#timeline li[data-event=approval_decided]")
 

@@ -4,12 +4,18 @@ and `GET /api/v1/jobs/{id}?include=initial_data`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from engine.runtime.orchestrator import Orchestrator
 from engine.store import changes
-from server import live
+from server import client_api, live
+from server.app import build_app_around
+from server.config import Settings
 from tests.server.helpers import ACME, GLOBEX, Client, error_of, job, ok_json, poll, register
 from tests.server.helpers import submit as submit_job
 from tests.server.helpers import worker as worker_headers
@@ -245,3 +251,51 @@ async def test_job_changes_of_another_clients_job_is_not_found(api: Client) -> N
     job_id = await submit_job(api, "jobs/image_pipeline", {"url": "https://x.test/a.png"})
     response = await api.get(f"/api/v1/jobs/{job_id}/changes", headers=GLOBEX)
     assert (await error_of(response, 404))["code"] == "job_not_found"
+
+
+async def test_a_long_poll_whose_caller_left_ends_at_the_next_change(
+    orchestrator: Orchestrator,
+    settings: Settings,
+    poll_waits: asyncio.Event,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiohttp does not cancel a handler whose client disconnected (as `interlock serve`
+    runs it; the test client's server does cancel them): a page that navigated away must
+    not leave its poll listing jobs until the wait ends."""
+    ended = asyncio.Event()
+    original = live.page_when_changed
+
+    async def page_when_changed(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(client_api, "page_when_changed", page_when_changed)
+    runner = web.AppRunner(build_app_around(orchestrator, settings))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        async with aiohttp.ClientSession(f"http://{host}:{port}", headers=ACME) as http:
+            async with http.get("/api/v1/jobs", params={"wait": "0"}) as response:
+                page = await response.json()
+            ended.clear()
+            # Given a page waiting on the jobs list, which then goes away
+            query = {"since": page["change"], "wait": "50"}
+            waiting = asyncio.create_task(http.get("/api/v1/jobs", params=query))
+            async with asyncio.timeout(10):
+                await poll_waits.wait()
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            # When a job changes (another client's: this page would not change), then the
+            # poll ends instead of listing again for 50 s
+            body = {"initial_data": {"url": "https://x.test/a.png"}}
+            async with http.post("/api/v1/jobs/image_pipeline", json=body, headers=GLOBEX) as r:
+                assert r.status == 202
+            async with asyncio.timeout(10):
+                await ended.wait()
+    finally:
+        await runner.cleanup()
