@@ -16,7 +16,7 @@ from engine.store import changes
 from server import client_api, live
 from server.app import build_app_around
 from server.config import Settings
-from tests.server.helpers import ACME, GLOBEX, Client, error_of, job, ok_json, poll, register
+from tests.server.helpers import ACME, GLOBEX, ROOT, Client, error_of, job, ok_json, poll, register
 from tests.server.helpers import submit as submit_job
 from tests.server.helpers import worker as worker_headers
 
@@ -54,6 +54,26 @@ async def test_console_assets_are_served_from_the_package(
     assert response.status == 200
     assert response.content_type == content_type
     assert len(await response.read()) > 100
+
+
+async def test_console_files_travel_gzipped_and_revalidate(api: Client) -> None:
+    viz = (ROOT / "server" / "console" / "vendor" / "viz.js").read_bytes()
+    # Given a browser that takes gzip, when it asks for Graphviz's script
+    response = await api.get("/console/vendor/viz.js", headers={"Accept-Encoding": "gzip"})
+    # Then the file comes gzipped (and unpacks to the file of the package), with an ETag
+    assert response.status == 200
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert int(response.headers["Content-Length"]) < len(viz) // 2
+    assert await response.read() == viz
+    etag = response.headers["ETag"]
+    # When it asks again with that ETag, then the answer is 304 with no body
+    again = await api.get("/console/vendor/viz.js", headers={"If-None-Match": etag})
+    assert again.status == 304
+    assert await again.read() == b""
+    # And a client that does not take gzip gets the file as it is
+    plain = await api.get("/console/vendor/viz.js", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers
+    assert await plain.read() == viz
 
 
 @pytest.mark.parametrize(
