@@ -1,7 +1,7 @@
 """The web console: a small static app served at `/`, talking to the client API.
 
 Every asset ships in the package (`server/console/`), so the console works offline. The
-pages are plain HTML and one JavaScript module; the graph is drawn in the browser by
+pages are plain HTML and three small JavaScript modules; the graph is drawn in the browser by
 Graphviz compiled to WebAssembly (`vendor/viz.js`, from the npm package `@viz-js/viz`).
 The console holds no privilege: it sends the client token the person typed (kept in the
 tab's sessionStorage) to the same `/api/v1` routes as any client.
