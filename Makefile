@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make serve   install into .venv and run the server with blueprints/ on the embedded store
-#   make test    install into .venv (plus Graphviz when possible), lint and run every test
+#   make test    install into .venv (plus Graphviz and Chromium when possible), lint and run
+#                every test
 #   make cluster a local Redis Cluster to run the server on (REDIS_URL=redis+cluster://...)
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 COMPAT := .venv-compat
 COMPAT_STAMP := $(COMPAT)/.installed
 
-.PHONY: serve test lint pytest graphviz compat constraints clean cluster
+.PHONY: serve test lint pytest graphviz chromium compat constraints clean cluster
 
 # constraints.txt pins the versions the suite was last run with: without it pip's resolver
 # backtracks through old moto/botocore releases for minutes and can end on one that no
@@ -42,6 +43,8 @@ graphviz:
 # REDIS_URL=redis+cluster://... on; Ctrl-C stops it.
 cluster: $(STAMP)
 	$(BIN)/python scripts/local_cluster.py
+chromium:
+	@scripts/ensure-chromium
 
 # The published avtomatika-worker SDK, in its own venv (it pins its own aiohttp), so the
 # tests can check that unmodified workers built with it run jobs on Interlock.
@@ -57,7 +60,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-pytest: $(STAMP) graphviz compat
+pytest: $(STAMP) graphviz chromium compat
 	$(BIN)/pytest
 
 test: lint pytest

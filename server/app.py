@@ -22,6 +22,7 @@ from engine.store.client import Store
 from server.auth import ClientAuth, WorkerAuth
 from server.client_api import client_app
 from server.config import Settings
+from server.console import add_console
 from server.errors import error_middleware
 from server.public import public_app
 from server.state import (
@@ -81,6 +82,7 @@ def _base_app(settings: Settings) -> web.Application:
     app.add_subapp("/api/v1", client_app())
     app.add_subapp("/_worker", worker_app())
     app.add_subapp("/_public", public_app())
+    add_console(app)  # the web console at `/`
     return app
 
 
@@ -96,8 +98,13 @@ SECURITY_HEADERS = {
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    # Runs before aiohttp adds its defaults, which only fill headers not yet set.
-    response.headers.update(SECURITY_HEADERS)
+    # Runs before aiohttp adds its defaults, which only fill headers not yet set. A route
+    # with its own policy (the web console's pages) keeps it.
+    for name, value in SECURITY_HEADERS.items():
+        if name == "Server":
+            response.headers[name] = value
+        else:
+            response.headers.setdefault(name, value)
     response.headers.setdefault("Cache-Control", "no-store")
 
 

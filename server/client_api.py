@@ -31,6 +31,7 @@ from server.errors import (
     ServiceUnavailable,
     json_response,
 )
+from server.live import job_when_changed, page_when_changed, since_of
 from server.params import (
     ID,
     json_object,
@@ -51,6 +52,7 @@ from server.state import (
 )
 from server.views import blueprint_detail, blueprint_summary, event_view, iso, job_view
 from server.webhook_policy import WebhookRefused
+from server.workers_view import list_workers
 
 PREFIX = "/api/v1"
 SUBMIT_FIELDS = ("initial_data", "webhook_url", "dispatch_timeout", "result_timeout")
@@ -77,7 +79,9 @@ def _job_id(request: web.Request) -> str:
     return job_id
 
 
-async def _read_view(request: web.Request, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+async def _read_view(
+    request: web.Request, job_id: str, wait_s: float = 0.0, *, include_input: bool = False
+) -> dict[str, Any]:
     """The owner's view of a job (with its approval link, if it waits for a person); with
     `wait_s`, once the job is terminal or the wait ends."""
     orch = orchestrator(request)
@@ -87,13 +91,16 @@ async def _read_view(request: web.Request, job_id: str, wait_s: float = 0.0) -> 
         record = await orch.read(job_id, request[CLIENT])  # shutting down: answer as it is
     if record is None:
         raise job_not_found()
-    return job_view(
+    view = job_view(
         record.doc,
         record.leases,
         await _retry_types(orch, record.doc),
         # Only a job waiting for a person shows a link (building the origin costs).
         public_base=public_base(request) if record.doc.get("approval") else None,
     )
+    if include_input:
+        view["initial_data"] = record.doc.get("initial_data")
+    return view
 
 
 async def _retry_types(
@@ -254,8 +261,22 @@ def _check_input(blueprint: Blueprint, initial_data: dict[str, Any]) -> None:
 async def get_job(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     wait_s = query_number(request, "wait", 0.0, 0.0, MAX_WAIT_S, clamp=False)
+    include = _include(request)
     # Answers as soon as the job is terminal (at once if unknown or another client's).
-    return json_response(await _read_view(request, job_id, wait_s))
+    view = await _read_view(request, job_id, wait_s, include_input=include)
+    return json_response(view)
+
+
+def _include(request: web.Request) -> bool:
+    """`?include=initial_data` adds the job's input to its view (the web console shows it;
+    other clients need not carry it on every read)."""
+    include = request.query.get("include") or None
+    if include is not None and include != "initial_data":
+        raise BadRequest(
+            f"query parameter include={include[:50]!r} is not supported; use include=initial_data",
+            code="invalid_query",
+        )
+    return include is not None
 
 
 async def job_history(request: web.Request) -> web.Response:
@@ -290,15 +311,30 @@ async def list_jobs(request: web.Request) -> web.Response:
                 "query parameter cursor must be a next_cursor value from a previous page",
                 code="invalid_query",
             ) from None
-    jobs, next_cursor = await orchestrator(request).list_jobs(
-        request[CLIENT], status=status, blueprint=blueprint, limit=limit, cursor=cursor
-    )
-    return json_response(
-        {
-            "jobs": [_list_item(doc) for doc in jobs],
-            "next_cursor": next_cursor,
-        }
-    )
+
+    async def page() -> dict[str, Any]:
+        jobs, next_cursor = await orchestrator(request).list_jobs(
+            request[CLIENT], status=status, blueprint=blueprint, limit=limit, cursor=cursor
+        )
+        return {"jobs": [_list_item(doc) for doc in jobs], "next_cursor": next_cursor}
+
+    if "wait" not in request.query:
+        return json_response(await page())
+    # A long poll (see server/live.py): the page once it differs from the one seen.
+    wait_s = query_number(request, "wait", 0.0, 0.0, MAX_WAIT_S, clamp=False)
+    return json_response(await page_when_changed(request, since_of(request), wait_s, page))
+
+
+async def job_changes(request: web.Request) -> web.Response:
+    """A long poll: answers once the job changed since `since` (see server/live.py)."""
+    job_id = _job_id(request)
+    wait_s = query_number(request, "wait", 0.0, 0.0, MAX_WAIT_S, clamp=False)
+    since = since_of(request)
+    record = await job_when_changed(request, job_id, request[CLIENT], since, wait_s)
+    if record is None:
+        raise job_not_found()
+    status = job_view(record.doc, record.leases)["status"]  # "running" once a worker holds it
+    return json_response({"job_id": job_id, "change": str(record.version), "status": status})
 
 
 def _list_item(doc: dict[str, Any]) -> dict[str, Any]:
@@ -423,7 +459,9 @@ def client_app() -> web.Application:
     app.router.add_get("/jobs/{job_id}", get_job)
     app.router.add_get("/jobs/{job_id}/history", job_history)
     app.router.add_get("/jobs/{job_id}/graph", job_graph)
+    app.router.add_get("/jobs/{job_id}/changes", job_changes)
     app.router.add_post("/jobs/{job_id}/cancel", cancel_job)
     app.router.add_post("/jobs/{job_id}/approval", decide_approval)
+    app.router.add_get("/workers", list_workers)
     app.router.add_post("/{api_endpoint:.+}", submit_job)
     return app

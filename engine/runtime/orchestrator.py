@@ -621,6 +621,19 @@ class Orchestrator:
     async def worker_registration(self, worker_id: str) -> dict[str, Any] | None:
         return await self.store.worker_registration(worker_id)
 
+    def watch_changes(self, job_id: str | None) -> contextlib.AbstractContextManager[Any]:
+        """A future completed by the next change this process applies to the job (any job,
+        for None); enter it before reading, so that a change in between still wakes."""
+        return self.store.changes.watch(job_id)
+
+    async def workers(self, limit: int) -> list[tuple[str, dict[str, Any], Any]]:
+        """Registered workers seen within the registration TTL, most recent first."""
+        return await self.store.workers(now_ms(), self.settings.worker_ttl_ms, limit)
+
+    async def queue_depths(self, task_types: list[str]) -> dict[str, int]:
+        """How many tasks wait in the queues of each task type."""
+        return await self.store.queue_depths(task_types)
+
     def store_wiped_at(self) -> int | None:
         """When this process found the store wiped (its deployment marker gone), or None."""
         return self.store.wiped_at

@@ -26,6 +26,7 @@ from engine.clock import now_ms
 from engine.jsonutil import dumps, loads
 from engine.runtime.jobdoc import JobDoc
 from engine.store import cluster
+from engine.store.changes import Changes
 from engine.store.errors import PartitionMismatch, StoreConfigError, StoreError, StoreUnavailable
 from engine.store.keys import CLUSTER_PARTITIONS, DEFAULT_PARTITIONS, Keys
 
@@ -228,6 +229,8 @@ class Store:
         # The deployment marker this process found (or wrote) at start; see `check_marker`.
         self.marker: str | None = None
         self.wiped_at: int | None = None  # ms when the marker was found gone or replaced
+        # Jobs this store changed, announced to long polls (the web console's live pages).
+        self.changes = Changes()
 
     @classmethod
     async def connect(
@@ -378,6 +381,7 @@ class Store:
                 outcomes[position] = (
                     answer if isinstance(answer, Exception) else bool(answer[offset])
                 )
+        self.changes.notify(items[i][0].job_id for i, ok in enumerate(outcomes) if ok is True)
         return outcomes
 
     async def _run_scripts(
@@ -620,6 +624,7 @@ class Store:
                     for i in range(0, len(answer), 6)
                 ]
             )
+        self.changes.notify(leased.job_id for leases in made for leased in leases)
         return made
 
     async def claim_timers(self, now_ms: int, limit: int, claim_ms: int) -> list[str]:
@@ -671,6 +676,7 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.keys.worker(worker_id), dumps(registration), px=ttl_ms)
         pipe.set(self.keys.worker_alive(worker_id), dumps({"at": now_ms(), "tasks": []}), px=ttl_ms)
+        pipe.zadd(self.keys.workers, {worker_id: now_ms()})
         await pipe.execute()
 
     async def heartbeat(
@@ -691,11 +697,14 @@ class Store:
                 self.keys.worker_alive(worker_id), dumps({"at": now, "tasks": tasks}), px=alive_ms
             )
             pipe.spop(self.keys.worker_cancels(worker_id), 1000)
+            # xx: a heartbeat refreshes the index entry of a registered worker only.
+            pipe.zadd(self.keys.workers, {worker_id: now}, xx=True)
         answers = await pipe.execute(raise_on_error=False)
         outcomes: list[tuple[bool, list[str]] | Exception] = []
-        for i in range(0, len(answers), 3):
-            known, stored, cancels = answers[i : i + 3]
-            failed = next((a for a in (known, stored, cancels) if isinstance(a, Exception)), None)
+        for i in range(0, len(answers), 4):
+            known, stored, cancels, indexed = answers[i : i + 4]
+            replies = (known, stored, cancels, indexed)
+            failed = next((a for a in replies if isinstance(a, Exception)), None)
             outcomes.append(failed or (bool(known), list(cancels or [])))
         return outcomes
 
@@ -708,6 +717,38 @@ class Store:
     async def worker_alive(self, worker_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(self.keys.worker_alive(worker_id))
         return loads(raw) if raw else None
+
+    @translated
+    async def workers(
+        self, now_ms: int, ttl_ms: int, limit: int
+    ) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+        """Registered workers, most recently seen first, at most `limit`: (id, registration,
+        last heartbeat or None once it expired). Index entries older than `ttl_ms` are
+        pruned first; an entry whose registration has expired meanwhile is left out."""
+        await self.redis.zremrangebyscore(self.keys.workers, "-inf", now_ms - ttl_ms)
+        ids = [str(i) for i in await self.redis.zrevrange(self.keys.workers, 0, limit - 1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id in ids:
+            pipe.get(self.keys.worker(worker_id))
+            pipe.get(self.keys.worker_alive(worker_id))
+        answers = await pipe.execute()
+        found = []
+        for i, worker_id in enumerate(ids):
+            registration, alive = answers[2 * i : 2 * i + 2]
+            if registration:
+                found.append((worker_id, loads(registration), loads(alive) if alive else None))
+        return found
+
+    @translated
+    async def queue_depths(self, task_types: Sequence[str]) -> dict[str, int]:
+        """Tasks waiting for a worker, per task type (summed over the partitions)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for task_type in task_types:
+            for partition in range(self.keys.partitions):
+                pipe.zcard(self.keys.queue(partition, task_type))
+        counts = await pipe.execute()
+        n = self.keys.partitions
+        return {t: sum(counts[i * n : (i + 1) * n]) for i, t in enumerate(task_types)}
 
     @translated
     async def request_cancel(self, worker_id: str, task_id: str, ttl_ms: int) -> None:

@@ -97,6 +97,13 @@ class Keys:
         """Set of task ids the worker should cancel, answered on its next heartbeat."""
         return f"{self.prefix}:{{w:{worker_id}}}:cancel"
 
+    @property
+    def workers(self) -> str:
+        """Sorted set of registered worker ids by last registration or heartbeat (ms), so the
+        console can list workers without SCAN; members silent past WORKER_TTL are pruned on
+        read (their registration keys have expired by then)."""
+        return f"{self.prefix}:workers"
+
     def blueprint(self, content_hash: str) -> str:
         """String: a blueprint's canonical JSON, so any orchestrator can run pinned jobs."""
         return f"{self.prefix}:blueprint:{content_hash}"

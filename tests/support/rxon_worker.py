@@ -1,7 +1,8 @@
 """A small worker process speaking the RXON worker protocol, for end-to-end tests.
 
     python -m tests.support.rxon_worker --url http://127.0.0.1:8080 --id w1 --token T \
-        --skills echo,charge_card [--fail-first 1] [--hang] [--exit-on-task] [--slots 4]
+        --skills echo,charge_card [--fail-first 1 [--fail-code PERMANENT_ERROR]] \
+        [--progress] [--hang] [--exit-on-task] [--slots 4]
 
 It answers every task with its params merged into a fixed set of fields the example
 blueprints read (path, url, charge_id, ok), after the failures it was told to simulate.
@@ -116,19 +117,34 @@ class Worker:
         try:
             if self.args.hang:
                 await asyncio.sleep(3600)
+            if self.args.progress:
+                await self.progress(task, 0.5, "halfway")
             await asyncio.sleep(self.args.delay)
             seen = self.failures.get(task["job_id"], 0)
             if seen < self.args.fail_first:
                 self.failures[task["job_id"]] = seen + 1
                 result: dict[str, Any] = {
                     "status": "failure",
-                    "error": {"code": "TRANSIENT_ERROR", "message": "simulated failure"},
+                    "error": {"code": self.args.fail_code, "message": "simulated failure"},
                 }
             else:
                 result = {"data": {**FIELDS, **task.get("params", {})}}
             await self.send(task, result)
         finally:
             self.running.discard(task_id)
+
+    async def progress(self, task: dict[str, Any], progress: float, message: str) -> None:
+        body = {
+            "event_id": f"{task['task_id']}-{progress}",
+            "worker_id": self.args.id,
+            "origin_worker_id": self.args.id,
+            "event_type": "progress",
+            "payload": {"progress": progress, "message": message},
+            "origin_task_id": task["task_id"],
+            "target_job_id": task["job_id"],
+        }
+        async with self.http.post("/_worker/events", json=body) as resp:
+            self.say(f"progress {task['task_id']} {resp.status}")
 
     async def send(self, task: dict[str, Any], result: dict[str, Any]) -> None:
         body = {
@@ -156,8 +172,10 @@ def main() -> None:
     parser.add_argument("--skills", required=True)
     parser.add_argument("--slots", type=int, default=1)
     parser.add_argument("--fail-first", type=int, default=0)
+    parser.add_argument("--fail-code", default="TRANSIENT_ERROR")
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--heartbeat", type=float, default=0.5)
+    parser.add_argument("--progress", action="store_true", help="report 50% before the delay")
     parser.add_argument("--hang", action="store_true")
     parser.add_argument("--exit-on-task", action="store_true")
     parser.add_argument("--poll-timeout", default="2", help="seconds a poll may wait")
