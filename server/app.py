@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from engine.blueprint.loader import load_blueprints
+from engine.runtime import webhooks
 from engine.runtime.jobdoc import RuntimeSettings
 from engine.runtime.orchestrator import Orchestrator, OrchestratorSettings
 from engine.runtime.registry import Registry
@@ -22,12 +23,14 @@ from engine.store.client import Store
 from server.auth import ClientAuth, WorkerAuth
 from server.client_api import client_app
 from server.config import Settings
-from server.errors import error_middleware
+from server.errors import error_middleware, json_response
+from server.metrics import CONTENT_TYPE, Metrics, exposition, http_middleware
 from server.public import public_app
 from server.state import (
     CLIENT_AUTH,
     CLOSING,
     LONG_POLLS,
+    METRICS,
     ORCHESTRATOR,
     SETTINGS,
     WORKER_AUTH,
@@ -63,12 +66,27 @@ def build_app_around(orchestrator: Orchestrator, settings: Settings) -> web.Appl
     """The server around a running orchestrator that the caller starts and stops."""
     app = _base_app(settings)
     app[ORCHESTRATOR] = orchestrator
+    if METRICS in app:
+        _observe(app[METRICS], orchestrator)
     return app
 
 
+def _observe(metrics: Metrics, orchestrator: Orchestrator) -> None:
+    """Hang the metrics on the engine's hooks (engine/runtime/observe.py)."""
+    orchestrator.observer = metrics.observer()
+    orchestrator.store.timing = metrics.store_timing
+
+
 def _base_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    middlewares = [error_middleware]
+    if settings.metrics:
+        metrics = Metrics()
+        middlewares.insert(0, http_middleware(metrics))  # outermost: sees the final status
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     app[SETTINGS] = settings
+    if settings.metrics:
+        app[METRICS] = metrics
+        app.router.add_get("/metrics", serve_metrics)
     app[CLIENT_AUTH] = ClientAuth.from_settings(settings)
     app[WORKER_AUTH] = WorkerAuth.from_settings(settings)
     app[CLOSING] = asyncio.Event()
@@ -79,6 +97,16 @@ def _base_app(settings: Settings) -> web.Application:
     app.add_subapp("/_worker", worker_app())
     app.add_subapp("/_public", public_app())
     return app
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    """The Prometheus exposition: this process's series and the deployment's gauges."""
+    if ORCHESTRATOR not in request.app:
+        return json_response({"error": {"code": "starting", "message": "starting up"}}, status=503)
+    body = await exposition(
+        request.app[METRICS], request.app[ORCHESTRATOR], request.app[SETTINGS].heartbeat_timeout_ms
+    )
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def _release_long_polls(app: web.Application) -> None:
@@ -101,13 +129,18 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     store = await Store.connect(settings.redis_url, partitions=settings.redis_partitions)
     try:
         async with WebhookSender.session_for_webhooks() as session:
+            sender: webhooks.Sender = WebhookSender(session)
+            if METRICS in app:
+                sender = app[METRICS].counting_sender(sender)
             orchestrator = Orchestrator(
                 store,
                 Registry(blueprints, runtime_settings(settings)),
                 orchestrator_settings(settings),
-                webhook_sender=WebhookSender(session),
+                webhook_sender=sender,
                 schedules=schedules,
             )
+            if METRICS in app:
+                _observe(app[METRICS], orchestrator)
             await orchestrator.start()
             try:
                 app[ORCHESTRATOR] = orchestrator

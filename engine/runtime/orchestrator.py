@@ -32,6 +32,7 @@ from engine.runtime.jobdoc import (
     new_job,
 )
 from engine.runtime.machine import Machine
+from engine.runtime.observe import NoObserver, Observer
 from engine.runtime.recent import RecentJobs
 from engine.runtime.registry import Registry
 from engine.runtime.schedules import Schedule
@@ -52,6 +53,14 @@ class OrchestratorSettings:
     cancel_ttl_ms: int = 3_600_000
     webhook_secret: str = ""
     webhook_claim_ms: int = 60_000
+
+
+def _waiting_since(doc: dict[str, Any]) -> int | None:
+    """Since when (ms) the job waits for a person's decision, or None if it does not."""
+    if doc["status"] != "waiting_for_human":
+        return None
+    approval = doc.get("approval") or {}
+    return int(approval.get("asked_at") or doc["updated_at"])
 
 
 class JobNotFound(LookupError):
@@ -75,8 +84,10 @@ class Orchestrator:
         *,
         webhook_sender: webhooks.Sender | None = None,
         schedules: Sequence[Schedule] = (),
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
+        self.observer: Observer = observer or NoObserver()  # metrics, logs (observe.py)
         self.registry = registry
         self.settings = settings
         # What we committed last: a change starts from it instead of reading Redis.
@@ -331,9 +342,10 @@ class Orchestrator:
         await self.store.register_worker(worker_id, registration, self.settings.worker_ttl_ms)
 
     async def heartbeat(
-        self, worker_id: str, tasks: list[str], alive_ms: int
+        self, worker_id: str, tasks: list[str], alive_ms: int, skills: Sequence[str] = ()
     ) -> tuple[bool, list[str]]:
-        return await self.store.heartbeat(worker_id, tasks, alive_ms, self.settings.worker_ttl_ms)
+        ttl_ms = self.settings.worker_ttl_ms
+        return await self.store.heartbeat(worker_id, tasks, alive_ms, ttl_ms, skills)
 
     async def next_task(
         self, worker_id: str, skills: tuple[str, ...], wait_s: float
@@ -477,6 +489,7 @@ class Orchestrator:
             raw_leases[e.task_id] = lease.encode()
         leases = {task_id: TaskLease.decode(raw) for task_id, raw in raw_leases.items()}
         version = (record.version if record else 0) + 1
+        note = self.observer.before_commit(machine, doc, fx)  # observe.py: hook 1 of 2
         doc_json = dumps(doc)
         webhook = fx.terminal and bool(doc.get("webhook_url"))
         change = Commit(
@@ -493,6 +506,8 @@ class Orchestrator:
             webhook_ms=now if webhook else None,
             done=fx.terminal,
             history=fx.history,
+            # Indexes the jobs waiting for a person, for metrics (server/metrics.py).
+            human_ms=_waiting_since(doc),
         )
         applied = False
         try:
@@ -508,6 +523,7 @@ class Orchestrator:
         if not applied:
             return False
         self.recent.remember(doc["id"], version, doc_json, raw_leases, fx.terminal)
+        self.observer.committed(machine, doc, fx, note)  # observe.py: hook 2 of 2
         if doc["id"] in self._locks:  # inside `retrying`, which reads and clears the mark
             self._committed.add(doc["id"])
         queued = {e.task_type for e in enqueue}

@@ -33,6 +33,10 @@ MAX_BATCH = 500  # job changes (or heartbeats) in one round trip
 
 KEEP = "-"  # commit(timer_ms=KEEP) leaves the job's timer as it is
 
+# Called after each batched round trip: (operation, items in the batch, seconds taken).
+# The metrics hang here (server/metrics.py); it must be quick and must not raise.
+StoreTiming = Callable[[str, int, float], None]
+
 
 class StoreError(InterlockError):
     """The job store failed."""
@@ -118,6 +122,8 @@ class Commit:
     dequeue: list[tuple[str, str]] = field(default_factory=list)  # (type, member)
     ttl_ms: int | None = None
     index: tuple[str, int] | None = None  # (client, created ms)
+    # Since when (ms) the job waits for a person; None: it does not (see keys.humans).
+    human_ms: int | None = None
     webhook_ms: int | None = None
     done: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -186,6 +192,7 @@ class Store:
         self._claim = client.register_script(_script("claim_timers.lua"))
         self._commits = Batcher(self._commit_batch, MAX_BATCH)
         self._heartbeats = Batcher(self._heartbeat_batch, MAX_BATCH)
+        self.timing: StoreTiming | None = None
 
     @classmethod
     async def connect(cls, url: str, *, prefix: str = "il", partitions: int = 8) -> Store:
@@ -254,6 +261,14 @@ class Store:
         return await self._commits.submit((change, history_start))
 
     async def _commit_batch(self, items: list[tuple[Commit, int]]) -> list[bool | Exception]:
+        started = time.perf_counter()
+        try:
+            return await self._commit_batch_timed(items)
+        finally:
+            if self.timing is not None:
+                self.timing("commit", len(items), time.perf_counter() - started)
+
+    async def _commit_batch_timed(self, items: list[tuple[Commit, int]]) -> list[bool | Exception]:
         by_partition: dict[int, list[int]] = {}  # partition -> positions in items
         for position, (change, _) in enumerate(items):
             by_partition.setdefault(self.keys.partition(change.job_id), []).append(position)
@@ -308,6 +323,7 @@ class Store:
 
         timers = key(keys.timers(partition))
         webhooks = key(keys.webhooks(partition))
+        humans = key(keys.humans(partition))
         plans = []
         for change, history_start in changes:
             job_id = change.job_id
@@ -346,6 +362,8 @@ class Store:
                     ),
                     "webhooks": webhooks,
                     "webhook": str(change.webhook_ms) if change.webhook_ms is not None else False,
+                    "humans": humans,
+                    "human": str(change.human_ms) if change.human_ms is not None else False,
                     "ttl": str(change.ttl_ms) if change.ttl_ms else False,
                     "ready": sorted({f"{t}|{partition}" for t, _, _ in change.enqueue}),
                     "done": change.done,
@@ -431,7 +449,11 @@ class Store:
             args = [str(now_ms), str(len(batch.candidates)), *batch.candidates, *batch.workers]
             calls.append((keys, args))
         made: list[list[Leased]] = []
-        for answer in await self._run_scripts(self._lease, calls):
+        started = time.perf_counter()
+        answers = await self._run_scripts(self._lease, calls)
+        if self.timing is not None:
+            self.timing("lease", len(calls), time.perf_counter() - started)
+        for answer in answers:
             if isinstance(answer, Exception):
                 raise answer
             made.append(
@@ -490,31 +512,52 @@ class Store:
         self, worker_id: str, registration: Mapping[str, Any], ttl_ms: int
     ) -> None:
         pipe = self.redis.pipeline(transaction=False)
+        now = _ms()
         pipe.set(self.keys.worker(worker_id), dumps(registration), px=ttl_ms)
-        pipe.set(self.keys.worker_alive(worker_id), dumps({"at": _ms(), "tasks": []}), px=ttl_ms)
+        pipe.set(self.keys.worker_alive(worker_id), dumps({"at": now, "tasks": []}), px=ttl_ms)
+        for skill in registration.get("skills") or ():
+            key = self.keys.skill_workers(str(skill))
+            pipe.zadd(key, {worker_id: now})
+            # Forget workers silent for longer than a registration lives: the set stays
+            # as large as the workers of the last `ttl_ms`, not of all time.
+            pipe.zremrangebyscore(key, "-inf", now - ttl_ms)
         await pipe.execute()
 
     async def heartbeat(
-        self, worker_id: str, tasks: Sequence[str], alive_ms: int, registration_ms: int
+        self,
+        worker_id: str,
+        tasks: Sequence[str],
+        alive_ms: int,
+        registration_ms: int,
+        skills: Sequence[str] = (),
     ) -> tuple[bool, list[str]]:
         """Record a heartbeat. Returns (worker known, task ids it should cancel). Heartbeats
-        are batched like commits: 1,000 workers' heartbeats take one connection, not 100."""
-        return await self._heartbeats.submit((worker_id, list(tasks), alive_ms, registration_ms))
+        are batched like commits: 1,000 workers' heartbeats take one connection, not 100.
+        `skills` (the worker's task types) are marked seen now (see `keys.skill_workers`)."""
+        item = (worker_id, list(tasks), alive_ms, registration_ms, tuple(skills))
+        return await self._heartbeats.submit(item)
 
     async def _heartbeat_batch(
-        self, beats: list[tuple[str, list[str], int, int]]
+        self, beats: list[tuple[str, list[str], int, int, tuple[str, ...]]]
     ) -> list[tuple[bool, list[str]] | Exception]:
+        started = time.perf_counter()
         pipe = self.redis.pipeline(transaction=False)
         now = _ms()
-        for worker_id, tasks, alive_ms, registration_ms in beats:
+        for worker_id, tasks, alive_ms, registration_ms, _ in beats:
             pipe.pexpire(self.keys.worker(worker_id), registration_ms)
             pipe.set(
                 self.keys.worker_alive(worker_id), dumps({"at": now, "tasks": tasks}), px=alive_ms
             )
             pipe.spop(self.keys.worker_cancels(worker_id), 1000)
+        # After the per-worker commands, so that answers[3 * i ...] stay each worker's own.
+        for worker_id, _, _, _, skills in beats:
+            for skill in skills:
+                pipe.zadd(self.keys.skill_workers(skill), {worker_id: now})
         answers = await pipe.execute(raise_on_error=False)
+        if self.timing is not None:
+            self.timing("heartbeat", len(beats), time.perf_counter() - started)
         outcomes: list[tuple[bool, list[str]] | Exception] = []
-        for i in range(0, len(answers), 3):
+        for i in range(0, 3 * len(beats), 3):
             known, stored, cancels = answers[i : i + 3]
             failed = next((a for a in (known, stored, cancels) if isinstance(a, Exception)), None)
             outcomes.append(failed or (bool(known), list(cancels or [])))
