@@ -1,4 +1,4 @@
-"""The `interlock` command line: validate, graph, serve."""
+"""The `interlock` command line: validate, graph, serve, explain."""
 
 from __future__ import annotations
 
@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="schedules.toml: jobs started on a timetable (SCHEDULES_CONFIG_PATH)",
     )
     serve.set_defaults(handler=_serve)
+
+    from server.explain_cli import add_command  # self-contained: `interlock explain JOB_ID`
+
+    add_command(commands)
 
     return parser
 

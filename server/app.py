@@ -16,6 +16,7 @@ from aiohttp import web
 from engine.blueprint.loader import load_blueprints
 from engine.runtime import webhooks
 from engine.runtime.jobdoc import RuntimeSettings
+from engine.runtime.observe import Observer, Observers
 from engine.runtime.orchestrator import Orchestrator, OrchestratorSettings
 from engine.runtime.registry import Registry
 from engine.runtime.schedules import Schedule, load_schedules
@@ -25,6 +26,7 @@ from server.client_api import client_app
 from server.config import Settings
 from server.errors import error_middleware, json_response
 from server.metrics import CONTENT_TYPE, Metrics, exposition, http_middleware
+from server.openapi import docs_page, document
 from server.public import public_app
 from server.state import (
     CLIENT_AUTH,
@@ -66,15 +68,17 @@ def build_app_around(orchestrator: Orchestrator, settings: Settings) -> web.Appl
     """The server around a running orchestrator that the caller starts and stops."""
     app = _base_app(settings)
     app[ORCHESTRATOR] = orchestrator
-    if METRICS in app:
-        _observe(app[METRICS], orchestrator)
+    _observe(app.get(METRICS), orchestrator)
     return app
 
 
-def _observe(metrics: Metrics, orchestrator: Orchestrator) -> None:
-    """Hang the metrics on the engine's hooks (engine/runtime/observe.py)."""
-    orchestrator.observer = metrics.observer()
-    orchestrator.store.timing = metrics.store_timing
+def _observe(metrics: Metrics | None, orchestrator: Orchestrator) -> None:
+    """Hang metrics and the DEBUG job log on the engine's hooks (engine/runtime/observe.py)."""
+    observers: list[Observer] = []
+    if metrics is not None:
+        observers.insert(0, metrics.observer())
+        orchestrator.store.timing = metrics.store_timing
+    orchestrator.observer = Observers(observers)
 
 
 def _base_app(settings: Settings) -> web.Application:
@@ -84,6 +88,10 @@ def _base_app(settings: Settings) -> web.Application:
         middlewares.insert(0, http_middleware(metrics))  # outermost: sees the final status
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     app[SETTINGS] = settings
+    # No token: the contract is public. (Exact paths of the root app are matched before
+    # the sub-applications' prefixes, so the /api/v1 catch-all POST does not shadow them.)
+    app.router.add_get("/api/v1/openapi.json", serve_openapi)
+    app.router.add_get("/api/docs", serve_docs)
     if settings.metrics:
         app[METRICS] = metrics
         app.router.add_get("/metrics", serve_metrics)
@@ -97,6 +105,16 @@ def _base_app(settings: Settings) -> web.Application:
     app.add_subapp("/_worker", worker_app())
     app.add_subapp("/_public", public_app())
     return app
+
+
+async def serve_openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document, with one submission path per loaded blueprint."""
+    blueprints = request.app[ORCHESTRATOR].registry.by_name.values()
+    return json_response(document(blueprints))
+
+
+async def serve_docs(request: web.Request) -> web.Response:
+    return web.Response(text=docs_page(), content_type="text/html", charset="utf-8")
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
@@ -139,8 +157,7 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
                 webhook_sender=sender,
                 schedules=schedules,
             )
-            if METRICS in app:
-                _observe(app[METRICS], orchestrator)
+            _observe(app.get(METRICS), orchestrator)
             await orchestrator.start()
             try:
                 app[ORCHESTRATOR] = orchestrator
