@@ -61,6 +61,12 @@ def _serve(args: argparse.Namespace) -> int:
     return serve_command(args)
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from server.explain_cli import run  # lazily, as for serve
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="interlock", description="Interlock: a declarative workflow orchestrator."
@@ -124,9 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
 
-    from server.explain_cli import add_command  # self-contained: `interlock explain JOB_ID`
-
-    add_command(commands)
+    explain = commands.add_parser(
+        "explain",
+        help="ask a running server why a job is where it is",
+        description="Print why the job is where it is (queued with no worker, waiting for "
+        "approval, retrying, running on a worker...). Exit status 1 if the server refused, "
+        "2 if it could not be reached.",
+    )
+    explain.add_argument("job_id", metavar="JOB_ID")
+    explain.add_argument("--url", help="the server (INTERLOCK_URL, default 127.0.0.1:8080)")
+    explain.add_argument("--token", help="the client token (CLIENT_TOKEN)")
+    explain.add_argument("--json", action="store_true", help="print the whole JSON answer")
+    explain.set_defaults(handler=_explain)
 
     return parser
 

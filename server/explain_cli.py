@@ -16,26 +16,9 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TIMEOUT_S = 30.0
-
-
-def add_command(commands: Any) -> None:
-    """Add `explain` to the `interlock` sub-command parser."""
-    explain = commands.add_parser(
-        "explain",
-        help="ask a running server why a job is where it is",
-        description="Print why the job is where it is (queued with no worker, waiting for "
-        "approval, retrying, running on a worker...). Exit status 1 if the server refused, "
-        "2 if it could not be reached.",
-    )
-    explain.add_argument("job_id", metavar="JOB_ID")
-    explain.add_argument("--url", help=f"the server (INTERLOCK_URL, default {DEFAULT_URL})")
-    explain.add_argument("--token", help="the client token (CLIENT_TOKEN)")
-    explain.add_argument("--json", action="store_true", help="print the whole JSON answer")
-    explain.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
