@@ -25,6 +25,7 @@ from server.auth import ClientAuth, WorkerAuth
 from server.client_api import client_app
 from server.config import Settings
 from server.errors import error_middleware, json_response
+from server.logs import LoggingObserver, context_middleware
 from server.metrics import CONTENT_TYPE, Metrics, exposition, http_middleware
 from server.openapi import docs_page, document
 from server.public import public_app
@@ -74,7 +75,7 @@ def build_app_around(orchestrator: Orchestrator, settings: Settings) -> web.Appl
 
 def _observe(metrics: Metrics | None, orchestrator: Orchestrator) -> None:
     """Hang metrics and the DEBUG job log on the engine's hooks (engine/runtime/observe.py)."""
-    observers: list[Observer] = []
+    observers: list[Observer] = [LoggingObserver()]
     if metrics is not None:
         observers.insert(0, metrics.observer())
         orchestrator.store.timing = metrics.store_timing
@@ -82,7 +83,7 @@ def _observe(metrics: Metrics | None, orchestrator: Orchestrator) -> None:
 
 
 def _base_app(settings: Settings) -> web.Application:
-    middlewares = [error_middleware]
+    middlewares = [context_middleware(), error_middleware]
     if settings.metrics:
         metrics = Metrics()
         middlewares.insert(0, http_middleware(metrics))  # outermost: sees the final status
