@@ -3,13 +3,17 @@ deployment-wide gauges read from the store at scrape time."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
+import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.runtime.orchestrator import Orchestrator
 from server.app import build_app_around
 from server.config import Settings
+from server.metrics import Metrics
 from tests.server.conftest import make_settings, serve
 from tests.server.helpers import ACME, Client, job, ok_json, poll, register, result, submit
 
@@ -130,3 +134,42 @@ async def test_metrics_off_serves_no_metrics(orchestrator: Orchestrator, tmp_pat
         assert response.status == 404
     finally:
         await api.close()
+
+
+async def test_a_dispatch_timeout_is_counted_with_its_reason(api: Client) -> None:
+    # Given a job whose first task no worker takes within 100ms
+    job_id = await submit(api, "jobs/image_pipeline", IMAGE, dispatch_timeout="100ms")
+
+    # When the timer fails it (waiting for the end, not sleeping)
+    assert (await job(api, job_id, wait=10))["status"] == "failed"
+
+    # Then the timeout is counted by task type and reason, and no lease expired
+    s = await scrape(api)
+    labels = {"blueprint": "image_pipeline", "task_type": "fetch_image"}
+    assert value(s, "interlock_task_timeouts_total", reason="dispatch", **labels) == 1
+    assert (
+        value(s, "interlock_lease_expiries_total", task_type="fetch_image", reason="dispatch") == 0
+    )
+    ended = value(s, "interlock_jobs_ended_total", blueprint="image_pipeline", status="failed")
+    assert ended == 1
+
+
+async def test_webhook_deliveries_and_failures_are_counted() -> None:
+    metrics = Metrics()
+    answers: list[int | OSError] = [204, 500, OSError("refused")]
+
+    async def sender(url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        answer = answers.pop(0)
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+    send = metrics.counting_sender(sender)
+    assert await send("http://127.0.0.1:9/hook", b"{}", {}) == 204
+    assert await send("http://127.0.0.1:9/hook", b"{}", {}) == 500
+    with pytest.raises(OSError, match="refused"):
+        await send("http://127.0.0.1:9/hook", b"{}", {})
+    text = generate_latest(metrics.registry).decode()
+    assert "interlock_webhook_deliveries_total 1.0" in text
+    assert 'interlock_webhook_failures_total{reason="http"} 1.0' in text
+    assert 'interlock_webhook_failures_total{reason="network"} 1.0' in text
