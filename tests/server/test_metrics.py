@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
@@ -13,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from engine.runtime.orchestrator import Orchestrator
 from server.app import build_app_around
 from server.config import Settings
-from server.metrics import Metrics
+from server.metrics import LabelCap, Metrics, deployment_families, task_types
 from tests.server.conftest import make_settings, serve
 from tests.server.helpers import ACME, Client, job, ok_json, poll, register, result, submit
 
@@ -173,3 +174,44 @@ async def test_webhook_deliveries_and_failures_are_counted() -> None:
     assert "interlock_webhook_deliveries_total 1.0" in text
     assert 'interlock_webhook_failures_total{reason="http"} 1.0' in text
     assert 'interlock_webhook_failures_total{reason="network"} 1.0' in text
+
+
+async def test_a_scrape_is_one_round_trip_of_a_known_number_of_commands(
+    orchestrator: Orchestrator,
+) -> None:
+    # Given the example blueprints' task types and the store's partitions
+    store = orchestrator.store
+    types = task_types(orchestrator.registry.by_name.values())
+    partitions = store.keys.partitions
+    assert (len(types), partitions) == (14, 8)  # the figures the README quotes
+    sent: list[int] = []
+    real_pipeline = store.redis.pipeline
+
+    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        async def counted(*a: Any, **k: Any) -> Any:
+            sent.append(len(pipe.command_stack))
+            return await execute(*a, **k)
+
+        pipe.execute = counted  # type: ignore[method-assign]
+        return pipe
+
+    store.redis.pipeline = counting_pipeline  # type: ignore[method-assign]
+    try:
+        # When the deployment-wide gauges are read
+        await deployment_families(store, types, 60_000, 0)
+    finally:
+        store.redis.pipeline = real_pipeline  # type: ignore[method-assign]
+
+    # Then that took one pipeline of 2*P*T + T + 2*P commands
+    assert sent == [2 * partitions * len(types) + len(types) + 2 * partitions] == [254]
+
+
+def test_error_codes_chosen_by_workers_are_bounded_as_label_values() -> None:
+    cap = LabelCap(limit=3)
+    assert [cap(code) for code in ("A", "B", "A", "C", "D", "E", None)] == [
+        "A", "B", "A", "C", "other", "other", "other",
+    ]  # fmt: skip
+    assert LabelCap()("X" * 500) == "X" * 64
