@@ -9,14 +9,16 @@ shutdown stops and closes them in reverse order.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from engine.blueprint.loader import load_blueprints
 from engine.runtime import webhooks
 from engine.runtime.jobdoc import RuntimeSettings
-from engine.runtime.observe import Observer, Observers
+from engine.runtime.observe import Observer, Observers, StateClock
 from engine.runtime.orchestrator import Orchestrator, OrchestratorSettings
 from engine.runtime.registry import Registry
 from engine.runtime.schedules import Schedule, load_schedules
@@ -24,7 +26,7 @@ from engine.store.client import Store
 from server.auth import ClientAuth, WorkerAuth
 from server.client_api import client_app
 from server.config import Settings
-from server.errors import error_middleware, json_response
+from server.errors import ConfigError, error_middleware, json_response
 from server.logs import LoggingObserver, context_middleware
 from server.metrics import CONTENT_TYPE, Metrics, exposition, http_middleware
 from server.openapi import docs_page, document
@@ -65,20 +67,28 @@ def build_app(settings: Settings) -> web.Application:
     return app
 
 
-def build_app_around(orchestrator: Orchestrator, settings: Settings) -> web.Application:
-    """The server around a running orchestrator that the caller starts and stops."""
+def build_app_around(
+    orchestrator: Orchestrator, settings: Settings, *, tracing: Any = None
+) -> web.Application:
+    """The server around a running orchestrator that the caller starts and stops;
+    `tracing`, an opentelemetry-sdk TracerProvider, traces its jobs."""
     app = _base_app(settings)
     app[ORCHESTRATOR] = orchestrator
-    _observe(app.get(METRICS), orchestrator)
+    _observe(app.get(METRICS), orchestrator, tracing)
     return app
 
 
-def _observe(metrics: Metrics | None, orchestrator: Orchestrator) -> None:
+def _observe(metrics: Metrics | None, orchestrator: Orchestrator, tracing: Any = None) -> None:
     """Hang metrics and the DEBUG job log on the engine's hooks (engine/runtime/observe.py)."""
-    observers: list[Observer] = [LoggingObserver()]
+    observers: list[Observer] = []
+    if tracing is not None:  # an opentelemetry-sdk TracerProvider (server/tracing.py)
+        from server.tracing import TracingObserver
+
+        observers.append(TracingObserver(tracing))
     if metrics is not None:
-        observers.insert(0, metrics.observer())
+        observers.append(metrics.observer())
         orchestrator.store.timing = metrics.store_timing
+    observers += [LoggingObserver(), StateClock()]  # the clock last: see observe.py
     orchestrator.observer = Observers(observers)
 
 
@@ -106,6 +116,23 @@ def _base_app(settings: Settings) -> web.Application:
     app.add_subapp("/_worker", worker_app())
     app.add_subapp("/_public", public_app())
     return app
+
+
+def _tracing_from_env() -> Any:
+    """The TracerProvider OTEL_TRACES_EXPORTER asks for, or None (server/tracing.py)."""
+    if os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower() in ("", "none"):
+        return None
+    try:
+        from server.tracing import provider_from_env
+    except ImportError as exc:
+        raise ConfigError(
+            f"OTEL_TRACES_EXPORTER is set but OpenTelemetry is not installed ({exc}); "
+            "pip install opentelemetry-sdk"
+        ) from None
+    try:
+        return provider_from_env()
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"OTEL_TRACES_EXPORTER: {exc}") from None
 
 
 async def serve_openapi(request: web.Request) -> web.Response:
@@ -145,6 +172,7 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     blueprints = load_blueprints([settings.blueprints_dir])
     schedules = schedules_for(settings, {blueprint.name for blueprint in blueprints})
+    tracing = _tracing_from_env()
     store = await Store.connect(settings.redis_url, partitions=settings.redis_partitions)
     try:
         async with WebhookSender.session_for_webhooks() as session:
@@ -158,7 +186,7 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
                 webhook_sender=sender,
                 schedules=schedules,
             )
-            _observe(app.get(METRICS), orchestrator)
+            _observe(app.get(METRICS), orchestrator, tracing)
             await orchestrator.start()
             try:
                 app[ORCHESTRATOR] = orchestrator
@@ -167,3 +195,5 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
                 await orchestrator.stop()
     finally:
         await store.close()
+        if tracing is not None:
+            tracing.shutdown()  # exports the spans still buffered

@@ -130,7 +130,7 @@ async def _run(
         await runner.setup()  # runs the app's cleanup_ctx: blueprints, store, orchestrator
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
-    except ScheduleError as exc:  # the file changed since it was checked
+    except (ScheduleError, ConfigError) as exc:  # schedules changed; OTEL_* unusable
         _fail(str(exc))
         await runner.cleanup()
         return 2

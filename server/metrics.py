@@ -32,7 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from engine.runtime.jobdoc import Effects
-from engine.runtime.observe import state_spans
+from engine.runtime.observe import state_spans_of
 from engine.runtime.webhooks import Sender
 from engine.store.client import Store
 from server.errors import Handler
@@ -207,7 +207,7 @@ class MetricsObserver:
         self.m = metrics
 
     def before_commit(self, machine: Machine, doc: dict[str, Any], fx: Effects) -> Any:
-        return state_spans(doc, fx)
+        return state_spans_of(doc, fx)[0]
 
     def committed(self, machine: Machine, doc: dict[str, Any], fx: Effects, note: Any) -> None:
         m = self.m

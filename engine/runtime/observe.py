@@ -55,11 +55,13 @@ class Observers:
             observer.committed(machine, doc, fx, own)
 
 
-def state_spans(doc: dict[str, Any], fx: Effects) -> list[tuple[str, int, int]]:
+def state_spans_of(
+    doc: dict[str, Any], fx: Effects
+) -> tuple[list[tuple[str, int, int]], int | None]:
     """The states this change left, as (state, entered ms, left ms), and the entry time of
-    the state it ends in, recorded in `doc[STATE_SINCE]`. States entered and left in one
-    change are included (a zero or near-zero span). A job created before this field
-    existed has no entry time: its first state left is skipped."""
+    the state it ends in; changes nothing. States entered and left in one change are
+    included (a zero or near-zero span). A job created before `doc[STATE_SINCE]` existed
+    has no entry time: its first state left is skipped."""
     spans: list[tuple[str, int, int]] = []
     since = doc.get(STATE_SINCE)
     for event in fx.history:
@@ -73,5 +75,15 @@ def state_spans(doc: dict[str, Any], fx: Effects) -> list[tuple[str, int, int]]:
             if isinstance(since, int) and doc.get("state"):
                 spans.append((str(doc["state"]), since, int(event["at"])))
             since = None
-    doc[STATE_SINCE] = since
-    return spans
+    return spans, since
+
+
+class StateClock:
+    """Records when the job entered its current state in `doc[STATE_SINCE]`. It goes last
+    among the observers: the others read the previous entry time (`state_spans_of`)."""
+
+    def before_commit(self, machine: Machine, doc: dict[str, Any], fx: Effects) -> Any:
+        doc[STATE_SINCE] = state_spans_of(doc, fx)[1]
+
+    def committed(self, machine: Machine, doc: dict[str, Any], fx: Effects, note: Any) -> None:
+        return None
