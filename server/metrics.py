@@ -193,11 +193,20 @@ class Metrics:
         return send
 
 
-def task_type_of(blueprint: Blueprint, state_name: str, branch: Any) -> str:
-    from server.client_api import task_type_of as lookup  # the API's own lookup
+_task_types: dict[tuple[str, str, Any], str] = {}  # (content hash, state, branch) -> type
 
-    found = lookup(blueprint, state_name, branch if isinstance(branch, int) else None)
-    return found or "unknown"
+
+def task_type_of(blueprint: Blueprint, state_name: str, branch: Any) -> str:
+    """The task type of a state (or branch), remembered: it is asked on every result."""
+    key = (blueprint.content_hash, state_name, branch if isinstance(branch, int) else None)
+    found = _task_types.get(key)
+    if found is None:
+        from server.client_api import task_type_of as lookup  # (a cycle at import time)
+
+        found = lookup(blueprint, state_name, key[2]) or "unknown"
+        if len(_task_types) < 10_000:  # for_each branches are many: a cap
+            _task_types[key] = found
+    return found
 
 
 class MetricsObserver:
