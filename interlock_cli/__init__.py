@@ -1,4 +1,4 @@
-"""The `interlock` command line: validate, graph, serve.
+"""The `interlock` command line: validate, graph, serve, explain.
 
 It sits above both `engine` (validate, graph) and `server` (serve), which never import it.
 """
@@ -64,6 +64,12 @@ def _serve(args: argparse.Namespace) -> int:
     return serve_command(args)
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from server.explain_cli import run  # lazily, as for serve
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="interlock", description="Interlock: a declarative workflow orchestrator."
@@ -126,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="schedules.toml: jobs started on a timetable (SCHEDULES_CONFIG_PATH)",
     )
     serve.set_defaults(handler=_serve)
+
+    explain = commands.add_parser(
+        "explain",
+        help="ask a running server why a job is where it is",
+        description="Print why the job is where it is (queued with no worker, waiting for "
+        "approval, retrying, running on a worker...). Exit status 1 if the server refused, "
+        "2 if it could not be reached.",
+    )
+    explain.add_argument("job_id", metavar="JOB_ID")
+    explain.add_argument("--url", help="the server (INTERLOCK_URL, default 127.0.0.1:8080)")
+    explain.add_argument("--token", help="the client token (CLIENT_TOKEN)")
+    explain.add_argument("--json", action="store_true", help="print the whole JSON answer")
+    explain.set_defaults(handler=_explain)
 
     return parser
 

@@ -9,12 +9,16 @@ shutdown stops and closes them in reverse order.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from engine.blueprint.loader import load_blueprints
+from engine.runtime import webhooks
 from engine.runtime.jobdoc import RuntimeSettings
+from engine.runtime.observe import Observer, Observers, StateClock
 from engine.runtime.orchestrator import Orchestrator, OrchestratorSettings
 from engine.runtime.registry import Registry
 from engine.runtime.schedules import Schedule, load_schedules
@@ -23,12 +27,16 @@ from server.auth import ClientAuth, WorkerAuth
 from server.client_api import client_app
 from server.config import Settings
 from server.console import add_console
-from server.errors import error_middleware
+from server.errors import ConfigError, error_middleware, json_response
+from server.logs import LoggingObserver, context_middleware
+from server.metrics import CONTENT_TYPE, Metrics, exposition, http_middleware
+from server.openapi import docs_page, document
 from server.public import public_app
 from server.state import (
     CLIENT_AUTH,
     CLOSING,
     LONG_POLLS,
+    METRICS,
     ORCHESTRATOR,
     SETTINGS,
     WORKER_AUTH,
@@ -62,16 +70,45 @@ def build_app(settings: Settings) -> web.Application:
     return app
 
 
-def build_app_around(orchestrator: Orchestrator, settings: Settings) -> web.Application:
-    """The server around a running orchestrator that the caller starts and stops."""
+def build_app_around(
+    orchestrator: Orchestrator, settings: Settings, *, tracing: Any = None
+) -> web.Application:
+    """The server around a running orchestrator that the caller starts and stops;
+    `tracing`, an opentelemetry-sdk TracerProvider, traces its jobs."""
     app = _base_app(settings)
     app[ORCHESTRATOR] = orchestrator
+    _observe(app.get(METRICS), orchestrator, tracing)
     return app
 
 
+def _observe(metrics: Metrics | None, orchestrator: Orchestrator, tracing: Any = None) -> None:
+    """Hang metrics and the DEBUG job log on the engine's hooks (engine/runtime/observe.py)."""
+    observers: list[Observer] = []
+    if tracing is not None:  # an opentelemetry-sdk TracerProvider (server/tracing.py)
+        from server.tracing import TracingObserver
+
+        observers.append(TracingObserver(tracing))
+    if metrics is not None:
+        observers.append(metrics.observer())
+        orchestrator.time_store(metrics.store_timing)
+    observers += [LoggingObserver(), StateClock()]  # the clock last: see observe.py
+    orchestrator.observer = Observers(observers)
+
+
 def _base_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    middlewares = [context_middleware(), error_middleware]
+    if settings.metrics:
+        metrics = Metrics()
+        middlewares.insert(0, http_middleware(metrics))  # outermost: sees the final status
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     app[SETTINGS] = settings
+    # No token: the contract is public. (Exact paths of the root app are matched before
+    # the sub-applications' prefixes, so the /api/v1 catch-all POST does not shadow them.)
+    app.router.add_get("/api/v1/openapi.json", serve_openapi)
+    app.router.add_get("/api/docs", serve_docs)
+    if settings.metrics:
+        app[METRICS] = metrics
+        app.router.add_get("/metrics", serve_metrics)
     app[CLIENT_AUTH] = ClientAuth.from_settings(settings)
     app[WORKER_AUTH] = WorkerAuth.from_settings(settings)
     app[CLOSING] = asyncio.Event()
@@ -108,6 +145,43 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     response.headers.setdefault("Cache-Control", "no-store")
 
 
+def _tracing_from_env() -> Any:
+    """The TracerProvider OTEL_TRACES_EXPORTER asks for, or None (server/tracing.py)."""
+    if os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower() in ("", "none"):
+        return None
+    try:
+        from server.tracing import provider_from_env
+    except ImportError as exc:
+        raise ConfigError(
+            f"OTEL_TRACES_EXPORTER is set but OpenTelemetry is not installed ({exc}); "
+            "pip install opentelemetry-sdk"
+        ) from None
+    try:
+        return provider_from_env()
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"OTEL_TRACES_EXPORTER: {exc}") from None
+
+
+async def serve_openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document, with one submission path per loaded blueprint."""
+    blueprints = request.app[ORCHESTRATOR].blueprints()
+    return json_response(document(blueprints))
+
+
+async def serve_docs(request: web.Request) -> web.Response:
+    return web.Response(text=docs_page(), content_type="text/html", charset="utf-8")
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    """The Prometheus exposition: this process's series and the deployment's gauges."""
+    if ORCHESTRATOR not in request.app:
+        return json_response({"error": {"code": "starting", "message": "starting up"}}, status=503)
+    body = await exposition(
+        request.app[METRICS], request.app[ORCHESTRATOR], request.app[SETTINGS].heartbeat_timeout_ms
+    )
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
 async def _release_long_polls(app: web.Application) -> None:
     """Runs before aiohttp waits for open requests: long polls answer now (204, or the job
     as it is) instead of holding the shutdown for up to a minute."""
@@ -125,6 +199,7 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     blueprints = load_blueprints([settings.blueprints_dir])
     schedules = schedules_for(settings, {blueprint.name for blueprint in blueprints})
+    tracing = _tracing_from_env()
     store = await Store.connect(
         settings.redis_url,
         partitions=settings.redis_partitions,
@@ -133,13 +208,17 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     )
     try:
         async with WebhookSender.session_for_webhooks(settings.webhook_policy) as session:
+            sender: webhooks.Sender = WebhookSender(session, settings.webhook_policy)
+            if METRICS in app:
+                sender = app[METRICS].counting_sender(sender)
             orchestrator = Orchestrator(
                 store,
                 Registry(blueprints, runtime_settings(settings)),
                 orchestrator_settings(settings),
-                webhook_sender=WebhookSender(session, settings.webhook_policy),
+                webhook_sender=sender,
                 schedules=schedules,
             )
+            _observe(app.get(METRICS), orchestrator, tracing)
             await orchestrator.start()
             try:
                 app[ORCHESTRATOR] = orchestrator
@@ -148,3 +227,5 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
                 await orchestrator.stop()
     finally:
         await store.close()
+        if tracing is not None:
+            tracing.shutdown()  # exports the spans still buffered

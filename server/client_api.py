@@ -65,7 +65,34 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 @web.middleware
 async def client_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[CLIENT] = request.config_dict[CLIENT_AUTH].client(request.headers.get(CLIENT_HEADER))
-    return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        # The submission route takes a POST on any path, so aiohttp lists POST as allowed
+        # on every path (GET /api/v1/jobs/x/graph -> "Allow: GET,HEAD,POST"). POST is
+        # allowed only where a fixed route or a blueprint's api_endpoint takes it.
+        if "POST" not in exc.allowed_methods or _takes_post(request):
+            raise
+        allowed = set(exc.allowed_methods) - {"POST"}
+        raise web.HTTPMethodNotAllowed(request.method, allowed) from None
+
+
+def _takes_post(request: web.Request) -> bool:
+    endpoint = request.path.removeprefix(PREFIX + "/")
+    return orchestrator(request).blueprint_for_endpoint(endpoint) is not None
+
+
+async def _fixed_methods(request: web.Request) -> set[str]:
+    """The methods the fixed routes (all but the submission route) take on this path."""
+    methods: set[str] = set()
+    for resource in request.app.router.resources():
+        if any(route.handler is submit_job for route in resource):
+            continue
+        match, allowed = await resource.resolve(request)
+        if match is not None:
+            methods.add(request.method)
+        methods |= allowed
+    return methods
 
 
 def job_not_found() -> NotFound:
@@ -136,6 +163,9 @@ async def submit_job(request: web.Request) -> web.Response:
     endpoint = request.match_info["api_endpoint"]
     blueprint = orch.blueprint_for_endpoint(endpoint)
     if blueprint is None:
+        fixed = await _fixed_methods(request)
+        if fixed:  # e.g. POST /api/v1/jobs: a path that exists, for other methods
+            raise web.HTTPMethodNotAllowed(request.method, fixed)
         raise NotFound(
             f"no blueprint serves POST {PREFIX}/{endpoint}; GET {PREFIX}/blueprints lists "
             "each blueprint's api_endpoint",
@@ -448,6 +478,12 @@ async def blueprint_graph(request: web.Request) -> web.Response:
     )
 
 
+async def explain_job(request: web.Request) -> web.Response:
+    from server.explain import explain_job as handler  # it imports this module's helpers
+
+    return await handler(request)
+
+
 def client_app() -> web.Application:
     """The `/api/v1` sub-application. Fixed routes first: the job-submission route catches
     every other POST path, since an api_endpoint may contain `/`."""
@@ -460,6 +496,7 @@ def client_app() -> web.Application:
     app.router.add_get("/jobs/{job_id}/history", job_history)
     app.router.add_get("/jobs/{job_id}/graph", job_graph)
     app.router.add_get("/jobs/{job_id}/changes", job_changes)
+    app.router.add_get("/jobs/{job_id}/explain", explain_job)
     app.router.add_post("/jobs/{job_id}/cancel", cancel_job)
     app.router.add_post("/jobs/{job_id}/approval", decide_approval)
     app.router.add_get("/workers", list_workers)

@@ -80,6 +80,8 @@ class Settings:
     webhook_policy: WebhookPolicy = field(default_factory=WebhookPolicy)  # WEBHOOK_ALLOW
     public_url: str = ""  # the base of approval links; empty: the origin of each request
     schedules_path: Path | None = None
+    metrics: bool = True  # METRICS=off: no /metrics and no counting (server/metrics.py)
+    log_format: str = "text"  # LOG_FORMAT: text (for people) or json (one object a line)
     client_token_generated: bool = False
     worker_token_generated: bool = False
     webhook_secret_generated: bool = False
@@ -157,6 +159,8 @@ class _Reader:
             webhook_policy=self.value("WEBHOOK_ALLOW", d.webhook_policy, WebhookPolicy.from_text),
             public_url=self.value("PUBLIC_URL", d.public_url, _public_url),
             schedules_path=self.value("SCHEDULES_CONFIG_PATH", None, _path),
+            metrics=self.value("METRICS", d.metrics, _on_off),
+            log_format=self.value("LOG_FORMAT", d.log_format, _one_of("text", "json")),
             client_token_generated=client_generated,
             worker_token_generated=worker_generated,
             webhook_secret_generated=webhook_generated,
@@ -298,6 +302,25 @@ def _non_empty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
     return text
+
+
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise ValueError(f"{text!r} is not on or off; use on or off")
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"{text!r} is not allowed; use {' or '.join(choices)}")
+        return value
+
+    return convert
 
 
 def _host(text: str) -> str:

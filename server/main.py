@@ -24,6 +24,7 @@ from engine.errors import BlueprintError
 from engine.runtime import aio
 from engine.runtime.schedules import ScheduleError
 from engine.store.client import Store, StoreError
+from server import logs
 from server.app import build_app, schedules_for
 from server.config import Settings, redact_url
 from server.errors import ConfigError
@@ -80,19 +81,12 @@ def serve_command(args: argparse.Namespace) -> int:
     except ScheduleError as exc:
         _fail(str(exc))
         return 2
-    _setup_logging()
+    _setup_logging(settings.log_format)
     return aio.run(_serve(settings, len(blueprints), len(schedules)))
 
 
-def _setup_logging() -> None:
-    level = os.environ.get("LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=logging.WARNING,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    known = logging.getLevelNamesMapping()
-    logging.getLogger("interlock").setLevel(level if level in known else "INFO")
+def _setup_logging(log_format: str) -> None:
+    logs.setup(log_format, os.environ.get("LOG_LEVEL", "INFO").upper())
 
 
 async def check_store(settings: Settings) -> str | None:
@@ -188,7 +182,7 @@ async def _run(
         )
         site = GuardedSite(runner, settings.host, settings.port, guard)
         await site.start()
-    except ScheduleError as exc:  # the file changed since it was checked
+    except (ScheduleError, ConfigError) as exc:  # schedules changed; OTEL_* unusable
         _fail(str(exc))
         await runner.cleanup()
         return 2
@@ -209,25 +203,24 @@ async def _run(
 def _announce(
     settings: Settings, runner: web.AppRunner, blueprint_count: int, schedule_count: int
 ) -> None:
+    # The one place a secret is shown: one the operator did not set and must learn.
+    notice = logs.notice_printer(settings.log_format)
     if settings.client_token_generated:
         token = settings.client_tokens[0][1]
-        print(
+        notice(
             f"no CLIENT_TOKEN set; using generated token {token} (shared by every "
-            "orchestrator on this store)",
-            file=sys.stderr,
+            "orchestrator on this store)"
         )
     if settings.worker_token_generated:
         token = settings.worker_token or ""
-        print(
+        notice(
             f"no WORKER_TOKEN set; using generated token {token} (shared by every "
-            "orchestrator on this store)",
-            file=sys.stderr,
+            "orchestrator on this store)"
         )
     if settings.webhook_secret_generated:
-        print(
+        notice(
             f"no WEBHOOK_SECRET set; signing webhooks with generated secret "
-            f"{settings.webhook_secret} (shared by every orchestrator on this store)",
-            file=sys.stderr,
+            f"{settings.webhook_secret} (shared by every orchestrator on this store)"
         )
     port = settings.port
     for address in runner.addresses:

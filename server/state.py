@@ -15,6 +15,7 @@ from aiohttp import web
 from engine.runtime.orchestrator import Orchestrator
 from server.auth import ClientAuth, WorkerAuth
 from server.config import Settings
+from server.metrics import Metrics
 
 T = TypeVar("T")
 
@@ -22,6 +23,7 @@ SETTINGS = web.AppKey("settings", Settings)
 ORCHESTRATOR = web.AppKey("orchestrator", Orchestrator)
 CLIENT_AUTH = web.AppKey("client_auth", ClientAuth)
 WORKER_AUTH = web.AppKey("worker_auth", WorkerAuth)
+METRICS = web.AppKey("metrics", Metrics)  # absent when METRICS=off
 CLOSING = web.AppKey("closing", asyncio.Event)  # set when the server starts shutting down
 # The request tasks waiting in `unless_closing`.
 LONG_POLLS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("long_polls")

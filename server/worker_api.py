@@ -139,7 +139,8 @@ async def heartbeat(request: web.Request) -> web.Response:
     body = await json_object(request, empty_ok=True)
     tasks = _name_list(body.get("current_tasks"), "current_tasks")
     alive_ms = settings(request).heartbeat_timeout_ms
-    known, cancels = await orchestrator(request).heartbeat(worker_id, list(tasks), alive_ms)
+    skills = request.config_dict[SKILLS].get(worker_id) or ()  # seen: for metrics, explain
+    known, cancels = await orchestrator(request).heartbeat(worker_id, list(tasks), alive_ms, skills)
     if not known:
         # The SDK re-registers when the text holds "not found" (protocol §6). Only a worker
         # whose registration really is gone gets this, or it would loop.

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from worker_sdk.context import TaskContext
 from worker_sdk.errors import InvalidInputError, PermanentError, WorkerError
 from worker_sdk.outcome import error_of, from_return, result_body
+from worker_sdk.tracing import handler_span
 
 if TYPE_CHECKING:
     from worker_sdk.s3 import PayloadStore
@@ -119,7 +120,8 @@ class Executor:
         """The result body for `task`."""
         started = time.monotonic()
         try:
-            result = await self._outcome(task, ctx)
+            with handler_span(task, self.worker_id):  # continues the job's trace, if any
+                result = await self._outcome(task, ctx)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # every failure is a result; see outcome.py for the codes

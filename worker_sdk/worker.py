@@ -43,6 +43,7 @@ from worker_sdk.outcome import result_body
 from worker_sdk.paths import task_folder_name
 from worker_sdk.routing import Router, SlotGate
 from worker_sdk.supervisor import Supervisor
+from worker_sdk.tracing import configure_from_env
 
 if TYPE_CHECKING:
     from worker_sdk.s3 import PayloadStore
@@ -193,6 +194,7 @@ class Worker:
                 f"WORKER_PAYLOAD_DIR: cannot create {config.payload_dir}: {exc.strerror}"
             ) from None
         self.config = config
+        configure_from_env(self._environ)  # OpenTelemetry, when installed and asked for
         payloads: PayloadStore | None = None
         if config.s3 is not None:
             from worker_sdk.s3 import PayloadStore  # aioboto3 is needed only with S3 on

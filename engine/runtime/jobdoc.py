@@ -156,6 +156,9 @@ class JobDoc(TypedDict):
     # Set on a job created with an Idempotency-Key: what identifies its request (endpoint
     # and body), so that a retry is told apart from another request with the same key.
     request_fingerprint: NotRequired[str]
+    # When the job entered its current state (ms), written by the metrics observer
+    # (engine/runtime/observe.py) for the state-duration histogram.
+    state_since: NotRequired[int]
     # The last progress event the worker holding a task sent: `at`, `state`, `task_id`, then
     # whatever fields the worker sent (`progress`, `message`, ...).
     progress: NotRequired[dict[str, Any]]

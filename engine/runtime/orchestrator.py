@@ -15,7 +15,7 @@ import logging
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from engine.blueprint.model import Blueprint
 from engine.clock import now_ms
@@ -33,16 +33,25 @@ from engine.runtime.jobdoc import (
     Enqueue,
     Ignored,
     JobDoc,
+    JobStatus,
     ParentRef,
     TaskLease,
     new_job,
 )
 from engine.runtime.machine import Machine
+from engine.runtime.observe import NoObserver, Observer
 from engine.runtime.recent import RecentJobs
 from engine.runtime.registry import Registry
 from engine.runtime.schedules import Schedule
 from engine.runtime.waiting import pending_approval
-from engine.store.client import Commit, JobRecord, Store, StoreUnavailable
+from engine.store.client import (
+    Commit,
+    DeploymentCounts,
+    JobRecord,
+    Store,
+    StoreTiming,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("interlock.orchestrator")
 
@@ -59,6 +68,19 @@ LIST_BUDGET = 500  # index entries one listing request reads beyond its page, at
 
 def _reason(outcome: Ignored | None) -> str:
     return outcome.reason if outcome is not None else "job_not_found"
+
+
+def _plain(doc: JobDoc) -> dict[str, Any]:
+    """The document as the observers see it: a plain dict (they add `state_since`)."""
+    return cast(dict[str, Any], doc)
+
+
+def _waiting_since(doc: JobDoc) -> int | None:
+    """Since when (ms) the job waits for a person's decision, or None if it does not."""
+    approval = doc["approval"]
+    if doc["status"] != JobStatus.WAITING_FOR_HUMAN or approval is None:
+        return None
+    return approval["asked_at"]
 
 
 def parse_cursor(cursor: str) -> tuple[int, str]:
@@ -78,8 +100,10 @@ class Orchestrator:
         *,
         webhook_sender: webhooks.Sender | None = None,
         schedules: Sequence[Schedule] = (),
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
+        self.observer: Observer = observer or NoObserver()  # metrics, logs (observe.py)
         self.registry = registry
         self.settings = settings
         # What we committed last: a change starts from it instead of reading Redis.
@@ -349,9 +373,10 @@ class Orchestrator:
         await self.store.register_worker(worker_id, registration, self.settings.worker_ttl_ms)
 
     async def heartbeat(
-        self, worker_id: str, tasks: list[str], alive_ms: int
+        self, worker_id: str, tasks: list[str], alive_ms: int, skills: Sequence[str] = ()
     ) -> tuple[bool, list[str]]:
-        return await self.store.heartbeat(worker_id, tasks, alive_ms, self.settings.worker_ttl_ms)
+        ttl_ms = self.settings.worker_ttl_ms
+        return await self.store.heartbeat(worker_id, tasks, alive_ms, ttl_ms, skills)
 
     async def next_task(
         self, worker_id: str, skills: tuple[str, ...], wait_s: float
@@ -472,6 +497,7 @@ class Orchestrator:
         raw_leases, handoffs, enqueue = self._place_tasks(record, fx, now)
         leases = {task_id: TaskLease.decode(raw) for task_id, raw in raw_leases.items()}
         version = (record.version if record else 0) + 1
+        note = self.observer.before_commit(machine, _plain(doc), fx)  # observe.py: hook 1 of 2
         doc_json = dumps(doc)
         webhook = fx.terminal and bool(doc.get("webhook_url"))
         change = Commit(
@@ -488,6 +514,8 @@ class Orchestrator:
             webhook_ms=now if webhook else None,
             done=fx.terminal,
             history=fx.history,
+            # Indexes the jobs waiting for a person, for metrics (server/metrics.py).
+            human_ms=_waiting_since(doc),
         )
         applied = False
         try:
@@ -503,6 +531,7 @@ class Orchestrator:
         if not applied:
             return False
         self.recent.remember(doc["id"], version, doc_json, raw_leases, fx.terminal)
+        self.observer.committed(machine, _plain(doc), fx, note)  # observe.py: hook 2 of 2
         queued = {e.task_type for e in enqueue}
         await self._after_commit(doc, fx, webhook, queued, JobRecord(version, doc, raw_leases))
         return True
@@ -633,6 +662,26 @@ class Orchestrator:
     async def queue_depths(self, task_types: list[str]) -> dict[str, int]:
         """How many tasks wait in the queues of each task type."""
         return await self.store.queue_depths(task_types)
+
+    async def deployment_counts(
+        self, task_types: list[str], connected_ms: int, now: int
+    ) -> DeploymentCounts:
+        """Queues, connected workers, webhook backlog and approvals waiting, deployment-wide."""
+        return await self.store.deployment_counts(task_types, connected_ms, now)
+
+    async def workers_seen(
+        self, task_type: str, connected_ms: int, now: int
+    ) -> tuple[int, int | None]:
+        """Workers of `task_type` seen within `connected_ms`, and ms since the last one."""
+        return await self.store.workers_seen(task_type, connected_ms, now)
+
+    async def worker_alive(self, worker_id: str) -> dict[str, Any] | None:
+        """The worker's last heartbeat (`at`, `tasks`), or None once it has expired."""
+        return await self.store.worker_alive(worker_id)
+
+    def time_store(self, timing: StoreTiming) -> None:
+        """Have every batched store round trip reported to `timing` (the metrics)."""
+        self.store.timing = timing
 
     def store_wiped_at(self) -> int | None:
         """When this process found the store wiped (its deployment marker gone), or None."""

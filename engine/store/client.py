@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -48,6 +49,10 @@ KEEP = "-"  # commit(timer_ms=KEEP) leaves the job's timer as it is
 # What the driver raises: RedisError, and on Redis Cluster also RedisClusterException (not a
 # RedisError), e.g. SlotNotCoveredError while a failover is still under way.
 DRIVER_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+
+# Called after each batched round trip: (operation, items in the batch, seconds taken).
+# The metrics hang here (server/metrics.py); it must be quick and must not raise.
+StoreTiming = Callable[[str, int, float], None]
 
 
 def driver_error(exc: BaseException) -> bool:
@@ -141,6 +146,8 @@ class Commit:
     dequeue: list[tuple[str, str]] = field(default_factory=list)  # (type, member)
     ttl_ms: int | None = None
     index: tuple[str, int] | None = None  # (client, created ms)
+    # Since when (ms) the job waits for a person; None: it does not (see keys.humans).
+    human_ms: int | None = None
     webhook_ms: int | None = None
     done: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -212,6 +219,16 @@ return redis.call('HMGET', KEYS[1], 'partitions', 'tags', 'deployment')
 """
 
 
+@dataclass(frozen=True, slots=True)
+class DeploymentCounts:
+    """What every orchestrator shares, counted in one round trip (for the metrics)."""
+
+    # task type -> (tasks queued, queue score of the first in line or None, workers seen)
+    per_type: dict[str, tuple[int, float | None, int]]
+    webhook_backlog: int
+    waiting_for_human: int
+
+
 class Store:
     def __init__(self, client: aioredis.Redis, keys: Keys, url: str) -> None:
         self.redis = client
@@ -231,6 +248,7 @@ class Store:
         self.wiped_at: int | None = None  # ms when the marker was found gone or replaced
         # Jobs this store changed, announced to long polls (the web console's live pages).
         self.changes = Changes()
+        self.timing: StoreTiming | None = None
 
     @classmethod
     async def connect(
@@ -364,6 +382,14 @@ class Store:
         return await self._commits.submit((change, history_start))
 
     async def _commit_batch(self, items: list[tuple[Commit, int]]) -> list[bool | Exception]:
+        started = time.perf_counter()
+        try:
+            return await self._commit_batch_timed(items)
+        finally:
+            if self.timing is not None:
+                self.timing("commit", len(items), time.perf_counter() - started)
+
+    async def _commit_batch_timed(self, items: list[tuple[Commit, int]]) -> list[bool | Exception]:
         # (partition, large change's position or -1) -> positions in items
         by_partition: dict[tuple[int, int], list[int]] = {}
         for position, (change, _) in enumerate(items):
@@ -455,6 +481,7 @@ class Store:
 
         timers = key(keys.timers(partition))
         webhooks = key(keys.webhooks(partition))
+        humans = key(keys.humans(partition))
         plans = []
         for change, history_start in changes:
             job_id = change.job_id
@@ -493,6 +520,8 @@ class Store:
                     ),
                     "webhooks": webhooks,
                     "webhook": str(change.webhook_ms) if change.webhook_ms is not None else False,
+                    "humans": humans,
+                    "human": str(change.human_ms) if change.human_ms is not None else False,
                     "ttl": str(change.ttl_ms) if change.ttl_ms else False,
                     "ready": sorted({f"{t}|{partition}" for t, _, _ in change.enqueue}),
                     "done": change.done,
@@ -608,7 +637,11 @@ class Store:
             args = [str(now_ms), str(len(batch.candidates)), *batch.candidates, *batch.workers]
             calls.append((keys, args))
         made: list[list[Leased]] = []
-        for answer in await self._run_scripts(self._lease, calls):
+        started = time.perf_counter()
+        answers = await self._run_scripts(self._lease, calls)
+        if self.timing is not None:
+            self.timing("lease", len(calls), time.perf_counter() - started)
+        for answer in answers:
             if isinstance(answer, Exception):
                 raise answer
             made.append(
@@ -674,24 +707,39 @@ class Store:
         self, worker_id: str, registration: Mapping[str, Any], ttl_ms: int
     ) -> None:
         pipe = self.redis.pipeline(transaction=False)
+        now = now_ms()
         pipe.set(self.keys.worker(worker_id), dumps(registration), px=ttl_ms)
-        pipe.set(self.keys.worker_alive(worker_id), dumps({"at": now_ms(), "tasks": []}), px=ttl_ms)
-        pipe.zadd(self.keys.workers, {worker_id: now_ms()})
+        pipe.set(self.keys.worker_alive(worker_id), dumps({"at": now, "tasks": []}), px=ttl_ms)
+        pipe.zadd(self.keys.workers, {worker_id: now})
+        for skill in registration.get("skills") or ():
+            key = self.keys.skill_workers(str(skill))
+            pipe.zadd(key, {worker_id: now})
+            # Forget workers silent for longer than a registration lives: the set stays
+            # as large as the workers of the last `ttl_ms`, not of all time.
+            pipe.zremrangebyscore(key, "-inf", now - ttl_ms)
         await pipe.execute()
 
     async def heartbeat(
-        self, worker_id: str, tasks: Sequence[str], alive_ms: int, registration_ms: int
+        self,
+        worker_id: str,
+        tasks: Sequence[str],
+        alive_ms: int,
+        registration_ms: int,
+        skills: Sequence[str] = (),
     ) -> tuple[bool, list[str]]:
         """Record a heartbeat. Returns (worker known, task ids it should cancel). Heartbeats
-        are batched like commits: 1,000 workers' heartbeats take one connection, not 100."""
-        return await self._heartbeats.submit((worker_id, list(tasks), alive_ms, registration_ms))
+        are batched like commits: 1,000 workers' heartbeats take one connection, not 100.
+        `skills` (the worker's task types) are marked seen now (see `keys.skill_workers`)."""
+        item = (worker_id, list(tasks), alive_ms, registration_ms, tuple(skills))
+        return await self._heartbeats.submit(item)
 
     async def _heartbeat_batch(
-        self, beats: list[tuple[str, list[str], int, int]]
+        self, beats: list[tuple[str, list[str], int, int, tuple[str, ...]]]
     ) -> list[tuple[bool, list[str]] | Exception]:
+        started = time.perf_counter()
         pipe = self.redis.pipeline(transaction=False)
         now = now_ms()
-        for worker_id, tasks, alive_ms, registration_ms in beats:
+        for worker_id, tasks, alive_ms, registration_ms, _ in beats:
             pipe.pexpire(self.keys.worker(worker_id), registration_ms)
             pipe.set(
                 self.keys.worker_alive(worker_id), dumps({"at": now, "tasks": tasks}), px=alive_ms
@@ -699,9 +747,15 @@ class Store:
             pipe.spop(self.keys.worker_cancels(worker_id), 1000)
             # xx: a heartbeat refreshes the index entry of a registered worker only.
             pipe.zadd(self.keys.workers, {worker_id: now}, xx=True)
+        # After the per-worker commands, so that answers[4 * i ...] stay each worker's own.
+        for worker_id, _, _, _, skills in beats:
+            for skill in skills:
+                pipe.zadd(self.keys.skill_workers(skill), {worker_id: now})
         answers = await pipe.execute(raise_on_error=False)
+        if self.timing is not None:
+            self.timing("heartbeat", len(beats), time.perf_counter() - started)
         outcomes: list[tuple[bool, list[str]] | Exception] = []
-        for i in range(0, len(answers), 4):
+        for i in range(0, 4 * len(beats), 4):
             known, stored, cancels, indexed = answers[i : i + 4]
             replies = (known, stored, cancels, indexed)
             failed = next((a for a in replies if isinstance(a, Exception)), None)
@@ -740,6 +794,53 @@ class Store:
         return found
 
     @translated
+    @translated
+    async def deployment_counts(
+        self, types: Sequence[str], connected_ms: int, now: int
+    ) -> DeploymentCounts:
+        """Queues, connected workers, webhook backlog and approvals waiting, over every
+        partition: 2*P*T + T + 2*P commands in one pipelined round trip."""
+        keys = self.keys
+        partitions = range(keys.partitions)
+        pipe = self.redis.pipeline(transaction=False)
+        for task_type in types:
+            for p in partitions:
+                pipe.zcard(keys.queue(p, task_type))
+                pipe.zrange(keys.queue(p, task_type), 0, 0, withscores=True)
+            pipe.zcount(keys.skill_workers(task_type), now - connected_ms, "+inf")
+        for p in partitions:
+            pipe.zcard(keys.webhooks(p))
+            pipe.zcard(keys.humans(p))
+        answers = iter(await pipe.execute())
+        per_type: dict[str, tuple[int, float | None, int]] = {}
+        for task_type in types:
+            count, first = 0, None
+            for _ in partitions:
+                count += int(next(answers))
+                head = next(answers)
+                if head:
+                    score = float(head[0][1])
+                    first = score if first is None else min(first, score)
+            per_type[task_type] = (count, first, int(next(answers)))
+        backlog = humans = 0
+        for _ in partitions:
+            backlog += int(next(answers))
+            humans += int(next(answers))
+        return DeploymentCounts(per_type, backlog, humans)
+
+    @translated
+    async def workers_seen(
+        self, task_type: str, connected_ms: int, now: int
+    ) -> tuple[int, int | None]:
+        """(workers of `task_type` seen within `connected_ms`, ms since any was last seen or
+        None)."""
+        key = self.keys.skill_workers(task_type)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcount(key, now - connected_ms, "+inf")
+        pipe.zrevrange(key, 0, 0, withscores=True)
+        count, last = await pipe.execute()
+        return int(count), (now - int(last[0][1]) if last else None)
+
     async def queue_depths(self, task_types: Sequence[str]) -> dict[str, int]:
         """Tasks waiting for a worker, per task type (summed over the partitions)."""
         pipe = self.redis.pipeline(transaction=False)

@@ -73,6 +73,15 @@ class Keys:
         """Sorted set of job ids whose terminal webhook is due, by next attempt (ms)."""
         return f"{self._p(partition)}:webhooks"
 
+    def humans(self, partition: int) -> str:
+        """Sorted set of job ids waiting for a person's decision, by since when (ms)."""
+        return f"{self._p(partition)}:humans"
+
+    def skill_workers(self, task_type: str) -> str:
+        """Sorted set of the ids of workers serving `task_type`, by when each was last seen
+        (registration or heartbeat, ms). Read by metrics and `explain`."""
+        return f"{self.prefix}:{{s:{task_type}}}:workers"
+
     def queue(self, partition: int, task_type: str) -> str:
         """Sorted set of `job_id|task_id` waiting for a worker of `task_type`."""
         return f"{self._p(partition)}:queue:{task_type}"

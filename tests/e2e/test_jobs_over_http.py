@@ -194,7 +194,10 @@ async def test_the_published_avtomatika_worker_completes_a_job(
         "    worker.run()\n"
     )
     python = require_file(ROOT / ".venv-compat" / "bin" / "python", "make compat")
-    with serve(tmp_path, redis_url, _folder(tmp_path, RETRY)) as server:
+    # Traced, so that its tasks carry a W3C traceparent in tracing_context: the SDK must
+    # ignore what it does not know.
+    traced = {"OTEL_TRACES_EXPORTER": "console"}
+    with serve(tmp_path, redis_url, _folder(tmp_path, RETRY), env=traced) as server:
         env = {
             **os.environ,
             "ORCHESTRATOR_URL": server.url,

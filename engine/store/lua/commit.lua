@@ -10,6 +10,8 @@
 --   timers: KEYS index of the timers zset; timer: score | false (remove) | "keep"
 --   index: [KEYS index of the client index, score] | false
 --   webhooks: KEYS index of the webhook outbox; webhook: score | false
+--   humans: KEYS index of the set of jobs waiting for a person; human: score (since when
+--     the job waits) | false (it does not: removed, a no-op for most jobs)
 --   ttl: ms | false     ready: [message]     done: true | false
 -- Sorted-set changes are collected and made with one ZREM and one ZADD per key, the
 -- notifications with one `publish` (PUBLISH, or SPUBLISH on the partition's shard channels
@@ -54,6 +56,11 @@ for i, plan in ipairs(batch.plans) do
     end
     if plan.index then push(adds, plan.index[1], plan.index[2], plan.id) end
     if plan.webhook then push(adds, plan.webhooks, plan.webhook, plan.id) end
+    if plan.human then
+      push(adds, plan.humans, plan.human, plan.id)
+    else
+      push(removes, plan.humans, plan.id)
+    end
     if plan.ttl then redis.call('PEXPIRE', job, plan.ttl) end
     for _, message in ipairs(plan.ready) do ready[message] = true end
     if plan.done then done[#done + 1] = plan.id end
