@@ -65,5 +65,6 @@ def _worker_view(
         # gone quiet (its tasks are retried) though its registration is still kept.
         "connected": alive is not None,
         "last_heartbeat": iso(alive.get("at")) if alive else None,
-        "tasks": [t for t in tasks if isinstance(t, str)] if isinstance(tasks, list) else [],
+        # How many, not which: a task id names its job, and the job may be another client's.
+        "tasks_held": len(tasks) if isinstance(tasks, list) else 0,
     }

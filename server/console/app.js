@@ -479,7 +479,7 @@ async function workers(current) {
     people.replaceChildren(...answer.workers.map((w) => h("tr", { "data-worker": w.id },
       h("td", { class: "mono" }, w.id), h("td", {}, w.worker_type), h("td", {}, w.task_types.join(", ")),
       h("td", {}, w.connected ? "yes" : "no (silent)"), h("td", {}, when(w.last_heartbeat)),
-      h("td", { class: "mono" }, `${w.tasks.length}${w.tasks.length ? ": " + w.tasks.map(short).join(", ") : ""}`))));
+      h("td", { class: "mono" }, `${w.tasks_held}`))));
     if (!answer.workers.length) people.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No worker is registered.")));
     queues.replaceChildren(...answer.queues.map((q) => h("tr", { "data-queue": q.task_type },
       h("td", { class: "mono" }, q.task_type), h("td", {}, q.depth), h("td", {}, q.workers ? "yes" : "no"))));
