@@ -36,14 +36,17 @@ async def test_round_robin_splits_many_slots_evenly(tmp_path: Path, scripted: An
     # when it works through both backlogs
     async with running(worker):
         await eventually(lambda: len(started) == 100, 30, "100 tasks started")
-    # then while both have work, no run of 2 x 10 starts is split worse than 13/7 (timing on
-    # a loaded machine shifts a start or two; before, 15/5 and 17/3 were common)
-    # (both have work until the last start of the one that ran out first)
+    # then while both have work, every run of 10 starts is split about evenly: on average
+    # by less than 2 (measured: 0.4-0.9 with the share rule, one late poll included; 3.2-3.4
+    # without it, which splits 9/1 and 1/9 by turns). An average, because one late poll on a
+    # loaded machine shifts a whole batch; the rule itself is checked exactly in
+    # tests/worker_sdk/test_batches.py. (Both have work until the last start of the one
+    # that ran out first.)
     both = min(max(i for i, url in enumerate(started) if url == o.url) for o in (a, b))
     assert both >= 60, [u[-5:] for u in started]
-    splits = [Counter(started[i : i + 2 * SLOTS]) for i in range(both - 2 * SLOTS)]
-    worst = max(abs(split[a.url] - split[b.url]) for split in splits)
-    assert worst <= 6, "".join("A" if url == a.url else "b" for url in started)
+    windows = [Counter(started[i : i + SLOTS]) for i in range(both + 1 - SLOTS)]
+    mean = sum(abs(w[a.url] - w[b.url]) for w in windows) / len(windows)
+    assert mean < 2, "".join("A" if url == a.url else "b" for url in started)
 
 
 async def test_waterfall_asks_the_next_orchestrator_when_the_first_has_no_task(
