@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from engine.blueprint.loader import load_blueprint, load_blueprint_text
 from engine.blueprint.model import Blueprint
 from engine.runtime.jobdoc import Ignored, RuntimeSettings
+from tests.engine.test_flow_control import PARENT
 from tests.support.rules_driver import RulesDriver
 
 BLUEPRINTS = Path(__file__).resolve().parents[2] / "blueprints"
@@ -610,16 +611,6 @@ def test_approval_tokens_differ_between_jobs() -> None:
 
 # -- subflows -------------------------------------------------------------------------------------
 
-PARENT = """
-blueprint: parent
-start: call
-states:
-  call:
-    subflow: {blueprint: child, input: {n: "${ initial_data.n }"}}
-    on: {success: done, failure: broken}
-  done: {end: finished, output: {child: "${ steps.call }"}}
-  broken: {end: failed, error: {code: CHILD_FAILED}}
-"""
 CHILD = """
 blueprint: child
 start: work
