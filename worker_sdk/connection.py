@@ -58,10 +58,17 @@ class RateLimited(WorkerError):
 class Refused(WorkerError):
     """A 4xx answer: the orchestrator understood and said no."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, details: Any = None) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+        self.details = details  # the server's `error.details`, when it gave any
+
+    @property
+    def max_bytes(self) -> int | None:
+        """The body limit a 413 named (Interlock gives it as `details.max_bytes`)."""
+        limit = self.details.get("max_bytes") if isinstance(self.details, dict) else None
+        return limit if isinstance(limit, int) and limit > 0 else None
 
     @property
     def unauthorized(self) -> bool:
@@ -297,26 +304,27 @@ def _answer(method: str, path: str, status: int, text: str, retry_after: str | N
             return json.loads(text)
         except ValueError:
             raise Unavailable(f"{method} {path} answered {status} with non-JSON text") from None
-    message = _message(text)
+    message, details = _error(text)
     if status == 429:
         raise RateLimited(f"HTTP 429: {message}", _retry_after(retry_after))
     if status >= 500 or status == 408:
         raise Unavailable(f"HTTP {status}: {message}")
-    raise Refused(status, message)
+    raise Refused(status, message, details)
 
 
-def _message(text: str) -> str:
-    """The server's message from `{"error": {"message": ...}}`, `{"error": "..."}` or text."""
+def _error(text: str) -> tuple[str, Any]:
+    """The server's message from `{"error": {"message": ...}}`, `{"error": "..."}` or text,
+    and the error's `details` (None when it has none)."""
     try:
         body = json.loads(text)
     except ValueError:
-        return text.strip()[:500]
+        return text.strip()[:500], None
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and error.get("message"):
-        return str(error["message"])[:500]
+        return str(error["message"])[:500], error.get("details")
     if isinstance(error, str):
-        return error[:500]
-    return text.strip()[:500]
+        return error[:500], None
+    return text.strip()[:500], None
 
 
 def _retry_after(value: str | None) -> float | None:

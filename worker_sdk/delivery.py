@@ -26,7 +26,6 @@ loses nor duplicates a result.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -42,7 +41,9 @@ from worker_sdk.connection import (
     ResultAnswer,
     Unavailable,
 )
-from worker_sdk.errors import RESULT_TOO_LARGE
+from worker_sdk.errors import RESULT_TOO_LARGE, TaskError
+from worker_sdk.offload import ValueStore, encode, offload
+from worker_sdk.outcome import error_of
 
 log = logging.getLogger("worker_sdk.results")
 
@@ -58,11 +59,13 @@ class Delivery:
         connections: Sequence[Connection],
         retry_initial: float,
         retry_max: float,
+        values: ValueStore | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.connections = connections
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        self.values = values  # S3 offloading, for results too large to send (offload.py)
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._batchers = {connection: ResultBatcher(connection) for connection in connections}
 
@@ -105,15 +108,22 @@ class Delivery:
         task_id = body["task_id"]
         backoff = Backoff(self.retry_initial, self.retry_max)
         first_failure: float | None = None
+        offloaded = False
         while True:
             try:
                 answer = await self._send(issuer, body)
             except Refused as exc:
                 if exc.status == 413 and body.get("error", {}).get("code") != RESULT_TOO_LARGE:
+                    if not offloaded and self.values is not None:
+                        offloaded = True
+                        smaller = await self._offload(self.values, body, exc)
+                        if smaller is not None:
+                            body = smaller
+                            continue
                     # The same result would be refused again, anywhere: report it instead,
                     # so that the task fails now rather than at its lease's end.
                     log.error("result of task %s too large for %s: %s", task_id, issuer.url, exc)
-                    body = too_large(body, exc)
+                    body = too_large(body, exc, offloaded)
                     continue
                 log.error(
                     "result of task %s refused by %s (%s); not retried", task_id, issuer.url, exc
@@ -139,6 +149,27 @@ class Delivery:
                 continue
             _log_answer(task_id, issuer, answer.accepted, answer.reason)
             return
+
+    async def _offload(
+        self, values: ValueStore, body: dict[str, Any], refusal: Refused
+    ) -> dict[str, Any] | None:
+        """`body` with its largest values moved to S3 to fit the limit the 413 named; a
+        failure result if an upload failed; None when no choice of values would fit."""
+        try:
+            moved = await offload(body, refusal.max_bytes, values)
+        except TaskError as exc:  # PayloadTransferError: the task failed, maybe for now
+            log.error("result of task %s: cannot move values to S3: %s", body["task_id"], exc)
+            return {**_without_outcome(body), "status": "failure", "error": error_of(exc)}
+        if moved is None:
+            return None
+        smaller, keys = moved
+        log.info(
+            "result of task %s too large to send (%s): values %s moved to S3",
+            body["task_id"],
+            refusal.message,
+            ", ".join(repr(key) for key in keys),
+        )
+        return smaller
 
     async def _send(self, target: Connection, body: dict[str, Any]) -> ResultAnswer:
         return await self._batchers[target].send(body)
@@ -198,17 +229,23 @@ class Delivery:
             log.debug("progress of task %s not sent within %gs", task_id, PROGRESS_TIMEOUT_S)
 
 
-def too_large(body: dict[str, Any], refusal: Refused) -> dict[str, Any]:
-    """The failure result that replaces `body`, which the orchestrator refused as too large."""
-    size = len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
+def too_large(body: dict[str, Any], refusal: Refused, offloaded: bool = False) -> dict[str, Any]:
+    """The failure result that replaces `body`, which the orchestrator refused as too large
+    (`offloaded`: even once its values were moved to S3, or when no choice of them fits)."""
+    size = len(encode(body))
+    also = "; moving its values to S3 would not make it fit" if offloaded else ""
     error = {
         "code": RESULT_TOO_LARGE,
         "message": f"the result ({size} bytes of JSON) is too large for the orchestrator: "
-        f"{refusal.message}"[:2000],
+        f"{refusal.message}{also}"[:2000],
         "details": {"size_bytes": size, "status": body.get("status")},
     }
-    small = {k: v for k, v in body.items() if k not in ("data", "error", "status")}
-    return {**small, "status": "failure", "error": error}
+    return {**_without_outcome(body), "status": "failure", "error": error}
+
+
+def _without_outcome(body: dict[str, Any]) -> dict[str, Any]:
+    """The result's identity (job, task, worker, costs) without its status, data or error."""
+    return {k: v for k, v in body.items() if k not in ("data", "error", "status")}
 
 
 def _log_answer(task_id: str, target: Connection, accepted: bool, reason: str) -> None:

@@ -73,6 +73,15 @@ def task_folder_name(task_id: str) -> str:
     return "task-" + hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+def value_file_name(name: str) -> str:
+    """An object name for the result value under key `name` (see worker_sdk/offload.py)."""
+    if SAFE_NAME.match(name):
+        return f"{name}.json"
+    return (
+        "value-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32] + ".json"
+    )
+
+
 def inside(path: Path, root: Path) -> bool:
     """Whether `path`, once resolved, is `root` or below it (`root` is already resolved)."""
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import itertools
 import logging
 import os
@@ -43,11 +44,13 @@ from worker_sdk.paths import (
     relative_parts,
     replace_strings,
     task_folder_name,
+    value_file_name,
 )
 
 log = logging.getLogger("worker_sdk.s3")
 
 TRANSFER_ERRORS = (BotoCoreError, ClientError, OSError)
+VALUES_FOLDER = "_values"  # below a task's folder in the bucket: its offloaded result values
 
 
 class PayloadStore:
@@ -188,6 +191,27 @@ class PayloadStore:
             return done[resolved]
 
         return await replace_strings(data, replace)
+
+    # -- result values too large to send: see worker_sdk/offload.py --------------------------
+
+    def value_uri(self, job_id: str, task_id: str, name: str) -> str:
+        """Where the result value under key `name` goes: beside the task's uploaded files,
+        in a folder of its own (`_values`), as JSON."""
+        folder = f"{task_folder_name(job_id)}/{task_folder_name(task_id)}/{VALUES_FOLDER}"
+        return f"s3://{self.config.bucket}/{folder}/{value_file_name(name)}"
+
+    async def put_bytes(self, uri: str, data: bytes) -> None:
+        """Upload `data` to `uri` (one of `value_uri`'s), one part at a time above part_size."""
+        parsed = parse_s3_uri(uri)
+        if parsed is None or parsed.bucket != self.config.bucket or parsed.is_folder:
+            raise ValueError(f"{uri} is not an object of this worker's bucket")
+        try:
+            if len(data) <= self.config.part_size:
+                await self._client.put_object(Bucket=parsed.bucket, Key=parsed.key, Body=data)
+            else:
+                await self._upload_parts(io.BytesIO(data), parsed.bucket, parsed.key)
+        except TRANSFER_ERRORS as exc:
+            raise PayloadTransferError(f"cannot upload {uri}: {exc}", {"uri": uri}) from exc
 
     async def _upload(self, path: Path, key: str, scope: Path) -> str:
         bucket = self.config.bucket

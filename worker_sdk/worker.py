@@ -216,6 +216,7 @@ class Worker:
                 connections,
                 config.result_retry_initial,
                 config.result_retry_max,
+                values=payloads,
             ),
         )
         session.supervisors = [
