@@ -55,7 +55,7 @@ from server.webhook_policy import WebhookRefused
 from server.workers_view import list_workers
 
 PREFIX = "/api/v1"
-SUBMIT_FIELDS = ("initial_data", "webhook_url", "dispatch_timeout", "result_timeout")
+SUBMIT_FIELDS = ("initial_data", "webhook_url", "dispatch_timeout", "result_timeout", "job_id")
 STATUSES = frozenset(JobStatus)
 MAX_WAIT_S = 60.0
 MAX_LIMIT = 200
@@ -183,6 +183,7 @@ async def submit_job(request: web.Request) -> web.Response:
     webhook_url = _webhook_url(request, body.get("webhook_url"), problems)
     dispatch_ms = _timeout_ms(body, "dispatch_timeout", problems)
     result_ms = _timeout_ms(body, "result_timeout", problems)
+    chosen = _chosen_id(body.get(idempotency.FIELD), key, problems)
     if problems:
         raise BadRequest(
             "; ".join(f"{p['path']}: {p['message']}" for p in problems),
@@ -197,10 +198,15 @@ async def submit_job(request: web.Request) -> web.Response:
     }
     client = request[CLIENT]
     status = 202
-    if key is None:
+    once: idempotency.Once | None = None
+    if chosen is not None:
+        once = idempotency.by_chosen_id(client, chosen)
+    elif key is not None:
+        once = idempotency.by_key(client, key)
+    if once is None:
         job_id = await orch.submit(blueprint, initial_data, client=client, **options)
     else:
-        job_id, status = await _submit_once(request, key, blueprint, initial_data, body, options)
+        job_id, status = await _submit_once(request, once, blueprint, initial_data, body, options)
     response = json_response({"status": "accepted", "job_id": job_id}, status=status)
     response.headers["Location"] = f"{PREFIX}/jobs/{job_id}"
     return response
@@ -208,17 +214,17 @@ async def submit_job(request: web.Request) -> web.Response:
 
 async def _submit_once(
     request: web.Request,
-    key: str,
+    once: idempotency.Once,
     blueprint: Blueprint,
     initial_data: dict[str, Any],
     body: dict[str, Any],
     options: dict[str, Any],
 ) -> tuple[str, int]:
-    """Submit with an Idempotency-Key: (job id, 202) for a new job, (its id, 200) when the
-    same request made it before; 409 when the key was used for another request."""
+    """Submit with an Idempotency-Key or a job_id: (job id, 202) for a new job, (its id,
+    200) when the same request made it before; 409 when it was used for another request."""
     orch = orchestrator(request)
     client = request[CLIENT]
-    job_id = idempotency.job_id_for(client, key)
+    job_id = once.job_id
     expected = idempotency.fingerprint(request.match_info["api_endpoint"], body)
     for _ in range(3):  # the job may expire between the two steps; then create it again
         if await orch.create(
@@ -227,9 +233,22 @@ async def _submit_once(
             return job_id, 202
         record = await orch.read(job_id, client)
         if record is not None:
-            idempotency.check_replay(record.doc, key, expected)
+            idempotency.check_replay(record.doc, once, expected)
             return job_id, 200
-    raise ServiceUnavailable("the job of this Idempotency-Key keeps changing; retry")
+    raise ServiceUnavailable(f"the job of this {once.what} keeps changing; retry")
+
+
+def _chosen_id(value: Any, key: str | None, problems: list[dict[str, str]]) -> str | None:
+    """The client-chosen job id, when one is given and usable."""
+    if value is None:
+        return None
+    problem = idempotency.chosen_id_problem(value)
+    if problem is None and key is not None:
+        problem = f"send either job_id or the {idempotency.HEADER} header, not both"
+    if problem is not None:
+        problems.append(_problem(idempotency.FIELD, problem))
+        return None
+    return str(value)
 
 
 def _problem(field: str, message: str) -> dict[str, str]:

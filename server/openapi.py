@@ -59,6 +59,13 @@ SCHEMAS: dict[str, Schema] = {
             webhook_url={**STR, "format": "uri", "description": "POSTed to when the job ends"},
             dispatch_timeout={"description": "e.g. 30s, 5m (or seconds)"},
             result_timeout={"description": "e.g. 1h (or seconds)"},
+            job_id={
+                **STR,
+                "pattern": "^[A-Za-z0-9_-]{1,100}$",
+                "description": "an id of the client's choosing: the job is "
+                "`<job_id>-<client tag>`; the same job_id and body again answer 200 with "
+                "that job, another body 409 (not with Idempotency-Key)",
+            },
         ),
         "additionalProperties": False,
     },
@@ -208,7 +215,8 @@ ERRORS = {
     "403": "The worker's X-Worker-ID / X-Worker-Token are missing or not valid",
     "404": "Not found (an unknown id, another client's job, or no such route)",
     "405": "The method is not allowed on this path",
-    "409": "The job's state does not allow this (e.g. already ended)",
+    "409": "The job's state does not allow this (e.g. already ended), or an Idempotency-Key "
+    "or job_id was already used for another request",
     "413": "The body is larger than MAX_BODY_BYTES",
     "503": "The job store is unavailable; retry later",
 }
@@ -285,6 +293,14 @@ DURATION: Schema = {
     ]
 }
 JOB_ID = _path_param("job_id", "the id returned on submission")
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "the same on every retry of one submit: the same key and body answer 200 "
+    "with the job the first made, another body 409",
+    "schema": {**STR, "pattern": "^[!-~]{1,255}$"},
+}
 NAME = _path_param("name", "a blueprint name")
 WORKER_ID = _path_param("worker_id", "the worker's id; must equal X-Worker-ID")
 TOKEN = _path_param("token", "the approval link's token")
@@ -609,10 +625,18 @@ def _submit_op(blueprint: Blueprint) -> Schema:
     return _op(
         f"Submit a {blueprint.name} job"
         + (f": {blueprint.description}" if blueprint.description else ""),
-        {"202": _json(ref("Accepted"), "Accepted; Location is the job's URL")},
-        ["400"],
+        {
+            "202": _json(ref("Accepted"), "Accepted; Location is the job's URL"),
+            "200": _json(
+                ref("Accepted"),
+                "The same request (Idempotency-Key or job_id) made "
+                "this job before; Location is its URL",
+            ),
+        },
+        ["400", "409"],
         security="client",
         body=body,
+        parameters=[IDEMPOTENCY_KEY],
         tag="client",
     )
 

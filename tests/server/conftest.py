@@ -3,6 +3,7 @@ by aiohttp's TestServer, with two clients and a small worker fleet configured.""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -57,9 +58,10 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
 
 
-@pytest.fixture
-async def orchestrator(settings: Settings) -> AsyncIterator[Orchestrator]:
-    store = await Store.connect("memory://", partitions=settings.redis_partitions)
+@contextlib.asynccontextmanager
+async def started(settings: Settings, url: str = "memory://") -> AsyncIterator[Orchestrator]:
+    """An orchestrator with the example blueprints on the store at `url`, started."""
+    store = await Store.connect(url, partitions=settings.redis_partitions)
     registry = Registry(load_blueprints([BLUEPRINTS]), runtime_settings(settings))
     orch = Orchestrator(store, registry, orchestrator_settings(settings))
     await orch.start()
@@ -68,6 +70,12 @@ async def orchestrator(settings: Settings) -> AsyncIterator[Orchestrator]:
     finally:
         await orch.stop()
         await store.close()
+
+
+@pytest.fixture
+async def orchestrator(settings: Settings) -> AsyncIterator[Orchestrator]:
+    async with started(settings) as orch:
+        yield orch
 
 
 async def serve(app: web.Application) -> Client:

@@ -1,0 +1,152 @@
+"""Client-chosen job ids: `POST /api/v1/<endpoint>` with `"job_id": "order-42"` makes the
+job `order-42-<client tag>` once; a retry answers it, another body is a 409, another client's
+`order-42` is another job."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.app import build_app_around
+from tests.server.conftest import make_settings, serve, started
+from tests.server.helpers import ACME, GLOBEX, Client, error_of, job, ok_json
+
+URL = "/api/v1/jobs/image_pipeline"
+DATA = {"url": "https://example.com/cat.png"}
+
+
+async def post(api: Client, job_id: Any, headers: dict[str, str] = ACME, **more: Any) -> Any:
+    body = {"initial_data": more.pop("data", DATA), "job_id": job_id, **more}
+    return await api.post(URL, json=body, headers=headers)
+
+
+async def jobs_of(api: Client, headers: dict[str, str] = ACME) -> list[str]:
+    listing = await ok_json(await api.get("/api/v1/jobs", headers=headers))
+    return [item["id"] for item in listing["jobs"]]
+
+
+async def test_the_chosen_id_names_the_job_and_a_retry_answers_it(api: Client) -> None:
+    # given a submit with job_id "order-42"
+    first = await ok_json(await post(api, "order-42"), 202)
+    job_id = first["job_id"]
+    # then the job's id is the chosen id and a 12-digit tag of the client
+    prefix, _, tag = job_id.rpartition("-")
+    assert prefix == "order-42"
+    assert re.fullmatch(r"[0-9a-f]{12}", tag)
+    assert (await job(api, job_id))["status"] == "queued"
+    # when the client sends it again (several at once), then each answer is 200 with it
+    again = await asyncio.gather(*(post(api, "order-42") for _ in range(5)))
+    for response in again:
+        assert await ok_json(response, 200) == {"status": "accepted", "job_id": job_id}
+        assert response.headers["Location"] == f"/api/v1/jobs/{job_id}"
+    assert await jobs_of(api) == [job_id]
+    # and every job this client names gets the same tag
+    other = await ok_json(await post(api, "order-43"), 202)
+    assert other["job_id"] == f"order-43-{tag}"
+
+
+async def test_the_same_id_with_another_body_is_a_conflict(api: Client) -> None:
+    first = await ok_json(await post(api, "order-1"), 202)
+    error = await error_of(await post(api, "order-1", data={"url": "https://x.test/d.png"}), 409)
+    assert error["code"] == "job_id_reused"
+    assert "job_id 'order-1' was already used for a different request" in error["message"]
+    assert error["details"] == {"field": "job_id", "job_id": first["job_id"]}
+    # another option is another request too
+    error = await error_of(await post(api, "order-1", result_timeout="1h"), 409)
+    assert error["code"] == "job_id_reused"
+    assert await jobs_of(api) == [first["job_id"]]
+
+
+async def test_another_clients_same_id_is_another_job_and_reveals_nothing(api: Client) -> None:
+    # given acme's job "shared"
+    mine = await ok_json(await post(api, "shared"), 202)
+    # when globex submits "shared" with another body, then it gets a new job of its own
+    other = {"url": "https://globex.test/x.png"}
+    theirs = await ok_json(await post(api, "shared", GLOBEX, data=other), 202)
+    assert theirs["job_id"] != mine["job_id"]
+    assert theirs["job_id"].startswith("shared-")
+    # and neither sees the other's job
+    assert await jobs_of(api, GLOBEX) == [theirs["job_id"]]
+    assert await jobs_of(api) == [mine["job_id"]]
+    missing = await api.get(f"/api/v1/jobs/{mine['job_id']}", headers=GLOBEX)
+    assert missing.status == 404
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("", "must be 1 to 100 letters"),
+        ("has space", "not 'has space'"),
+        ("a" * 101, "must be 1 to 100"),
+        ("../etc", "letters, digits, _ or -"),
+        ("{tag}", "letters, digits, _ or -"),
+        (42, "not a int"),
+        (["x"], "not a list"),
+    ],
+)
+async def test_a_malformed_id_is_a_400_naming_the_field(api: Client, value: Any, why: str) -> None:
+    error = await error_of(await post(api, value), 400)
+    assert error["code"] == "invalid_request"
+    assert error["details"][0]["path"] == "$.job_id"
+    assert why in error["details"][0]["message"]
+    assert await jobs_of(api) == []
+
+
+async def test_job_id_and_idempotency_key_together_are_a_400(api: Client) -> None:
+    body = {"initial_data": DATA, "job_id": "order-9"}
+    response = await api.post(URL, json=body, headers={**ACME, "Idempotency-Key": "k"})
+    error = await error_of(response, 400)
+    assert error["details"] == [
+        {
+            "path": "$.job_id",
+            "message": "send either job_id or the Idempotency-Key header, not both",
+        }
+    ]
+
+
+async def test_a_null_id_is_no_id(api: Client) -> None:
+    one = await ok_json(await post(api, None), 202)
+    two = await ok_json(await post(api, None), 202)
+    assert one["job_id"] != two["job_id"]
+
+
+@contextlib.asynccontextmanager
+async def orchestrator_api(tmp_path: Path, url: str) -> AsyncIterator[Client]:
+    """An orchestrator of its own on the store at `url`, served."""
+    settings = make_settings(tmp_path, REDIS_PARTITIONS="16")
+    async with started(settings, url) as orch:
+        client = await serve(build_app_around(orch, settings))
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+async def test_two_orchestrators_make_one_job_of_one_id(tmp_path: Path, any_redis_url: str) -> None:
+    # given two orchestrators on one Redis (or Redis Cluster)
+    async with (
+        orchestrator_api(tmp_path, any_redis_url) as one,
+        orchestrator_api(tmp_path, any_redis_url) as two,
+    ):
+        # when the same submit reaches both at once, several times, for several ids
+        ids = [f"order-{n}" for n in range(8)]
+        answers = await asyncio.gather(
+            *(post(api, chosen) for chosen in ids for api in (one, two, one, two))
+        )
+        # then each id made exactly one job, which both orchestrators answer
+        made = [await ok_json(a, a.status) for a in answers]
+        assert sorted(a.status for a in answers) == [200] * 24 + [202] * 8
+        by_id = {
+            chosen: {m["job_id"] for m in made[i * 4 : i * 4 + 4]} for i, chosen in enumerate(ids)
+        }
+        assert all(len(jobs) == 1 for jobs in by_id.values())
+        listed = sorted(await jobs_of(one))
+        assert listed == sorted(next(iter(jobs)) for jobs in by_id.values())
+        for jobs in by_id.values():
+            assert (await job(two, next(iter(jobs))))["status"] == "queued"
