@@ -13,6 +13,7 @@ import contextlib
 import hmac
 import logging
 import random
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar, cast
@@ -83,10 +84,14 @@ def _waiting_since(doc: JobDoc) -> int | None:
     return approval["asked_at"]
 
 
+#: A job id in a cursor: generated ids are hex; a client-chosen one also has - and _.
+CURSOR_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
 def parse_cursor(cursor: str) -> tuple[int, str]:
     """(created ms, job id) from a job listing cursor `<ms>-<job id>`."""
     ms, sep, job_id = cursor.partition("-")
-    if not sep or not ms.isdigit() or len(ms) > 15 or not job_id.isalnum() or len(job_id) > 64:
+    if not sep or not ms.isdigit() or len(ms) > 15 or not CURSOR_JOB_ID.match(job_id):
         raise ValueError(f"{cursor[:80]!r} is not a job listing cursor")
     return int(ms), job_id
 

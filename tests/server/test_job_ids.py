@@ -150,3 +150,19 @@ async def test_two_orchestrators_make_one_job_of_one_id(tmp_path: Path, any_redi
         assert listed == sorted(next(iter(jobs)) for jobs in by_id.values())
         for jobs in by_id.values():
             assert (await job(two, next(iter(jobs))))["status"] == "queued"
+
+
+async def test_pages_of_jobs_with_chosen_ids_follow_each_other(api: Client) -> None:
+    # given three jobs named by the client
+    made = [(await ok_json(await post(api, f"page_{n}-x"), 202))["job_id"] for n in range(3)]
+    # when they are listed one a page, then each cursor leads to the next page
+    seen: list[str] = []
+    cursor = None
+    for _ in range(4):
+        query = {"limit": "1", **({"cursor": cursor} if cursor else {})}
+        page = await ok_json(await api.get("/api/v1/jobs", params=query, headers=ACME))
+        seen += [item["id"] for item in page["jobs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(made)
