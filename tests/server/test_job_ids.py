@@ -15,7 +15,17 @@ import pytest
 
 from server.app import build_app_around
 from tests.server.conftest import make_settings, serve, started
-from tests.server.helpers import ACME, GLOBEX, Client, error_of, job, ok_json
+from tests.server.helpers import (
+    ACME,
+    GLOBEX,
+    Client,
+    error_of,
+    job,
+    ok_json,
+    poll,
+    register,
+    result,
+)
 
 URL = "/api/v1/jobs/image_pipeline"
 DATA = {"url": "https://example.com/cat.png"}
@@ -166,3 +176,19 @@ async def test_pages_of_jobs_with_chosen_ids_follow_each_other(api: Client) -> N
         if cursor is None:
             break
     assert sorted(seen) == sorted(made)
+
+
+async def test_a_job_with_a_chosen_id_runs_like_any_other(api: Client) -> None:
+    # given a job named by the client, and a worker for its first task
+    job_id = (await ok_json(await post(api, "photo_7"), 202))["job_id"]
+    await register(api, ["fetch_image"])
+    # when the worker takes the task and reports success
+    task = await poll(api, ["fetch_image"])
+    assert task["job_id"] == job_id
+    assert task["task_id"].startswith(f"{job_id}-")
+    body = {"job_id": job_id, "task_id": task["task_id"], "data": {"path": "/tmp/cat.png"}}
+    assert await result(api, body) == {"status": "accepted"}
+    # then the job moves on, and its history reads as usual
+    assert (await job(api, job_id))["state"] == "resize"
+    events = await ok_json(await api.get(f"/api/v1/jobs/{job_id}/history", headers=ACME))
+    assert "task_result" in [e["event"] for e in events["events"]]
