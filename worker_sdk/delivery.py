@@ -6,7 +6,10 @@ retried, the identical body each time (intake is idempotent), with backoff:
 
 - accepted                                  -> done;
 - `{"status":"ignored","reason":...}` or a 4xx other than 408/429 -> definitive: logged, done;
-- connection error, timeout, 5xx, 408, 429  -> retried, for as long as the worker runs.
+- connection error, timeout, 5xx, 408, 429  -> retried, for as long as the worker runs;
+- 413, too large for the orchestrator        -> sent again with its largest values moved to
+  S3 when offloading is on (worker_sdk/offload.py); else, or when that cannot fit, replaced
+  by a RESULT_TOO_LARGE failure, so that the task fails now rather than at its lease's end.
 
 Every attempt, first or retry, to the issuer or to another orchestrator, goes through that
 orchestrator's `ResultBatcher` (worker_sdk/batching.py): results to one orchestrator travel
