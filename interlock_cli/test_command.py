@@ -69,6 +69,7 @@ async def _run(args: argparse.Namespace) -> int:
     if args.graph:
         for written in coverage.write_graphs(Path(args.graph)):
             print(f"wrote {written}", file=sys.stderr)
+    sys.stdout.flush()  # the summary on stderr comes after the report, in a terminal too
     summary = f"{len(results) - failed} passed, {failed} failed"
     if invalid:
         summary += f", {invalid} invalid file(s)"

@@ -66,3 +66,17 @@ def test_an_invalid_test_file_exits_1_naming_the_line(tmp_path: Path) -> None:
     run = interlock("test", str(path))
     assert run.returncode == 1
     assert f"{path}:3:5: $.cases[0]: 'name' is a required property" in run.stdout
+
+
+def test_the_readme_example_is_the_committed_test_file() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("`blueprints/tests/wait_and_set.test.yaml`:\n\n```yaml\n")
+    block = readme[start:].split("```yaml\n", 1)[1].split("```", 1)[0]
+    committed = (BLUEPRINTS / "tests" / "wait_and_set.test.yaml").read_text(encoding="utf-8")
+    assert _content(block) == _content(committed)
+
+
+def _content(text: str) -> list[str]:
+    """The lines of a YAML text without comments and blank lines."""
+    lines = (line.split("#", 1)[0].rstrip() for line in text.splitlines())
+    return [line for line in lines if line.strip()]
