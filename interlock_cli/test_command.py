@@ -1,4 +1,8 @@
-"""`interlock test`: run blueprint test files offline and report each case."""
+"""`interlock test`: run blueprint test files offline and report each case.
+
+The runner needs the embedded store (the `server` extra: redis-py, fakeredis with Lua); it
+is imported when the command runs, so `interlock validate` and `graph` work without it.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ import asyncio
 import fnmatch
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.durations import format_duration
-from engine.testkit.spec import TestFileInvalid, find_test_files, load_test_file
-from engine.testkit.suite import BlueprintCache, CaseResult, Coverage, run_one
+
+if TYPE_CHECKING:
+    from engine.testkit.suite import CaseResult
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,10 +40,21 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        import fakeredis  # noqa: F401  # the embedded store the cases run on
+    except ImportError:
+        print(
+            "interlock test: the embedded store is not installed; pip install 'interlock[server]'",
+            file=sys.stderr,
+        )
+        return 2
     return asyncio.run(_run(args))
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from engine.testkit.spec import TestFileInvalid, find_test_files, load_test_file
+    from engine.testkit.suite import BlueprintCache, Coverage, run_one
+
     files, problems = find_test_files(args.paths)
     for problem in problems:
         print(problem)

@@ -74,3 +74,25 @@ states:
     blueprint, problems = check_text(text)
     assert blueprint is not None
     assert problems == []
+
+
+def test_approval_fields_and_opaque_schemas() -> None:
+    text = """\
+blueprint: ask
+input_schema:
+  anyOf: [{required: [a]}, {required: [b]}]
+start: ask
+states:
+  ask:
+    approval: {message: "${ initial_data.anything }"}
+    on: {approve: done}
+  done: {end: finished, output: ["${ steps.ask.decison }", "${ steps.ask.by }"]}
+"""
+    blueprint, problems = check_text(text)
+    assert blueprint is not None
+    assert [(p.path, p.message) for p in problems] == [
+        (
+            "$.states.done.output[0]",
+            "`steps.ask.decison`: an approval leaves decision, by and at; did you mean 'decision'?",
+        )
+    ]

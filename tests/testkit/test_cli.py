@@ -80,3 +80,15 @@ def _content(text: str) -> list[str]:
     """The lines of a YAML text without comments and blank lines."""
     lines = (line.split("#", 1)[0].rstrip() for line in text.splitlines())
     return [line for line in lines if line.strip()]
+
+
+def test_without_the_embedded_store_the_command_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['fakeredis'] = None; "  # as if the extra were not installed
+        "from interlock_cli import main; sys.exit(main(['test', 'blueprints']))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert run.returncode == 2
+    assert "pip install 'interlock[server]'" in run.stderr
