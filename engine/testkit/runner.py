@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.blueprint.loader import BlueprintSet
+from engine.blueprint.model import ParallelState, State, TaskSpec
+from engine.blueprint.schema import did_you_mean
 from engine.clock import FakeClock
 from engine.errors import ExpressionError, InterlockError
 from engine.runtime import background
@@ -94,8 +96,41 @@ def check_input(blueprints: BlueprintSet, name: str, data: Any) -> str | None:
     return f"initial_data does not match the input_schema: {'; '.join(errors)}" if errors else None
 
 
+def check_names(blueprints: BlueprintSet, case: Case) -> None:
+    """CaseError for a `tasks:` key or an approval in `send:` that no blueprint has (a typo
+    would otherwise just never match)."""
+    states = {name for bp in blueprints for name in bp.states}
+    task_types = {
+        spec.task_type
+        for bp in blueprints
+        for state in bp.states.values()
+        for spec in _specs(state)
+    }
+    for key in case.tasks:
+        if key not in states and key not in task_types:
+            hint = did_you_mean(key, sorted(states | task_types))
+            raise CaseError(f"tasks: {key!r} is neither a state nor a task type{hint}")
+    approvals = {
+        name for bp in blueprints for name, state in bp.states.items() if state.kind == "approval"
+    }
+    for decision in case.send:
+        if decision.state not in approvals:
+            hint = did_you_mean(decision.state, sorted(approvals))
+            raise CaseError(f"send: {decision.state!r} is not an approval state{hint}")
+
+
+def _specs(state: State) -> list[TaskSpec]:
+    if isinstance(state, ParallelState):
+        return [spec for _, spec in state.branches] + (
+            [state.item_spec] if state.item_spec is not None else []
+        )
+    spec = state.task_spec(None)
+    return [spec] if spec is not None else []
+
+
 async def run_case(blueprints: BlueprintSet, name: str, case: Case) -> Run:
     """Run `case` against blueprint `name` (its subflows come from `blueprints`)."""
+    check_names(blueprints, case)
     refused = check_input(blueprints, name, case.initial_data)
     if refused is not None:
         return Run("rejected", error={"code": "invalid_input", "message": refused})

@@ -129,11 +129,17 @@ class Coverage:
                 f"{entered}/{len(blueprint.states)} states"
             )
             lines += [f"  state never entered: {s}" for s in blueprint.states if s not in visited]
-            lines += [
-                f"  edge never taken: {src} --{trigger}--> {dst}"
-                for src, trigger, dst in all_edges
-                if (src, trigger, dst) not in taken
-            ]
+            labels = {
+                (name, t.trigger, t.target): t.label
+                for name, state in blueprint.states.items()
+                for t in state.transitions
+            }
+            for edge in all_edges:
+                if edge not in taken:
+                    src, trigger, dst = edge
+                    label = labels[edge]
+                    shown = "" if label.startswith(trigger) or label == "then" else f" ({label})"
+                    lines.append(f"  edge never taken: {src} --{trigger}--> {dst}{shown}")
         taken_n, edges_n, entered_n, states_n = self.figures()
         percent = 100.0 * taken_n / edges_n if edges_n else 100.0
         lines.append(

@@ -159,4 +159,28 @@ async def test_coverage_names_what_no_case_took(bp_dir: Path) -> None:
     assert report[0] == "expense_approval: 2/6 edges, 3/5 states"
     assert "  edge never taken: review --timeout--> escalate" in report
     assert "  state never entered: rejected" in report
+    assert "  edge never taken: escalate --reject--> rejected" in report
     assert report[-1] == "coverage: 2/6 edges (33.3%), 3/5 states"
+
+
+@pytest.mark.parametrize(
+    ("scripts", "message"),
+    [
+        ("tasks: {fetch_img: {}}", "tasks: 'fetch_img' is neither a state nor a task type"),
+        ("send: [{approval: reviw, decision: approve}]", "send: 'reviw' is not an approval"),
+    ],
+)
+async def test_a_name_no_blueprint_has_fails_the_case_with_a_hint(
+    bp_dir: Path, scripts: str, message: str
+) -> None:
+    path = write(
+        bp_dir / "tests",
+        "t.test.yaml",
+        "blueprint: image_pipeline\ncases:\n"
+        f"  - {{name: typo, initial_data: {{url: u}}, {scripts}}}\n",
+    )
+    file = load_test_file(path)
+    result = await run_one(BlueprintCache(), file, file.cases[0])
+    [failure] = result.failures
+    assert failure.startswith(message)
+    assert "did you mean" in failure
