@@ -136,13 +136,12 @@ async def run_case(blueprints: BlueprintSet, name: str, case: Case) -> Run:
         return Run("rejected", error={"code": "invalid_input", "message": refused})
     clock = FakeClock(START_MS)
     with clock.installed():
-        # Its own store per case: fakeredis servers are shared by address, a prefix of our
-        # own keeps cases apart.
-        store = await Store.connect("memory://", prefix=f"itest{random.getrandbits(64):x}")
+        # A store of its own per case: each embedded store is a fakeredis server of its own,
+        # dropped with it.
+        store = await Store.connect("memory://")
         try:
             return await _Driver(store, blueprints, case, clock).run(name)
         finally:
-            await store.redis.flushdb()
             await store.close()
 
 
@@ -168,7 +167,8 @@ class _Driver:
         assert blueprint is not None
         pump = asyncio.create_task(self.orch.dispatcher.run(), name="interlock-test-pump")
         try:
-            await self.orch.create(JOB_ID, blueprint, self.case.initial_data, client=CLIENT)
+            if not await self.orch.create(JOB_ID, blueprint, self.case.initial_data, client=CLIENT):
+                raise CaseError("the embedded store already held a job: cases must not share one")
             await self._drive(START_MS + self.case.advance_ms)
             return await self._report()
         finally:
