@@ -227,7 +227,7 @@ class _Driver:
         payloads = await self.orch.next_tasks(WORKER, skills, POLL_S, len(queued))
         if not payloads:
             raise CaseError(f"queued tasks were not leased within {POLL_S:g} s: {skills}")
-        for payload in sorted(payloads, key=lambda p: str(p["task_id"])):
+        for payload in sorted(payloads, key=_dispatch_order):
             self._script(payload)
         return True
 
@@ -338,3 +338,12 @@ def edge_taken(state: Any, event: dict[str, Any]) -> Edge:
         if state.target(trigger) == target:
             return (state.name, trigger, target)
     return (state.name, via, target)
+
+
+def _dispatch_order(payload: dict[str, Any]) -> tuple[str, int, str]:
+    """Tasks in the order their job dispatched them (`<job id>-<seq>`: job-2 before job-10),
+    whatever order the lease gave them in."""
+    task_id = str(payload["task_id"])
+    job_id = str(payload["job_id"])
+    seq = task_id.removeprefix(f"{job_id}-")
+    return (job_id, int(seq) if seq.isdigit() else -1, task_id)

@@ -184,3 +184,12 @@ async def test_a_name_no_blueprint_has_fails_the_case_with_a_hint(
     [failure] = result.failures
     assert failure.startswith(message)
     assert "did you mean" in failure
+
+
+def test_answers_due_together_go_in_dispatch_order() -> None:
+    from engine.testkit.runner import _dispatch_order
+
+    ids = ["job-10", "job-2", "job-1", "child-3"]
+    payloads = [{"job_id": i.split("-")[0], "task_id": i} for i in ids]
+    ordered = [p["task_id"] for p in sorted(payloads, key=_dispatch_order)]
+    assert ordered == ["child-3", "job-1", "job-2", "job-10"]
