@@ -193,3 +193,23 @@ def test_answers_due_together_go_in_dispatch_order() -> None:
     payloads = [{"job_id": i.split("-")[0], "task_id": i} for i in ids]
     ordered = [p["task_id"] for p in sorted(payloads, key=_dispatch_order)]
     assert ordered == ["child-3", "job-1", "job-2", "job-10"]
+
+
+async def test_a_subflow_child_counts_toward_its_blueprints_coverage() -> None:
+    file = load_test_file(BLUEPRINTS / "tests" / "subflow.test.yaml")
+    run = await run_case(load_blueprints([BLUEPRINTS]), file.blueprint, file.cases[0])
+    assert run.visited["image_pipeline"] == {"fetch", "resize", "publish", "done"}
+    assert ("publish", "success", "done") in run.taken["image_pipeline"]
+
+
+def test_k_runs_only_the_matching_cases(capsys: pytest.CaptureFixture[str]) -> None:
+    from interlock_cli import main
+
+    path = BLUEPRINTS / "tests" / "approval.test.yaml"
+    assert main(["test", str(path), "-k", "*rejects*"]) == 0
+    out = capsys.readouterr()
+    assert [line.split("::")[1].split(" (")[0] for line in out.out.splitlines()] == [
+        "the manager rejects",
+        "the escalation rejects",
+    ]
+    assert "2 passed, 0 failed" in out.err
