@@ -1,4 +1,4 @@
-"""The `interlock` command line: validate, graph, serve, explain.
+"""The `interlock` command line: validate, graph, test, serve, explain.
 
 It sits above both `engine` (validate, graph) and `server` (serve), which never import it.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from engine.blueprint.dot import GraphvizMissing, render, to_dot
 from engine.blueprint.loader import load_blueprint, validate_paths
 from engine.errors import BlueprintError
+from interlock_cli import test_command
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -97,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("-f", "--format", choices=("dot", "svg", "png"), default="dot")
     graph.add_argument("-o", "--output", metavar="OUT", help="write to this file")
     graph.set_defaults(handler=_graph)
+
+    test_command.add_parser(commands)
 
     serve = commands.add_parser(
         "serve",

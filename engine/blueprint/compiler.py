@@ -46,6 +46,7 @@ from engine.blueprint.model import (
     Transition,
     WaitState,
 )
+from engine.blueprint.references import reference_warnings
 from engine.blueprint.safe_schema import SafeValidator
 from engine.blueprint.schema import (
     describe_type,
@@ -127,6 +128,9 @@ class _Compiler:
             self.found(graph_findings(states, data["start"]))
         self._choice_warnings(states)
         blueprint = None if self.has_errors else self._build(data, states)
+        if blueprint is not None:
+            for path, message in reference_warnings(blueprint, self.expressions, self.templates):
+                self.warn(path, message)
         return blueprint, sorted(self.problems, key=lambda p: p.sort_key)
 
     # -- transitions ----------------------------------------------------------------------

@@ -15,6 +15,8 @@ from engine.blueprint.yamlsource import parse_yaml
 from engine.errors import BlueprintError, BlueprintInvalid, Problem
 
 BLUEPRINT_SUFFIXES = (".yaml", ".yml")
+# Blueprint test files (`interlock test`) sit among blueprints; folders load them as tests.
+TEST_FILE_SUFFIXES = (".test.yaml", ".test.yml")
 MAX_FILE_BYTES = 1 << 20
 
 
@@ -60,18 +62,27 @@ def load_blueprint(path: str | FsPath) -> Blueprint:
     return load_blueprint_text(text, display)
 
 
-def expand_paths(paths: Iterable[str | FsPath]) -> tuple[list[FsPath], list[Problem]]:
-    """Files named directly, plus every *.yaml / *.yml below named folders (sorted)."""
+def expand_paths(
+    paths: Iterable[str | FsPath], *, tests: bool = False
+) -> tuple[list[FsPath], list[Problem]]:
+    """Files named directly, plus every *.yaml / *.yml below named folders (sorted), except
+    blueprint test files (*.test.yaml, see `interlock test`), which may sit among them; with
+    `tests`, those test files only."""
     files: list[FsPath] = []
     problems: list[Problem] = []
     for raw in paths:
         path = FsPath(raw)
         if path.is_dir():
             found = sorted(
-                p for p in path.rglob("*") if p.suffix in BLUEPRINT_SUFFIXES and p.is_file()
+                p
+                for p in path.rglob("*")
+                if p.suffix in BLUEPRINT_SUFFIXES
+                and p.name.endswith(TEST_FILE_SUFFIXES) == tests
+                and p.is_file()
             )
             if not found:
-                problems.append(Problem(str(path), 1, 1, "$", "folder holds no .yaml or .yml file"))
+                held = ".test.yaml" if tests else ".yaml or .yml"
+                problems.append(Problem(str(path), 1, 1, "$", f"folder holds no {held} file"))
             files.extend(found)
         elif path.is_file():
             files.append(path)

@@ -599,6 +599,13 @@ class Orchestrator:
             if fx.notify_parent:
                 self._spawn(self._notify_parent(doc))
 
+    async def join(self) -> None:
+        """Wait until the follow-up steps started so far (and those they start) are done:
+        children created, parents notified. For drivers that run the orchestrator without
+        its loops, such as `interlock test`."""
+        while self._followups:
+            await asyncio.wait(set(self._followups))
+
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(work)
         self._followups.add(task)

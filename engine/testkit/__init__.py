@@ -1,0 +1,1 @@
+"""Offline blueprint tests (`interlock test`): test files, the runner, coverage."""
