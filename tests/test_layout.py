@@ -31,6 +31,7 @@ def imported(path: Path) -> set[str]:
         ("engine", {"server", "interlock_cli", "worker_sdk"}),
         ("server", {"interlock_cli", "worker_sdk"}),
         ("worker_sdk", {"engine", "server", "interlock_cli"}),
+        ("interlock_client", {"engine", "server", "worker_sdk", "interlock_cli"}),
     ],
 )
 def test_lower_packages_never_import_higher_ones(package: str, forbidden: set[str]) -> None:
