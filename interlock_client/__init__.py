@@ -12,7 +12,8 @@ Error answers raise `ApiError` subclasses carrying the API's JSON error (`status
 nothing of the server or the engine.
 """
 
-from interlock_client.aio import AsyncClient
+from typing import TYPE_CHECKING, Any
+
 from interlock_client.errors import (
     ApiError,
     BadRequest,
@@ -45,6 +46,20 @@ from interlock_client.models import (
     Submitted,
 )
 from interlock_client.sync import Client
+
+if TYPE_CHECKING:
+    from interlock_client.aio import AsyncClient
+
+
+def __getattr__(name: str) -> Any:
+    """AsyncClient on first use: aiohttp is most of the import time of the package, and
+    the blocking client (and the `interlock` commands on it) does not need it."""
+    if name == "AsyncClient":
+        from interlock_client.aio import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "TERMINAL",

@@ -31,7 +31,7 @@ states:
     approval: {message: "go?"}
     on: {approve: work, reject: rejected}
   work: {task: slow_echo, on: {success: done}}
-  done: {end: finished}
+  done: {end: finished, output: {approved: true}}
   rejected: {end: failed, error: {code: REJECTED, message: "rejected by a person"}}
 """,
     # A task type no worker serves: the job stays queued until cancelled.
@@ -71,7 +71,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     with (
         serve(tmp_path, "memory://", folder) as server,
         worker(tmp_path, server.url, "w-echo", "echo", "--slots", "4") as fast,
-        worker(tmp_path, server.url, "w-slow", "slow_echo", "--progress", "--delay", "0.5") as slow,
+        worker(tmp_path, server.url, "w-slow", "slow_echo", "--progress", "--delay", "1.5") as slow,
     ):
         fast.wait_for("registered")
         slow.wait_for("registered")
