@@ -74,6 +74,7 @@ class JobSummary(TypedDict):
     created_at: str
     updated_at: str
     finished_at: str | None
+    labels: NotRequired[dict[str, str]]
     error: NotRequired[JobError]
 
 
@@ -88,7 +89,6 @@ class Job(JobSummary):
     subflow: NotRequired[dict[str, Any]]
     parallel: NotRequired[dict[str, Any]]
     parent_job_id: NotRequired[str]
-    labels: NotRequired[dict[str, str]]
     initial_data: NotRequired[dict[str, Any]]
     result: NotRequired[Any]
 

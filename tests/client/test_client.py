@@ -93,6 +93,20 @@ async def test_an_idempotency_key_makes_one_job(api: Either) -> None:
     assert refused.value.code == "idempotency_key_reused"
 
 
+async def test_labels_reach_the_server(api: Either) -> None:
+    """Sent as the body's `labels`: a server that keeps labels shows them on the job; one
+    that does not know the field refuses it by name (nothing is dropped silently)."""
+    refused: BadRequest | None = None
+    try:
+        submitted = await api("submit", "jobs/echo", {"n": 1}, labels={"team": "billing"})
+    except BadRequest as exc:
+        refused = exc
+    if refused is not None:
+        assert "labels" in refused.message
+    else:
+        assert (await api("get", submitted.job_id))["labels"] == {"team": "billing"}
+
+
 async def test_bad_input_is_a_bad_request_carrying_every_violation(api: Either) -> None:
     with pytest.raises(BadRequest) as refused:
         await api("submit", "jobs/echo", {"n": "seven"})
