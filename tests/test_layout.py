@@ -28,9 +28,9 @@ def imported(path: Path) -> set[str]:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("engine", {"server", "interlock_cli", "worker_sdk"}),
-        ("server", {"interlock_cli", "worker_sdk"}),
-        ("worker_sdk", {"engine", "server", "interlock_cli"}),
+        ("engine", {"server", "interlock_cli", "worker_sdk", "interlock_client"}),
+        ("server", {"interlock_cli", "worker_sdk", "interlock_client"}),
+        ("worker_sdk", {"engine", "server", "interlock_cli", "interlock_client"}),
         ("interlock_client", {"engine", "server", "worker_sdk", "interlock_cli"}),
     ],
 )
