@@ -238,6 +238,16 @@ EXITS = (
 )
 
 
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 up")
+    return value
+
+
 def add_commands(commands: Any) -> None:
     """Add the job commands to the `interlock` parser's subcommands."""
     server = argparse.ArgumentParser(add_help=False)
@@ -266,7 +276,9 @@ def add_commands(commands: Any) -> None:
     listing = command("jobs", jobs, "list your jobs, newest first")
     listing.add_argument("--status", help="only jobs in this status (queued, finished, ...)")
     listing.add_argument("--blueprint", help="only jobs of this blueprint")
-    listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    listing.add_argument(
+        "--limit", type=positive, default=20, help="at most this many (default 20)"
+    )
     listing.add_argument("--json", action="store_true", help="print them as JSON")
 
     one = command("show", show, "show a job: status, state, tasks, progress, result or error")

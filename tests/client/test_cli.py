@@ -230,6 +230,7 @@ def test_errors_print_the_message_and_exit_non_zero(live: Live) -> None:
         (("submit", "jobs/echo", "--data", "[1]"), 1, "must be a JSON object"),
         (("submit", "jobs/echo", "--data", "@/no/such/file"), 1, "cannot read /no/such/file"),
         (("jobs", "--status", "bogus"), 1, "is not a job status"),
+        (("jobs", "--limit", "-3"), 2, "'-3' is not a whole number from 1 up"),
         (("show", "x", "--token", "wrong"), 1, "X-Client-Token is not valid"),
         (("show", "x", "--url", f"http://127.0.0.1:{free_port()}"), 2, "cannot reach http://"),
     ]
