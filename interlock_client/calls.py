@@ -95,7 +95,7 @@ def read_json(response: Response) -> Any:
 
 
 def read_text(response: Response) -> str:
-    return _checked(response).body.decode("utf-8")
+    return _checked(response).body.decode("utf-8", "replace")
 
 
 def _reader(cls: type[T]) -> Callable[[Response], T]:  # a typed read_json
