@@ -1,6 +1,8 @@
-"""The `interlock` command line: validate, graph, test, serve, explain.
+"""The `interlock` command line: validate, graph, test, serve, and the job commands (submit,
+jobs, show, watch, cancel, approve, explain; in jobs.py, on interlock_client).
 
-It sits above both `engine` (validate, graph) and `server` (serve), which never import it.
+It sits above `engine` (validate, graph), `server` (serve) and `interlock_client` (the job
+commands), which never import it.
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.blueprint.dot import GraphvizMissing, render, to_dot
-from engine.blueprint.loader import load_blueprint, validate_paths
-from engine.errors import BlueprintError
+# The engine is imported by the commands that use it: the job commands start without it.
 from interlock_cli import test_command
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from engine.blueprint.loader import validate_paths
+
     blueprints, problems = validate_paths(args.paths)
     errors = [p for p in problems if p.severity == "error"]
     warnings = [p for p in problems if p.severity == "warning"]
@@ -33,6 +35,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _graph(args: argparse.Namespace) -> int:
+    from engine.blueprint.dot import GraphvizMissing, render, to_dot
+    from engine.blueprint.loader import load_blueprint
+    from engine.errors import BlueprintError
+
     try:
         blueprint = load_blueprint(args.file)
     except BlueprintError as exc:
@@ -63,12 +69,6 @@ def _serve(args: argparse.Namespace) -> int:
     from server.main import serve_command  # lazily: `validate` and `graph` need no aiohttp
 
     return serve_command(args)
-
-
-def _explain(args: argparse.Namespace) -> int:
-    from server.explain_cli import run  # lazily, as for serve
-
-    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,18 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
 
-    explain = commands.add_parser(
-        "explain",
-        help="ask a running server why a job is where it is",
-        description="Print why the job is where it is (queued with no worker, waiting for "
-        "approval, retrying, running on a worker...). Exit status 1 if the server refused, "
-        "2 if it could not be reached.",
-    )
-    explain.add_argument("job_id", metavar="JOB_ID")
-    explain.add_argument("--url", help="the server (INTERLOCK_URL, default 127.0.0.1:8080)")
-    explain.add_argument("--token", help="the client token (CLIENT_TOKEN)")
-    explain.add_argument("--json", action="store_true", help="print the whole JSON answer")
-    explain.set_defaults(handler=_explain)
+    from interlock_cli.jobs import add_commands  # the job commands need no engine
+
+    add_commands(commands)
 
     return parser
 

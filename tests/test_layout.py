@@ -28,9 +28,10 @@ def imported(path: Path) -> set[str]:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("engine", {"server", "interlock_cli", "worker_sdk"}),
-        ("server", {"interlock_cli", "worker_sdk"}),
-        ("worker_sdk", {"engine", "server", "interlock_cli"}),
+        ("engine", {"server", "interlock_cli", "worker_sdk", "interlock_client"}),
+        ("server", {"interlock_cli", "worker_sdk", "interlock_client"}),
+        ("worker_sdk", {"engine", "server", "interlock_cli", "interlock_client"}),
+        ("interlock_client", {"engine", "server", "worker_sdk", "interlock_cli"}),
     ],
 )
 def test_lower_packages_never_import_higher_ones(package: str, forbidden: set[str]) -> None:
