@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.blueprint.model import State, TaskSpec, TaskState
+from engine.errors import ExpressionError
 from engine.runtime.jobdoc import (
     DISPATCH_TIMEOUT,
     INVALID_OUTPUT,
@@ -73,10 +74,18 @@ def launch(step: Step, state: State, branch: int | None, attempt: int) -> None:
     """Dispatch the task of a task state, or of one branch of a parallel state."""
     spec = state.task_spec(branch)
     assert spec is not None
+    if step.ended:  # an earlier branch's params failed the job: launch nothing more
+        return
     context = step.context(**step.rules(state).task_context(step, state, branch))
+    try:
+        # Rendered for each attempt (a retry, a later branch), not only on entering.
+        params = spec.params.render(context)
+    except ExpressionError as exc:
+        step.expression_failed(state.name, exc)
+        return
     if branch is None:
         step.doc["status"] = JobStatus.QUEUED
-    dispatch(step, state.name, spec, spec.params.render(context), attempt, branch)
+    dispatch(step, state.name, spec, params, attempt, branch)
 
 
 def dispatch(
