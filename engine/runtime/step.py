@@ -190,13 +190,17 @@ class Step:
         )
 
     def fail_state(self, state: State, trigger: str, error: dict[str, Any]) -> None:
-        """Follow the state's `trigger` (or `failure`) transition, or fail the job."""
-        target = state.target(trigger) or state.target("failure")
+        """The state failed for good with `error`: follow the most specific transition it
+        declares, `error:<the error's code>`, then `trigger` (`timeout`, say), then
+        `failure`; with none, fail the job. `steps.<state>.error` keeps the error, so the
+        state caught to can read it (and an `end` state can raise it again)."""
         self.doc["steps"][state.name] = {"error": error}
-        if target is None:
-            self.finish(JobStatus.FAILED, error)
-        else:
-            self.move(state, trigger, target)
+        for via in (f"error:{error.get('code')}", trigger, "failure"):
+            target = state.target(via)
+            if target is not None:
+                self.move(state, via, target)
+                return
+        self.finish(JobStatus.FAILED, error)
 
     def finish(self, status: JobStatus, error: dict[str, Any] | None) -> None:
         """End the job with `status`: nothing of it is due any more."""

@@ -47,7 +47,8 @@ class TaskKind(Kind[TaskState]):
     def task_succeeded(
         self, step: Step, state: TaskState, task: TaskRecord, status: str, data: Any
     ) -> None:
-        target = state.target(status)
+        # (`error:<CODE>` catches a failure: it is no status a worker may answer with.)
+        target = None if status.startswith("error:") else state.target(status)
         if target is None:
             message = f"state {state.name!r} has no transition for status {status!r}"
             failed(step, task, UNDECLARED_STATUS, message)

@@ -3,7 +3,6 @@ and how they behave inside the transition rules (a fake clock, a seeded random s
 
 from __future__ import annotations
 
-import functools
 import re
 import uuid
 from pathlib import Path
@@ -14,10 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine import functions
-from engine.blueprint.loader import load_blueprint_text
-from engine.blueprint.model import Blueprint
 from engine.errors import ExpressionError
 from engine.expressions import compile_expression
+from tests.engine.test_rules import bp
 from tests.support.rules_driver import RulesDriver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,11 +163,6 @@ def test_the_readme_lists_every_function_it_adds() -> None:
 
 
 # -- inside the rules: the change's clock and random source --------------------------------------
-
-
-@functools.cache
-def bp(text: str) -> Blueprint:
-    return load_blueprint_text(text)
 
 
 COUNTER = """
