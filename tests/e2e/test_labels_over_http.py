@@ -38,6 +38,7 @@ async def test_jobs_submitted_to_one_server_are_found_by_label_on_another(
         async with client(second) as http:
             assert (await view(http, ids[0]))["labels"] == {"customer": "0"}
             pages: list[list[str]] = []
+            made: dict[str, str] = {}
             cursor: str | None = None
             while True:
                 params = {
@@ -49,13 +50,16 @@ async def test_jobs_submitted_to_one_server_are_found_by_label_on_another(
                     page = await resp.json()
                     assert resp.status == 200, page
                 pages.append([item["id"] for item in page["jobs"]])
+                made.update((item["id"], item["created_at"]) for item in page["jobs"])
                 cursor = page["next_cursor"]
                 if cursor is None:
                     break
             query = {"label": "customer:0", "status": "cancelled"}
             async with http.get("/api/v1/jobs", params=query) as resp:
                 cancelled = [item["id"] for item in (await resp.json())["jobs"]]
-    assert [job_id for page in pages for job_id in page] == [ids[4], ids[2], ids[0]]
+    # newest first; jobs made in the same ms: the larger id first
+    expected = sorted((ids[4], ids[2], ids[0]), key=lambda j: (made[j], j), reverse=True)
+    assert [job_id for page in pages for job_id in page] == expected
     assert len(pages[0]) == 2
     assert cancelled == [ids[2]]
     assert refused["error"]["details"] == [
