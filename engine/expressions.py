@@ -18,9 +18,11 @@ import jmespath.exceptions
 import jmespath.parser
 import jmespath.visitor
 
+from engine import functions
 from engine.errors import ExpressionError
 
-_OPTIONS = jmespath.Options(dict_cls=dict)
+# Interlock's functions (engine/functions.py) next to JMESPath's own.
+_OPTIONS = jmespath.Options(dict_cls=dict, custom_functions=functions.FUNCTIONS)
 # One interpreter for every search: ParsedResult.search builds a new one per call, which
 # showed in profiles; the interpreter keeps no state between searches but a method cache.
 _INTERPRETER = jmespath.visitor.TreeInterpreter(_OPTIONS)
@@ -39,6 +41,8 @@ class Expression:
         try:
             return _INTERPRETER.visit(self.parsed.parsed, context)
         except jmespath.exceptions.JMESPathError as exc:
+            raise ExpressionError(f"{self.source!r}: {exc}") from None
+        except ExpressionError as exc:  # one of our functions refused its arguments
             raise ExpressionError(f"{self.source!r}: {exc}") from None
         except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
             # jmespath's functions let some Python errors through, e.g.
@@ -63,16 +67,24 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
 
 
 def compile_expression(source: str) -> Expression:
-    """Compile a JMESPath expression or raise ExpressionError naming the problem."""
+    """Compile a JMESPath expression or raise ExpressionError naming the problem: a syntax
+    error, or a call of an unknown function or with the wrong number of arguments (which
+    JMESPath itself finds only when the call runs)."""
     text = source.strip()
     if not text:
         raise ExpressionError("empty expression")
     try:
-        return Expression(text, jmespath.compile(text))
+        parsed = jmespath.compile(text)
     except jmespath.exceptions.JMESPathError as exc:
         raise ExpressionError(_describe_parse_error(text, exc)) from None
     except (ValueError, TypeError, RecursionError) as exc:
         raise ExpressionError(f"invalid JMESPath expression {text!r}: {exc}") from None
+    for node in _walk(parsed.parsed):
+        if node.get("type") == "function_expression":
+            problem = functions.call_problem(str(node["value"]), len(node["children"]))
+            if problem is not None:
+                raise ExpressionError(f"{text!r}: {problem}")
+    return Expression(text, parsed)
 
 
 def _describe_parse_error(text: str, exc: jmespath.exceptions.JMESPathError) -> str:

@@ -31,6 +31,7 @@ from server.errors import (
     ServiceUnavailable,
     json_response,
 )
+from server.labels import parse_labels, query_labels
 from server.live import job_when_changed, page_when_changed, since_of
 from server.params import (
     ID,
@@ -55,7 +56,14 @@ from server.webhook_policy import WebhookRefused
 from server.workers_view import list_workers
 
 PREFIX = "/api/v1"
-SUBMIT_FIELDS = ("initial_data", "webhook_url", "dispatch_timeout", "result_timeout", "job_id")
+SUBMIT_FIELDS = (
+    "initial_data",
+    "webhook_url",
+    "dispatch_timeout",
+    "result_timeout",
+    "job_id",
+    "labels",
+)
 STATUSES = frozenset(JobStatus)
 MAX_WAIT_S = 60.0
 MAX_LIMIT = 200
@@ -184,6 +192,7 @@ async def submit_job(request: web.Request) -> web.Response:
     dispatch_ms = _timeout_ms(body, "dispatch_timeout", problems)
     result_ms = _timeout_ms(body, "result_timeout", problems)
     chosen = _chosen_id(body.get(idempotency.FIELD), key, problems)
+    labels = parse_labels(body.get("labels"), problems)
     if problems:
         raise BadRequest(
             "; ".join(f"{p['path']}: {p['message']}" for p in problems),
@@ -195,6 +204,7 @@ async def submit_job(request: web.Request) -> web.Response:
         "webhook_url": webhook_url,
         "dispatch_timeout_ms": dispatch_ms,
         "result_timeout_ms": result_ms,
+        "labels": labels,
     }
     client = request[CLIENT]
     status = 202
@@ -351,6 +361,7 @@ async def list_jobs(request: web.Request) -> web.Response:
             code="invalid_query",
         )
     limit = query_int(request, "limit", 50, 1, MAX_LIMIT)
+    labels = query_labels(request)
     cursor = request.query.get("cursor") or None
     if cursor is not None:
         try:
@@ -363,7 +374,12 @@ async def list_jobs(request: web.Request) -> web.Response:
 
     async def page() -> dict[str, Any]:
         jobs, next_cursor = await orchestrator(request).list_jobs(
-            request[CLIENT], status=status, blueprint=blueprint, limit=limit, cursor=cursor
+            request[CLIENT],
+            status=status,
+            blueprint=blueprint,
+            limit=limit,
+            cursor=cursor,
+            labels=labels,
         )
         return {"jobs": [_list_item(doc) for doc in jobs], "next_cursor": next_cursor}
 
@@ -392,6 +408,8 @@ def _list_item(doc: dict[str, Any]) -> dict[str, Any]:
     item = {k: view[k] for k in ("id", "blueprint", "version", "status", "state")}
     item.update(created_at=iso(doc["created_at"]), updated_at=iso(doc["updated_at"]))
     item["finished_at"] = view["finished_at"]
+    if "labels" in view:
+        item["labels"] = view["labels"]
     if "error" in view:
         item["error"] = view["error"]
     return item

@@ -19,6 +19,8 @@ from importlib import resources
 from typing import Any
 
 from engine.blueprint.model import Blueprint
+from server.labels import MAX_FILTERS, MAX_LABELS, MAX_VALUE
+from server.labels import NAME as LABEL_NAME
 from server.views import plain
 
 Schema = dict[str, Any]
@@ -35,6 +37,14 @@ def _obj(required: Iterable[str] = (), **properties: Any) -> Schema:
 
 
 STR: Schema = {"type": "string"}
+# server/labels.py: a name, and a value of printable characters.
+LABEL_VALUE: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_VALUE,
+    "pattern": "^[^\\x00-\\x1f\\x7f]*$",
+}
+LABEL_FILTER = LABEL_NAME.pattern[:-1] + ":[^\\x00-\\x1f\\x7f]{1," + str(MAX_VALUE) + "}$"
 INT: Schema = {"type": "integer"}
 TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
 ANY: Schema = {}
@@ -66,6 +76,13 @@ SCHEMAS: dict[str, Schema] = {
                 "`<job_id>-<client tag>`; the same job_id and body again answer 200 with "
                 "that job, another body 409 (not with Idempotency-Key)",
             },
+            labels={
+                "type": "object",
+                "description": "name: value strings to find the job by (GET /api/v1/jobs?label=)",
+                "maxProperties": MAX_LABELS,
+                "propertyNames": {"pattern": LABEL_NAME.pattern},
+                "additionalProperties": LABEL_VALUE,
+            },
         ),
         "additionalProperties": False,
     },
@@ -83,6 +100,7 @@ SCHEMAS: dict[str, Schema] = {
         task={"type": "object"},
         tasks={"type": "array", "items": {"type": "object"}},
         approval={"type": "object"},
+        labels={"type": "object", "additionalProperties": STR},
         result=ANY,
         error={"type": "object"},
     ),
@@ -379,6 +397,15 @@ def _paths() -> dict[str, dict[str, Schema]]:
                         "only this blueprint's jobs",
                     ),
                     _query("limit", {**INT, "minimum": 1, "maximum": 200}, "page size (50)"),
+                    _query(
+                        "label",
+                        {
+                            "type": "array",
+                            "maxItems": MAX_FILTERS,
+                            "items": {**STR, "pattern": LABEL_FILTER},
+                        },
+                        "only jobs with this label, as name:value (repeat it: all must match)",
+                    ),
                     _query(
                         "cursor", {**STR, "pattern": CURSOR}, "next_cursor of the previous page"
                     ),

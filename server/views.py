@@ -56,6 +56,8 @@ def job_view(
             # A worker took it (leases change in Lua, not in the document).
             view["status"] = JobStatus.RUNNING
         view.update(_waiting_view(doc, public_base))
+    if doc.get("labels"):
+        view["labels"] = doc["labels"]
     parent = doc.get("parent")
     if isinstance(parent, dict) and parent.get("job_id"):
         view["parent_job_id"] = parent["job_id"]

@@ -158,10 +158,12 @@ def _translate(error: ValidationError, path: Path, here: Any) -> Iterator[tuple[
     if keyword == "additionalProperties" and isinstance(instance, dict):
         schema = error.schema if isinstance(error.schema, dict) else {}
         allowed = sorted(schema.get("properties", {}))
+        # Keys a pattern allows, shown as what they look like (`error:<CODE>`).
+        shapes = [f"{p[1:].split(':')[0]}:<CODE>" for p in schema.get("patternProperties", {})]
         for key in instance:
             if key not in allowed and key not in _pattern_keys(schema, key):
                 hint = did_you_mean(key, allowed) or (
-                    f"; allowed: {', '.join(allowed)}" if allowed else ""
+                    f"; allowed: {', '.join([*allowed, *shapes])}" if allowed else ""
                 )
                 yield (*path, key), f"unknown field {key!r}{_within(title, path)}{hint}", True
         return

@@ -67,15 +67,22 @@ def _next_reader(label: Callable[[dict[str, Any]], str]) -> Callable[[Path, dict
 def _on_reader(
     label: Callable[[str, dict[str, Any]], str],
 ) -> Callable[[Path, dict[str, Any]], Found]:
-    """States whose outcomes map to targets under `on:` (task, parallel, approval, subflow)."""
+    """States whose outcomes map to targets under `on:` (task, parallel, approval, subflow).
+    A caught error code (`error:CARD_DECLINED`) reads `error CARD_DECLINED` on its edge."""
 
     def read(base: Path, raw: dict[str, Any]) -> Found:
         on = raw.get("on")
         for trigger, target in on.items() if isinstance(on, dict) else ():
             if isinstance(target, str):
-                yield Transition(trigger, target, label(trigger, raw)), (*base, "on", trigger)
+                shown = f"error {trigger[6:]}" if is_catch(trigger) else label(trigger, raw)
+                yield Transition(trigger, target, shown), (*base, "on", trigger)
 
     return read
+
+
+def is_catch(trigger: str) -> bool:
+    """Whether a trigger catches a failure by its error code (`error:<CODE>`)."""
+    return trigger.startswith("error:")
 
 
 def _choice_transitions(base: Path, raw: dict[str, Any]) -> Found:

@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.blueprint.model import ChoiceState, EndState, SetState, WaitState
 from engine.errors import ExpressionError
+from engine.jsonutil import dumps
 from engine.runtime.jobdoc import NO_CHOICE_MATCHED, JobDoc, JobStatus
 from engine.runtime.step import Kind, Next, Step
 
@@ -67,13 +68,23 @@ class EndKind(Kind[EndState]):
             given = state.error.render(context) if state.error is not None else {}
             given = given if isinstance(given, dict) else {}
             error = {
-                "code": str(given.get("code") or "FAILED"),
-                "message": str(given.get("message") or f"the job ended in state {state.name!r}"),
+                "code": _text(given.get("code")) or "FAILED",
+                "message": _text(given.get("message")) or f"the job ended in state {state.name!r}",
                 "state": state.name,
             }
+            if given.get("details") is not None:
+                error["details"] = given["details"]
         doc["result"] = output
         step.finish(JobStatus(state.outcome), error)
         return None
+
+
+def _text(value: Any) -> str:
+    """An error's code or message as rendered: a string as it is, null as nothing, any
+    other value as JSON (a template that gave a number still says something)."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    return dumps(value)
 
 
 def _target(state: SetState, trigger: str) -> str:

@@ -162,6 +162,9 @@ class JobDoc(TypedDict):
     # The last progress event the worker holding a task sent: `at`, `state`, `task_id`, then
     # whatever fields the worker sent (`progress`, `message`, ...).
     progress: NotRequired[dict[str, Any]]
+    # The labels the job was submitted with (name -> value), indexed for search; absent
+    # when it had none.
+    labels: NotRequired[dict[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,8 +267,9 @@ def new_job(
     dispatch_timeout_ms: int | None = None,
     result_timeout_ms: int | None = None,
     parent: ParentRef | None = None,
+    labels: dict[str, str] | None = None,
 ) -> JobDoc:
-    return {
+    doc: JobDoc = {
         "id": job_id,
         "blueprint": blueprint.name,
         "version": blueprint.version,
@@ -296,6 +300,9 @@ def new_job(
         "hseq": 0,
         "done_tasks": [],
     }
+    if labels:
+        doc["labels"] = labels
+    return doc
 
 
 def member(job_id: str, task_id: str) -> str:

@@ -176,6 +176,7 @@ class Orchestrator:
         webhook_url: str | None = None,
         dispatch_timeout_ms: int | None = None,
         result_timeout_ms: int | None = None,
+        labels: dict[str, str] | None = None,
     ) -> str:
         job_id = uuid.uuid4().hex
         created = await self.create(
@@ -186,6 +187,7 @@ class Orchestrator:
             webhook_url=webhook_url,
             dispatch_timeout_ms=dispatch_timeout_ms,
             result_timeout_ms=result_timeout_ms,
+            labels=labels,
         )
         if not created:  # a uuid4 collision: astronomically unlikely, but never overwrite
             raise StoreUnavailable("job id collision; retry the request")
@@ -290,11 +292,14 @@ class Orchestrator:
         blueprint: str | None,
         limit: int,
         cursor: str | None = None,
+        labels: Sequence[tuple[str, str]] = (),
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """The client's jobs, newest first, filtered. `cursor` is the `next` value of the
-        previous page; returns (jobs, next), next None at the end. Raises ValueError for a
-        cursor this method did not produce."""
+        """The client's jobs, newest first, filtered (`labels`: each (name, value) must
+        match; the first one's index is walked instead of the client's). `cursor` is the
+        `next` value of the previous page; returns (jobs, next), next None at the end.
+        Raises ValueError for a cursor this method did not produce."""
         after = parse_cursor(cursor) if cursor else None
+        wanted = dict(labels)
         jobs: list[dict[str, Any]] = []
         # A filter matching nothing must not walk the whole history on one request: after
         # LIST_BUDGET entries, answer what was found, with a cursor to go on from there.
@@ -302,7 +307,14 @@ class Orchestrator:
         while len(jobs) < limit:
             if budget <= 0 and after is not None:
                 return jobs, f"{after[0]}-{after[1]}"
-            batch = await self.store.job_ids_for_client(client, limit=max(limit, 50), after=after)
+            size = max(limit, 50)
+            if labels:
+                label, value = labels[0]
+                batch = await self.store.job_ids_for_label(
+                    client, label, value, limit=size, after=after
+                )
+            else:
+                batch = await self.store.job_ids_for_client(client, limit=size, after=after)
             if not batch:
                 return jobs, None
             budget -= len(batch)
@@ -311,8 +323,10 @@ class Orchestrator:
                 after = (created, job_id)
                 if doc is None:
                     continue
-                if (status is None or doc["status"] == status) and (
-                    blueprint is None or doc["blueprint"] == blueprint
+                if (
+                    (status is None or doc["status"] == status)
+                    and (blueprint is None or doc["blueprint"] == blueprint)
+                    and all(doc.get("labels", {}).get(k) == v for k, v in wanted.items())
                 ):
                     jobs.append(doc)
                     if len(jobs) == limit:
@@ -516,6 +530,7 @@ class Orchestrator:
             dequeue=fx.dequeue,
             ttl_ms=machine.settings.retention_ms if fx.terminal else None,
             index=index,
+            labels=doc.get("labels") if index else None,
             webhook_ms=now if webhook else None,
             done=fx.terminal,
             history=fx.history,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from typing import Any, Generic, TypeVar
 
+from engine import functions
 from engine.blueprint.model import Blueprint, PerKind, State
 from engine.errors import ExpressionError
 from engine.runtime.jobdoc import (
@@ -102,7 +103,9 @@ class Step:
         return self.kinds[state.kind]
 
     def context(self, **extra: Any) -> dict[str, Any]:
-        """What expressions and templates see (plus `item`/`index` and the like)."""
+        """What expressions and templates see (plus `item`/`index` and the like). Their
+        `now()` and `uuid()` read this change's instant and random source."""
+        functions.moment.set(functions.Moment(self.now, self.rng))
         doc = self.doc
         return {
             "initial_data": doc["initial_data"],
@@ -171,27 +174,33 @@ class Step:
             try:
                 following = self.rules(state).enter(self, state)
             except ExpressionError as exc:
-                self.cancel_tasks("expression error")
-                error = {
-                    "code": EXPRESSION_ERROR,
-                    "state": name,
-                    "message": f"state {name!r}: {exc}",
-                }
-                self.finish(JobStatus.FAILED, error)
+                self.expression_failed(name, exc)
                 return
             if following is None:
                 return
             via, name = following
             self.event("state_left", state=state.name, via=via, to=name)
 
+    def expression_failed(self, state: str, exc: ExpressionError) -> None:
+        """An expression of `state` could not be evaluated: the job fails, naming both."""
+        self.cancel_tasks("expression error")
+        message = f"state {state!r}: {exc}"
+        self.finish(
+            JobStatus.FAILED, {"code": EXPRESSION_ERROR, "state": state, "message": message}
+        )
+
     def fail_state(self, state: State, trigger: str, error: dict[str, Any]) -> None:
-        """Follow the state's `trigger` (or `failure`) transition, or fail the job."""
-        target = state.target(trigger) or state.target("failure")
+        """The state failed for good with `error`: follow the most specific transition it
+        declares, `error:<the error's code>`, then `trigger` (`timeout`, say), then
+        `failure`; with none, fail the job. `steps.<state>.error` keeps the error, so the
+        state caught to can read it (and an `end` state can raise it again)."""
         self.doc["steps"][state.name] = {"error": error}
-        if target is None:
-            self.finish(JobStatus.FAILED, error)
-        else:
-            self.move(state, trigger, target)
+        for via in (f"error:{error.get('code')}", trigger, "failure"):
+            target = state.target(via)
+            if target is not None:
+                self.move(state, via, target)
+                return
+        self.finish(JobStatus.FAILED, error)
 
     def finish(self, status: JobStatus, error: dict[str, Any] | None) -> None:
         """End the job with `status`: nothing of it is due any more."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.blueprint.model import State, TaskSpec, TaskState
+from engine.errors import ExpressionError
 from engine.runtime.jobdoc import (
     DISPATCH_TIMEOUT,
     INVALID_OUTPUT,
@@ -46,7 +47,8 @@ class TaskKind(Kind[TaskState]):
     def task_succeeded(
         self, step: Step, state: TaskState, task: TaskRecord, status: str, data: Any
     ) -> None:
-        target = state.target(status)
+        # (`error:<CODE>` catches a failure: it is no status a worker may answer with.)
+        target = None if status.startswith("error:") else state.target(status)
         if target is None:
             message = f"state {state.name!r} has no transition for status {status!r}"
             failed(step, task, UNDECLARED_STATUS, message)
@@ -73,10 +75,18 @@ def launch(step: Step, state: State, branch: int | None, attempt: int) -> None:
     """Dispatch the task of a task state, or of one branch of a parallel state."""
     spec = state.task_spec(branch)
     assert spec is not None
+    if step.ended:  # an earlier branch's params failed the job: launch nothing more
+        return
     context = step.context(**step.rules(state).task_context(step, state, branch))
+    try:
+        # Rendered for each attempt (a retry, a later branch), not only on entering.
+        params = spec.params.render(context)
+    except ExpressionError as exc:
+        step.expression_failed(state.name, exc)
+        return
     if branch is None:
         step.doc["status"] = JobStatus.QUEUED
-    dispatch(step, state.name, spec, spec.params.render(context), attempt, branch)
+    dispatch(step, state.name, spec, params, attempt, branch)
 
 
 def dispatch(

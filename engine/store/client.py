@@ -146,6 +146,7 @@ class Commit:
     dequeue: list[tuple[str, str]] = field(default_factory=list)  # (type, member)
     ttl_ms: int | None = None
     index: tuple[str, int] | None = None  # (client, created ms)
+    labels: Mapping[str, str] | None = None  # indexed with `index` (the job's creation)
     # Since when (ms) the job waits for a person; None: it does not (see keys.humans).
     human_ms: int | None = None
     webhook_ms: int | None = None
@@ -241,6 +242,7 @@ class Store:
         self._commit = client.register_script(_script("commit.lua"))
         self._lease = client.register_script(_script("lease.lua"))
         self._claim = client.register_script(_script("claim_timers.lua"))
+        self._prune = client.register_script(_script("prune_index.lua"))
         self._commits = Batcher(self._commit_batch, MAX_BATCH)
         self._heartbeats = Batcher(self._heartbeat_batch, MAX_BATCH)
         # The deployment marker this process found (or wrote) at start; see `check_marker`.
@@ -316,7 +318,7 @@ class Store:
                 await cluster.refuse_cluster_node(self.redis, shown)
             # Load the scripts up front (on every master, on a cluster), so that the first
             # pipelined EVALSHA of each does not come back NOSCRIPT and go again.
-            for script in (self._commit, self._lease, self._claim):
+            for script in (self._commit, self._lease, self._claim, self._prune):
                 await self.redis.script_load(script.script)
             stored, tags, marker = await self._settle_meta()
             self.marker = str(marker)
@@ -518,6 +520,7 @@ class Store:
                         if change.index
                         else False
                     ),
+                    **self._label_plan(partition, change, key),
                     "webhooks": webhooks,
                     "webhook": str(change.webhook_ms) if change.webhook_ms is not None else False,
                     "humans": humans,
@@ -543,6 +546,20 @@ class Store:
             }
         return key_list, [dumps(argument)]
 
+    def _label_plan(
+        self, partition: int, change: Commit, key: Callable[[str], int]
+    ) -> dict[str, Any]:
+        """The `labels` and `label_hash` of a plan: a labelled job, as it is created, goes
+        into one index per label and into its client's job -> labels hash."""
+        if not change.index or not change.labels:
+            return {"labels": [], "label_hash": False}
+        client = change.index[0]
+        labels = sorted(change.labels.items())
+        return {
+            "labels": [key(self.keys.label_jobs(partition, client, k, v)) for k, v in labels],
+            "label_hash": [key(self.keys.job_labels(partition, client)), dumps(dict(labels))],
+        }
+
     @translated
     async def exists(self, job_id: str) -> bool:
         return bool(await self.redis.exists(self.keys.job(job_id)))
@@ -567,17 +584,26 @@ class Store:
     ) -> list[tuple[str, int]]:
         """The client's job ids with their creation ms, newest first (ties: larger id first),
         across partitions; `after` is the (ms, id) the previous page ended with."""
+        indexes = [self.keys.client_jobs(p, client) for p in range(self.keys.partitions)]
+        return await self._newest(indexes, limit, after)
+
+    @translated
+    async def job_ids_for_label(
+        self, client: str, label: str, value: str, *, limit: int, after: tuple[int, str] | None
+    ) -> list[tuple[str, int]]:
+        """`job_ids_for_client`, for the client's jobs labelled `label`=`value` only."""
+        partitions = range(self.keys.partitions)
+        indexes = [self.keys.label_jobs(p, client, label, value) for p in partitions]
+        return await self._newest(indexes, limit, after)
+
+    async def _newest(
+        self, indexes: list[str], limit: int, after: tuple[int, str] | None
+    ) -> list[tuple[str, int]]:
+        """The newest `limit` (id, ms) entries of per-partition indexes, below `after`."""
         top = "+inf" if after is None else str(after[0])
         pipe = self.redis.pipeline(transaction=False)
-        for partition in range(self.keys.partitions):
-            pipe.zrevrangebyscore(
-                self.keys.client_jobs(partition, client),
-                top,
-                "-inf",
-                start=0,
-                num=limit + 64,
-                withscores=True,
-            )
+        for index in indexes:
+            pipe.zrevrangebyscore(index, top, "-inf", start=0, num=limit + 64, withscores=True)
         rows = await pipe.execute()
         found = [(str(job_id), int(score)) for row in rows for job_id, score in row]
         if after is not None:  # keep what sorts strictly after the cursor
@@ -590,21 +616,34 @@ class Store:
         self, partition: int, client: str, start: int, count: int
     ) -> tuple[int, int]:
         """Drop from the client's job index (one partition) the ids whose job is gone
-        (its retention ended), looking at `count` entries from rank `start`, oldest first.
-        Returns (ids dropped, the rank to look from next: 0 at the end). An entry is
-        written in the commit that creates its job, so a missing job is an expired one."""
-        key = self.keys.client_jobs(partition, client)
-        ids = [str(job_id) for job_id in await self.redis.zrange(key, start, start + count - 1)]
+        (its retention ended), and their label index entries, looking at `count` entries
+        from rank `start`, oldest first. Returns (ids dropped, the rank to look from next:
+        0 at the end). An entry is written in the commit that creates its job, so a missing
+        job is an expired one; prune_index.lua checks again that it is still missing."""
+        keys = self.keys
+        index = keys.client_jobs(partition, client)
+        ids = [str(job_id) for job_id in await self.redis.zrange(index, start, start + count - 1)]
         if not ids:
             return 0, 0
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.exists(self.keys.job(job_id))
+            pipe.exists(keys.job(job_id))
         alive = await pipe.execute()
         gone = [job_id for job_id, found in zip(ids, alive, strict=True) if not found]
         if gone:
-            await self.redis.zrem(key, *gone)
-        return len(gone), start + len(ids) - len(gone)
+            hash_key = keys.job_labels(partition, client)
+            stored = await self.redis.hmget(hash_key, gone)
+            key_list = [index, hash_key]
+            plans = []
+            for job_id, raw in zip(gone, stored, strict=True):
+                labels: dict[str, str] = loads(raw) if raw else {}
+                first = len(key_list) + 1  # Lua indexes KEYS from 1
+                key_list.append(keys.job(job_id))
+                key_list.extend(keys.label_jobs(partition, client, k, v) for k, v in labels.items())
+                plans.append([job_id, first, len(labels), raw or False])
+            dropped = await self._prune(keys=key_list, args=[dumps(plans)])
+            return int(dropped), start + len(ids) - int(dropped)
+        return 0, start + len(ids)
 
     @translated
     async def read_docs(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:

@@ -94,6 +94,16 @@ class Keys:
         """Sorted set of a client's job ids by creation time (ms)."""
         return f"{self._p(partition)}:client:{client}"
 
+    def label_jobs(self, partition: int, client: str, label: str, value: str) -> str:
+        """Sorted set of the ids of a client's jobs labelled `label`=`value`, by creation
+        time (ms). (The client's name is length-prefixed; a label name holds no `=`.)"""
+        return f"{self._p(partition)}:label:{len(client)}:{client}:{label}={value}"
+
+    def job_labels(self, partition: int, client: str) -> str:
+        """Hash: job id -> its labels (JSON), for each of the client's labelled jobs, so that
+        the index janitor can drop an expired job's label entries."""
+        return f"{self._p(partition)}:labels:{client}"
+
     def worker(self, worker_id: str) -> str:
         """String: the worker's registration (JSON)."""
         return f"{self.prefix}:{{w:{worker_id}}}:worker"

@@ -9,6 +9,8 @@
 --   enqueue: [[queue KEYS index, score, member]]   dequeue: [[queue KEYS index, member]]
 --   timers: KEYS index of the timers zset; timer: score | false (remove) | "keep"
 --   index: [KEYS index of the client index, score] | false
+--   labels: [KEYS index of a label index] (scored like the client index)
+--   label_hash: [KEYS index of the client's job -> labels hash, labels JSON] | false
 --   webhooks: KEYS index of the webhook outbox; webhook: score | false
 --   humans: KEYS index of the set of jobs waiting for a person; human: score (since when
 --     the job waits) | false (it does not: removed, a no-op for most jobs)
@@ -54,7 +56,11 @@ for i, plan in ipairs(batch.plans) do
     elseif plan.timer ~= 'keep' then
       push(adds, plan.timers, plan.timer, plan.id)
     end
-    if plan.index then push(adds, plan.index[1], plan.index[2], plan.id) end
+    if plan.index then
+      push(adds, plan.index[1], plan.index[2], plan.id)
+      for _, label in ipairs(plan.labels) do push(adds, label, plan.index[2], plan.id) end
+    end
+    if plan.label_hash then redis.call('HSET', KEYS[plan.label_hash[1]], plan.id, plan.label_hash[2]) end
     if plan.webhook then push(adds, plan.webhooks, plan.webhook, plan.id) end
     if plan.human then
       push(adds, plan.humans, plan.human, plan.id)
