@@ -148,6 +148,18 @@ async def explain(
     if doc.get("wait_until") is not None:
         parts.append(f"waiting at state `{state}` until {iso(doc['wait_until'])}")
         facts["wait_until"] = iso(doc["wait_until"])
+    listen = doc.get("listen")
+    if isinstance(listen, dict):
+        since = int(listen.get("since") or now)
+        parts.append(
+            f"listening at state `{state}` for event `{listen.get('event')}` since {iso(since)} "
+            f"({human(now - since)}); POST /api/v1/jobs/{doc['id']}/events/{listen.get('event')}"
+            " delivers it"
+        )
+        facts["listen"] = {
+            "event": listen.get("event"),
+            "timeout_at": iso(listen.get("timeout_at")),
+        }
     subflow = doc.get("subflow")
     if isinstance(subflow, dict):
         parts.append(f"waiting for child job {subflow.get('child_id')} at state `{state}`")

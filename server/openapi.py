@@ -76,6 +76,7 @@ SCHEMAS: dict[str, Schema] = {
         task={"type": "object"},
         tasks={"type": "array", "items": {"type": "object"}},
         approval={"type": "object"},
+        listen={"type": "object", "description": "the event a listen state waits for"},
         result=ANY,
         error={"type": "object"},
     ),
@@ -448,6 +449,25 @@ def _paths() -> dict[str, dict[str, Schema]]:
                 security=c,
                 body=ref("Decision"),
                 parameters=[JOB_ID],
+                tag=c,
+            )
+        },
+        "/api/v1/jobs/{job_id}/events/{name}": {
+            "post": _op(
+                "Send an event to a job; the listen state waiting for it takes the body as "
+                "its payload (400: it breaks the state's schema; 409: no state listens for it)",
+                {"200": job},
+                ["404", "409"],
+                security=c,
+                body={"type": "object", "description": "the event's payload"},
+                body_required=False,
+                parameters=[
+                    JOB_ID,
+                    {
+                        **_path_param("name", "the event's name (a listen state's `event`)"),
+                        "schema": {**STR, "pattern": "^[a-z][a-z0-9_]{0,63}$"},
+                    },
+                ],
                 tag=c,
             )
         },

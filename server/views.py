@@ -126,6 +126,14 @@ def _waiting_view(doc: Mapping[str, Any], public_base: str | None) -> dict[str, 
         token = approval.get("token")
         if public_base is not None and isinstance(token, str) and token:
             view["approval"]["link"] = public_base + approval_path(str(doc["id"]), token)
+    listen = doc.get("listen")
+    if isinstance(listen, dict):
+        view["listen"] = {
+            "state": listen.get("state"),
+            "event": listen.get("event"),
+            "since": iso(listen.get("since")),
+            "timeout_at": iso(listen.get("timeout_at")),
+        }
     subflow = doc.get("subflow")
     if isinstance(subflow, dict):
         view["subflow"] = {"state": subflow.get("state"), "child_job_id": subflow.get("child_id")}

@@ -101,6 +101,15 @@ class ApprovalBook(TypedDict):
     asked_at: int
 
 
+class ListenBook(TypedDict):
+    """A listen state waiting for an event sent through the API."""
+
+    state: str
+    event: str  # the event's name
+    since: int
+    timeout_at: int | None
+
+
 class SubflowBook(TypedDict):
     """A subflow state waiting for its child job."""
 
@@ -159,6 +168,8 @@ class JobDoc(TypedDict):
     # When the job entered its current state (ms), written by the metrics observer
     # (engine/runtime/observe.py) for the state-duration histogram.
     state_since: NotRequired[int]
+    # A listen state's wait (engine/runtime/events.py); absent in documents written before.
+    listen: NotRequired[ListenBook | None]
     # The last progress event the worker holding a task sent: `at`, `state`, `task_id`, then
     # whatever fields the worker sent (`progress`, `message`, ...).
     progress: NotRequired[dict[str, Any]]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from engine.blueprint.model import Blueprint
-from engine.runtime import tasks, waiting
+from engine.blueprint.model import Blueprint, ListenState
+from engine.runtime import events, tasks, waiting
 from engine.runtime.jobdoc import (
     JOB_TIMEOUT,
     TERMINAL,
@@ -133,6 +133,29 @@ class Machine:
             # will). Answer exactly as once it has.
             return Ignored("not_waiting_for_approval")
         waiting.decide(step, decision, by=by)
+        return step.fx
+
+    def on_event(
+        self,
+        doc: JobDoc,
+        name: str,
+        payload: Any,
+        now: int,
+        rng: random.Random,
+        checked: str | None = None,
+    ) -> Effects | Ignored:
+        """An event sent to the job: taken by the listen state waiting for `name`, else
+        ignored (`not_listening`, or `invalid_payload` when it breaks the state's schema).
+        `checked`: the state whose schema the payload was already checked against."""
+        book = events.listening(doc, now) if doc["status"] not in TERMINAL else None
+        if book is None or book["event"] != name:
+            return Ignored("not_listening")
+        state = self.bp.states[book["state"]]
+        assert isinstance(state, ListenState)
+        if checked != state.name and events.payload_problems(state, payload):
+            return Ignored("invalid_payload")
+        step = self.step(doc, now, rng)
+        events.receive(step, book, payload)
         return step.fx
 
     def on_child_done(

@@ -22,6 +22,7 @@ from engine.clock import now_ms
 from engine.jsonutil import dumps
 from engine.runtime import background, deployment, tasks, webhooks
 from engine.runtime.background import leases_of
+from engine.runtime.controls import JobControls
 from engine.runtime.dispatcher import Dispatcher, Waiter
 from engine.runtime.host import Applied, Outcome, Rule
 from engine.runtime.host import OrchestratorSettings as OrchestratorSettings
@@ -126,6 +127,8 @@ class Orchestrator:
         self.heard_since = now_ms()
         self._locks: dict[str, list[Any]] = {}  # job id -> [lock, users]
         self._followups: set[asyncio.Task[Any]] = set()
+        # Events, pause and resume, redrive and rerun (engine/runtime/controls.py).
+        self.controls = JobControls(self)
 
     # -- lifecycle -------------------------------------------------------------------------------
 

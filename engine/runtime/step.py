@@ -203,6 +203,8 @@ class Step:
         doc["wait_until"] = None
         doc["approval"] = None
         doc["parallel"] = None
+        if doc.get("listen") is not None:
+            doc["listen"] = None
         self.fx.terminal = True
         self.fx.notify_parent = doc["parent"] is not None
         self.event(f"job_{status}", state=doc["state"], error=error)

@@ -273,6 +273,10 @@ class RulesDriver:
     def decide(self, decision: str, by: str = "client:c") -> Effects | Ignored | None:
         return self.apply(self.machine.on_decision(self.doc, decision, self.now, self.rng, by=by))
 
+    def send(self, name: str, payload: Any = None) -> Effects | Ignored | None:
+        """A client sends the event `name` with `payload` to the job."""
+        return self.apply(self.machine.on_event(self.doc, name, payload, self.now, self.rng))
+
     def cancel(self) -> Effects | Ignored | None:
         return self.apply(self.machine.cancel(self.doc, dict(self.leases), self.now))
 

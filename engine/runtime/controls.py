@@ -1,0 +1,99 @@
+"""What a client does to a job after it started, besides cancel and approval: send it an
+event (a listen state takes it).
+
+Each control is one guarded change through `apply`, so it holds with any number of
+orchestrators, late workers and timers: whoever commits first wins, the others decide
+again on the job as it then is. Slow checks (a payload against its schema) run before the
+job's lock is taken, against the state the job was read in, and are made again inside the
+change only if the job moved on to another state meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from engine.blueprint.model import ListenState
+from engine.clock import now_ms
+from engine.errors import InterlockError
+from engine.runtime import events
+from engine.runtime.host import Applied, Outcome, Rule
+from engine.runtime.jobdoc import Effects, Ignored
+from engine.runtime.machine import Machine
+from engine.runtime.registry import Registry
+from engine.store.client import JobRecord, Store
+
+
+class InvalidPayload(InterlockError):
+    """An event's payload breaks the schema of the listen state waiting for it."""
+
+    def __init__(self, state: str, problems: list[dict[str, str]]) -> None:
+        self.state = state
+        self.problems = problems  # each {"path", "message"}, path inside the payload
+        first = f"{problems[0]['path']}: {problems[0]['message']}" if problems else "?"
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"the payload does not match the schema of state {state!r}: {first}{more}")
+
+
+class ControlHost(Protocol):
+    """The part of the orchestrator the controls use."""
+
+    store: Store
+    registry: Registry
+
+    async def apply(self, job_id: str, rule: Rule) -> Outcome: ...
+
+    async def read(
+        self, job_id: str, client: str | None, wait_s: float = 0.0
+    ) -> JobRecord | None: ...
+
+    @property
+    def rng(self) -> Any: ...
+
+
+Answer = dict[str, Any] | Ignored | None
+"""The job as committed, why nothing changed, or None when the client has no such job."""
+
+
+def _answer(outcome: Outcome) -> Answer:
+    return dict(outcome.doc) if isinstance(outcome, Applied) else outcome
+
+
+class JobControls:
+    def __init__(self, host: ControlHost) -> None:
+        self.host = host
+
+    async def _machine(self, doc: Mapping[str, Any]) -> Machine:
+        return await self.host.registry.machine(doc["hash"], self.host.store)
+
+    async def send_event(self, job_id: str, client: str, name: str, payload: Any) -> Answer:
+        """Deliver the event `name` to the job. Raises InvalidPayload when the listen state
+        waiting for it would refuse its payload."""
+        record = await self.host.read(job_id, client)
+        if record is None:
+            return None
+        checked = await self._check_payload(record, name, payload)
+
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            return machine.on_event(record.doc, name, payload, now_ms(), self.host.rng, checked)
+
+        outcome = await self.host.apply(job_id, rule)
+        if isinstance(outcome, Ignored) and outcome.reason == "invalid_payload":
+            # It moved on to another listen state for the same name meanwhile: say why.
+            moved = await self.host.read(job_id, client)
+            if moved is not None:
+                await self._check_payload(moved, name, payload)
+        return _answer(outcome)
+
+    async def _check_payload(self, record: JobRecord, name: str, payload: Any) -> str | None:
+        """The listen state whose schema the payload fits (None: the job does not listen
+        for `name` now); raises InvalidPayload when it does not fit."""
+        book = events.listening(record.doc, now_ms())
+        if book is None or book["event"] != name:
+            return None
+        state = (await self._machine(record.doc)).bp.states[book["state"]]
+        assert isinstance(state, ListenState)
+        problems = events.payload_problems(state, payload)
+        if problems:
+            raise InvalidPayload(state.name, problems)
+        return state.name

@@ -1,0 +1,58 @@
+"""Job controls told through HTTP only: real `interlock serve` processes (two of them, on one
+Redis or a Redis Cluster) and a real worker process.
+
+Events into a listen state, sent to whichever server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_flow_over_http import Http, client, events, in_status, names, submit, terminal
+from tests.support.processes import serve, worker
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def post(http: Http, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    async with http.post(path, json=body) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_an_event_sent_to_another_server_moves_the_job_on(
+    tmp_path: Path, any_redis_url: str
+) -> None:
+    """Given a payment job waiting in its listen state on two servers, when the provider's
+    event arrives at the other server, then the job takes its payload and finishes; a bad
+    payload and an event nobody waits for are refused and change nothing."""
+    with (
+        serve(tmp_path, any_redis_url) as one,
+        serve(tmp_path, any_redis_url) as two,
+        worker(tmp_path, one.url, "w-mail", "send_email"),
+    ):
+        async with client(one) as http_one, client(two) as http_two:
+            job_id = await submit(http_one, "jobs/payment_callback", {"user": "ada", "amount": 5})
+            waiting = await in_status(http_one, job_id, "waiting")
+            assert waiting["listen"]["event"] == "payment_received"
+            path = f"/api/v1/jobs/{job_id}/events/payment_received"
+
+            status, body = await post(http_two, path, {"amount": 5, "reference": "nope"})
+            assert (status, body["error"]["code"]) == (400, "invalid_payload")
+            assert body["error"]["details"][0]["path"] == "$.reference"
+            status, body = await post(http_two, f"/api/v1/jobs/{job_id}/events/refund", {})
+            assert (status, body["error"]["code"]) == (409, "not_listening")
+
+            status, body = await post(http_two, path, {"amount": 5, "reference": "PAY-0042"})
+            assert status == 200, body
+            assert body["state"] == "receipt"
+            job = await terminal(http_one, job_id)
+            assert (job["status"], job["result"]) == (
+                "finished",
+                {"reference": "PAY-0042", "amount": 5},
+            )
+            assert names(await events(http_one, job_id)).count("event_received") == 1
+            status, body = await post(http_one, path, {"amount": 5, "reference": "PAY-0042"})
+            assert (status, body["error"]["details"]["status"]) == (409, "finished")

@@ -1,0 +1,104 @@
+"""Job controls (events into listen states) in process, with two orchestrators racing, on
+the embedded store, a real Redis and a Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from engine.runtime.controls import InvalidPayload
+from engine.runtime.jobdoc import Ignored
+from engine.runtime.orchestrator import Orchestrator
+from tests.engine.test_orchestrator import events, finished, orchestrator, run_task
+
+pytestmark = pytest.mark.timeout(60)
+
+LISTEN = """
+blueprint: listening
+start: hear
+states:
+  hear:
+    listen:
+      event: go
+      schema: {type: object, required: [n], properties: {n: {type: integer}}}
+      timeout: {timeout}
+    on: {received: work, timeout: late}
+  work:
+    task: echo
+    params: {n: "${ steps.hear.n }"}
+    on: {success: done}
+  done: {end: finished, output: {n: "${ steps.work.n }"}}
+  late: {end: failed, error: {code: LATE}}
+"""
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return "memory://"
+    found: str = request.getfixturevalue(f"{request.param}_url")
+    return found
+
+
+@contextlib.asynccontextmanager
+async def two(
+    url: str, tmp_path: Path, text: str
+) -> AsyncIterator[tuple[Orchestrator, Orchestrator]]:
+    """Two orchestrators on one store (on memory://, one process: the same one twice)."""
+    async with orchestrator(url, tmp_path, text) as first:
+        if url.startswith("memory://"):
+            yield first, first
+            return
+        async with orchestrator(url, tmp_path, text) as second:
+            yield first, second
+
+
+def listen(timeout: str = "1h") -> str:
+    return LISTEN.replace("{timeout}", timeout)
+
+
+async def test_one_of_many_racing_events_is_taken_and_the_job_goes_on(
+    url: str, tmp_path: Path
+) -> None:
+    async with two(url, tmp_path, listen()) as (a, b):
+        job_id = await a.submit(a.registry.by_name["listening"], {}, client="c")
+        sends = [
+            (a if i % 2 else b).controls.send_event(job_id, "c", "go", {"n": i}) for i in range(10)
+        ]
+        answers = await asyncio.gather(*sends)
+        taken = [answer for answer in answers if isinstance(answer, dict)]
+        assert len(taken) == 1
+        assert sorted({str(a) for a in answers if isinstance(a, Ignored)}) == [
+            str(Ignored("not_listening"))
+        ]
+        n = taken[0]["steps"]["hear"]["n"]
+        task, _ = await run_task(a, "w1", "echo", lambda t: {"data": t["params"]})
+        assert task["params"] == {"n": n}
+        assert (await finished(b, job_id))["result"] == {"n": n}
+        assert (await events(a, job_id)).count("event_received") == 1
+
+
+async def test_a_bad_payload_raises_and_an_unknown_job_is_none(url: str, tmp_path: Path) -> None:
+    async with orchestrator(url, tmp_path, listen()) as orch:
+        job_id = await orch.submit(orch.registry.by_name["listening"], {}, client="c")
+        with pytest.raises(InvalidPayload) as caught:
+            await orch.controls.send_event(job_id, "c", "go", {"n": "one"})
+        assert [p["path"] for p in caught.value.problems] == ["$.n"]
+        assert await orch.controls.send_event(job_id, "other-client", "go", {"n": 1}) is None
+        assert await orch.controls.send_event("0" * 32, "c", "go", {"n": 1}) is None
+        doc = await orch.get_job(job_id, None)
+        assert doc is not None
+        assert doc["state"] == "hear"
+
+
+async def test_the_timeout_takes_on_timeout(url: str, tmp_path: Path) -> None:
+    async with orchestrator(url, tmp_path, listen("200ms")) as orch:
+        job_id = await orch.submit(orch.registry.by_name["listening"], {}, client="c")
+        doc = await finished(orch, job_id)
+        assert (doc["status"], doc["error"]["code"]) == ("failed", "LATE")
+        late = await orch.controls.send_event(job_id, "c", "go", {"n": 1})
+        assert late == Ignored("not_listening")

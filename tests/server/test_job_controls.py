@@ -1,0 +1,90 @@
+"""Events into a running job through HTTP, on the embedded store: the answers clients get."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.server.helpers import ACME, GLOBEX, Client, error_of, job, ok_json, submit
+
+PAYMENT = {"user": "ada", "amount": 12.5}
+PAID = {"amount": 12.5, "reference": "PAY-1234"}
+
+
+async def send(
+    api: Client, job_id: str, name: str, payload: Any = None, headers: dict[str, str] = ACME
+) -> Any:
+    return await api.post(f"/api/v1/jobs/{job_id}/events/{name}", json=payload, headers=headers)
+
+
+async def listening_job(api: Client) -> str:
+    job_id = await submit(api, "jobs/payment_callback", PAYMENT)
+    view = await job(api, job_id)
+    assert (view["status"], view["state"]) == ("waiting", "paid")
+    assert view["listen"]["event"] == "payment_received"
+    assert view["listen"]["timeout_at"] is not None
+    return job_id
+
+
+async def test_an_event_moves_the_job_on_with_its_payload(api: Client) -> None:
+    job_id = await listening_job(api)
+    view = await ok_json(await send(api, job_id, "payment_received", PAID))
+    assert (view["status"], view["state"]) == ("queued", "receipt")
+    assert "listen" not in view
+    events = await ok_json(await api.get(f"/api/v1/jobs/{job_id}/history", headers=ACME))
+    received = [e for e in events["events"] if e["event"] == "event_received"]
+    assert [(e["state"], e["name"]) for e in received] == [("paid", "payment_received")]
+    error = await error_of(await send(api, job_id, "payment_received", PAID), 409)
+    assert error["code"] == "not_listening"  # taken once
+
+
+@pytest.mark.parametrize(
+    ("payload", "paths"),
+    [
+        ({"amount": "12"}, ["$", "$.amount"]),  # reference missing, amount a string
+        ({"amount": 1, "reference": "PAY-12"}, ["$.reference"]),  # breaks the RE2 pattern
+        ({}, ["$"]),
+    ],
+)
+async def test_a_payload_that_breaks_the_schema_is_a_400_and_the_job_keeps_waiting(
+    api: Client, payload: dict[str, Any], paths: list[str]
+) -> None:
+    job_id = await listening_job(api)
+    error = await error_of(await send(api, job_id, "payment_received", payload), 400)
+    assert error["code"] == "invalid_payload"
+    assert sorted({p["path"] for p in error["details"]}) == paths
+    assert (await job(api, job_id))["state"] == "paid"
+
+
+async def test_refusals_say_what_is_wrong(api: Client) -> None:
+    job_id = await listening_job(api)
+    error = await error_of(await send(api, job_id, "payment_failed", {}), 409)
+    assert error["code"] == "not_listening"
+    assert error["details"]["listening_for"] == "payment_received"
+    other = await error_of(await send(api, job_id, "payment_received", PAID, GLOBEX), 404)
+    assert other["code"] == "job_not_found"  # another client's job: as if unknown
+    unknown = await error_of(await send(api, "0" * 32, "payment_received", PAID), 404)
+    assert unknown["code"] == "job_not_found"
+    bad_name = await error_of(await send(api, job_id, "Not-A-Name", PAID), 400)
+    assert bad_name["code"] == "invalid_event_name"
+    not_object = await error_of(await send(api, job_id, "payment_received", [1]), 400)
+    assert not_object["code"] == "invalid_body"
+    assert (await job(api, job_id))["state"] == "paid"
+
+
+async def test_an_event_before_the_job_listens_is_refused(api: Client) -> None:
+    job_id = await submit(api, "jobs/reminder", {"user": "ada"})
+    error = await error_of(await send(api, job_id, "payment_received", PAID), 409)
+    assert error["details"] == {
+        "event": "payment_received",
+        "listening_for": None,
+        "status": "waiting",
+    }
+
+
+async def test_explain_says_what_the_job_listens_for(api: Client) -> None:
+    job_id = await listening_job(api)
+    body = await ok_json(await api.get(f"/api/v1/jobs/{job_id}/explain", headers=ACME))
+    assert "for event `payment_received`" in body["sentence"]
+    assert f"/api/v1/jobs/{job_id}/events/payment_received" in body["sentence"]
