@@ -111,6 +111,18 @@ async def explain(
             sentence += f" with {error['code']} {str(error.get('message', ''))[:200]!r}"
             facts["error"] = {"code": error.get("code"), "message": error.get("message")}
         return sentence, facts
+    paused = doc.get("paused")
+    if isinstance(paused, dict):
+        at = int(paused.get("at") or now)
+        held = paused.get("held")
+        facts["paused"] = {"at": iso(at), "by": paused.get("by"), "held": held}
+        sentence = (
+            f"paused at state `{state}` by {paused.get('by')} since {iso(at)} ({human(now - at)}); "
+            f"POST /api/v1/jobs/{doc['id']}/resume carries on"
+        )
+        if isinstance(held, dict) and "to" in held:
+            sentence += f", moving to `{held['to']}` at once"
+        return sentence, facts
     approval = doc.get("approval")
     if status == "waiting_for_human" and isinstance(approval, dict):
         asked = int(approval.get("asked_at") or now)

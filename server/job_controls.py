@@ -1,5 +1,5 @@
 """Client routes that act on a running (or ended) job besides cancel and approval: events
-into a listen state (`POST /api/v1/jobs/{id}/events/{name}`).
+into a listen state (`POST /api/v1/jobs/{id}/events/{name}`), pause and resume.
 
 The engine decides (engine/runtime/controls.py); this module reads the request and turns
 what the engine answered into the JSON error model: 404 for a job the client cannot see,
@@ -19,7 +19,7 @@ from engine.runtime.controls import InvalidPayload
 from engine.runtime.events import listening
 from engine.runtime.jobdoc import Ignored
 from server.client_api import _job_id, job_not_found
-from server.errors import BadRequest, Conflict, json_response
+from server.errors import BadRequest, Conflict, Handler, json_response
 from server.params import json_object
 from server.state import CLIENT, orchestrator
 from server.views import job_view
@@ -69,7 +69,40 @@ async def _not_listening(request: web.Request, job_id: str, name: str) -> Confli
     )
 
 
+REFUSALS = {
+    "already_paused": "the job is paused already",
+    "not_paused": "the job is not paused",
+    "job_finished": "the job has ended (finished)",
+    "job_failed": "the job has ended (failed)",
+    "job_cancelled": "the job has ended (cancelled)",
+}
+
+
+def _refused(action: str, ignored: Ignored) -> Conflict:
+    reason = REFUSALS.get(ignored.reason, ignored.reason)
+    return Conflict(f"the job cannot be {action}: {reason}", code=ignored.reason)
+
+
+def _pause_control(action: str) -> Handler:
+    """The handler of `POST /jobs/{job_id}/pause` (action "paused") or `/resume` ("resumed")."""
+
+    async def handler(request: web.Request) -> web.Response:
+        job_id = _job_id(request)
+        controls = orchestrator(request).controls
+        change = controls.pause if action == "paused" else controls.resume
+        outcome = await change(job_id, request[CLIENT])
+        if outcome is None:
+            raise job_not_found()
+        if isinstance(outcome, Ignored):
+            raise _refused(action, outcome)
+        return json_response(job_view(outcome))
+
+    return handler
+
+
 def add_routes(app: web.Application) -> None:
     """Register these routes on the `/api/v1` sub-application (before the catch-all
     submission route)."""
     app.router.add_post("/jobs/{job_id}/events/{name}", send_event)
+    app.router.add_post("/jobs/{job_id}/pause", _pause_control("paused"))
+    app.router.add_post("/jobs/{job_id}/resume", _pause_control("resumed"))

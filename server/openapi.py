@@ -77,6 +77,7 @@ SCHEMAS: dict[str, Schema] = {
         tasks={"type": "array", "items": {"type": "object"}},
         approval={"type": "object"},
         listen={"type": "object", "description": "the event a listen state waits for"},
+        paused={"type": "object", "description": "since when and by whom, while paused"},
         result=ANY,
         error={"type": "object"},
     ),
@@ -290,7 +291,7 @@ NAME = _path_param("name", "a blueprint name")
 WORKER_ID = _path_param("worker_id", "the worker's id; must equal X-Worker-ID")
 TOKEN = _path_param("token", "the approval link's token")
 JOB_STATUSES = [
-    "pending", "queued", "running", "retrying", "waiting", "waiting_for_human",
+    "pending", "queued", "running", "retrying", "waiting", "waiting_for_human", "paused",
     "finished", "failed", "cancelled",
 ]  # fmt: skip
 DOT = {"description": "Graphviz DOT", "content": {"text/vnd.graphviz": {"schema": STR}}}
@@ -450,6 +451,21 @@ def _paths() -> dict[str, dict[str, Schema]]:
                 body=ref("Decision"),
                 parameters=[JOB_ID],
                 tag=c,
+            )
+        },
+        **{
+            f"/api/v1/jobs/{{job_id}}/{action}": {
+                "post": _op(
+                    summary, {"200": job}, ["404", "409"], security=c, parameters=[JOB_ID], tag=c
+                )
+            }
+            for action, summary in (
+                (
+                    "pause",
+                    "Pause a job: it stays in its state (running tasks finish, nothing new is "
+                    "dispatched) until resumed; 409 if paused already or ended",
+                ),
+                ("resume", "Resume a paused job; 409 if it is not paused"),
             )
         },
         "/api/v1/jobs/{job_id}/events/{name}": {

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.blueprint.model import Blueprint
-from engine.runtime.jobdoc import TERMINAL, JobStatus, TaskLease
+from engine.runtime.jobdoc import TERMINAL, JobStatus, TaskLease, visible_status
 
 
 def iso(ms: int | None) -> str | None:
@@ -55,6 +55,11 @@ def job_view(
         if status == JobStatus.QUEUED and any(t["status"] == "leased" for t in tasks):
             # A worker took it (leases change in Lua, not in the document).
             view["status"] = JobStatus.RUNNING
+        paused = doc.get("paused")
+        if isinstance(paused, dict):
+            view["status"] = visible_status(doc)
+            view["paused"] = {"at": iso(paused.get("at")), "by": paused.get("by")}
+            view["paused"]["held"] = paused.get("held")
         view.update(_waiting_view(doc, public_base))
     parent = doc.get("parent")
     if isinstance(parent, dict) and parent.get("job_id"):

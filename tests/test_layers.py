@@ -33,7 +33,7 @@ def test_the_runtime_has_no_import_circle() -> None:
 
 def test_state_kinds_import_only_the_step_and_the_tasks_they_share() -> None:
     graph = imports("engine.runtime")
-    for family in ("tasks", "parallel", "waiting", "flow", "events"):
+    for family in ("tasks", "parallel", "waiting", "flow", "events", "pausing"):
         reached = nx.descendants(graph, f"engine.runtime.{family}")
         assert "engine.runtime.machine" not in reached, family
         assert "engine.runtime.orchestrator" not in reached, family
@@ -49,6 +49,8 @@ def test_every_rules_module_says_what_it_decides() -> None:
         "waiting",
         "flow",
         "events",
+        "pausing",
+        "controls",
         "jobdoc",
     ):
         source = (ROOT / "engine" / "runtime" / f"{name}.py").read_text()

@@ -1,5 +1,5 @@
 """What a client does to a job after it started, besides cancel and approval: send it an
-event (a listen state takes it).
+event (a listen state takes it), pause and resume it.
 
 Each control is one guarded change through `apply`, so it holds with any number of
 orchestrators, late workers and timers: whoever commits first wins, the others decide
@@ -17,6 +17,7 @@ from engine.blueprint.model import ListenState
 from engine.clock import now_ms
 from engine.errors import InterlockError
 from engine.runtime import events
+from engine.runtime.background import leases_of
 from engine.runtime.host import Applied, Outcome, Rule
 from engine.runtime.jobdoc import Effects, Ignored
 from engine.runtime.machine import Machine
@@ -84,6 +85,28 @@ class JobControls:
             if moved is not None:
                 await self._check_payload(moved, name, payload)
         return _answer(outcome)
+
+    async def pause(self, job_id: str, client: str) -> Answer:
+        """Pause the job (engine/runtime/pausing.py)."""
+        if await self.host.read(job_id, client) is None:
+            return None
+
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            by = f"client:{client}"
+            return machine.pause(record.doc, leases_of(record), now_ms(), by)
+
+        return _answer(await self.host.apply(job_id, rule))
+
+    async def resume(self, job_id: str, client: str) -> Answer:
+        """Resume a paused job."""
+        if await self.host.read(job_id, client) is None:
+            return None
+
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            by = f"client:{client}"
+            return machine.resume(record.doc, leases_of(record), now_ms(), self.host.rng, by)
+
+        return _answer(await self.host.apply(job_id, rule))
 
     async def _check_payload(self, record: JobRecord, name: str, payload: Any) -> str | None:
         """The listen state whose schema the payload fits (None: the job does not listen

@@ -9,6 +9,7 @@ is the dict that JSON decoding gives) and let mypy check every field the rules t
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NotRequired, TypedDict
@@ -25,6 +26,9 @@ class JobStatus(StrEnum):
     RETRYING = "retrying"  # its task failed and waits to be tried again
     WAITING = "waiting"  # in a wait state, or for a subflow child
     WAITING_FOR_HUMAN = "waiting_for_human"  # an approval state waits for a decision
+    # Shown while a client has paused the job (`JobDoc.paused`); the document keeps the
+    # status underneath, which the job has again once resumed. Never stored as `status`.
+    PAUSED = "paused"
     FINISHED = "finished"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -110,6 +114,16 @@ class ListenBook(TypedDict):
     timeout_at: int | None
 
 
+class PauseBook(TypedDict):
+    """A job a client paused: it leaves its state only once resumed."""
+
+    at: int
+    by: str
+    # The move the job would have made meanwhile, made on resume: {"from", "via", "to"},
+    # or {"end": status, "error": ...} to end the job; None while nothing has fallen due.
+    held: dict[str, Any] | None
+
+
 class SubflowBook(TypedDict):
     """A subflow state waiting for its child job."""
 
@@ -170,9 +184,19 @@ class JobDoc(TypedDict):
     state_since: NotRequired[int]
     # A listen state's wait (engine/runtime/events.py); absent in documents written before.
     listen: NotRequired[ListenBook | None]
+    # Set while a client has the job paused (engine/runtime/pausing.py).
+    paused: NotRequired[PauseBook | None]
     # The last progress event the worker holding a task sent: `at`, `state`, `task_id`, then
     # whatever fields the worker sent (`progress`, `message`, ...).
     progress: NotRequired[dict[str, Any]]
+
+
+def visible_status(doc: Mapping[str, Any]) -> JobStatus:
+    """The status clients see: `paused` while a client has the job paused."""
+    status = JobStatus(doc["status"])
+    if doc.get("paused") is not None and status not in TERMINAL:
+        return JobStatus.PAUSED
+    return status
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import random
 from typing import Any
 
 from engine.blueprint.model import Blueprint, ListenState
-from engine.runtime import events, tasks, waiting
+from engine.runtime import events, pausing, tasks, waiting
 from engine.runtime.jobdoc import (
     JOB_TIMEOUT,
     TERMINAL,
@@ -106,7 +106,7 @@ class Machine:
         if doc["status"] in TERMINAL:
             return None
         step = self.step(doc, now, rng, leases)
-        deadline = doc["deadline"]
+        deadline = doc["deadline"] if doc.get("paused") is None else None  # waits for resume
         if deadline is not None and now >= deadline:
             message = "the job did not end within its result_timeout"
             error = {"code": JOB_TIMEOUT, "message": message, "state": doc["state"]}
@@ -217,12 +217,34 @@ class Machine:
         step.abort(JobStatus.CANCELLED, None)
         return step.fx
 
+    def pause(self, doc: JobDoc, leases: Leases, now: int, by: str) -> Effects | Ignored:
+        """A client pauses the job (see engine/runtime/pausing.py)."""
+        if doc["status"] in TERMINAL:
+            return Ignored(f"job_{doc['status']}")
+        if doc.get("paused") is not None:
+            return Ignored("already_paused")
+        step = self.step(doc, now, _SYSTEM_RNG, leases)
+        pausing.pause(step, by)
+        return step.fx
+
+    def resume(
+        self, doc: JobDoc, leases: Leases, now: int, rng: random.Random, by: str
+    ) -> Effects | Ignored:
+        """A client resumes a paused job: it makes the move it held, or goes on."""
+        if doc["status"] in TERMINAL:
+            return Ignored(f"job_{doc['status']}")
+        if doc.get("paused") is None:
+            return Ignored("not_paused")
+        step = self.step(doc, now, rng, leases)
+        pausing.resume(step, by)
+        return step.fx
+
     def next_due(self, doc: JobDoc, leases: Leases) -> int | None:
         """The earliest moment something can happen to this job without outside input."""
         if doc["status"] in TERMINAL:
             return None
         due = tasks.next_due(doc, leases)
-        if doc["deadline"] is not None:
+        if doc["deadline"] is not None and doc.get("paused") is None:
             due.append(doc["deadline"])
         if doc["state"] is not None:
             due.extend(KINDS[self.bp.states[doc["state"]].kind].due(doc))

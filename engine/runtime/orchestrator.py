@@ -38,6 +38,7 @@ from engine.runtime.jobdoc import (
     ParentRef,
     TaskLease,
     new_job,
+    visible_status,
 )
 from engine.runtime.machine import Machine
 from engine.runtime.observe import NoObserver, Observer
@@ -309,7 +310,7 @@ class Orchestrator:
                 after = (created, job_id)
                 if doc is None:
                     continue
-                if (status is None or doc["status"] == status) and (
+                if (status is None or visible_status(doc) == status) and (
                     blueprint is None or doc["blueprint"] == blueprint
                 ):
                     jobs.append(doc)

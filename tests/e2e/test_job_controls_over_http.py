@@ -11,7 +11,17 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_flow_over_http import Http, client, events, in_status, names, submit, terminal
+from tests.e2e.test_flow_over_http import (
+    Http,
+    client,
+    events,
+    in_status,
+    names,
+    submit,
+    terminal,
+    until,
+    view,
+)
 from tests.support.processes import serve, worker
 
 pytestmark = pytest.mark.timeout(120)
@@ -56,3 +66,35 @@ async def test_an_event_sent_to_another_server_moves_the_job_on(
             assert names(await events(http_one, job_id)).count("event_received") == 1
             status, body = await post(http_one, path, {"amount": 5, "reference": "PAY-0042"})
             assert (status, body["error"]["details"]["status"]) == (409, "finished")
+
+
+async def test_a_paused_job_keeps_its_running_tasks_result_and_goes_on_when_resumed(
+    tmp_path: Path, any_redis_url: str
+) -> None:
+    """Given a payment whose charge a worker is running, when the job is paused on one
+    server, then the charge's result is kept but the receipt is not dispatched; when it is
+    resumed on the other server, the receipt is sent and the job finishes."""
+    with (
+        serve(tmp_path, any_redis_url) as one,
+        serve(tmp_path, any_redis_url) as two,
+        worker(tmp_path, one.url, "w-pay", "charge_card,send_receipt", "--delay", "1"),
+    ):
+        async with client(one) as http_one, client(two) as http_two:
+            job_id = await submit(http_one, "jobs/charge", {"card_token": "tok", "amount": 5})
+            await in_status(http_one, job_id, "running")
+            status, paused = await post(http_two, f"/api/v1/jobs/{job_id}/pause")
+            assert (status, paused["status"]) == (200, "paused"), paused
+
+            async def charged() -> bool:
+                return "move_held" in names(await events(http_one, job_id))
+
+            await until("the charge's result kept", charged)
+            job = await view(http_one, job_id)
+            assert (job["status"], job["state"]) == ("paused", "charge")
+            assert job["paused"]["held"]["to"] == "receipt"
+            assert "send_receipt" not in str(await events(http_one, job_id))
+
+            status, resumed = await post(http_two, f"/api/v1/jobs/{job_id}/resume")
+            assert (status, resumed["state"]) == (200, "receipt"), resumed
+            job = await terminal(http_one, job_id)
+            assert (job["status"], job["result"]) == ("finished", {"charge_id": "ch_1"})

@@ -102,3 +102,44 @@ async def test_the_timeout_takes_on_timeout(url: str, tmp_path: Path) -> None:
         assert (doc["status"], doc["error"]["code"]) == ("failed", "LATE")
         late = await orch.controls.send_event(job_id, "c", "go", {"n": 1})
         assert late == Ignored("not_listening")
+
+
+TWO_STEPS = """
+blueprint: two_steps
+start: first
+states:
+  first:
+    task: echo
+    params: {n: 1}
+    on: {success: second}
+  second:
+    task: echo
+    params: {n: 2}
+    on: {success: done}
+  done: {end: finished, output: {first: "${ steps.first.n }", second: "${ steps.second.n }"}}
+"""
+
+
+async def test_a_result_during_a_pause_is_kept_and_the_job_goes_on_after_resume(
+    url: str, tmp_path: Path
+) -> None:
+    async with two(url, tmp_path, TWO_STEPS) as (a, b):
+        job_id = await a.submit(a.registry.by_name["two_steps"], {}, client="c")
+        task = await a.next_task("w1", ("echo",), 5)
+        assert task is not None
+        pauses = await asyncio.gather(*(x.controls.pause(job_id, "c") for x in (a, b, a, b)))
+        assert len([p for p in pauses if isinstance(p, dict)]) == 1
+        assert [p for p in pauses if isinstance(p, Ignored)] == [Ignored("already_paused")] * 3
+        reply = await b.submit_result(
+            "w1", {"job_id": job_id, "task_id": task["task_id"], "data": {"n": 1}}
+        )
+        assert reply == {"status": "accepted"}
+        assert await a.next_task("w1", ("echo",), 0.3) is None  # nothing new while paused
+        doc = await b.get_job(job_id, None)
+        assert doc is not None
+        assert (doc["state"], doc["steps"]["first"]) == ("first", {"n": 1})
+        resumed = await b.controls.resume(job_id, "c")
+        assert isinstance(resumed, dict)
+        assert resumed["state"] == "second"
+        await run_task(a, "w1", "echo", lambda t: {"data": t["params"]})
+        assert (await finished(a, job_id))["result"] == {"first": 1, "second": 2}

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 
-from engine.blueprint.loader import load_blueprint_text
-from engine.blueprint.model import Blueprint
 from engine.runtime.jobdoc import Ignored
+from tests.engine.test_rules import bp
 from tests.support.rules_driver import RulesDriver
 
 SECOND = 1000
@@ -43,11 +40,6 @@ states:
     on: {received: done}
   done: {end: finished, output: "${ steps.hear }"}
 """
-
-
-@functools.cache
-def bp(text: str) -> Blueprint:
-    return load_blueprint_text(text)
 
 
 def listening_job() -> RulesDriver:

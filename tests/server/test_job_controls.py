@@ -6,7 +6,17 @@ from typing import Any
 
 import pytest
 
-from tests.server.helpers import ACME, GLOBEX, Client, error_of, job, ok_json, submit
+from tests.server.helpers import (
+    ACME,
+    GLOBEX,
+    Client,
+    error_of,
+    job,
+    ok_json,
+    poll,
+    register,
+    submit,
+)
 
 PAYMENT = {"user": "ada", "amount": 12.5}
 PAID = {"amount": 12.5, "reference": "PAY-1234"}
@@ -88,3 +98,50 @@ async def test_explain_says_what_the_job_listens_for(api: Client) -> None:
     body = await ok_json(await api.get(f"/api/v1/jobs/{job_id}/explain", headers=ACME))
     assert "for event `payment_received`" in body["sentence"]
     assert f"/api/v1/jobs/{job_id}/events/payment_received" in body["sentence"]
+
+
+# -- pause and resume -------------------------------------------------------------------------
+
+
+async def control(api: Client, job_id: str, action: str, headers: dict[str, str] = ACME) -> Any:
+    return await api.post(f"/api/v1/jobs/{job_id}/{action}", headers=headers)
+
+
+async def test_a_paused_job_shows_paused_holds_its_task_and_resumes(api: Client) -> None:
+    job_id = await submit(api, "jobs/image_pipeline", {"url": "https://example.com/a.png"})
+    paused = await ok_json(await control(api, job_id, "pause"))
+    assert (paused["status"], paused["state"]) == ("paused", "fetch")
+    assert paused["paused"]["by"] == "client:acme"
+    await register(api, ["fetch_image"])
+    assert await poll(api, ["fetch_image"], wait=0.2) is None  # nothing is dispatched
+    listing = await ok_json(await api.get("/api/v1/jobs?status=paused", headers=ACME))
+    assert [j["id"] for j in listing["jobs"]] == [job_id]
+    assert [j["status"] for j in listing["jobs"]] == ["paused"]
+    explained = await ok_json(await api.get(f"/api/v1/jobs/{job_id}/explain", headers=ACME))
+    assert explained["sentence"].startswith("paused at state `fetch` by client:acme")
+
+    again = await error_of(await control(api, job_id, "pause"), 409)
+    assert again["code"] == "already_paused"
+    resumed = await ok_json(await control(api, job_id, "resume"))
+    assert resumed["status"] == "queued"
+    task = await poll(api, ["fetch_image"])
+    assert task["job_id"] == job_id
+    assert (await error_of(await control(api, job_id, "resume"), 409))["code"] == "not_paused"
+    history = await ok_json(await api.get(f"/api/v1/jobs/{job_id}/history", headers=ACME))
+    names = [e["event"] for e in history["events"]]
+    assert names.index("job_paused") < names.index("job_resumed")
+
+
+async def test_pause_refusals_and_cancel_of_a_paused_job(api: Client) -> None:
+    job_id = await submit(api, "jobs/image_pipeline", {"url": "https://example.com/a.png"})
+    other = await error_of(await control(api, job_id, "pause", GLOBEX), 404)
+    assert other["code"] == "job_not_found"
+    await ok_json(await control(api, job_id, "pause"))
+    cancelled = await ok_json(await api.post(f"/api/v1/jobs/{job_id}/cancel", headers=ACME))
+    assert cancelled["status"] == "cancelled"
+    ended = await error_of(await control(api, job_id, "pause"), 409)
+    assert (ended["code"], ended["message"]) == (
+        "job_cancelled",
+        "the job cannot be paused: the job has ended (cancelled)",
+    )
+    assert (await error_of(await control(api, job_id, "resume"), 409))["code"] == "job_cancelled"

@@ -277,6 +277,12 @@ class RulesDriver:
         """A client sends the event `name` with `payload` to the job."""
         return self.apply(self.machine.on_event(self.doc, name, payload, self.now, self.rng))
 
+    def pause(self, by: str = "client:c") -> Effects | Ignored | None:
+        return self.apply(self.machine.pause(self.doc, dict(self.leases), self.now, by))
+
+    def resume(self, by: str = "client:c") -> Effects | Ignored | None:
+        return self.apply(self.machine.resume(self.doc, dict(self.leases), self.now, self.rng, by))
+
     def cancel(self) -> Effects | Ignored | None:
         return self.apply(self.machine.cancel(self.doc, dict(self.leases), self.now))
 
