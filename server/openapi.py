@@ -102,6 +102,24 @@ SCHEMAS: dict[str, Schema] = {
         sentence={**STR, "description": "why the job is where it is, in one sentence"},
         facts={"type": "object", "description": "the same as structured values"},
     ),
+    "Redrive": {
+        **_obj(
+            [],
+            initial_data_patch={
+                "type": "object",
+                "description": "a JSON Merge Patch (RFC 7396) applied to the job's initial_data",
+            },
+        ),
+        "additionalProperties": False,
+    },
+    "Rerun": {
+        **_obj(
+            ["from_state"],
+            from_state={**STR, "minLength": 1, "description": "the state to run again from"},
+            initial_data_patch={"type": "object", "description": "as for a redrive"},
+        ),
+        "additionalProperties": False,
+    },
     "Decision": {
         **_obj(["decision"], decision={**STR, "minLength": 1}),
         "additionalProperties": False,
@@ -466,6 +484,31 @@ def _paths() -> dict[str, dict[str, Schema]]:
                     "dispatched) until resumed; 409 if paused already or ended",
                 ),
                 ("resume", "Resume a paused job; 409 if it is not paused"),
+            )
+        },
+        "/api/v1/jobs/{job_id}/redrive": {
+            "post": _op(
+                "Run a failed or cancelled job again from the state that failed, keeping its "
+                "history and outputs; 409 if it has not ended, finished, or cannot run again",
+                {"200": job},
+                ["404", "409"],
+                security=c,
+                body=ref("Redrive"),
+                body_required=False,
+                parameters=[JOB_ID],
+                tag=c,
+            )
+        },
+        "/api/v1/jobs/{job_id}/rerun": {
+            "post": _op(
+                "Run an ended job again from a named state; 400 for a state its blueprint "
+                "does not have",
+                {"200": job},
+                ["404", "409"],
+                security=c,
+                body=ref("Rerun"),
+                parameters=[JOB_ID],
+                tag=c,
             )
         },
         "/api/v1/jobs/{job_id}/events/{name}": {

@@ -1,5 +1,5 @@
 """What a client does to a job after it started, besides cancel and approval: send it an
-event (a listen state takes it), pause and resume it.
+event (a listen state takes it), pause and resume it, redrive or rerun it once ended.
 
 Each control is one guarded change through `apply`, so it holds with any number of
 orchestrators, late workers and timers: whoever commits first wins, the others decide
@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from engine.blueprint.model import ListenState
 from engine.clock import now_ms
 from engine.errors import InterlockError
-from engine.runtime import events
+from engine.runtime import events, redrive
 from engine.runtime.background import leases_of
 from engine.runtime.host import Applied, Outcome, Rule
 from engine.runtime.jobdoc import Effects, Ignored
@@ -34,6 +34,19 @@ class InvalidPayload(InterlockError):
         first = f"{problems[0]['path']}: {problems[0]['message']}" if problems else "?"
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         super().__init__(f"the payload does not match the schema of state {state!r}: {first}{more}")
+
+
+class InvalidInput(InterlockError):
+    """The initial_data a redrive would run with breaks the blueprint's input_schema."""
+
+    def __init__(self, blueprint: str, problems: list[dict[str, str]]) -> None:
+        self.problems = problems  # each {"path", "message"}, path inside initial_data
+        first = f"{problems[0]['path']}: {problems[0]['message']}" if problems else "?"
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(
+            f"initial_data with the patch applied does not match the input_schema of "
+            f"blueprint {blueprint!r}: {first}{more}"
+        )
 
 
 class ControlHost(Protocol):
@@ -107,6 +120,47 @@ class JobControls:
             return machine.resume(record.doc, leases_of(record), now_ms(), self.host.rng, by)
 
         return _answer(await self.host.apply(job_id, rule))
+
+    async def redrive(
+        self,
+        job_id: str,
+        client: str,
+        *,
+        from_state: str | None = None,
+        patch: dict[str, Any] | None = None,
+    ) -> Answer:
+        """Run an ended job again (engine/runtime/redrive.py): from the state that failed,
+        or from `from_state` (a rerun), with `patch` (a JSON Merge Patch) applied to its
+        initial_data. Raises InvalidInput when the patched data breaks the input_schema of
+        the blueprint version the job runs."""
+        if await self.host.read(job_id, client) is None:
+            return None
+        refused: list[InvalidInput] = []
+
+        async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            data = None
+            if patch is not None:
+                data = redrive.merge_patch(record.doc["initial_data"], patch)
+                problems = events.schema_problems(machine.bp.input_validator, data)
+                if problems:
+                    refused[:] = [InvalidInput(machine.bp.name, problems)]
+                    return Ignored("invalid_input")
+            by = f"client:{client}"
+            leases = leases_of(record)
+            return machine.redrive(
+                record.doc,
+                leases,
+                now_ms(),
+                self.host.rng,
+                by,
+                from_state=from_state,
+                initial_data=data,
+            )
+
+        outcome = await self.host.apply(job_id, rule)
+        if refused and isinstance(outcome, Ignored) and outcome.reason == "invalid_input":
+            raise refused[0]
+        return _answer(outcome)
 
     async def _check_payload(self, record: JobRecord, name: str, payload: Any) -> str | None:
         """The listen state whose schema the payload fits (None: the job does not listen

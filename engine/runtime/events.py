@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from jsonschema.protocols import Validator
+
 from engine.blueprint.model import ListenState
 from engine.runtime.jobdoc import JobDoc, JobStatus, ListenBook
 from engine.runtime.step import Kind, Next, Step
@@ -54,17 +56,18 @@ def listening(doc: JobDoc, now: int) -> ListenBook | None:
 
 
 def payload_problems(state: ListenState, payload: Any) -> list[dict[str, str]]:
-    """Every way `payload` breaks the state's schema (at most MAX_PROBLEMS), each with its
-    path inside the payload; [] when it fits (or the state has no schema)."""
-    if state.schema is None:
+    """Every way `payload` breaks the state's schema; [] when it fits (or it has none)."""
+    return schema_problems(state.schema, payload)
+
+
+def schema_problems(validator: Validator | None, data: Any) -> list[dict[str, str]]:
+    """Every way `data` breaks a schema (at most MAX_PROBLEMS), each with its path inside
+    `data`, in path order; [] when it fits or there is no schema."""
+    if validator is None:
         return []
-    problems = (
-        {"path": error.json_path, "message": error.message}
-        for error in state.schema.iter_errors(payload)
-    )
     found = []
-    for problem in problems:
-        found.append(problem)
+    for error in validator.iter_errors(data):
+        found.append({"path": error.json_path, "message": error.message})
         if len(found) == MAX_PROBLEMS:
             break
     return sorted(found, key=lambda p: (p["path"], p["message"]))

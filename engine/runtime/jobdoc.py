@@ -186,6 +186,11 @@ class JobDoc(TypedDict):
     listen: NotRequired[ListenBook | None]
     # Set while a client has the job paused (engine/runtime/pausing.py).
     paused: NotRequired[PauseBook | None]
+    # The state whose failure the job followed last (Step.fail_state): where a redrive of a
+    # job that ended in an `end: failed` state starts again.
+    failed_state: NotRequired[str]
+    # How many times the job was redriven or rerun (engine/runtime/redrive.py).
+    redrives: NotRequired[int]
     # The last progress event the worker holding a task sent: `at`, `state`, `task_id`, then
     # whatever fields the worker sent (`progress`, `message`, ...).
     progress: NotRequired[dict[str, Any]]
@@ -276,6 +281,7 @@ class Effects:
     cancel_children: list[str] = field(default_factory=list)
     notify_parent: bool = False
     terminal: bool = False
+    revived: bool = False  # an ended job runs again (redrive): it is kept, and announced
 
     def event(self, now: int, event: str, **data: Any) -> None:
         self.history.append(

@@ -14,7 +14,7 @@ import random
 from typing import Any
 
 from engine.blueprint.model import Blueprint, ListenState
-from engine.runtime import events, pausing, tasks, waiting
+from engine.runtime import events, pausing, redrive, tasks, waiting
 from engine.runtime.jobdoc import (
     JOB_TIMEOUT,
     TERMINAL,
@@ -237,6 +237,39 @@ class Machine:
             return Ignored("not_paused")
         step = self.step(doc, now, rng, leases)
         pausing.resume(step, by)
+        return step.fx
+
+    def redrive(
+        self,
+        doc: JobDoc,
+        leases: Leases,
+        now: int,
+        rng: random.Random,
+        by: str,
+        *,
+        from_state: str | None = None,
+        initial_data: dict[str, Any] | None = None,
+    ) -> Effects | Ignored:
+        """Run an ended job again (engine/runtime/redrive.py): from the state that failed
+        (a redrive, `from_state` None), or from `from_state` (a rerun)."""
+        status = doc["status"]
+        mode = "redrive" if from_state is None else "rerun"
+        if status not in TERMINAL:
+            return Ignored("job_not_ended")
+        if doc["parent"] is not None:
+            return Ignored("subflow_child")
+        if doc.get("redrives", 0) >= redrive.MAX_REDRIVES:
+            return Ignored("redrive_limit")
+        if from_state is None:
+            if status == JobStatus.FINISHED:
+                return Ignored("job_finished")
+            from_state = redrive.redrive_state(doc, self.bp)
+            if from_state is None:
+                return Ignored("nothing_to_redrive")
+        elif from_state not in self.bp.states:
+            return Ignored("unknown_state")
+        step = self.step(doc, now, rng, leases)
+        redrive.revive(step, from_state, mode=mode, by=by, initial_data=initial_data)
         return step.fx
 
     def next_due(self, doc: JobDoc, leases: Leases) -> int | None:

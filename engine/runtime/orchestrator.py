@@ -241,7 +241,10 @@ class Orchestrator:
         try:
             # What we committed last is good enough to decide whether to wait: had the job
             # ended elsewhere since, its `done` announcement would have dropped the entry.
-            record = self.recent.record(job_id) or await self.store.read_job(job_id)
+            # An end is not (a redrive elsewhere may not be announced here yet): read it.
+            record = self.recent.record(job_id)
+            if record is None or record.doc["status"] in TERMINAL:
+                record = await self.store.read_job(job_id)
             record = self._owned(record, client)
             if record is None or record.doc["status"] in TERMINAL:
                 return record
@@ -514,9 +517,10 @@ class Orchestrator:
             enqueue=[(e.task_type, e.member, e.score) for e in enqueue],
             dequeue=fx.dequeue,
             ttl_ms=machine.settings.retention_ms if fx.terminal else None,
+            persist=fx.revived and not fx.terminal,  # (ended again at once: it expires)
             index=index,
             webhook_ms=now if webhook else None,
-            done=fx.terminal,
+            done=fx.terminal or fx.revived,  # a redrive is announced: others forget the end
             history=fx.history,
             # Indexes the jobs waiting for a person, for metrics (server/metrics.py).
             human_ms=_waiting_since(doc),
@@ -619,10 +623,9 @@ class Orchestrator:
                 # back before the commit returned): look again once it has landed.
                 self._deferred_done.add(job_id)
                 return
-            if self.recent.ended(job_id):
-                record = self.recent.record(job_id)  # ended here: that is final
-            else:
-                self.recent.forget(job_id)  # ended elsewhere: what we hold is out of date
+            # Ended elsewhere, or redriven (an end is not final): what we hold may be out of
+            # date. (Waiters present when a job ended here were handed it at its commit.)
+            self.recent.forget(job_id)
         for future in self._done_waiters.get(job_id, []):
             if not future.done():
                 future.set_result(record)

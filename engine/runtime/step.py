@@ -195,6 +195,7 @@ class Step:
         """Follow the state's `trigger` (or `failure`) transition, or fail the job."""
         target = state.target(trigger) or state.target("failure")
         self.doc["steps"][state.name] = {"error": error}
+        self.doc["failed_state"] = state.name
         if target is None:
             self.finish(JobStatus.FAILED, error)
         else:

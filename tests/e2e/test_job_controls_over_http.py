@@ -98,3 +98,47 @@ async def test_a_paused_job_keeps_its_running_tasks_result_and_goes_on_when_resu
             assert (status, resumed["state"]) == (200, "receipt"), resumed
             job = await terminal(http_one, job_id)
             assert (job["status"], job["result"]) == ("finished", {"charge_id": "ch_1"})
+
+
+async def test_a_failed_job_redriven_on_another_server_finishes_keeping_its_history(
+    tmp_path: Path, any_redis_url: str
+) -> None:
+    """Given a payment that failed because the gateway declined its first charge, when it
+    is redriven through the other server with a new amount, then the charge runs again (only
+    it) with the new amount and the job finishes; its history keeps the failure."""
+    with (
+        serve(tmp_path, any_redis_url) as one,
+        serve(tmp_path, any_redis_url) as two,
+        worker(
+            tmp_path,
+            one.url,
+            "w-pay",
+            "charge_card,send_receipt",
+            "--fail-first",
+            "1",
+            "--fail-code",
+            "PERMANENT_ERROR",
+        ),
+    ):
+        async with client(one) as http_one, client(two) as http_two:
+            job_id = await submit(http_one, "jobs/charge", {"card_token": "tok", "amount": 5})
+            job = await terminal(http_one, job_id)
+            assert (job["status"], job["error"]["code"]) == ("failed", "GATEWAY_UNAVAILABLE")
+
+            patch = {"initial_data_patch": {"amount": 6}}
+            status, body = await post(http_two, f"/api/v1/jobs/{job_id}/redrive", patch)
+            assert (status, body["state"]) == (200, "charge"), body
+            job = await terminal(http_one, job_id)
+            assert (job["status"], job["result"]) == ("finished", {"charge_id": "ch_1"})
+            history = await events(http_two, job_id)
+            assert names(history).count("job_failed") == 1
+            [redriven] = [e for e in history if e["event"] == "job_redriven"]
+            assert (redriven["state"], redriven["previous_error"]) == (
+                "charge",
+                "GATEWAY_UNAVAILABLE",
+            )
+            charges = [e for e in history if e["event"] == "task_queued" and e["state"] == "charge"]
+            assert len(charges) == 2
+
+            status, body = await post(http_two, f"/api/v1/jobs/{job_id}/redrive")
+            assert (status, body["error"]["code"]) == (409, "job_finished")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.runtime.controls import InvalidPayload
-from engine.runtime.jobdoc import Ignored
+from engine.runtime.jobdoc import Ignored, RuntimeSettings
 from engine.runtime.orchestrator import Orchestrator
 from tests.engine.test_orchestrator import events, finished, orchestrator, run_task
 
@@ -143,3 +143,61 @@ async def test_a_result_during_a_pause_is_kept_and_the_job_goes_on_after_resume(
         assert resumed["state"] == "second"
         await run_task(a, "w1", "echo", lambda t: {"data": t["params"]})
         assert (await finished(a, job_id))["result"] == {"first": 1, "second": 2}
+
+
+FAILING = """
+blueprint: failing
+start: work
+states:
+  work:
+    task: echo
+    retry: {max_attempts: 1}
+    params: {n: "${ initial_data.n }"}
+    on: {success: done, failure: broken}
+  done: {end: finished, output: {n: "${ steps.work.n }"}}
+  broken: {end: failed, error: {code: BROKEN}}
+"""
+
+
+async def test_a_redriven_job_no_longer_expires_and_other_orchestrators_see_it_run(
+    url: str, tmp_path: Path
+) -> None:
+    async with two(url, tmp_path, FAILING) as (a, b):
+        job_id = await a.submit(a.registry.by_name["failing"], {"n": 1}, client="c")
+        task = await a.next_task("w1", ("echo",), 5)
+        assert task is not None
+        failure = {"status": "failure", "error": {"code": "PERMANENT_ERROR"}}
+        await b.submit_result("w1", {"job_id": job_id, "task_id": task["task_id"], **failure})
+        assert (await finished(b, job_id))["status"] == "failed"  # b remembers it ended
+        key = a.store.keys.job(job_id)
+        assert await a.store.redis.pttl(key) > 0  # kept for the retention, then gone
+
+        answers = await asyncio.gather(
+            *(a.controls.redrive(job_id, "c", patch={"n": 2}) for _ in range(3))
+        )
+        assert len([x for x in answers if isinstance(x, dict)]) == 1
+        assert [x for x in answers if isinstance(x, Ignored)] == [Ignored("job_not_ended")] * 2
+        assert await a.store.redis.pttl(key) == -1  # runs again: it no longer expires
+
+        waiting = asyncio.create_task(b.wait_job(job_id, None, 10))
+        await asyncio.sleep(0)  # (b's waiter registers before the job ends)
+        task, _ = await run_task(a, "w1", "echo", lambda t: {"data": t["params"]})
+        assert task["params"] == {"n": 2}
+        doc = await waiting
+        assert doc is not None
+        assert (doc["status"], doc["result"]) == ("finished", {"n": 2})
+        assert await a.store.redis.pttl(key) > 0
+
+
+async def test_a_job_past_its_retention_cannot_be_redriven(url: str, tmp_path: Path) -> None:
+    settings = RuntimeSettings(retention_ms=200)
+    async with orchestrator(url, tmp_path, FAILING, settings=settings) as orch:
+        job_id = await orch.submit(orch.registry.by_name["failing"], {"n": 1}, client="c")
+        failure = {"status": "failure", "error": {"code": "PERMANENT_ERROR"}}
+        await run_task(orch, "w1", "echo", lambda t: failure)
+        assert (await finished(orch, job_id))["status"] == "failed"
+        deadline = asyncio.get_running_loop().time() + 10
+        while await orch.store.exists(job_id):  # its retention ends
+            assert asyncio.get_running_loop().time() < deadline, "the job never expired"
+            await asyncio.sleep(0.05)
+        assert await orch.controls.redrive(job_id, "c") is None

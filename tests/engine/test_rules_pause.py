@@ -9,6 +9,7 @@ from tests.engine.test_flow_control import APPROVAL as FLOW_APPROVAL
 from tests.engine.test_flow_control import FANOUT
 from tests.engine.test_rules import bp
 from tests.engine.test_rules_listen import LISTEN
+from tests.engine.test_rules_redrive import NO_FAILURE_EDGE
 from tests.support.rules_driver import RulesDriver
 
 SECOND = 1000
@@ -42,16 +43,7 @@ states:
 
 APPROVAL = FLOW_APPROVAL.replace("{timeout}", "1m")
 
-FAILING = """
-blueprint: failing
-start: work
-states:
-  work:
-    task: echo
-    retry: {max_attempts: 1}
-    on: {success: done}
-  done: {end: finished}
-"""
+FAILING = NO_FAILURE_EDGE
 
 
 def test_a_running_task_finishes_its_result_is_kept_and_the_move_waits_for_resume() -> None:

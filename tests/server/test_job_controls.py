@@ -15,6 +15,7 @@ from tests.server.helpers import (
     ok_json,
     poll,
     register,
+    result,
     submit,
 )
 
@@ -145,3 +146,79 @@ async def test_pause_refusals_and_cancel_of_a_paused_job(api: Client) -> None:
         "the job cannot be paused: the job has ended (cancelled)",
     )
     assert (await error_of(await control(api, job_id, "resume"), 409))["code"] == "job_cancelled"
+
+
+# -- redrive and rerun -----------------------------------------------------------------------
+
+CHARGE = {"card_token": "tok", "amount": 5}
+
+
+async def answer(api: Client, skill: str, **reply: Any) -> dict[str, Any]:
+    """A worker takes the next `skill` task and answers it with `reply`."""
+    await register(api, [skill])
+    task = await poll(api, [skill])
+    assert task is not None, f"no {skill} task"
+    body = {"job_id": task["job_id"], "task_id": task["task_id"], **reply}
+    assert (await result(api, body))["status"] == "accepted"
+    return dict(task)
+
+
+async def failed_charge(api: Client) -> str:
+    job_id = await submit(api, "jobs/charge", CHARGE)
+    await answer(api, "charge_card", status="failure", error={"code": "PERMANENT_ERROR"})
+    view = await job(api, job_id)
+    assert (view["status"], view["state"]) == ("failed", "gateway_down")
+    return job_id
+
+
+async def test_a_failed_job_is_redriven_from_the_state_that_failed(api: Client) -> None:
+    job_id = await failed_charge(api)
+    body = {"initial_data_patch": {"amount": 7}}
+    redriven = await ok_json(
+        await api.post(f"/api/v1/jobs/{job_id}/redrive", json=body, headers=ACME)
+    )
+    assert (redriven["status"], redriven["state"]) == ("queued", "charge")
+    task = await answer(api, "charge_card", data={"charge_id": "ch_9"})
+    assert task["params"] == {"token": "tok", "amount": 7}
+    await answer(api, "send_receipt", data={})
+    view = await job(api, job_id, include="initial_data")
+    assert (view["status"], view["result"]) == ("finished", {"charge_id": "ch_9"})
+    assert view["initial_data"] == {"card_token": "tok", "amount": 7}
+    history = await ok_json(await api.get(f"/api/v1/jobs/{job_id}/history", headers=ACME))
+    names = [e["event"] for e in history["events"]]
+    assert names.count("job_failed") == names.count("job_redriven") == 1
+    assert names.index("job_failed") < names.index("job_redriven") < names.index("job_finished")
+
+    # A finished job is rerun from a named state, not redriven
+    again = await error_of(await api.post(f"/api/v1/jobs/{job_id}/redrive", headers=ACME), 409)
+    assert again["code"] == "job_finished"
+    rerun = await api.post(
+        f"/api/v1/jobs/{job_id}/rerun", json={"from_state": "receipt"}, headers=ACME
+    )
+    assert (await ok_json(rerun))["state"] == "receipt"
+
+
+async def test_redrive_refusals_say_what_is_wrong(api: Client) -> None:
+    job_id = await failed_charge(api)
+    url = f"/api/v1/jobs/{job_id}"
+    bad = {"initial_data_patch": {"amount": None}}  # removes a required field
+    error = await error_of(await api.post(f"{url}/redrive", json=bad, headers=ACME), 400)
+    assert error["code"] == "invalid_input"
+    assert error["details"] == [{"path": "$", "message": "'amount' is a required property"}]
+    not_object = {"initial_data_patch": [1]}
+    error = await error_of(await api.post(f"{url}/redrive", json=not_object, headers=ACME), 400)
+    assert error["code"] == "invalid_request"
+    error = await error_of(
+        await api.post(f"{url}/rerun", json={"from_state": "chrage"}, headers=ACME), 400
+    )
+    assert (error["code"], error["details"]["from_state"]) == ("unknown_state", "chrage")
+    assert "charge" in error["details"]["states"]
+    error = await error_of(await api.post(f"{url}/rerun", json={}, headers=ACME), 400)
+    assert error["code"] == "invalid_field"
+    other = await error_of(await api.post(f"{url}/redrive", headers=GLOBEX), 404)
+    assert other["code"] == "job_not_found"
+    assert (await job(api, job_id))["status"] == "failed"  # nothing changed
+
+    running = await submit(api, "jobs/charge", CHARGE)
+    error = await error_of(await api.post(f"/api/v1/jobs/{running}/redrive", headers=ACME), 409)
+    assert error["code"] == "job_not_ended"

@@ -283,6 +283,22 @@ class RulesDriver:
     def resume(self, by: str = "client:c") -> Effects | Ignored | None:
         return self.apply(self.machine.resume(self.doc, dict(self.leases), self.now, self.rng, by))
 
+    def redrive(
+        self, from_state: str | None = None, initial_data: Any = None, by: str = "client:c"
+    ) -> Effects | Ignored | None:
+        """Run the ended job again: from the state that failed, or from `from_state`."""
+        return self.apply(
+            self.machine.redrive(
+                self.doc,
+                dict(self.leases),
+                self.now,
+                self.rng,
+                by,
+                from_state=from_state,
+                initial_data=initial_data,
+            )
+        )
+
     def cancel(self) -> Effects | Ignored | None:
         return self.apply(self.machine.cancel(self.doc, dict(self.leases), self.now))
 
