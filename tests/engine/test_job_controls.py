@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from engine.runtime.controls import InvalidPayload
 from engine.runtime.jobdoc import Ignored, RuntimeSettings
 from engine.runtime.orchestrator import Orchestrator
 from tests.engine.test_orchestrator import events, finished, orchestrator, run_task
+from tests.engine.test_webhooks_schedules import eventually, receiver, running, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -201,3 +204,32 @@ async def test_a_job_past_its_retention_cannot_be_redriven(url: str, tmp_path: P
             assert asyncio.get_running_loop().time() < deadline, "the job never expired"
             await asyncio.sleep(0.05)
         assert await orch.controls.redrive(job_id, "c") is None
+
+
+async def test_a_job_redriven_before_its_webhook_went_out_sends_one_for_its_new_end(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The job fails on an orchestrator that never delivers webhooks, and is redriven there;
+    another orchestrator finds the failure's webhook in the outbox, but sends nothing until
+    the job ends again, and then the webhook of that end."""
+    async with receiver() as (hook, received):
+        async with running(redis_url, tmp_path, [FAILING], send=False) as quiet:
+            job_id = await quiet.submit(
+                quiet.registry.by_name["failing"], {"n": 1}, client="c", webhook_url=hook
+            )
+            failure = {"status": "failure", "error": {"code": "PERMANENT_ERROR"}}
+            await run_task(quiet, "w1", "echo", lambda t: failure)
+            assert (await finished(quiet, job_id))["status"] == "failed"
+            assert isinstance(await quiet.controls.redrive(job_id, "c"), dict)
+        async with running(redis_url, tmp_path, [FAILING]) as sender:
+            outbox = sender.store.keys.webhooks(sender.store.keys.partition(job_id))
+
+            async def claimed() -> bool:  # its webhook loop has looked at the entry
+                score = await sender.store.redis.zscore(outbox, job_id)
+                return bool(received) or (score is not None and score > time.time() * 1000)
+
+            await eventually(claimed)
+            await run_task(sender, "w1", "echo", lambda t: {"data": {"n": 3}})
+            assert (await finished(sender, job_id))["status"] == "finished"
+            await wait_for(lambda: received)
+        assert [json.loads(body)["event"] for body, _ in received] == ["job_finished"]
