@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.runtime.jobdoc import Ignored, visible_status
 from tests.engine.test_flow_control import APPROVAL as FLOW_APPROVAL
 from tests.engine.test_flow_control import FANOUT
-from tests.engine.test_rules import bp
+from tests.engine.test_rules import INTERLEAVED, _act, _check, bp
 from tests.engine.test_rules_listen import LISTEN
 from tests.engine.test_rules_redrive import NO_FAILURE_EDGE
 from tests.support.rules_driver import RulesDriver
@@ -185,3 +187,47 @@ def test_pause_and_resume_answer_ignored_when_they_do_not_apply() -> None:
     assert job.resume() == Ignored("not_paused")
     job.pause()
     assert job.pause() == Ignored("already_paused")
+
+
+PAUSE_ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["lease", "ok", "fail", "tick", "beat", "lose", "late", "pause", "resume"]),
+        st.integers(0, 20_000),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(items=st.lists(st.integers(0, 99), max_size=5), actions=PAUSE_ACTIONS)
+def test_any_interleaving_with_pauses_keeps_the_job_sound_and_dispatches_nothing_paused(
+    items: list[int], actions: list[tuple[str, int]]
+) -> None:
+    """Whatever the order of pauses, resumes, results, lost workers and time, the
+    bookkeeping holds, nothing is dispatched while the job is paused, and once resumed and
+    answered the job finishes with every branch's result in order."""
+    job = RulesDriver(bp(INTERLEAVED), {"items": items})
+    for action, n in actions:
+        paused, seen = job.doc.get("paused") is not None, len(job.history)
+        if action == "pause":
+            job.pause()
+        elif action == "resume":
+            job.resume()
+        else:
+            _act(job, action, n)
+        if paused and job.doc.get("paused") is not None:
+            assert "task_queued" not in [e["event"] for e in job.history[seen:]]
+            assert not job.queued()
+        _check(job, items)
+    if job.doc.get("paused") is not None:
+        job.resume()
+    for _ in range(100):  # then healthy workers answer everything, and time passes
+        if job.ended:
+            break
+        while job.queued():
+            task = job.lease("healthy")
+            job.result(task, data={"x": task["params"]["x"]})
+            _check(job, items)
+        job.fire_due(job.now + 60 * SECOND)
+        _check(job, items)
+    assert job.status == "finished"
