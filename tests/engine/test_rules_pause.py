@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from engine.runtime.jobdoc import Ignored, visible_status
 from tests.engine.test_flow_control import APPROVAL as FLOW_APPROVAL
 from tests.engine.test_flow_control import FANOUT
-from tests.engine.test_rules import INTERLEAVED, _act, _check, bp
+from tests.engine.test_rules import INTERLEAVED, _act, _check, _drain, bp
 from tests.engine.test_rules_listen import LISTEN
 from tests.engine.test_rules_redrive import NO_FAILURE_EDGE
 from tests.support.rules_driver import RulesDriver
@@ -221,13 +221,5 @@ def test_any_interleaving_with_pauses_keeps_the_job_sound_and_dispatches_nothing
         _check(job, items)
     if job.doc.get("paused") is not None:
         job.resume()
-    for _ in range(100):  # then healthy workers answer everything, and time passes
-        if job.ended:
-            break
-        while job.queued():
-            task = job.lease("healthy")
-            job.result(task, data={"x": task["params"]["x"]})
-            _check(job, items)
-        job.fire_due(job.now + 60 * SECOND)
-        _check(job, items)
+    _drain(job, items)
     assert job.status == "finished"
