@@ -233,3 +233,24 @@ async def test_a_job_redriven_before_its_webhook_went_out_sends_one_for_its_new_
             assert (await finished(sender, job_id))["status"] == "finished"
             await wait_for(lambda: received)
         assert [json.loads(body)["event"] for body, _ in received] == ["job_finished"]
+
+
+async def test_a_redrive_runs_the_blueprint_version_the_job_is_pinned_to(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The job failed under version 1; the orchestrator that redrives it has loaded an
+    edited blueprint (other params): the job runs its own version, new jobs the new one."""
+    async with orchestrator(redis_url, tmp_path, FAILING) as old:
+        job_id = await old.submit(old.registry.by_name["failing"], {"n": 1}, client="c")
+        failure = {"status": "failure", "error": {"code": "PERMANENT_ERROR"}}
+        await run_task(old, "w1", "echo", lambda t: failure)
+        assert (await finished(old, job_id))["status"] == "failed"
+    edited = FAILING.replace('params: {n: "${ initial_data.n }"}', "params: {n: edited}")
+    async with orchestrator(redis_url, tmp_path, edited) as new:
+        assert isinstance(await new.controls.redrive(job_id, "c"), dict)
+        task, _ = await run_task(new, "w1", "echo", lambda t: {"data": t["params"]})
+        assert task["params"] == {"n": 1}
+        assert (await finished(new, job_id))["result"] == {"n": 1}
+        fresh = await new.submit(new.registry.by_name["failing"], {"n": 1}, client="c")
+        task, _ = await run_task(new, "w1", "echo", lambda t: {"data": t["params"]})
+        assert (task["job_id"], task["params"]) == (fresh, {"n": "edited"})
