@@ -536,6 +536,9 @@ def client_app() -> web.Application:
     app.router.add_get("/jobs/{job_id}/explain", explain_job)
     app.router.add_post("/jobs/{job_id}/cancel", cancel_job)
     app.router.add_post("/jobs/{job_id}/approval", decide_approval)
+    from server import job_controls  # it imports this module's helpers
+
+    job_controls.add_routes(app)  # events, pause, resume, redrive, rerun
     app.router.add_get("/workers", list_workers)
     app.router.add_post("/{api_endpoint:.+}", submit_job)
     return app

@@ -111,6 +111,18 @@ async def explain(
             sentence += f" with {error['code']} {str(error.get('message', ''))[:200]!r}"
             facts["error"] = {"code": error.get("code"), "message": error.get("message")}
         return sentence, facts
+    paused = doc.get("paused")
+    if isinstance(paused, dict):
+        at = int(paused.get("at") or now)
+        held = paused.get("held")
+        facts["paused"] = {"at": iso(at), "by": paused.get("by"), "held": held}
+        sentence = (
+            f"paused at state `{state}` by {paused.get('by')} since {iso(at)} ({human(now - at)}); "
+            f"POST /api/v1/jobs/{doc['id']}/resume carries on"
+        )
+        if isinstance(held, dict) and "to" in held:
+            sentence += f", moving to `{held['to']}` at once"
+        return sentence, facts
     approval = doc.get("approval")
     if status == "waiting_for_human" and isinstance(approval, dict):
         asked = int(approval.get("asked_at") or now)
@@ -148,6 +160,18 @@ async def explain(
     if doc.get("wait_until") is not None:
         parts.append(f"waiting at state `{state}` until {iso(doc['wait_until'])}")
         facts["wait_until"] = iso(doc["wait_until"])
+    listen = doc.get("listen")
+    if isinstance(listen, dict):
+        since = int(listen.get("since") or now)
+        parts.append(
+            f"listening at state `{state}` for event `{listen.get('event')}` since {iso(since)} "
+            f"({human(now - since)}); POST /api/v1/jobs/{doc['id']}/events/{listen.get('event')}"
+            " delivers it"
+        )
+        facts["listen"] = {
+            "event": listen.get("event"),
+            "timeout_at": iso(listen.get("timeout_at")),
+        }
     subflow = doc.get("subflow")
     if isinstance(subflow, dict):
         parts.append(f"waiting for child job {subflow.get('child_id')} at state `{state}`")

@@ -51,6 +51,13 @@ PRIORITY_STEP = 1 << 41
 LONG_BUCKETS = (0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 ENDED_EVENTS = {"job_finished": "finished", "job_failed": "failed", "job_cancelled": "cancelled"}
+# History events of what clients do to running jobs -> the `control` label.
+CONTROL_EVENTS = {
+    "job_paused": "paused",
+    "job_resumed": "resumed",
+    "event_received": "event",
+    "job_redriven": "redriven",
+}
 
 
 class LabelCap:
@@ -96,6 +103,12 @@ class Metrics:
             "interlock_jobs_ended",
             "Jobs this process moved to a terminal status",
             ["blueprint", "status"],
+            registry=r,
+        )
+        self.job_controls = Counter(
+            "interlock_job_controls",
+            "Pauses, resumes, events and redrives this process applied to jobs",
+            ["blueprint", "control"],
             registry=r,
         )
         self.state_duration = Histogram(
@@ -249,6 +262,8 @@ class MetricsObserver:
                 m.child(m.jobs_created, blueprint).inc()
             elif kind in ENDED_EVENTS:
                 m.child(m.jobs_ended, blueprint, ENDED_EVENTS[kind]).inc()
+            elif kind in CONTROL_EVENTS:
+                m.child(m.job_controls, blueprint, CONTROL_EVENTS[kind]).inc()
 
 
 # -- HTTP ------------------------------------------------------------------------------------

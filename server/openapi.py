@@ -101,6 +101,8 @@ SCHEMAS: dict[str, Schema] = {
         tasks={"type": "array", "items": {"type": "object"}},
         approval={"type": "object"},
         labels={"type": "object", "additionalProperties": STR},
+        listen={"type": "object", "description": "the event a listen state waits for"},
+        paused={"type": "object", "description": "since when and by whom, while paused"},
         result=ANY,
         error={"type": "object"},
     ),
@@ -125,6 +127,24 @@ SCHEMAS: dict[str, Schema] = {
         sentence={**STR, "description": "why the job is where it is, in one sentence"},
         facts={"type": "object", "description": "the same as structured values"},
     ),
+    "Redrive": {
+        **_obj(
+            [],
+            initial_data_patch={
+                "type": "object",
+                "description": "a JSON Merge Patch (RFC 7396) applied to the job's initial_data",
+            },
+        ),
+        "additionalProperties": False,
+    },
+    "Rerun": {
+        **_obj(
+            ["from_state"],
+            from_state={**STR, "minLength": 1, "description": "the state to run again from"},
+            initial_data_patch={"type": "object", "description": "as for a redrive"},
+        ),
+        "additionalProperties": False,
+    },
     "Decision": {
         **_obj(["decision"], decision={**STR, "minLength": 1}),
         "additionalProperties": False,
@@ -323,7 +343,7 @@ NAME = _path_param("name", "a blueprint name")
 WORKER_ID = _path_param("worker_id", "the worker's id; must equal X-Worker-ID")
 TOKEN = _path_param("token", "the approval link's token")
 JOB_STATUSES = [
-    "pending", "queued", "running", "retrying", "waiting", "waiting_for_human",
+    "pending", "queued", "running", "retrying", "waiting", "waiting_for_human", "paused",
     "finished", "failed", "cancelled",
 ]  # fmt: skip
 DOT = {"description": "Graphviz DOT", "content": {"text/vnd.graphviz": {"schema": STR}}}
@@ -491,6 +511,65 @@ def _paths() -> dict[str, dict[str, Schema]]:
                 security=c,
                 body=ref("Decision"),
                 parameters=[JOB_ID],
+                tag=c,
+            )
+        },
+        **{
+            f"/api/v1/jobs/{{job_id}}/{action}": {
+                "post": _op(
+                    summary, {"200": job}, ["404", "409"], security=c, parameters=[JOB_ID], tag=c
+                )
+            }
+            for action, summary in (
+                (
+                    "pause",
+                    "Pause a job: it stays in its state (running tasks finish, nothing new is "
+                    "dispatched) until resumed; 409 if paused already or ended",
+                ),
+                ("resume", "Resume a paused job; 409 if it is not paused"),
+            )
+        },
+        "/api/v1/jobs/{job_id}/redrive": {
+            "post": _op(
+                "Run a failed or cancelled job again from the state that failed, keeping its "
+                "history and outputs; 409 if it has not ended, finished, or cannot run again",
+                {"200": job},
+                ["404", "409"],
+                security=c,
+                body=ref("Redrive"),
+                body_required=False,
+                parameters=[JOB_ID],
+                tag=c,
+            )
+        },
+        "/api/v1/jobs/{job_id}/rerun": {
+            "post": _op(
+                "Run an ended job again from a named state; 400 for a state its blueprint "
+                "does not have",
+                {"200": job},
+                ["404", "409"],
+                security=c,
+                body=ref("Rerun"),
+                parameters=[JOB_ID],
+                tag=c,
+            )
+        },
+        "/api/v1/jobs/{job_id}/events/{name}": {
+            "post": _op(
+                "Send an event to a job; the listen state waiting for it takes the body as "
+                "its payload (400: it breaks the state's schema; 409: no state listens for it)",
+                {"200": job},
+                ["404", "409"],
+                security=c,
+                body={"type": "object", "description": "the event's payload"},
+                body_required=False,
+                parameters=[
+                    JOB_ID,
+                    {
+                        **_path_param("name", "the event's name (a listen state's `event`)"),
+                        "schema": {**STR, "pattern": "^[a-z][a-z0-9_]{0,63}$"},
+                    },
+                ],
                 tag=c,
             )
         },

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.blueprint.model import Blueprint
-from engine.runtime.jobdoc import TERMINAL, JobStatus, TaskLease
+from engine.runtime.jobdoc import TERMINAL, JobStatus, TaskLease, visible_status
 
 
 def iso(ms: int | None) -> str | None:
@@ -55,6 +55,11 @@ def job_view(
         if status == JobStatus.QUEUED and any(t["status"] == "leased" for t in tasks):
             # A worker took it (leases change in Lua, not in the document).
             view["status"] = JobStatus.RUNNING
+        paused = doc.get("paused")
+        if isinstance(paused, dict):
+            view["status"] = visible_status(doc)
+            view["paused"] = {"at": iso(paused.get("at")), "by": paused.get("by")}
+            view["paused"]["held"] = paused.get("held")
         view.update(_waiting_view(doc, public_base))
     if doc.get("labels"):
         view["labels"] = doc["labels"]
@@ -128,6 +133,14 @@ def _waiting_view(doc: Mapping[str, Any], public_base: str | None) -> dict[str, 
         token = approval.get("token")
         if public_base is not None and isinstance(token, str) and token:
             view["approval"]["link"] = public_base + approval_path(str(doc["id"]), token)
+    listen = doc.get("listen")
+    if isinstance(listen, dict):
+        view["listen"] = {
+            "state": listen.get("state"),
+            "event": listen.get("event"),
+            "since": iso(listen.get("since")),
+            "timeout_at": iso(listen.get("timeout_at")),
+        }
     subflow = doc.get("subflow")
     if isinstance(subflow, dict):
         view["subflow"] = {"state": subflow.get("state"), "child_job_id": subflow.get("child_id")}

@@ -254,12 +254,13 @@ odd_json_schemas: st.SearchStrategy[Any] = st.sampled_from(
 
 # -- states -----------------------------------------------------------------------------
 
-WORK_KINDS = ("task", "choice", "parallel", "wait", "approval", "subflow", "set")
+WORK_KINDS = ("task", "choice", "parallel", "wait", "approval", "listen", "subflow", "set")
 #: How many distinct required targets a state of each kind can take (None: unlimited).
 CAPACITY: dict[str, int | None] = {
     "task": None,
     "choice": None,
     "approval": None,
+    "listen": 2,
     "parallel": 2,
     "subflow": 2,
     "wait": 1,
@@ -417,6 +418,17 @@ def approval_states(draw: st.DrawFn, required: list[str], names: list[str]) -> d
 
 
 @st.composite
+def listen_states(draw: st.DrawFn, required: list[str], names: list[str]) -> dict[str, Any]:
+    listen: dict[str, Any] = {"event": draw(status_names)}
+    if draw(st.booleans()):
+        listen["schema"] = draw(json_schemas)
+    triggers = ["received", "timeout"][: max(len(required), draw(st.integers(1, 2)))]
+    if "timeout" in triggers:
+        listen["timeout"] = draw(durations)
+    return {"listen": listen, "on": _fill(draw, triggers, required, names)}
+
+
+@st.composite
 def subflow_states(
     draw: st.DrawFn, required: list[str], names: list[str], own_name: str
 ) -> dict[str, Any]:
@@ -462,6 +474,8 @@ def _work_state(
         return draw(wait_states(required, names))
     if kind == "approval":
         return draw(approval_states(required, names))
+    if kind == "listen":
+        return draw(listen_states(required, names))
     if kind == "subflow":
         return draw(subflow_states(required, names, own_name))
     assert kind == "set"

@@ -33,14 +33,26 @@ def test_the_runtime_has_no_import_circle() -> None:
 
 def test_state_kinds_import_only_the_step_and_the_tasks_they_share() -> None:
     graph = imports("engine.runtime")
-    for family in ("tasks", "parallel", "waiting", "flow"):
+    for family in ("tasks", "parallel", "waiting", "flow", "events", "pausing"):
         reached = nx.descendants(graph, f"engine.runtime.{family}")
         assert "engine.runtime.machine" not in reached, family
         assert "engine.runtime.orchestrator" not in reached, family
 
 
 def test_every_rules_module_says_what_it_decides() -> None:
-    for name in ("machine", "step", "kinds", "tasks", "parallel", "waiting", "flow", "jobdoc"):
+    for name in (
+        "machine",
+        "step",
+        "kinds",
+        "tasks",
+        "parallel",
+        "waiting",
+        "flow",
+        "events",
+        "pausing",
+        "controls",
+        "jobdoc",
+    ):
         source = (ROOT / "engine" / "runtime" / f"{name}.py").read_text()
         doc = ast.get_docstring(ast.parse(source))
         assert len(doc or "") > 40, f"engine/runtime/{name}.py has no docstring"

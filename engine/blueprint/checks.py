@@ -122,19 +122,26 @@ def end_findings(path: Path, raw: dict[str, Any]) -> list[Finding]:
     return []
 
 
-def approval_findings(path: Path, raw: dict[str, Any]) -> list[Finding]:
-    """`approval.timeout` and `on.timeout` come together; a decision besides timeout."""
+def timeout_findings(path: Path, raw: dict[str, Any], kind: str) -> list[Finding]:
+    """`<kind>.timeout` and `on.timeout` come together (approval and listen states)."""
     findings: list[Finding] = []
-    approval = raw.get("approval")
-    approval = approval if isinstance(approval, dict) else {}
+    spec = raw.get(kind)
+    spec = spec if isinstance(spec, dict) else {}
     on = raw.get("on")
     has_timeout_edge = isinstance(on, dict) and "timeout" in on
-    if "timeout" in approval and not has_timeout_edge:
-        message = "approval.timeout needs an `on.timeout` transition"
-        findings.append(((*path, "approval", "timeout"), message, False))
-    if has_timeout_edge and "timeout" not in approval:
-        message = "on.timeout is never taken without approval.timeout"
+    if "timeout" in spec and not has_timeout_edge:
+        message = f"{kind}.timeout needs an `on.timeout` transition"
+        findings.append(((*path, kind, "timeout"), message, False))
+    if has_timeout_edge and "timeout" not in spec:
+        message = f"on.timeout is never taken without {kind}.timeout"
         findings.append(((*path, "on", "timeout"), message, True))
+    return findings
+
+
+def approval_findings(path: Path, raw: dict[str, Any]) -> list[Finding]:
+    """`approval.timeout` and `on.timeout` come together; a decision besides timeout."""
+    findings = timeout_findings(path, raw, "approval")
+    on = raw.get("on")
     if isinstance(on, dict) and not [k for k in on if k != "timeout"]:
         message = "an approval needs at least one decision besides `timeout`"
         findings.append(((*path, "on"), message, False))

@@ -27,6 +27,7 @@ from engine.blueprint.checks import (
     graph_findings,
     retry_findings,
     state_shapes,
+    timeout_findings,
 )
 from engine.blueprint.model import (
     ApprovalState,
@@ -34,6 +35,7 @@ from engine.blueprint.model import (
     ChoiceRule,
     ChoiceState,
     EndState,
+    ListenState,
     ParallelState,
     PerKind,
     RetryPolicy,
@@ -202,6 +204,7 @@ class _Compiler:
             "parallel": self._scan_parallel,
             "wait": self._scan_wait,
             "approval": self._scan_approval,
+            "listen": self._scan_listen,
             "subflow": self._scan_subflow,
             "set": self._scan_set,
             "end": self._scan_end,
@@ -243,6 +246,12 @@ class _Compiler:
         if isinstance(approval, dict) and isinstance(approval.get("message"), str):
             self._template((*path, "approval", "message"), approval["message"])
         self.found(approval_findings(path, raw))
+
+    def _scan_listen(self, path: Path, raw: dict[str, Any]) -> None:
+        listen = raw.get("listen")
+        if isinstance(listen, dict) and "schema" in listen:
+            self._embedded_schema((*path, "listen", "schema"), listen["schema"])
+        self.found(timeout_findings(path, raw, "listen"))
 
     def _scan_wait(self, path: Path, raw: dict[str, Any]) -> None:
         wait = raw.get("wait")
@@ -335,6 +344,7 @@ class _Compiler:
             "parallel": self._parallel_state,
             "wait": self._wait_state,
             "approval": self._approval_state,
+            "listen": self._listen_state,
             "subflow": self._subflow_state,
             "set": self._set_state,
             "end": self._end_state,
@@ -380,6 +390,16 @@ class _Compiler:
         timeout = approval.get("timeout")
         return ApprovalState(
             message=self.templates.get((*c.path, "approval", "message")),
+            timeout=parse_duration(timeout) if timeout is not None else None,
+            **c.fields(),
+        )
+
+    def _listen_state(self, c: _Common, raw: dict[str, Any]) -> State:
+        listen = raw["listen"]
+        timeout = listen.get("timeout")
+        return ListenState(
+            event=listen["event"],
+            schema=self.validators.get((*c.path, "listen", "schema")),
             timeout=parse_duration(timeout) if timeout is not None else None,
             **c.fields(),
         )

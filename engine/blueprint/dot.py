@@ -22,6 +22,7 @@ _KIND_STYLE: PerKind[dict[str, str]] = {
     "parallel": {"shape": "box3d", "style": "filled", "fillcolor": "#e6f4f1"},
     "wait": {"shape": "box", "style": "rounded,dashed,filled", "fillcolor": "#f3f3f3"},
     "approval": {"shape": "hexagon", "style": "filled", "fillcolor": "#f3e8fd"},
+    "listen": {"shape": "invhouse", "style": "filled", "fillcolor": "#fdf0e8"},
     "subflow": {
         "shape": "box",
         "style": "rounded,filled",

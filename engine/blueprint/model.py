@@ -18,13 +18,16 @@ from engine.blueprint.yamlsource import Source
 from engine.durations import format_duration
 from engine.expressions import Expression, Template
 
-StateKind = Literal["task", "choice", "parallel", "wait", "approval", "subflow", "set", "end"]
+StateKind = Literal[
+    "task", "choice", "parallel", "wait", "approval", "listen", "subflow", "set", "end"
+]
 STATE_KINDS: tuple[StateKind, ...] = (
     "task",
     "choice",
     "parallel",
     "wait",
     "approval",
+    "listen",
     "subflow",
     "set",
     "end",
@@ -43,6 +46,7 @@ class PerKind(TypedDict, Generic[T]):
     parallel: T
     wait: T
     approval: T
+    listen: T
     subflow: T
     set: T
     end: T
@@ -205,6 +209,20 @@ class ApprovalState(State):
     @property
     def decisions(self) -> tuple[str, ...]:
         return tuple(t.trigger for t in self.transitions if t.trigger != "timeout")
+
+
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
+class ListenState(State):
+    """Waits for the event named `event`, sent to the job through the API."""
+
+    kind: ClassVar[StateKind] = "listen"
+    event: str
+    schema: Validator | None = None  # the payload's JSON Schema (linear-time regexes)
+    timeout: float | None = None
+
+    @property
+    def summary(self) -> str:
+        return f"listen: {self.event}"
 
 
 @dataclass(frozen=True, slots=True, eq=False, kw_only=True)

@@ -46,6 +46,7 @@ def raw_transitions(name: str, raw: Any) -> Found:
         ),
         "wait": _next_reader(_wait_label),
         "approval": _on_reader(_approval_label),
+        "listen": _on_reader(_listen_label),
         "subflow": _on_reader(_fixed({"success": "child finished", "failure": "child failed"})),
         "set": _next_reader(lambda raw: "then"),
         "end": lambda base, raw: iter(()),
@@ -67,8 +68,9 @@ def _next_reader(label: Callable[[dict[str, Any]], str]) -> Callable[[Path, dict
 def _on_reader(
     label: Callable[[str, dict[str, Any]], str],
 ) -> Callable[[Path, dict[str, Any]], Found]:
-    """States whose outcomes map to targets under `on:` (task, parallel, approval, subflow).
-    A caught error code (`error:CARD_DECLINED`) reads `error CARD_DECLINED` on its edge."""
+    """States whose outcomes map to targets under `on:` (task, parallel, approval, listen,
+    subflow). A caught error code (`error:CARD_DECLINED`) reads `error CARD_DECLINED` on its
+    edge."""
 
     def read(base: Path, raw: dict[str, Any]) -> Found:
         on = raw.get("on")
@@ -120,6 +122,16 @@ def _approval_label(trigger: str, raw: dict[str, Any]) -> str:
     approval = raw.get("approval")
     text = _duration_text(approval.get("timeout")) if isinstance(approval, dict) else None
     return f"timeout ({text})" if text else "timeout"
+
+
+def _listen_label(trigger: str, raw: dict[str, Any]) -> str:
+    listen = raw.get("listen")
+    listen = listen if isinstance(listen, dict) else {}
+    if trigger == "received":
+        event = listen.get("event")
+        return f"event {event}" if isinstance(event, str) else "event"
+    text = _duration_text(listen.get("timeout")) if trigger == "timeout" else None
+    return f"timeout ({text})" if text else trigger
 
 
 def _fixed(labels: dict[str, str]) -> Callable[[str, dict[str, Any]], str]:

@@ -18,7 +18,7 @@ from engine.clock import now_ms
 from engine.runtime import webhooks
 from engine.runtime.aio import Throttle, checkpoint
 from engine.runtime.host import LoopHost
-from engine.runtime.jobdoc import Effects, Ignored, Leases, TaskLease
+from engine.runtime.jobdoc import TERMINAL, Effects, Ignored, Leases, TaskLease
 from engine.runtime.machine import Machine
 from engine.runtime.registry import UnknownBlueprintVersion
 from engine.runtime.schedules import CATCH_UP
@@ -146,6 +146,10 @@ async def deliver(orch: LoopHost, job_id: str) -> None:
     url = record.doc.get("webhook_url") if record else None
     if record is None or not url:
         await orch.store.webhook_delivered(job_id)
+        return
+    if record.doc["status"] not in TERMINAL:
+        # Redriven before this went out: its next end queues it at once (until then, it is
+        # looked at again when the claim runs out).
         return
     attempt = await orch.store.webhook_attempt(job_id)
     body, headers = webhooks.request(record.doc, orch.settings.webhook_secret, attempt)

@@ -9,6 +9,7 @@ is the dict that JSON decoding gives) and let mypy check every field the rules t
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NotRequired, TypedDict
@@ -25,6 +26,9 @@ class JobStatus(StrEnum):
     RETRYING = "retrying"  # its task failed and waits to be tried again
     WAITING = "waiting"  # in a wait state, or for a subflow child
     WAITING_FOR_HUMAN = "waiting_for_human"  # an approval state waits for a decision
+    # Shown while a client has paused the job (`JobDoc.paused`); the document keeps the
+    # status underneath, which the job has again once resumed. Never stored as `status`.
+    PAUSED = "paused"
     FINISHED = "finished"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -101,6 +105,25 @@ class ApprovalBook(TypedDict):
     asked_at: int
 
 
+class ListenBook(TypedDict):
+    """A listen state waiting for an event sent through the API."""
+
+    state: str
+    event: str  # the event's name
+    since: int
+    timeout_at: int | None
+
+
+class PauseBook(TypedDict):
+    """A job a client paused: it leaves its state only once resumed."""
+
+    at: int
+    by: str
+    # The move the job would have made meanwhile, made on resume: {"from", "via", "to"},
+    # or {"end": status, "error": ...} to end the job; None while nothing has fallen due.
+    held: dict[str, Any] | None
+
+
 class SubflowBook(TypedDict):
     """A subflow state waiting for its child job."""
 
@@ -159,12 +182,29 @@ class JobDoc(TypedDict):
     # When the job entered its current state (ms), written by the metrics observer
     # (engine/runtime/observe.py) for the state-duration histogram.
     state_since: NotRequired[int]
+    # A listen state's wait (engine/runtime/events.py); absent in documents written before.
+    listen: NotRequired[ListenBook | None]
+    # Set while a client has the job paused (engine/runtime/pausing.py).
+    paused: NotRequired[PauseBook | None]
+    # The state whose failure the job followed last (Step.fail_state): where a redrive of a
+    # job that ended in an `end: failed` state starts again.
+    failed_state: NotRequired[str]
+    # How many times the job was redriven or rerun (engine/runtime/redrive.py).
+    redrives: NotRequired[int]
     # The last progress event the worker holding a task sent: `at`, `state`, `task_id`, then
     # whatever fields the worker sent (`progress`, `message`, ...).
     progress: NotRequired[dict[str, Any]]
     # The labels the job was submitted with (name -> value), indexed for search; absent
     # when it had none.
     labels: NotRequired[dict[str, str]]
+
+
+def visible_status(doc: Mapping[str, Any]) -> JobStatus:
+    """The status clients see: `paused` while a client has the job paused."""
+    status = JobStatus(doc["status"])
+    if doc.get("paused") is not None and status not in TERMINAL:
+        return JobStatus.PAUSED
+    return status
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +284,7 @@ class Effects:
     cancel_children: list[str] = field(default_factory=list)
     notify_parent: bool = False
     terminal: bool = False
+    revived: bool = False  # an ended job runs again (redrive): it is kept, and announced
 
     def event(self, now: int, event: str, **data: Any) -> None:
         self.history.append(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.blueprint.model import PerKind
+from engine.runtime.events import ListenKind
 from engine.runtime.flow import ChoiceKind, EndKind, SetKind, WaitKind
 from engine.runtime.parallel import ParallelKind
 from engine.runtime.step import Kind
@@ -21,6 +22,7 @@ KINDS: PerKind[Kind[Any]] = {
     "parallel": ParallelKind(),
     "wait": WaitKind(),
     "approval": ApprovalKind(),
+    "listen": ListenKind(),
     "subflow": SubflowKind(),
     "set": SetKind(),
     "end": EndKind(),

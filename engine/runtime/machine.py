@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from engine.blueprint.model import Blueprint
-from engine.runtime import tasks, waiting
+from engine.blueprint.model import Blueprint, ListenState
+from engine.runtime import events, pausing, redrive, tasks, waiting
 from engine.runtime.jobdoc import (
     JOB_TIMEOUT,
     TERMINAL,
@@ -106,7 +106,7 @@ class Machine:
         if doc["status"] in TERMINAL:
             return None
         step = self.step(doc, now, rng, leases)
-        deadline = doc["deadline"]
+        deadline = doc["deadline"] if doc.get("paused") is None else None  # waits for resume
         if deadline is not None and now >= deadline:
             message = "the job did not end within its result_timeout"
             error = {"code": JOB_TIMEOUT, "message": message, "state": doc["state"]}
@@ -133,6 +133,29 @@ class Machine:
             # will). Answer exactly as once it has.
             return Ignored("not_waiting_for_approval")
         waiting.decide(step, decision, by=by)
+        return step.fx
+
+    def on_event(
+        self,
+        doc: JobDoc,
+        name: str,
+        payload: Any,
+        now: int,
+        rng: random.Random,
+        checked: str | None = None,
+    ) -> Effects | Ignored:
+        """An event sent to the job: taken by the listen state waiting for `name`, else
+        ignored (`not_listening`, or `invalid_payload` when it breaks the state's schema).
+        `checked`: the state whose schema the payload was already checked against."""
+        book = events.listening(doc, now) if doc["status"] not in TERMINAL else None
+        if book is None or book["event"] != name:
+            return Ignored("not_listening")
+        state = self.bp.states[book["state"]]
+        assert isinstance(state, ListenState)
+        if checked != state.name and events.payload_problems(state, payload):
+            return Ignored("invalid_payload")
+        step = self.step(doc, now, rng)
+        events.receive(step, book, payload)
         return step.fx
 
     def on_child_done(
@@ -194,12 +217,67 @@ class Machine:
         step.abort(JobStatus.CANCELLED, None)
         return step.fx
 
+    def pause(self, doc: JobDoc, leases: Leases, now: int, by: str) -> Effects | Ignored:
+        """A client pauses the job (see engine/runtime/pausing.py)."""
+        if doc["status"] in TERMINAL:
+            return Ignored(f"job_{doc['status']}")
+        if doc.get("paused") is not None:
+            return Ignored("already_paused")
+        step = self.step(doc, now, _SYSTEM_RNG, leases)
+        pausing.pause(step, by)
+        return step.fx
+
+    def resume(
+        self, doc: JobDoc, leases: Leases, now: int, rng: random.Random, by: str
+    ) -> Effects | Ignored:
+        """A client resumes a paused job: it makes the move it held, or goes on."""
+        if doc["status"] in TERMINAL:
+            return Ignored(f"job_{doc['status']}")
+        if doc.get("paused") is None:
+            return Ignored("not_paused")
+        step = self.step(doc, now, rng, leases)
+        pausing.resume(step, by)
+        return step.fx
+
+    def redrive(
+        self,
+        doc: JobDoc,
+        leases: Leases,
+        now: int,
+        rng: random.Random,
+        by: str,
+        *,
+        from_state: str | None = None,
+        initial_data: dict[str, Any] | None = None,
+    ) -> Effects | Ignored:
+        """Run an ended job again (engine/runtime/redrive.py): from the state that failed
+        (a redrive, `from_state` None), or from `from_state` (a rerun)."""
+        status = doc["status"]
+        mode = "redrive" if from_state is None else "rerun"
+        if status not in TERMINAL:
+            return Ignored("job_not_ended")
+        if doc["parent"] is not None:
+            return Ignored("subflow_child")
+        if doc.get("redrives", 0) >= redrive.MAX_REDRIVES:
+            return Ignored("redrive_limit")
+        if from_state is None:
+            if status == JobStatus.FINISHED:
+                return Ignored("job_finished")
+            from_state = redrive.redrive_state(doc, self.bp)
+            if from_state is None:
+                return Ignored("nothing_to_redrive")
+        elif from_state not in self.bp.states:
+            return Ignored("unknown_state")
+        step = self.step(doc, now, rng, leases)
+        redrive.revive(step, from_state, mode=mode, by=by, initial_data=initial_data)
+        return step.fx
+
     def next_due(self, doc: JobDoc, leases: Leases) -> int | None:
         """The earliest moment something can happen to this job without outside input."""
         if doc["status"] in TERMINAL:
             return None
         due = tasks.next_due(doc, leases)
-        if doc["deadline"] is not None:
+        if doc["deadline"] is not None and doc.get("paused") is None:
             due.append(doc["deadline"])
         if doc["state"] is not None:
             due.extend(KINDS[self.bp.states[doc["state"]].kind].due(doc))

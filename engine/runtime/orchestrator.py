@@ -23,6 +23,7 @@ from engine.clock import now_ms
 from engine.jsonutil import dumps
 from engine.runtime import background, deployment, tasks, webhooks
 from engine.runtime.background import leases_of
+from engine.runtime.controls import JobControls
 from engine.runtime.dispatcher import Dispatcher, Waiter
 from engine.runtime.host import Applied, Outcome, Rule
 from engine.runtime.host import OrchestratorSettings as OrchestratorSettings
@@ -38,6 +39,7 @@ from engine.runtime.jobdoc import (
     ParentRef,
     TaskLease,
     new_job,
+    visible_status,
 )
 from engine.runtime.machine import Machine
 from engine.runtime.observe import NoObserver, Observer
@@ -131,6 +133,8 @@ class Orchestrator:
         self.heard_since = now_ms()
         self._locks: dict[str, list[Any]] = {}  # job id -> [lock, users]
         self._followups: set[asyncio.Task[Any]] = set()
+        # Events, pause and resume, redrive and rerun (engine/runtime/controls.py).
+        self.controls = JobControls(self)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -244,7 +248,10 @@ class Orchestrator:
         try:
             # What we committed last is good enough to decide whether to wait: had the job
             # ended elsewhere since, its `done` announcement would have dropped the entry.
-            record = self.recent.record(job_id) or await self.store.read_job(job_id)
+            # An end is not (a redrive elsewhere may not be announced here yet): read it.
+            record = self.recent.record(job_id)
+            if record is None or record.doc["status"] in TERMINAL:
+                record = await self.store.read_job(job_id)
             record = self._owned(record, client)
             if record is None or record.doc["status"] in TERMINAL:
                 return record
@@ -324,7 +331,7 @@ class Orchestrator:
                 if doc is None:
                     continue
                 if (
-                    (status is None or doc["status"] == status)
+                    (status is None or visible_status(doc) == status)
                     and (blueprint is None or doc["blueprint"] == blueprint)
                     and all(doc.get("labels", {}).get(k) == v for k, v in wanted.items())
                 ):
@@ -529,10 +536,11 @@ class Orchestrator:
             enqueue=[(e.task_type, e.member, e.score) for e in enqueue],
             dequeue=fx.dequeue,
             ttl_ms=machine.settings.retention_ms if fx.terminal else None,
+            persist=fx.revived and not fx.terminal,  # (ended again at once: it expires)
             index=index,
             labels=doc.get("labels") if index else None,
             webhook_ms=now if webhook else None,
-            done=fx.terminal,
+            done=fx.terminal or fx.revived,  # a redrive is announced: others forget the end
             history=fx.history,
             # Indexes the jobs waiting for a person, for metrics (server/metrics.py).
             human_ms=_waiting_since(doc),
@@ -642,10 +650,9 @@ class Orchestrator:
                 # back before the commit returned): look again once it has landed.
                 self._deferred_done.add(job_id)
                 return
-            if self.recent.ended(job_id):
-                record = self.recent.record(job_id)  # ended here: that is final
-            else:
-                self.recent.forget(job_id)  # ended elsewhere: what we hold is out of date
+            # Ended elsewhere, or redriven (an end is not final): what we hold may be out of
+            # date. (Waiters present when a job ended here were handed it at its commit.)
+            self.recent.forget(job_id)
         for future in self._done_waiters.get(job_id, []):
             if not future.done():
                 future.set_result(record)

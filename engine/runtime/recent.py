@@ -66,11 +66,6 @@ class RecentJobs:
             return None
         return JobRecord(entry.version, loads(entry.doc_json), dict(entry.leases))
 
-    def ended(self, job_id: str) -> bool:
-        """Whether the job is known to have ended (a terminal state is final)."""
-        entry = self._entries.get(job_id)
-        return entry is not None and entry.terminal
-
     def forget(self, job_id: str) -> None:
         entry = self._entries.pop(job_id, None)
         if entry is not None:

@@ -119,6 +119,11 @@ class Step:
     def ended(self) -> bool:
         return self.doc["status"] in TERMINAL
 
+    @property
+    def paused(self) -> bool:
+        """A client paused the job: it does not leave its state (engine/runtime/pausing.py)."""
+        return self.doc.get("paused") is not None
+
     # -- history ---------------------------------------------------------------------------
 
     def event(self, event: str, **data: Any) -> None:
@@ -145,7 +150,9 @@ class Step:
             self.doc["state_history"].update(data)
 
     def move(self, state: State, via: str, target: str) -> None:
-        """Leave `state` by its `via` trigger and enter `target`."""
+        """Leave `state` by its `via` trigger and enter `target` (on resume, if paused)."""
+        if self._hold({"from": state.name, "via": via, "to": target}):
+            return
         self.event("state_left", state=state.name, via=via, to=target)
         self.enter(target)
 
@@ -195,6 +202,7 @@ class Step:
         `failure`; with none, fail the job. `steps.<state>.error` keeps the error, so the
         state caught to can read it (and an `end` state can raise it again)."""
         self.doc["steps"][state.name] = {"error": error}
+        self.doc["failed_state"] = state.name
         for via in (f"error:{error.get('code')}", trigger, "failure"):
             target = state.target(via)
             if target is not None:
@@ -203,7 +211,9 @@ class Step:
         self.finish(JobStatus.FAILED, error)
 
     def finish(self, status: JobStatus, error: dict[str, Any] | None) -> None:
-        """End the job with `status`: nothing of it is due any more."""
+        """End the job with `status` (on resume, if paused): nothing of it is due any more."""
+        if self._hold({"end": str(status), "error": error}):
+            return
         doc = self.doc
         doc["status"] = status
         doc["error"] = error
@@ -212,12 +222,27 @@ class Step:
         doc["wait_until"] = None
         doc["approval"] = None
         doc["parallel"] = None
+        if doc.get("listen") is not None:
+            doc["listen"] = None
         self.fx.terminal = True
         self.fx.notify_parent = doc["parent"] is not None
         self.event(f"job_{status}", state=doc["state"], error=error)
 
+    def _hold(self, held: dict[str, Any]) -> bool:
+        """While paused, keep the job's next move for its resume, and say so (True)."""
+        book = self.doc.get("paused")
+        if book is None:
+            return False
+        if book["held"] is None:  # the state has let go of what could move it again
+            book["held"] = held
+            self.event("move_held", state=self.doc["state"], **held)
+        return True
+
     def abort(self, status: JobStatus, error: dict[str, Any] | None) -> None:
-        """End the job from outside its flow (cancel, job timeout): stop all it runs."""
+        """End the job from outside its flow (cancel, job timeout): stop all it runs, paused
+        or not."""
+        if self.doc.get("paused") is not None:
+            self.doc["paused"] = None
         self.cancel_tasks(f"job {status}")
         subflow = self.doc["subflow"]
         if subflow is not None:

@@ -72,7 +72,11 @@ def spec_of(step: Step, task: TaskRecord) -> TaskSpec:
 
 
 def launch(step: Step, state: State, branch: int | None, attempt: int) -> None:
-    """Dispatch the task of a task state, or of one branch of a parallel state."""
+    """Dispatch the task of a task state, or of one branch of a parallel state; while the
+    job is paused, keep it as a retry due at once (dispatched on resume)."""
+    if step.paused:
+        hold(step, state.name, branch, attempt)
+        return
     spec = state.task_spec(branch)
     assert spec is not None
     if step.ended:  # an earlier branch's params failed the job: launch nothing more
@@ -87,6 +91,14 @@ def launch(step: Step, state: State, branch: int | None, attempt: int) -> None:
     if branch is None:
         step.doc["status"] = JobStatus.QUEUED
     dispatch(step, state.name, spec, params, attempt, branch)
+
+
+def hold(step: Step, state: str, branch: int | None, attempt: int) -> None:
+    """Keep a task that a paused job would dispatch now for its resume."""
+    step.doc["retries"].append(
+        {"state": state, "branch": branch, "attempt": attempt, "at": step.now}
+    )
+    step.event("task_held", state=state, branch=branch, attempt=attempt)
 
 
 def dispatch(
@@ -215,8 +227,10 @@ def failed(step: Step, task: TaskRecord, code: str, message: str, details: Any =
 
 
 def fire_retries(step: Step) -> None:
-    """Dispatch again every failed attempt whose delay has passed."""
+    """Dispatch again every failed attempt whose delay has passed (none while paused)."""
     doc = step.doc
+    if step.paused:
+        return
     for retry in [r for r in doc["retries"] if step.now >= r["at"]]:
         doc["retries"].remove(retry)
         launch(step, step.state(retry["state"]), retry["branch"], retry["attempt"])
@@ -298,8 +312,9 @@ def lease_problem(
 
 
 def next_due(doc: JobDoc, leases: Leases) -> list[int]:
-    """Deadlines of the job's active tasks and pending retries."""
-    due: list[int] = [retry["at"] for retry in doc["retries"]]
+    """Deadlines of the job's active tasks and pending retries (held while paused)."""
+    paused = doc.get("paused") is not None
+    due: list[int] = [] if paused else [retry["at"] for retry in doc["retries"]]
     for task_id, task in doc["tasks"].items():
         lease = leases.get(task_id)
         if lease is None:

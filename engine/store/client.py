@@ -145,6 +145,7 @@ class Commit:
     enqueue: list[tuple[str, str, float]] = field(default_factory=list)  # (type, member, score)
     dequeue: list[tuple[str, str]] = field(default_factory=list)  # (type, member)
     ttl_ms: int | None = None
+    persist: bool = False  # the job ended and runs again: it no longer expires
     index: tuple[str, int] | None = None  # (client, created ms)
     labels: Mapping[str, str] | None = None  # indexed with `index` (the job's creation)
     # Since when (ms) the job waits for a person; None: it does not (see keys.humans).
@@ -526,6 +527,7 @@ class Store:
                     "humans": humans,
                     "human": str(change.human_ms) if change.human_ms is not None else False,
                     "ttl": str(change.ttl_ms) if change.ttl_ms else False,
+                    "persist": change.persist,
                     "ready": sorted({f"{t}|{partition}" for t, _, _ in change.enqueue}),
                     "done": change.done,
                 }

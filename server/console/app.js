@@ -7,7 +7,7 @@ import { example, validate } from "./schema.js";
 const TOKEN_KEY = "interlock.clientToken";
 const POLL_S = 25; // how long a long poll may be held by the server
 const WORKERS_MS = 2000; // how often the workers page asks again (heartbeats are not job changes)
-const STATUSES = ["queued", "running", "retrying", "waiting", "waiting_for_human", "finished", "failed", "cancelled"];
+const STATUSES = ["queued", "running", "retrying", "waiting", "waiting_for_human", "paused", "finished", "failed", "cancelled"];
 const TERMINAL = new Set(["finished", "failed", "cancelled"]);
 const app = document.getElementById("app");
 

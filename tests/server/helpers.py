@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient
 
 ROOT = Path(__file__).resolve().parents[2]
 BLUEPRINTS = ROOT / "blueprints"
+EXAMPLES = len(list(BLUEPRINTS.glob("*.yaml")))  # the example blueprints, one per file
 WORKER_TOKEN = "fleet-global-token"
 ACME = {"X-Client-Token": "acme-token"}
 GLOBEX = {"X-Client-Token": "globex-token"}

@@ -12,6 +12,7 @@ from server.client_api import task_type_of
 from tests.server.helpers import (
     ACME,
     BLUEPRINTS,
+    EXAMPLES,
     GLOBEX,
     Client,
     error_of,
@@ -273,7 +274,7 @@ async def test_blueprints(api: Client) -> None:
     names = [b["name"] for b in listing["blueprints"]]
     assert names == sorted(names)
     assert "image_pipeline" in names
-    assert len(names) == 8
+    assert len(names) == EXAMPLES
     summary = next(b for b in listing["blueprints"] if b["name"] == "image_pipeline")
     assert set(summary) == {"name", "version", "description", "api_endpoint", "content_hash"}
     assert summary["api_endpoint"] == "jobs/image_pipeline"

@@ -20,6 +20,7 @@ from tests.server.conftest import make_settings, serve
 from tests.server.helpers import (
     ACME,
     BLUEPRINTS,
+    EXAMPLES,
     GLOBEX,
     ROOT,
     Client,
@@ -454,7 +455,8 @@ async def test_serve_announces_its_schedules(tmp_path: Path) -> None:
     try:
         async with asyncio.timeout(30):
             line = (await process.stdout.readline()).decode()
-        assert line.endswith("(store: memory:// embedded, 8 blueprints, 1 schedule)\n"), line
+        expected = f"(store: memory:// embedded, {EXAMPLES} blueprints, 1 schedule)\n"
+        assert line.endswith(expected), line
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20):
             assert await process.wait() == 0

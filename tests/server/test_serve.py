@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.server.helpers import BLUEPRINTS, ROOT
+from tests.server.helpers import BLUEPRINTS, EXAMPLES, ROOT
 
 INTERLOCK = Path(sys.executable).parent / "interlock"  # the console script of this venv
 LISTENING = re.compile(
@@ -77,7 +77,7 @@ async def test_serve_starts_answers_and_stops_on_sigterm() -> None:
         match = LISTENING.match(line)
         assert match, line
         assert int(match.group(1)) == port
-        assert int(match.group(2)) == 8
+        assert int(match.group(2)) == EXAMPLES
         # And a token generated for this run (the only way to learn it), once
         async with asyncio.timeout(5):
             notice = (await process.stderr.readline()).decode()
@@ -88,7 +88,7 @@ async def test_serve_starts_answers_and_stops_on_sigterm() -> None:
             url = f"http://127.0.0.1:{port}/api/v1/blueprints"
             async with session.get(url, headers={"X-Client-Token": found.group(1)}) as response:
                 assert response.status == 200
-                assert len((await response.json())["blueprints"]) == 8
+                assert len((await response.json())["blueprints"]) == EXAMPLES
             async with session.get(url, headers={"X-Client-Token": "guess"}) as response:
                 assert response.status == 401
         # And SIGTERM stops it cleanly

@@ -273,6 +273,32 @@ class RulesDriver:
     def decide(self, decision: str, by: str = "client:c") -> Effects | Ignored | None:
         return self.apply(self.machine.on_decision(self.doc, decision, self.now, self.rng, by=by))
 
+    def send(self, name: str, payload: Any = None) -> Effects | Ignored | None:
+        """A client sends the event `name` with `payload` to the job."""
+        return self.apply(self.machine.on_event(self.doc, name, payload, self.now, self.rng))
+
+    def pause(self, by: str = "client:c") -> Effects | Ignored | None:
+        return self.apply(self.machine.pause(self.doc, dict(self.leases), self.now, by))
+
+    def resume(self, by: str = "client:c") -> Effects | Ignored | None:
+        return self.apply(self.machine.resume(self.doc, dict(self.leases), self.now, self.rng, by))
+
+    def redrive(
+        self, from_state: str | None = None, initial_data: Any = None, by: str = "client:c"
+    ) -> Effects | Ignored | None:
+        """Run the ended job again: from the state that failed, or from `from_state`."""
+        return self.apply(
+            self.machine.redrive(
+                self.doc,
+                dict(self.leases),
+                self.now,
+                self.rng,
+                by,
+                from_state=from_state,
+                initial_data=initial_data,
+            )
+        )
+
     def cancel(self) -> Effects | Ignored | None:
         return self.apply(self.machine.cancel(self.doc, dict(self.leases), self.now))
 

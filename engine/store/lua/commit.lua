@@ -14,7 +14,8 @@
 --   webhooks: KEYS index of the webhook outbox; webhook: score | false
 --   humans: KEYS index of the set of jobs waiting for a person; human: score (since when
 --     the job waits) | false (it does not: removed, a no-op for most jobs)
---   ttl: ms | false     ready: [message]     done: true | false
+--   ttl: ms | false     persist: true (an ended job runs again: drop its expiry) | false
+--   ready: [message]     done: true | false
 -- Sorted-set changes are collected and made with one ZREM and one ZADD per key, the
 -- notifications with one `publish` (PUBLISH, or SPUBLISH on the partition's shard channels
 -- on Redis Cluster) per channel. (A batch holds at most one plan per job,
@@ -68,6 +69,7 @@ for i, plan in ipairs(batch.plans) do
       push(removes, plan.humans, plan.id)
     end
     if plan.ttl then redis.call('PEXPIRE', job, plan.ttl) end
+    if plan.persist then redis.call('PERSIST', job) end
     for _, message in ipairs(plan.ready) do ready[message] = true end
     if plan.done then done[#done + 1] = plan.id end
     out[i] = 1
