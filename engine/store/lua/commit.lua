@@ -8,7 +8,8 @@
 --   hdel: [field] to delete from the job hash
 --   enqueue: [[queue KEYS index, score, member]]   dequeue: [[queue KEYS index, member]]
 --   timers: KEYS index of the timers zset; timer: score | false (remove) | "keep"
---   index: [KEYS index of the client index, score] | false
+--   index: [KEYS index of the client index, score, KEYS index of the partition's set of
+--     client names, client name] | false
 --   webhooks: KEYS index of the webhook outbox; webhook: score | false
 --   humans: KEYS index of the set of jobs waiting for a person; human: score (since when
 --     the job waits) | false (it does not: removed, a no-op for most jobs)
@@ -54,7 +55,10 @@ for i, plan in ipairs(batch.plans) do
     elseif plan.timer ~= 'keep' then
       push(adds, plan.timers, plan.timer, plan.id)
     end
-    if plan.index then push(adds, plan.index[1], plan.index[2], plan.id) end
+    if plan.index then
+      push(adds, plan.index[1], plan.index[2], plan.id)
+      redis.call('SADD', KEYS[plan.index[3]], plan.index[4])
+    end
     if plan.webhook then push(adds, plan.webhooks, plan.webhook, plan.id) end
     if plan.human then
       push(adds, plan.humans, plan.human, plan.id)
