@@ -124,7 +124,7 @@ def _base_app(settings: Settings) -> web.Application:
     app[CLIENT_AUTH] = ClientAuth.from_settings(settings)
     app[WORKER_AUTH] = WorkerAuth.from_settings(settings)
     app[CLOSING] = asyncio.Event()
-    app[OFFLOAD] = Offload()
+    app[OFFLOAD] = Offload(off_loop_bytes=settings.check_off_loop_bytes)
     app.on_startup.append(_start_offload)
     app.on_cleanup.append(_close_offload)
     app[LONG_POLLS] = set()
