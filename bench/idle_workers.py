@@ -4,7 +4,8 @@
 
 Starts a redis-server and `interlock serve`, registers `--workers` worker ids over the
 worker API, then opens one long poll per id (GET /_worker/workers/{id}/tasks/next) from this
-one process, each heartbeating every `--heartbeat` seconds (as the SDK does by default).
+one process, each heartbeating every `--heartbeat` seconds (as the SDK does by default;
+the heartbeats share a pool of 100 connections, where each SDK worker has its own).
 While they wait it prints the orchestrator's Redis connections (CLIENT LIST,
 without the bench's own, which are named `interlock-bench`) and its RSS. Then it submits one
 linear3 job to check the polls are live (one of them must get the task) and finishes it.
@@ -42,13 +43,24 @@ from bench.harness import (
 )
 
 POLL_S = 60  # each poll is held this long (WORKER_POLL_MAX_SECONDS is raised to match)
+BEAT_CONNECTIONS = 100  # the heartbeats' pool
+POLLS_PER_S = 1000
 
 
 class Fleet:
     """Many worker ids, each with one long poll open at a time, on one HTTP session."""
 
-    def __init__(self, http: aiohttp.ClientSession, base: str, count: int) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        base: str,
+        count: int,
+        beat_http: aiohttp.ClientSession | None = None,
+    ) -> None:
         self.http = http
+        # Heartbeats go over their own small pool: a connection each beside each poll would
+        # need two descriptors a worker in this one process (20,000 for 10,000 workers).
+        self.beat_http = beat_http or http
         self.base = base
         self.ids = [f"idle-{i:04d}" for i in range(count)]
         self.open_polls = 0
@@ -101,7 +113,8 @@ class Fleet:
         await asyncio.sleep(random.uniform(0, every_s))
         while True:
             try:
-                async with self.http.patch(url, json=body, headers=self.headers(worker_id)) as resp:
+                headers = self.headers(worker_id)
+                async with self.beat_http.patch(url, json=body, headers=headers) as resp:
                     await resp.read()
                     if resp.status != 200:
                         self.errors[f"heartbeat HTTP {resp.status}"] += 1
@@ -161,8 +174,12 @@ async def _main(
     connector = aiohttp.TCPConnector(limit=0)  # one connection per open poll
     timeout = aiohttp.ClientTimeout(total=POLL_S + 30)
     failures = 0
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-        fleet = Fleet(http, server.url, count)
+    beat_connector = aiohttp.TCPConnector(limit=BEAT_CONNECTIONS)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as http,
+        aiohttp.ClientSession(connector=beat_connector, timeout=timeout) as beat_http,
+    ):
+        fleet = Fleet(http, server.url, count, beat_http)
         started = time.perf_counter()
         # In batches: the orchestrator's redis-py pool refuses more than 100 commands at once
         # ("Too many connections", answered 503), and its pool keeps every connection it
@@ -176,7 +193,13 @@ async def _main(
         )
         rss_before = rss_mib(server.pid)
         before = await orchestrator_connections(redis)
-        polls = [asyncio.create_task(fleet.poll_forever(w)) for w in fleet.ids]
+        # Polls open POLLS_PER_S a second, as a fleet starts: 10,000 connects at once overflow
+        # the listen backlog, and the client's SYN retries back off for longer than a poll.
+        polls = []
+        for start in range(0, count, POLLS_PER_S // 10):
+            batch = fleet.ids[start : start + POLLS_PER_S // 10]
+            polls += [asyncio.create_task(fleet.poll_forever(w)) for w in batch]
+            await asyncio.sleep(0.1)
         beats = []
         if heartbeat_s > 0:
             beats = [asyncio.create_task(fleet.heartbeats(w, heartbeat_s)) for w in fleet.ids]

@@ -23,9 +23,68 @@ from engine.errors import ExpressionError
 
 # Interlock's functions (engine/functions.py) next to JMESPath's own.
 _OPTIONS = jmespath.Options(dict_cls=dict, custom_functions=functions.FUNCTIONS)
+
+#: What one search may cost: a step per node visited (a projection or filter visits its
+#: expression once per element) plus, for each function call, the length of each list,
+#: object or string it is given or gives back (`sort_by`, `to_string`, `join` ... cost in
+#: proportion; a string counts a step per CHARS_PER_STEP characters), plus the length of
+#: each list a flatten (`[]`) copies. A linear expression over the largest request (1 MiB:
+#: at most about 75,000 objects) takes a few hundred thousand; the budget is spent in about
+#: a second on a loaded 2-core machine (tests/security/test_expression_cost.py).
+MAX_STEPS = 1_000_000
+CHARS_PER_STEP = 16  # a string is handled in C: its characters cost far less than a visit
+
+
+class OverBudget(ExpressionError):
+    """A search went past MAX_STEPS."""
+
+
+class _BudgetedInterpreter(jmespath.visitor.TreeInterpreter):  # type: ignore[misc]  # untyped
+    """jmespath's interpreter, counting steps against a budget reset by each search (the
+    engine evaluates on one thread: the event loop's)."""
+
+    def __init__(self) -> None:
+        super().__init__(_OPTIONS)
+        self.left = MAX_STEPS
+
+    def visit(self, node: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        self.left -= 1
+        if self.left < 0:
+            raise OverBudget(f"took more than {MAX_STEPS:,} steps (MAX_STEPS)")
+        method = self._method_cache.get(node["type"])
+        if method is None:
+            method = getattr(self, f"visit_{node['type']}", self.default_visit)
+            self._method_cache[node["type"]] = method
+        return method(node, *args, **kwargs)
+
+    def visit_function_expression(self, node: dict[str, Any], value: Any) -> Any:
+        args = [self.visit(child, value) for child in node["children"]]
+        self.charge(args)
+        result = self._functions.call_function(node["value"], args)
+        self.charge([result])
+        return result
+
+    def visit_flatten(self, node: dict[str, Any], value: Any) -> Any:
+        base = self.visit(node["children"][0], value)
+        if not isinstance(base, list):
+            return None
+        self.charge(base)  # each element's length: what extend() copies
+        return super().visit_flatten({"children": [{"type": "identity"}]}, base)
+
+    def charge(self, values: list[Any]) -> None:
+        self.left -= sum(
+            len(v) if isinstance(v, list | dict) else len(v) // CHARS_PER_STEP
+            for v in values
+            if isinstance(v, list | dict | str)
+        )
+        if self.left < 0:
+            raise OverBudget(f"took more than {MAX_STEPS:,} steps (MAX_STEPS)")
+
+
 # One interpreter for every search: ParsedResult.search builds a new one per call, which
-# showed in profiles; the interpreter keeps no state between searches but a method cache.
-_INTERPRETER = jmespath.visitor.TreeInterpreter(_OPTIONS)
+# showed in profiles; the interpreter keeps no state between searches but a method cache
+# and the budget of the search under way.
+_INTERPRETER = _BudgetedInterpreter()
 
 TemplatePath = tuple[str | int, ...]
 
@@ -38,8 +97,13 @@ class Expression:
     parsed: jmespath.parser.ParsedResult
 
     def search(self, context: Mapping[str, Any]) -> Any:
+        """The expression's value; ExpressionError when it fails or takes more than
+        MAX_STEPS."""
+        _INTERPRETER.left = MAX_STEPS
         try:
             return _INTERPRETER.visit(self.parsed.parsed, context)
+        except OverBudget as exc:
+            raise OverBudget(f"{self.source!r} {exc}") from None
         except jmespath.exceptions.JMESPathError as exc:
             raise ExpressionError(f"{self.source!r}: {exc}") from None
         except ExpressionError as exc:  # one of our functions refused its arguments

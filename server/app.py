@@ -31,6 +31,7 @@ from server.console import add_console
 from server.errors import ConfigError, error_middleware, json_response
 from server.logs import LoggingObserver, context_middleware
 from server.metrics import CONTENT_TYPE, Metrics, exposition, http_middleware
+from server.offload import Offload
 from server.openapi import docs_page, document
 from server.public import public_app
 from server.state import (
@@ -38,6 +39,7 @@ from server.state import (
     CLOSING,
     LONG_POLLS,
     METRICS,
+    OFFLOAD,
     ORCHESTRATOR,
     SETTINGS,
     WORKER_AUTH,
@@ -122,6 +124,9 @@ def _base_app(settings: Settings) -> web.Application:
     app[CLIENT_AUTH] = ClientAuth.from_settings(settings)
     app[WORKER_AUTH] = WorkerAuth.from_settings(settings)
     app[CLOSING] = asyncio.Event()
+    app[OFFLOAD] = Offload(off_loop_bytes=settings.check_off_loop_bytes)
+    app.on_startup.append(_start_offload)
+    app.on_cleanup.append(_close_offload)
     app[LONG_POLLS] = set()
     app[SKILLS] = SkillCache()
     app.on_shutdown.append(_release_long_polls)
@@ -131,6 +136,14 @@ def _base_app(settings: Settings) -> web.Application:
     app.add_subapp("/_public", public_app())
     add_console(app)  # the web console at `/`
     return app
+
+
+async def _start_offload(app: web.Application) -> None:
+    app[OFFLOAD].start()
+
+
+async def _close_offload(app: web.Application) -> None:
+    app[OFFLOAD].close()
 
 
 #: Sent with every answer: no version to fingerprint, nothing for a browser to sniff,

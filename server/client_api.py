@@ -46,6 +46,7 @@ from server.state import (
     CLIENT,
     CLIENT_AUTH,
     CLOSING,
+    OFFLOAD,
     orchestrator,
     public_base,
     settings,
@@ -199,7 +200,9 @@ async def submit_job(request: web.Request) -> web.Response:
             code="invalid_request",
             details=problems,
         )
-    _check_input(blueprint, initial_data)
+    # A large body is checked on a thread (server/offload.py); aiohttp keeps the body read.
+    size = len(await request.read())
+    await request.config_dict[OFFLOAD].run(size, lambda: _check_input(blueprint, initial_data))
     options: dict[str, Any] = {
         "webhook_url": webhook_url,
         "dispatch_timeout_ms": dispatch_ms,

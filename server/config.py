@@ -67,8 +67,9 @@ class Settings:
     worker_token: str | None = field(default=None, repr=False)
     worker_rules: tuple[WorkerTokenRule, ...] = ()
     max_body_bytes: int = 1 << 20
-    header_timeout_s: float = 10.0  # a connection's first request headers, from connect
+    header_timeout_s: float = 10.0  # each request's headers (from connect, or their first byte)
     body_timeout_s: float = 30.0  # a request body, from the handler's first read
+    check_off_loop_bytes: int = 64 << 10  # larger bodies are parsed and checked on threads
     max_connections: int = 0  # open at once; 0: the descriptor limit less a reserve
     worker_poll_max_s: float = 60.0
     default_run_timeout_ms: int = 3_600_000
@@ -149,6 +150,9 @@ class _Reader:
             worker_poll_max_s=self.value("WORKER_POLL_MAX_SECONDS", 60.0, _seconds),
             header_timeout_s=self.value("HEADER_TIMEOUT", d.header_timeout_s, _seconds),
             body_timeout_s=self.value("BODY_TIMEOUT", d.body_timeout_s, _seconds),
+            check_off_loop_bytes=self.value(
+                "CHECK_OFF_LOOP_BYTES", d.check_off_loop_bytes, _int_between(0, 1 << 40)
+            ),
             max_connections=self.value("MAX_CONNECTIONS", 0, _int_between(0, 10_000_000)),
             default_run_timeout_ms=self.value("DEFAULT_RUN_TIMEOUT", d.default_run_timeout_ms, _ms),
             heartbeat_timeout_ms=self.value("HEARTBEAT_TIMEOUT", d.heartbeat_timeout_ms, _ms),

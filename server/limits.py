@@ -6,10 +6,11 @@ connections that each send a header byte every 10 s used every file descriptor o
 TCPSite with two limits on each connection:
 - at most `max_connections` open at once: one more is closed as soon as it is accepted,
   before it costs more than its socket;
-- its first request's headers must be complete within `header_timeout_s` of the connect,
-  or the connection is closed. Idle keep-alive connections are closed after 75 s (the
-  runner's keep-alive timeout, server/main.py); the headers of a later request on a kept
-  connection are not timed. A worker's long poll has sent its headers: not affected.
+- every request's headers must be complete within `header_timeout_s`, or the connection
+  is closed: the first request's from the connect, a later one's (on a kept-alive
+  connection) from its first byte. An idle keep-alive connection, which has sent nothing
+  since its last request, is closed after 75 s (the runner's keep-alive timeout,
+  server/main.py). A worker's long poll has sent its headers: not affected.
 A body must arrive within `BODY_TIMEOUT` (server/params.py answers 408 otherwise).
 
 `raise_descriptor_limit()` lifts the process's soft descriptor limit to its hard one at
@@ -24,7 +25,7 @@ import logging
 import resource
 from typing import Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("interlock.server")
@@ -69,16 +70,18 @@ class ConnectionGuard:
 
 
 class GuardedHandler(RequestHandler):
-    """aiohttp's RequestHandler, counted and with a deadline for the first headers."""
+    """aiohttp's RequestHandler, counted and with a deadline for each request's headers."""
 
-    __slots__ = ("_admitted", "_guard", "_header_timer", "_tail")
+    __slots__ = ("_admitted", "_body", "_guard", "_header_timer")
 
     def __init__(self, guard: ConnectionGuard, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._guard = guard
         self._admitted = False
         self._header_timer: asyncio.TimerHandle | None = None
-        self._tail = b""
+        # The body of the last request whose headers were parsed (None before the first):
+        # bytes that arrive once it is complete begin the next request's headers.
+        self._body: StreamReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         guard = self._guard
@@ -89,9 +92,13 @@ class GuardedHandler(RequestHandler):
             return
         guard.open += 1
         self._admitted = True
-        loop = asyncio.get_running_loop()
-        self._header_timer = loop.call_later(guard.header_timeout_s, self._too_slow, transport)
+        self._arm(transport)
         super().connection_made(transport)
+
+    def _arm(self, transport: asyncio.BaseTransport) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self._guard.header_timeout_s
+        self._header_timer = loop.call_later(timeout, self._too_slow, transport)
 
     def _too_slow(self, transport: asyncio.BaseTransport) -> None:
         self._header_timer = None
@@ -99,14 +106,19 @@ class GuardedHandler(RequestHandler):
         transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._header_timer is not None:
-            seen = self._tail + data
-            if b"\r\n\r\n" in seen:  # the first request's headers are complete
+        if self._upgraded or self._payload_parser is not None:  # no longer HTTP requests
+            super().data_received(data)
+            return
+        between = self._body is None or self._body.is_eof()
+        if data and between and self._header_timer is None and self.transport is not None:
+            self._arm(self.transport)  # the first byte of a later request's headers
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count != parsed:  # headers complete: aiohttp queued the request
+            self._body = self._messages[-1][1] if self._messages else None
+            if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
-            else:
-                self._tail = seen[-3:]
-        super().data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self._admitted:

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from engine.jsonutil import JsonValueError, loads_strict
 from server.errors import BadRequest, RequestTimeout, UnsupportedMediaType
-from server.state import SETTINGS
+from server.state import OFFLOAD, SETTINGS
 
 ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -52,8 +52,8 @@ async def json_object(request: web.Request, *, empty_ok: bool = False) -> dict[s
         if empty_ok:
             return {}
         raise BadRequest("the request body is empty; send a JSON object", code="invalid_json")
-    try:
-        value = loads_strict(raw)
+    try:  # (a large body is parsed on a thread: server/offload.py)
+        value = await request.config_dict[OFFLOAD].run(len(raw), lambda: loads_strict(raw))
     except JsonValueError as exc:
         raise BadRequest(
             f"the request body cannot be stored: {exc}",

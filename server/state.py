@@ -16,6 +16,7 @@ from engine.runtime.orchestrator import Orchestrator
 from server.auth import ClientAuth, WorkerAuth
 from server.config import Settings
 from server.metrics import Metrics
+from server.offload import Offload
 
 T = TypeVar("T")
 
@@ -24,6 +25,7 @@ ORCHESTRATOR = web.AppKey("orchestrator", Orchestrator)
 CLIENT_AUTH = web.AppKey("client_auth", ClientAuth)
 WORKER_AUTH = web.AppKey("worker_auth", WorkerAuth)
 METRICS = web.AppKey("metrics", Metrics)  # absent when METRICS=off
+OFFLOAD = web.AppKey("offload", Offload)  # large bodies are parsed and checked on threads
 CLOSING = web.AppKey("closing", asyncio.Event)  # set when the server starts shutting down
 # The request tasks waiting in `unless_closing`.
 LONG_POLLS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("long_polls")

@@ -7,6 +7,13 @@ of a sorted set, and an old entry may belong to a job that is still alive (waiti
 person for weeks), so entries are not dropped by age: every `INTERVAL_S` each orchestrator
 walks each index, oldest first, `BUDGET` entries per partition and round, and drops those
 whose job no longer exists. Several orchestrators doing it at once only repeat work.
+
+Every index is walked, whoever its client: one configured now, one removed from the
+configuration since, the single-token client, a schedule's. The janitor finds them in each
+partition's set of client names (`Keys.client_names`), which the commit creating a job
+writes with its index entry; a client whose index there is empty leaves the set. Indexes
+written before that set existed are added to it once per store, with a SCAN on every
+master (`Store.register_old_client_indexes`).
 """
 
 from __future__ import annotations
@@ -30,25 +37,36 @@ class IndexJanitor:
         self.budget = budget
         self._next: dict[tuple[str, int], int] = {}  # where the walk of each index goes on
 
-    async def sweep(self, clients: Iterable[str]) -> int:
-        """One round over every index of `clients`; returns the entries dropped."""
+    async def sweep(self, clients: Iterable[str] = ()) -> int:
+        """One round over every client index (of the clients registered in the store, and of
+        `clients`); returns the entries dropped."""
         dropped = 0
-        for client in sorted(set(clients)):
-            for partition in range(self.store.keys.partitions):
-                checkpoint()  # a driver call may have absorbed our cancellation
+        configured = set(clients)
+        for partition in range(self.store.keys.partitions):
+            checkpoint()  # a driver call may have absorbed our cancellation
+            names = configured.union(await self.store.indexed_clients(partition))
+            for client in sorted(names):
+                checkpoint()
                 start = self._next.get((client, partition), 0)
                 gone, following = await self.store.prune_client_jobs(
                     partition, client, start, self.budget
                 )
-                self._next[(client, partition)] = following
+                if following:
+                    self._next[(client, partition)] = following
+                else:  # (the walk starts over; forget a client that may never come back)
+                    self._next.pop((client, partition), None)
                 dropped += gone
         return dropped
 
-    async def run(self, clients: Iterable[str], interval_s: float = INTERVAL_S) -> None:
+    async def run(self, clients: Iterable[str] = (), interval_s: float = INTERVAL_S) -> None:
         names = tuple(clients)
+        registered = False
         while True:
             checkpoint()
             try:
+                if not registered:
+                    await self.store.register_old_client_indexes()
+                    registered = True
                 dropped = await self.sweep(names)
                 if dropped:
                     log.debug("dropped %d expired jobs from the client indexes", dropped)

@@ -151,9 +151,9 @@ class Orchestrator:
             loops["webhooks"] = background.webhook_loop(self)
         if self.schedules:
             loops["schedules"] = background.schedule_loop(self)
+        # Expired jobs leave their client index entries: drop them, whoever the client.
         clients = (*self.settings.clients, *(schedule.client for schedule in self.schedules))
-        if clients:  # expired jobs leave their client index entries: drop them
-            loops["janitor"] = IndexJanitor(self.store).run(clients)
+        loops["janitor"] = IndexJanitor(self.store).run(clients)
         self._tasks = [
             asyncio.create_task(work, name=f"interlock-{name}") for name, work in loops.items()
         ]

@@ -212,6 +212,13 @@ class Batcher(Generic[Item, Outcome]):
 # second orchestrator starting at the same moment cannot take it for an old store).
 # The deployment's settings, written by the first process on a new (or wiped) store: the
 # partition count, the partition tags, and the deployment marker (`Store.check_marker`).
+# Drop a client from a partition's set of client names if its index there is empty: in one
+# script, so that a job created meanwhile (which adds both) keeps its index found.
+FORGET_INDEX = """
+if redis.call('ZCARD', KEYS[1]) == 0 then return redis.call('SREM', KEYS[2], ARGV[1]) end
+return 0
+"""
+
 SETTLE_META = """
 if redis.call('HEXISTS', KEYS[1], 'partitions') == 0 then
   redis.call('HSET', KEYS[1], 'partitions', ARGV[1], 'tags', 'spread')
@@ -517,7 +524,12 @@ class Store:
                     "timers": timers,
                     "timer": timer,
                     "index": (
-                        [key(keys.client_jobs(partition, change.index[0])), str(change.index[1])]
+                        [
+                            key(keys.client_jobs(partition, change.index[0])),
+                            str(change.index[1]),
+                            key(keys.client_names(partition)),
+                            change.index[0],
+                        ]
                         if change.index
                         else False
                     ),
@@ -626,6 +638,8 @@ class Store:
         index = keys.client_jobs(partition, client)
         ids = [str(job_id) for job_id in await self.redis.zrange(index, start, start + count - 1)]
         if not ids:
+            if start == 0:  # empty: forget the client here (unless a job came meanwhile)
+                await self._forget_index(partition, client)
             return 0, 0
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
@@ -643,9 +657,38 @@ class Store:
                 key_list.append(keys.job(job_id))
                 key_list.extend(keys.label_jobs(partition, client, k, v) for k, v in labels.items())
                 plans.append([job_id, first, len(labels), raw or False])
-            dropped = await self._prune(keys=key_list, args=[dumps(plans)])
-            return int(dropped), start + len(ids) - int(dropped)
-        return 0, start + len(ids)
+            dropped = int(await self._prune(keys=key_list, args=[dumps(plans)]))
+        else:
+            dropped = 0
+        following = start + len(ids) - dropped
+        if following == 0:  # all looked at were expired: the index may be empty now
+            await self._forget_index(partition, client)
+        return dropped, following
+
+    async def _forget_index(self, partition: int, client: str) -> None:
+        index, names = self.keys.client_jobs(partition, client), self.keys.client_names(partition)
+        await self.redis.eval(FORGET_INDEX, 2, index, names, client)
+
+    @translated
+    async def indexed_clients(self, partition: int) -> list[str]:
+        """The clients with a job index in `partition` (see Keys.client_names)."""
+        return sorted(
+            str(name) for name in await self.redis.smembers(self.keys.client_names(partition))
+        )
+
+    @translated
+    async def register_old_client_indexes(self) -> int:
+        """Once per store: add to the sets of client names the indexes written before those
+        sets existed (found with SCAN, on every master of a cluster). Returns how many."""
+        if await self.redis.hget(self.keys.meta, "client_names"):
+            return 0
+        found = 0
+        async for key in self.redis.scan_iter(match=f"{self.keys.prefix}:*:client:*", count=1000):
+            where = self.keys.partition_of_client_index(str(key))
+            if where is not None:
+                found += await self.redis.sadd(self.keys.client_names(where[0]), where[1])
+        await self.redis.hset(self.keys.meta, "client_names", "1")
+        return found
 
     @translated
     async def read_docs(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:

@@ -104,6 +104,20 @@ class Keys:
         the index janitor can drop an expired job's label entries."""
         return f"{self._p(partition)}:labels:{client}"
 
+    def client_names(self, partition: int) -> str:
+        """Set of the clients that have a job index (`client_jobs`) in this partition,
+        written with the index's first entry and removed with its last, so the janitor finds
+        every index (a client's no longer configured too) without SCAN."""
+        return f"{self._p(partition)}:clients"
+
+    def partition_of_client_index(self, key: str) -> tuple[int, str] | None:
+        """(partition, client) of a `client_jobs` key, None for any other key."""
+        for partition in range(self.partitions):
+            head = f"{self._p(partition)}:client:"
+            if key.startswith(head):
+                return partition, key[len(head) :]
+        return None
+
     def worker(self, worker_id: str) -> str:
         """String: the worker's registration (JSON)."""
         return f"{self.prefix}:{{w:{worker_id}}}:worker"

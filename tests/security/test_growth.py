@@ -3,14 +3,22 @@ listing reads a bounded number of entries; the recent-jobs memory is capped in b
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 import engine.runtime.orchestrator
+from engine.blueprint.loader import load_blueprints
 from engine.runtime.janitor import IndexJanitor
 from engine.runtime.orchestrator import Orchestrator
 from engine.runtime.recent import RecentJobs
+from engine.runtime.registry import Registry
+from engine.store.client import Store
+from server.app import orchestrator_settings, runtime_settings
+from server.config import Settings
+from tests.server.helpers import BLUEPRINTS
 
 
 async def index_size(orch: Orchestrator, client: str) -> int:
@@ -78,6 +86,97 @@ async def test_a_filtered_listing_reads_a_bounded_number_of_entries(
         pages += 1
     assert sum(read) >= 400
     assert pages >= 4
+
+
+async def expire(orch: Orchestrator, job_ids: list[str]) -> None:
+    """The end of these jobs' retention: their hashes expire."""
+    for job_id in job_ids:
+        await orch.store.redis.delete(orch.store.keys.job(job_id))
+
+
+async def indexed(orch: Orchestrator) -> set[str]:
+    """Every client some partition's set of client names holds."""
+    store = orch.store
+    return {n for p in range(store.keys.partitions) for n in await store.indexed_clients(p)}
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def on_any_store(
+    request: pytest.FixtureRequest, settings: Settings
+) -> AsyncIterator[Orchestrator]:
+    """An orchestrator (not started: no janitor of its own) on each kind of store."""
+    url = (
+        "memory://"
+        if request.param == "memory"
+        else request.getfixturevalue(f"{request.param}_url")
+    )
+    store = await Store.connect(url)
+    registry = Registry(load_blueprints([BLUEPRINTS]), runtime_settings(settings))
+    try:
+        yield Orchestrator(store, registry, orchestrator_settings(settings))
+    finally:
+        await store.close()
+
+
+async def test_an_unconfigured_clients_index_is_pruned_too(on_any_store: Orchestrator) -> None:
+    orchestrator = on_any_store
+    # Given jobs of a client no longer configured (and of the configured acme), all expired
+    # but one of acme's
+    old = await submit_many(orchestrator, 40, client="removed-client")
+    acme = await submit_many(orchestrator, 3)
+    await expire(orchestrator, old + acme[:2])
+    assert await indexed(orchestrator) == {"removed-client", "acme"}
+    # When the janitor sweeps, told of no client at all
+    janitor = IndexJanitor(orchestrator.store, budget=10)
+    while await janitor.sweep():
+        pass
+    # Then both indexes hold only live jobs, and the removed client is forgotten
+    assert await index_size(orchestrator, "removed-client") == 0
+    assert await index_size(orchestrator, "acme") == 1
+    assert await indexed(orchestrator) == {"acme"}
+    # and a job it submits later is indexed and found again
+    again = await submit_many(orchestrator, 1, client="removed-client")
+    assert await indexed(orchestrator) == {"removed-client", "acme"}
+    await janitor.sweep()
+    jobs, _ = await orchestrator.list_jobs(
+        "removed-client", status=None, blueprint=None, limit=10, cursor=None
+    )
+    assert [doc["id"] for doc in jobs] == again
+
+
+async def test_indexes_from_before_the_client_names_are_found_once(
+    on_any_store: Orchestrator,
+) -> None:
+    orchestrator = on_any_store
+    # Given an index written before the sets of client names existed
+    store = orchestrator.store
+    old = await submit_many(orchestrator, 5, client="old-client")
+    for partition in range(store.keys.partitions):
+        await store.redis.delete(store.keys.client_names(partition))
+    await store.redis.hdel(store.keys.meta, "client_names")
+    await expire(orchestrator, old)
+    # When the orchestrator's janitor starts (this one serves no client by that name)
+    janitor = IndexJanitor(store)
+    swept = asyncio.Event()
+    real_sweep = janitor.sweep
+
+    async def sweep(clients: Any = ()) -> int:
+        dropped = await real_sweep(clients)
+        swept.set()
+        return dropped
+
+    janitor.sweep = sweep  # type: ignore[method-assign]
+    running = asyncio.create_task(janitor.run(["acme"]))
+    try:
+        async with asyncio.timeout(10):
+            await swept.wait()  # its first round, at once
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    # Then the old index is found (by SCAN) and emptied, and the SCAN is not repeated
+    assert await index_size(orchestrator, "old-client") == 0
+    assert await indexed(orchestrator) == set()
+    assert await store.register_old_client_indexes() == 0
 
 
 def test_recent_jobs_are_capped_in_bytes() -> None:

@@ -3,7 +3,9 @@ so one request cannot stall the event loop for everyone else."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ from engine.blueprint.loader import load_blueprints, validate_paths
 from engine.blueprint.safe_schema import SafeValidator, canonical
 from engine.jsonutil import MAX_DEPTH
 from server.app import build_app
+from server.offload import Offload
+from server.state import OFFLOAD
 from tests.server.conftest import make_settings, serve
 from tests.server.helpers import ACME, error_of
 
@@ -124,3 +128,84 @@ def test_validate_warns_about_backtracking_patterns(tmp_path: Path) -> None:
     assert [p for p in problems if p.severity == "error"] == []
     # and the blueprint still loads: warnings do not stop a server
     assert load_blueprints([write(tmp_path, text)])
+
+
+# -- large bodies are parsed and checked off the event loop (server/offload.py) -------------
+
+BIG_TAGS = [{"id": i, "v": [i]} for i in range(8000)]  # about 190 KB
+
+
+async def submit_tags(api: Any, tags: list[Any]) -> Any:
+    body = {"initial_data": {"tags": tags}}
+    return await api.post("/api/v1/jobs/hostile_schema", json=body, headers=ACME)
+
+
+async def test_a_large_body_gets_the_same_answer_off_the_loop(tmp_path: Path) -> None:
+    # The same invalid body, checked on the loop (threshold above it) and on a thread
+    answers = []
+    for threshold in (1 << 30, 0):
+        app = build_app(make_settings(tmp_path, BLUEPRINTS_DIR=str(write(tmp_path))))
+        app[OFFLOAD] = Offload(off_loop_bytes=threshold)
+        api = await serve(app)
+        try:
+            error = await error_of(await submit_tags(api, [*BIG_TAGS, BIG_TAGS[5]]), 400)
+            answers.append(error)
+            response = await submit_tags(api, BIG_TAGS)
+            assert response.status == 202, await response.text()
+            # and a body too deep to store is refused alike (loads_strict's error)
+            deep = "[" * 200 + "]" * 200
+            response = await api.post(
+                "/api/v1/jobs/hostile_schema",
+                data=f'{{"initial_data": {{"d": {deep}, "pad": "{"x" * 70_000}"}}}}',
+                headers={**ACME, "Content-Type": "application/json"},
+            )
+            answers.append(await error_of(response, 400))
+        finally:
+            await api.close()
+    assert answers[:2] == answers[2:]
+    assert answers[0]["details"][0]["path"] == "$.tags"
+
+
+async def test_the_loop_answers_while_large_bodies_are_checked_two_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = await serve(build_app(make_settings(tmp_path, BLUEPRINTS_DIR=str(write(tmp_path)))))
+    release = threading.Event()
+    two = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    lock = threading.Lock()
+    running: list[str] = []
+    most = 0
+    real = SafeValidator.iter_errors
+
+    def held(self: Any, instance: Any, *args: Any) -> Any:
+        nonlocal most
+        with lock:
+            running.append(threading.current_thread().name)
+            most = max(most, len(running))
+            if len(running) == 2:
+                loop.call_soon_threadsafe(two.set)
+        release.wait(20)  # a check that takes as long as the test wants
+        with lock:
+            running.pop()
+        return real(self, instance, *args)
+
+    monkeypatch.setattr(SafeValidator, "iter_errors", held)
+    try:
+        # Given three large submissions whose checks do not end
+        submits = [asyncio.create_task(submit_tags(api, BIG_TAGS)) for _ in range(3)]
+        async with asyncio.timeout(20):
+            await two.wait()
+        # Then two are checked, on threads, and the loop still answers other requests
+        assert all(name.startswith("interlock-check") for name in running), running
+        response = await api.get("/api/v1/blueprints", headers=ACME)
+        assert response.status == 200
+        assert len(running) == 2
+        # and once released, all three are accepted, never more than two at once
+        release.set()
+        for answer in await asyncio.gather(*submits):
+            assert answer.status == 202, await answer.text()
+        assert most == 2
+    finally:
+        release.set()
+        await api.close()

@@ -35,6 +35,15 @@ async def guarded(
         await runner.cleanup()
 
 
+def post(endpoint: str, body: bytes, length: int | None = None) -> bytes:
+    """A job submission as raw bytes; `length` may claim more body than `body` holds."""
+    head = (
+        f"POST /api/v1/jobs/{endpoint} HTTP/1.1\r\nHost: x\r\nX-Client-Token: acme-token\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length or len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 async def closed(reader: asyncio.StreamReader) -> bytes:
     """Everything the server sends until it closes the connection (a 10 s deadline)."""
     async with asyncio.timeout(10):
@@ -82,14 +91,70 @@ async def test_a_body_that_does_not_arrive_gets_a_408(
 ) -> None:
     (host, port), _ = guarded
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(
-        b"POST /api/v1/jobs/image_pipeline HTTP/1.1\r\nHost: x\r\n"
-        b"X-Client-Token: acme-token\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 1000000\r\n\r\n" + b"{" * 1000
-    )
+    writer.write(post("image_pipeline", b"{" * 1000, length=1_000_000))
     await writer.drain()
     async with asyncio.timeout(10):
         head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408"), head
     assert b"Connection: close" in head
+    writer.close()
+
+
+async def response_head(reader: asyncio.StreamReader) -> bytes:
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await reader.readexactly(length)
+    return head
+
+
+STATUS = b"GET /_public/status HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def test_a_later_request_on_a_kept_connection_has_the_same_header_deadline(
+    guarded: tuple[Address, ConnectionGuard],
+) -> None:
+    (host, port), guard = guarded
+    reader, writer = await asyncio.open_connection(host, port)
+    # Given one good request answered on a kept-alive connection
+    writer.write(STATUS)
+    assert (await response_head(reader)).startswith(b"HTTP/1.1 200")
+    # When the next request's headers come a byte every 100 ms (they would take 4 s)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def dribble() -> None:
+        for byte in b"GET /_public/status HTTP/1.1\r\nHost: x\r\nX-Slow: y\r\n\r\n":
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    sender = asyncio.create_task(dribble())
+    # Then the server closes it at the 1 s deadline, without answering
+    assert await closed(reader) == b""
+    assert loop.time() - started < 3
+    assert guard.timed_out == 1
+    sender.cancel()
+    await asyncio.gather(sender, return_exceptions=True)
+    writer.close()
+
+
+async def test_an_idle_kept_connection_is_not_held_to_the_header_deadline(
+    guarded: tuple[Address, ConnectionGuard],
+) -> None:
+    (host, port), guard = guarded
+    reader, writer = await asyncio.open_connection(host, port)
+    # A client that sends a request with a body, then is silent for longer than the deadline
+    writer.write(post("reminder", b'{"initial_data": {"user": "u"}}'))
+    head = await response_head(reader)
+    assert b" 20" in head[:12]
+    await asyncio.sleep(1.5)  # idle, not sending headers: the keep-alive timeout governs
+    # still has its connection for the next request
+    writer.write(STATUS)
+    assert (await response_head(reader)).startswith(b"HTTP/1.1 200")
+    assert guard.timed_out == 0
     writer.close()

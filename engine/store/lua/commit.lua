@@ -8,7 +8,8 @@
 --   hdel: [field] to delete from the job hash
 --   enqueue: [[queue KEYS index, score, member]]   dequeue: [[queue KEYS index, member]]
 --   timers: KEYS index of the timers zset; timer: score | false (remove) | "keep"
---   index: [KEYS index of the client index, score] | false
+--   index: [KEYS index of the client index, score, KEYS index of the partition's set of
+--     client names, client name] | false
 --   labels: [KEYS index of a label index] (scored like the client index)
 --   label_hash: [KEYS index of the client's job -> labels hash, labels JSON] | false
 --   webhooks: KEYS index of the webhook outbox; webhook: score | false
@@ -60,6 +61,7 @@ for i, plan in ipairs(batch.plans) do
     if plan.index then
       push(adds, plan.index[1], plan.index[2], plan.id)
       for _, label in ipairs(plan.labels) do push(adds, label, plan.index[2], plan.id) end
+      redis.call('SADD', KEYS[plan.index[3]], plan.index[4])
     end
     if plan.label_hash then redis.call('HSET', KEYS[plan.label_hash[1]], plan.id, plan.label_hash[2]) end
     if plan.webhook then push(adds, plan.webhooks, plan.webhook, plan.id) end
