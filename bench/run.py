@@ -256,6 +256,7 @@ def run_one(
     quiet_wait_s: float,
     partitions: int,
     env: dict[str, str] | None = None,
+    cprofile: Path | None = None,
 ) -> Measurement:
     if quiet_wait_s > 0:
         busy = wait_for_quiet(quiet_wait_s)
@@ -267,7 +268,7 @@ def run_one(
         with _redis(store) as redis:
             url = redis.url if redis is not None else "memory://"
             with (
-                serve(workdir, url, blueprints, env, partitions=partitions) as server,
+                serve(workdir, url, blueprints, env, partitions, cprofile) as server,
                 echo_workers(workdir, server.url, spec.workers) as workers,
             ):
                 measurement = asyncio.run(
@@ -477,6 +478,13 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=Path, metavar="DIR", help="py-spy the orchestrator into DIR"
     )
     parser.add_argument(
+        "--cprofile",
+        type=Path,
+        metavar="DIR",
+        help="run the orchestrator under cProfile (the whole run, slower), writing "
+        "DIR/<workload>-<store>.prof; summarise with python -m bench.profile",
+    )
+    parser.add_argument(
         "--quiet-wait",
         type=float,
         metavar="S",
@@ -517,8 +525,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet_wait is None:
         args.quiet_wait = 120.0
 
-    if args.profile is not None:
-        args.profile.mkdir(parents=True, exist_ok=True)
+    for folder in (args.profile, args.cprofile):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
     names = ORDER if args.workload == "all" else [args.workload]
     stores = ["redis", "memory"] if args.store == "both" else [args.store]
     print(f"machine: {machine_summary()}")
@@ -541,12 +550,15 @@ def main(argv: list[str] | None = None) -> int:
                 partitions = args.partitions or (
                     CLUSTER_PARTITIONS if store == "cluster" else PARTITIONS
                 )
-                m = run_one(spec, store, n, args.profile, args.quiet_wait, partitions, env)
+                cprofile = args.cprofile and args.cprofile / f"{spec.name}-{store}.prof"
+                m = run_one(
+                    spec, store, n, args.profile, args.quiet_wait, partitions, env, cprofile
+                )
                 print(row(m), flush=True)
                 results.append(m)
     report(results)
-    if args.profile is not None:
-        for path in sorted(args.profile.glob("*.txt")):
+    for folder, pattern in ((args.profile, "*.txt"), (args.cprofile, "*.prof")):
+        for path in sorted(folder.glob(pattern)) if folder is not None else []:
             print(summarise(path, top=20))
     failed = sum(m.not_finished for m in results)
     if failed:
