@@ -213,20 +213,35 @@ async def scrape(server: Server) -> dict[str, float]:
     return totals
 
 
+UNAVAILABLE = "_unavailable"  # in a view from one_job: how many 503 answers it retried
+
+
 async def one_job(base: str, endpoint: str, data: dict[str, Any]) -> dict[str, Any]:
-    """Submit one job and wait for it to end; its last view."""
+    """Submit one job and wait for it to end; its last view. A 503 (the store unavailable,
+    "retry later") is retried after half a second, as a client should, and counted in the
+    view under UNAVAILABLE; any other refusal ends the wait."""
+    unavailable = 0
+
+    async def call(method: str, url: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        nonlocal unavailable
+        while True:
+            async with http.request(method, url, **kwargs) as resp:
+                answer: dict[str, Any] = await resp.json()
+            if resp.status != 503:
+                return resp.status, answer
+            unavailable += 1
+            await asyncio.sleep(0.5)
+
     async with session(1) as http:
         body = json.dumps({"initial_data": data}).encode()
-        async with http.post(f"{base}/api/v1/{endpoint}", data=body) as resp:
-            answer = await resp.json()
-            if resp.status != 202:
-                return {"status": f"refused HTTP {resp.status}", "error": answer}
+        status, answer = await call("POST", f"{base}/api/v1/{endpoint}", data=body)
+        if status != 202:
+            return {"status": f"refused HTTP {status}", "error": answer, UNAVAILABLE: unavailable}
         url = f"{base}/api/v1/jobs/{answer['job_id']}"
         while True:
-            async with http.get(url, params={"wait": "30"}) as resp:
-                view: dict[str, Any] = await resp.json()
-            if resp.status != 200 or view.get("status") in TERMINAL:
-                return view
+            status, view = await call("GET", url, params={"wait": "30"})
+            if status != 200 or view.get("status") in TERMINAL:
+                return {**view, UNAVAILABLE: unavailable}
 
 
 def _numbered(i: int) -> dict[str, Any]:
@@ -363,6 +378,9 @@ class Growth:
                 joined = f"count {counts.pop()}" if len(counts) == 1 else f"counts {counts}"
                 if bad:
                     joined = f"{len(bad)} not finished: {str(bad[0])[:120]}"
+                retried = sum(v.get(UNAVAILABLE, 0) for _, v in views)
+                if retried:
+                    joined += f" ({retried} answers 503 store_unavailable, retried)"
                 branches = width * jobs
                 print(
                     f"  {width:>7} {jobs:>4} {seconds[len(seconds) // 2]:>8.3f} "
@@ -370,6 +388,10 @@ class Growth:
                     f"{rss_mib(st.server.pid):>8.0f} {joined}",
                     flush=True,
                 )
+                if bad:
+                    for larger in s.widths[i + 1 :]:
+                        print(f"  {larger:>7}      not run: N={width} did not finish")
+                    return
 
     def states(self) -> None:
         s = self.sizes
