@@ -67,3 +67,39 @@ def write_blueprints(folder: Path) -> Path:
     for name, text in BLUEPRINTS.items():
         (folder / f"{name}.yaml").write_text(text, encoding="utf-8")
     return folder
+
+
+def chain(states: int) -> tuple[str, str]:
+    """(name, YAML) of a blueprint of `states` sequential `echo` task states, then end; each
+    task's params are the previous one's result."""
+    name = f"bench_chain_{states}"
+    lines = [
+        f"blueprint: {name}",
+        "version: 1",
+        f"description: {states} sequential echo task states, then end",
+        f"api_endpoint: jobs/{name}",
+        "start: s1",
+        "states:",
+    ]
+    for i in range(1, states + 1):
+        source = "initial_data.n" if i == 1 else f"steps.s{i - 1}.n"
+        following = f"s{i + 1}" if i < states else "done"
+        lines += [
+            f"  s{i}:",
+            "    task: echo",
+            f'    params: {{n: "${{ {source} }}"}}',
+            f"    on: {{success: {following}}}",
+        ]
+    lines += ["  done:", "    end: finished", f'    output: {{n: "${{ steps.s{states}.n }}"}}']
+    return name, "\n".join(lines) + "\n"
+
+
+def write_chains(folder: Path, sizes: list[int]) -> dict[int, str]:
+    """Write a chain blueprint per size into `folder`; size -> its endpoint."""
+    folder.mkdir(parents=True, exist_ok=True)
+    endpoints: dict[int, str] = {}
+    for size in sizes:
+        name, text = chain(size)
+        (folder / f"{name}.yaml").write_text(text, encoding="utf-8")
+        endpoints[size] = f"jobs/{name}"
+    return endpoints

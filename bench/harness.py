@@ -151,9 +151,11 @@ def serve(
     blueprints: Path,
     env: Mapping[str, str] | None = None,
     partitions: int | None = PARTITIONS,
+    cprofile: Path | None = None,
 ) -> Iterator[Server]:
     """`interlock serve` as a subprocess (the tests' launcher, with the bench's settings),
-    stopped with SIGTERM on exit."""
+    stopped with SIGTERM on exit. With `cprofile`, it runs under cProfile, which writes its
+    statistics there when the server exits (`python -m bench.profile FILE` reads them)."""
     settings = {
         "CLIENT_TOKEN": CLIENT_TOKEN,
         "WORKER_TOKEN": WORKER_TOKEN,
@@ -162,7 +164,10 @@ def serve(
         **({"REDIS_PARTITIONS": str(partitions)} if partitions else {}),
         **(env or {}),
     }
-    with processes.serve(workdir, store_url, blueprints, settings, graceful=True) as server:
+    python_args = ("-m", "cProfile", "-o", str(cprofile)) if cprofile is not None else ()
+    with processes.serve(
+        workdir, store_url, blueprints, settings, graceful=True, python_args=python_args
+    ) as server:
         yield server
 
 

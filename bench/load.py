@@ -7,7 +7,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,26 +113,73 @@ async def _one_job(
         result.problem(status, f"{job_id}: {json.dumps(doc.get('error'))[:200]}")
 
 
+One = Callable[[aiohttp.ClientSession, int], Awaitable[None]]
+
+
+async def lanes(result: LoadResult, one: One) -> LoadResult:
+    """Call `one(http, i)` for i in 0..n-1, `result.concurrency` at a time, on one session;
+    a client error is counted in `result` and the lane goes on. Sets `result.wall_s`."""
+    n = result.n
+    next_index = 0
+
+    async def lane(http: aiohttp.ClientSession) -> None:
+        nonlocal next_index
+        while next_index < n:
+            index = next_index
+            next_index += 1
+            try:
+                await one(http, index)
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+                result.problem("client_error", f"{type(exc).__name__}: {exc}")
+
+    async with session(result.concurrency) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(lane(http) for _ in range(min(result.concurrency, n))))
+        result.wall_s = time.perf_counter() - started
+    return result
+
+
 async def run_load(
     base: str, endpoint: str, n: int, concurrency: int, payload: Payload
 ) -> LoadResult:
     """Submit `n` jobs, at most `concurrency` in flight, and wait for each to end."""
     result = LoadResult(n=n, concurrency=concurrency)
     bodies = [json.dumps(payload(i)).encode() for i in range(n)]  # encoded before the clock
-    next_index = 0
 
-    async def lane(http: aiohttp.ClientSession) -> None:
-        nonlocal next_index
-        while next_index < n:
-            body = bodies[next_index]
-            next_index += 1
-            try:
-                await _one_job(http, base, endpoint, body, result)
-            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
-                result.problem("client_error", f"{type(exc).__name__}: {exc}")
+    async def one(http: aiohttp.ClientSession, i: int) -> None:
+        await _one_job(http, base, endpoint, bodies[i], result)
 
-    async with session(concurrency) as http:
-        started = time.perf_counter()
-        await asyncio.gather(*(lane(http) for _ in range(min(concurrency, n))))
-        result.wall_s = time.perf_counter() - started
-    return result
+    return await lanes(result, one)
+
+
+async def submit_only(
+    base: str, endpoint: str, n: int, concurrency: int, payload: Payload
+) -> LoadResult:
+    """Submit `n` jobs, at most `concurrency` requests in flight, without waiting for them:
+    `finished` counts the accepted submissions, `job_ids` holds their ids."""
+    result = LoadResult(n=n, concurrency=concurrency)
+
+    async def one(http: aiohttp.ClientSession, i: int) -> None:
+        body = json.dumps(payload(i)).encode()
+        async with http.post(f"{base}/api/v1/{endpoint}", data=body) as resp:
+            text = await resp.read()
+            if resp.status != 202:
+                result.problem("submit_refused", f"HTTP {resp.status} {text[:200]!r}")
+                return
+        result.outcomes["finished"] += 1
+        result.job_ids.append(json.loads(text)["job_id"])
+
+    return await lanes(result, one)
+
+
+async def hammer(url: str, n: int, concurrency: int) -> LoadResult:
+    """`n` GETs of `url`, `concurrency` in flight, with the session the job load uses:
+    the same client for the hello-world floor as for Interlock."""
+    result = LoadResult(n=n, concurrency=concurrency)
+
+    async def one(http: aiohttp.ClientSession, i: int) -> None:
+        async with http.get(url) as resp:
+            await resp.read()
+            result.outcomes["finished" if resp.status == 200 else f"http_{resp.status}"] += 1
+
+    return await lanes(result, one)

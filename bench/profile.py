@@ -1,14 +1,19 @@
-"""py-spy around a measurement window, and a summary of its collapsed stacks.
+"""py-spy around a measurement window, and summaries of profiles.
 
-    python -m bench.profile FILE.txt [--top 25]    # summarise a `py-spy record --format raw` file
+    python -m bench.profile FILE.txt [--top 25]    # a `py-spy record --format raw` file
+    python -m bench.profile FILE.prof [--top 25] [--share server/metrics.py,prometheus_client]
+                                                  # a cProfile file (bench.run --cprofile DIR)
 
 `py-spy` is not a dependency: install it with `.venv/bin/pip install py-spy` to use
-`bench.run --profile DIR`.
+`bench.run --profile DIR`. cProfile needs nothing, but it slows every Python call, so its
+shares are of a slowed process: compare shares, not times. `--share` adds up the own time of
+the functions whose file path contains one of the given parts.
 """
 
 from __future__ import annotations
 
 import argparse
+import pstats
 import re
 import shutil
 import signal
@@ -17,6 +22,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 _LINE = re.compile(r":\d+\)$")
 
 
@@ -71,6 +77,8 @@ def _frame(text: str) -> str:
 
 def summarise(path: Path, top: int = 25) -> str:
     """Self time (leaf frames) and inclusive time per function, as text."""
+    if path.suffix == ".prof":
+        return summarise_cprofile(path, top)
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
@@ -95,13 +103,56 @@ def summarise(path: Path, top: int = 25) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cprofile_rows(path: Path) -> list[tuple[str, float, float]]:
+    """(function, own seconds, inclusive seconds) of a cProfile file."""
+    stats = pstats.Stats(str(path))
+    rows = []
+    for (filename, line, name), entry in stats.stats.items():  # type: ignore[attr-defined]
+        own, inclusive = entry[2], entry[3]
+        where = filename.split("site-packages/")[-1].split(f"{ROOT}/")[-1]
+        rows.append((f"{name} ({where}:{line})", own, inclusive))
+    return rows
+
+
+def summarise_cprofile(path: Path, top: int = 25) -> str:
+    rows = _cprofile_rows(path)
+    total = sum(own for _, own, _ in rows)
+    if total <= 0:
+        return f"{path}: no calls\n"
+    lines = [f"{path}: {total:.2f} s of own time", "", f"top {top} by own time:"]
+    for name, own, _ in sorted(rows, key=lambda r: -r[1])[:top]:
+        lines.append(f"  {100 * own / total:5.1f}%  {name}")
+    return "\n".join(lines) + "\n"
+
+
+def share(path: Path, parts: list[str]) -> str:
+    """The own time of the functions whose file contains one of `parts`, as a share."""
+    rows = _cprofile_rows(path)
+    total = sum(own for _, own, _ in rows)
+    lines = []
+    for part in parts:
+        own = sum(o for name, o, _ in rows if part in name)
+        lines.append(f"  {100 * own / total:5.2f}%  {part}")
+    mine = sum(o for name, o, _ in rows if any(part in name for part in parts))
+    lines.append(f"  {100 * mine / total:5.2f}%  in all (of {total:.2f} s own time)")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--share",
+        type=lambda text: text.split(","),
+        help="cProfile files: the share of own time in files whose path contains these",
+    )
     args = parser.parse_args(argv)
     for path in args.files:
         print(summarise(path, args.top))
+        if args.share:
+            print(f"share of own time in {path}:")
+            print(share(path, args.share))
     return 0
 
 

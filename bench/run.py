@@ -3,6 +3,8 @@
     .venv/bin/python -m bench.run [--workload linear3|noop|fanout|c1|all]
                                   [--store redis|memory|cluster|both] [-n N] [-c C] [-w W]
                                   [--partitions P] [--profile DIR]
+    .venv/bin/python -m bench.run --workload linear3 --compare metrics [--pairs 5]
+    .venv/bin/python -m bench.run --workload growth [--quick] [--budget S] [--backlog N]
 
 For each workload and store it starts a fresh redis-server (for `redis`) on a free port,
 `interlock serve` with the bench blueprints, W echo workers (bench.echo_worker, built on
@@ -24,11 +26,12 @@ import os
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bench import ab, growth
 from bench import cluster as bench_cluster
 from bench.blueprints import ENDPOINTS, write_blueprints
 from bench.harness import (
@@ -85,6 +88,11 @@ SPECS: dict[str, list[Spec]] = {
 }
 ORDER = ["linear3", "noop", "fanout", "c1"]
 
+# Workloads that are a suite of their own, run by their module instead of the table above.
+SUITES: dict[str, Callable[[argparse.Namespace], int]] = {
+    "growth": lambda args: growth.run(args.quick, args.budget, args.backlog, args.sections),
+}
+
 
 @dataclass
 class Measurement:
@@ -116,6 +124,12 @@ class Measurement:
     @property
     def cpu_ms_per_job(self) -> float:
         return 1000 * self.cpu_s / self.n
+
+    @property
+    def foreign_cpu_s(self) -> float:
+        """CPU seconds of other processes on the machine in the window (should be ~0)."""
+        ours = self.cpu_s + sum(self.other_cpu_s.values())
+        return max(0.0, self.machine_cpu_s - ours - self.irq_cpu_s)
 
     def per_job(self, count: int | None) -> str:
         return "n/a" if count is None else f"{count / self.n:.1f}"
@@ -242,6 +256,7 @@ def run_one(
     quiet_wait_s: float,
     partitions: int,
     env: dict[str, str] | None = None,
+    cprofile: Path | None = None,
 ) -> Measurement:
     if quiet_wait_s > 0:
         busy = wait_for_quiet(quiet_wait_s)
@@ -253,7 +268,7 @@ def run_one(
         with _redis(store) as redis:
             url = redis.url if redis is not None else "memory://"
             with (
-                serve(workdir, url, blueprints, env, partitions=partitions) as server,
+                serve(workdir, url, blueprints, env, partitions, cprofile) as server,
                 echo_workers(workdir, server.url, spec.workers) as workers,
             ):
                 measurement = asyncio.run(
@@ -299,7 +314,7 @@ CPU_HEADER = (
 def cpu_row(m: Measurement) -> str:
     o = m.other_cpu_s
     ours = m.cpu_s + sum(o.values())
-    foreign = max(0.0, m.machine_cpu_s - ours - m.irq_cpu_s)
+    foreign = m.foreign_cpu_s
     wall = m.load.wall_s
     capacity = wall * (os.cpu_count() or 1)
     busy = 100 * m.machine_cpu_s / capacity if capacity else 0.0
@@ -395,11 +410,53 @@ def report(results: list[Measurement]) -> None:
             print(f"{m.spec.name} ({m.store}) problems, first few: {m.load.examples}")
 
 
+def _spec(args: argparse.Namespace, spec: Spec) -> Spec:
+    """`spec` with the -c and -w overrides applied."""
+    if args.c is not None and not spec.name.startswith("c1"):
+        spec = replace(spec, concurrency=args.c)
+    if args.w is not None and spec.workers > 0:
+        spec = replace(spec, workers=args.w)
+    return spec
+
+
+def compare(args: argparse.Namespace) -> int:
+    """--compare: interleaved A/B pairs of one workload on one Redis (bench/ab.py)."""
+    if args.workload not in SPECS or len(SPECS[args.workload]) != 1:
+        print(f"--compare needs one workload of {[k for k, v in SPECS.items() if len(v) == 1]}")
+        return 2
+    spec = _spec(args, SPECS[args.workload][0])
+    n = args.n if args.n is not None else spec.n
+    partitions = args.partitions or PARTITIONS
+    quiet = args.quiet_wait or 0.0
+
+    def measure(env: Mapping[str, str], side: str, pair: int) -> ab.Run:
+        m = run_one(spec, "redis", n, None, quiet, partitions, dict(env))
+        return ab.Run(
+            side=side,
+            pair=pair,
+            jobs_per_s=m.load.jobs_per_s,
+            cpu_ms_per_job=m.cpu_ms_per_job,
+            redis_cmds_per_job=None if m.redis_calls is None else m.redis_calls / m.n,
+            not_finished=m.not_finished,
+            foreign_cpu_s=m.foreign_cpu_s,
+        )
+
+    runs = ab.run_pairs(
+        args.compare, f"{spec.name} N={n} C={spec.concurrency}", args.pairs, measure
+    )
+    ab.report(args.compare, runs)
+    failed = sum(r.not_finished for r in runs)
+    if failed:
+        print(f"FAILED: {failed} job(s) did not finish")
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description="Interlock throughput and latency benchmark"
     )
-    parser.add_argument("--workload", choices=[*ORDER, "all"], default="all")
+    parser.add_argument("--workload", choices=[*ORDER, *SUITES, "all"], default="all")
     parser.add_argument("--store", choices=["redis", "memory", "cluster", "both"], default="both")
     parser.add_argument(
         "--partitions",
@@ -421,17 +478,56 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=Path, metavar="DIR", help="py-spy the orchestrator into DIR"
     )
     parser.add_argument(
+        "--cprofile",
+        type=Path,
+        metavar="DIR",
+        help="run the orchestrator under cProfile (the whole run, slower), writing "
+        "DIR/<workload>-<store>.prof; summarise with python -m bench.profile",
+    )
+    parser.add_argument(
         "--quiet-wait",
         type=float,
-        default=120.0,
         metavar="S",
         help="before each workload, wait up to S seconds for other processes to leave the "
-        "CPUs idle (default 120; 0: do not wait)",
+        "CPUs idle (default 120; 0 with --compare, whose pairs are interleaved instead; "
+        "0: do not wait)",
+    )
+    parser.add_argument(
+        "--compare",
+        choices=sorted(ab.COMPARISONS),
+        help="run the workload in interleaved A/B pairs with this setting off and on, and "
+        "print the on/off ratios (redis store)",
+    )
+    parser.add_argument("--pairs", type=int, default=5, help="A/B pairs for --compare")
+    growth_flags = parser.add_argument_group("--workload growth")
+    growth_flags.add_argument("--quick", action="store_true", help="small sizes only")
+    growth_flags.add_argument(
+        "--budget", type=float, metavar="S", help="seconds a point may take (180; quick 30)"
+    )
+    growth_flags.add_argument(
+        "--backlog", type=int, metavar="N", help="jobs queued before the workers start"
+    )
+    growth_flags.add_argument(
+        "--sections",
+        type=lambda text: text.split(","),
+        default=list(growth.SECTIONS),
+        help=f"comma-separated, of {','.join(growth.SECTIONS)} (default: all)",
     )
     args = parser.parse_args(argv)
 
-    if args.profile is not None:
-        args.profile.mkdir(parents=True, exist_ok=True)
+    if args.workload in SUITES:
+        unknown = set(args.sections) - set(growth.SECTIONS)
+        if unknown:
+            parser.error(f"--sections: unknown {sorted(unknown)}; use {list(growth.SECTIONS)}")
+        return SUITES[args.workload](args)
+    if args.compare is not None:
+        return compare(args)
+    if args.quiet_wait is None:
+        args.quiet_wait = 120.0
+
+    for folder in (args.profile, args.cprofile):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
     names = ORDER if args.workload == "all" else [args.workload]
     stores = ["redis", "memory"] if args.store == "both" else [args.store]
     print(f"machine: {machine_summary()}")
@@ -439,10 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     for store in stores:
         for name in names:
             for spec in SPECS[name]:
-                if args.c is not None and not spec.name.startswith("c1"):
-                    spec = replace(spec, concurrency=args.c)
-                if args.w is not None and spec.workers > 0:
-                    spec = replace(spec, workers=args.w)
+                spec = _spec(args, spec)
                 n = (
                     args.n
                     if args.n is not None
@@ -457,12 +550,15 @@ def main(argv: list[str] | None = None) -> int:
                 partitions = args.partitions or (
                     CLUSTER_PARTITIONS if store == "cluster" else PARTITIONS
                 )
-                m = run_one(spec, store, n, args.profile, args.quiet_wait, partitions, env)
+                cprofile = args.cprofile and args.cprofile / f"{spec.name}-{store}.prof"
+                m = run_one(
+                    spec, store, n, args.profile, args.quiet_wait, partitions, env, cprofile
+                )
                 print(row(m), flush=True)
                 results.append(m)
     report(results)
-    if args.profile is not None:
-        for path in sorted(args.profile.glob("*.txt")):
+    for folder, pattern in ((args.profile, "*.txt"), (args.cprofile, "*.prof")):
+        for path in sorted(folder.glob(pattern)) if folder is not None else []:
             print(summarise(path, top=20))
     failed = sum(m.not_finished for m in results)
     if failed:

@@ -85,7 +85,7 @@ def provider_from_env(environ: dict[str, str] | None = None) -> TracerProvider |
     if name == "console":
         exporter = ConsoleSpanExporter()
     elif name == "otlp":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter,
         )
 

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from engine.runtime.orchestrator import Orchestrator
 from server.app import build_app_around
 from server.config import Settings
-from server.tracing import JobIdGenerator, span_id_of, trace_id_of
+from server.tracing import JobIdGenerator, provider_from_env, span_id_of, trace_id_of
 from tests.server.conftest import serve
 from tests.server.helpers import WORKER_TOKEN, Client, job, submit
 from tests.worker_sdk.support import fast_env, worker_process
@@ -91,3 +91,21 @@ async def test_a_job_is_one_trace_from_orchestrator_to_worker(
         assert span["context"]["trace_id"] == f"0x{trace_id:032x}"
         task_id = span["attributes"]["interlock.task_id"]
         assert span["parent_id"] == f"0x{tasks[task_id].context.span_id:016x}"
+
+
+@pytest.mark.parametrize("name", ["jaeger", "zipkin", "otlp_grpc"])
+def test_an_exporter_other_than_console_or_otlp_is_refused_by_name(name: str) -> None:
+    with pytest.raises(ValueError, match=f"OTEL_TRACES_EXPORTER='{name}' is not supported"):
+        provider_from_env({"OTEL_TRACES_EXPORTER": name})
+
+
+def test_otlp_gives_the_http_protobuf_exporter() -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    provider = provider_from_env({"OTEL_TRACES_EXPORTER": "otlp"})
+    assert provider is not None
+    try:
+        [processor] = provider._active_span_processor._span_processors
+        assert isinstance(processor.span_exporter, OTLPSpanExporter)  # type: ignore[attr-defined]
+    finally:
+        provider.shutdown()

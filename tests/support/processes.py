@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -85,10 +85,12 @@ def serve(
     *,
     port: int | None = None,
     graceful: bool = False,
+    python_args: Sequence[str] = (),
 ) -> Iterator[Server]:
     """A real `interlock serve` process, killed (SIGKILL) on exit, or stopped with SIGTERM
     when `graceful`. A given `port` lets a test kill an orchestrator and bring it back at the
-    same URL. `env` wins over the settings given here."""
+    same URL. `env` wins over the settings given here. `python_args` go to the interpreter
+    before `-m interlock_cli` (the benchmarks' `-m cProfile -o FILE`)."""
     port = port or free_port()
     log = tmp_path / f"server-{port}-{time.monotonic_ns()}.log"
     environment = {
@@ -104,7 +106,7 @@ def serve(
     }
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "interlock_cli", "serve"],
+            [sys.executable, *python_args, "-m", "interlock_cli", "serve"],
             cwd=ROOT,
             env=environment,
             stdout=sink,
