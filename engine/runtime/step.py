@@ -20,6 +20,7 @@ from engine.runtime.jobdoc import (
     EXPRESSION_ERROR,
     MAX_TRANSITIONS,
     TERMINAL,
+    BranchData,
     Effects,
     JobDoc,
     JobStatus,
@@ -71,7 +72,7 @@ class Kind(Generic[S]):
 class Step:
     """A change being decided: see the module docstring."""
 
-    __slots__ = ("bp", "doc", "fx", "kinds", "max_transitions", "now", "rng", "settings")
+    __slots__ = ("bp", "branch", "doc", "fx", "kinds", "max_transitions", "now", "rng", "settings")
 
     def __init__(
         self,
@@ -83,6 +84,7 @@ class Step:
         fx: Effects,
         now: int,
         rng: random.Random,
+        branch: BranchData | None = None,
     ) -> None:
         self.bp = bp  # the blueprint the job is pinned to
         self.settings = settings
@@ -91,6 +93,8 @@ class Step:
         self.fx = fx  # what the store must do besides writing the document
         self.now = now  # epoch ms; one instant for the whole change
         self.rng = rng
+        # A parallel state's stored items and results, as far as read (engine/runtime/parallel.py)
+        self.branch = branch if branch is not None else BranchData()
         self.max_transitions = bp.max_transitions or settings.max_transitions
 
     # -- looking things up -----------------------------------------------------------------
