@@ -56,8 +56,6 @@ states:
     output: {{count: "${{ length(steps.fan) }}", last: "${{ steps.fan[-1].item }}"}}
 """
 
-DEADLINE_S = 600.0
-
 
 @dataclass
 class Run:
@@ -68,11 +66,11 @@ class Run:
     finished: bool
 
 
-async def one_job(base: str, items: int) -> tuple[float, bool]:
+async def one_job(base: str, items: int, deadline_s: float) -> tuple[float, bool]:
     """Submit a job of `items` branches; (seconds until it is seen finished, finished?)."""
     headers = {"X-Client-Token": CLIENT_TOKEN, "Content-Type": "application/json"}
     body = json.dumps({"initial_data": {"items": list(range(items))}})
-    timeout = aiohttp.ClientTimeout(total=DEADLINE_S + 60)
+    timeout = aiohttp.ClientTimeout(total=deadline_s + 60)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
         started = time.perf_counter()
         async with http.post(f"{base}/api/v1/jobs/bench_wide", data=body) as resp:
@@ -81,7 +79,7 @@ async def one_job(base: str, items: int) -> tuple[float, bool]:
                 print(f"  submit refused: HTTP {resp.status} {answer}")
                 return time.perf_counter() - started, False
         url = f"{base}/api/v1/jobs/{answer['job_id']}"
-        while time.perf_counter() - started < DEADLINE_S:
+        while time.perf_counter() - started < deadline_s:
             async with http.get(url, params={"wait": "30"}) as resp:
                 doc = await resp.json()
             if doc["status"] in ("finished", "failed", "cancelled"):
@@ -94,12 +92,12 @@ async def one_job(base: str, items: int) -> tuple[float, bool]:
         return time.perf_counter() - started, False
 
 
-async def measure(base: str, redis: RedisServer, pid: int, items: int) -> Run:
+async def measure(base: str, redis: RedisServer, pid: int, items: int, deadline_s: float) -> Run:
     client = redis.client()
     try:
         before_calls = await command_calls(client)
         before_cpu = cpu_seconds(pid)
-        wall_s, finished = await one_job(base, items)
+        wall_s, finished = await one_job(base, items, deadline_s)
         cpu = cpu_seconds(pid) - before_cpu
         calls = await command_calls(client) - before_calls
     finally:
@@ -124,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=200, help="tasks each worker runs at once")
     parser.add_argument("--max-concurrency", type=int, default=0, help="0: not set")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved runs per width")
+    parser.add_argument("--deadline", type=float, default=600.0, help="seconds per job")
     args = parser.parse_args(argv)
     widths = [int(w) for w in args.items.split(",")]
     limit = f"\n      max_concurrency: {args.max_concurrency}" if args.max_concurrency else ""
@@ -140,10 +139,13 @@ def main(argv: list[str] | None = None) -> int:
             serve(workdir, redis.url, folder, env) as server,
             echo_workers(workdir, server.url, args.workers, slots=args.slots),
         ):
-            asyncio.run(one_job(server.url, 10))  # warm up: workers registered, code loaded
+            asyncio.run(
+                one_job(server.url, 10, args.deadline)
+            )  # warm up: workers registered, code loaded
             for _ in range(args.rounds):
                 for width in widths:
-                    run = asyncio.run(measure(server.url, redis, server.pid, width))
+                    job = measure(server.url, redis, server.pid, width, args.deadline)
+                    run = asyncio.run(job)
                     runs[width].append(run)
                     ok = ok and run.finished
                     print(

@@ -206,6 +206,11 @@ class Step:
         doc["retries"] = []
         doc["wait_until"] = None
         doc["approval"] = None
+        book = doc["parallel"]
+        if book is not None:  # its stored items and results go now, not after the retention
+            self.fx.branch_items.clear()
+            self.fx.branch_results.clear()
+            self.fx.drop_branches = max(self.fx.drop_branches, book["count"])
         doc["parallel"] = None
         self.fx.terminal = True
         self.fx.notify_parent = doc["parent"] is not None

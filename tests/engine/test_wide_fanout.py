@@ -197,3 +197,12 @@ async def test_a_branch_put_back_is_launched_again_with_its_stored_item(
 
 def task_worker(task: dict[str, Any], first: dict[str, Any], one: str, other: str) -> str:
     return one if task is first else other
+
+
+def test_a_cancelled_fan_out_forgets_its_stored_items() -> None:
+    job = RulesDriver(fanout(limit=LIMIT), {"items": list(range(500))})
+    job.result(job.lease("w"), data={"sq": 0})
+    assert (len(job.branch_items), len(job.branch_results)) == (500, 1)
+    job.cancel()
+    assert job.status == "cancelled"
+    assert (job.branch_items, job.branch_results) == ({}, {})
