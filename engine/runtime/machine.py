@@ -51,7 +51,7 @@ class Machine:
         """A change of `doc` at `now`, collecting its effects. `branch`: what was read of a
         parallel state's stored branch state (see engine/runtime/parallel.py)."""
         fx = Effects(leases=leases if leases is not None else {})
-        return Step(
+        step = Step(
             bp=self.bp,
             settings=self.settings,
             kinds=KINDS,
@@ -61,6 +61,9 @@ class Machine:
             rng=rng,
             branch=branch,
         )
+        if doc["parallel"] is not None and "run" not in doc["parallel"]:
+            parallel.upgrade(step)  # written by an earlier version of the engine
+        return step
 
     def branch_wants(self, doc: JobDoc) -> tuple[list[int], bool]:
         """The stored branch items (indexes) and whether every result, that the job's next

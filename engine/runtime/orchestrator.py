@@ -497,7 +497,7 @@ class Orchestrator:
         while the state runs: they never change) and every result stored at the version
         read (results are read again for another version)."""
         book = record.doc["parallel"]
-        if book is None:
+        if book is None or "run" not in book:  # (an older book carries its own: upgrade)
             return
         if branch.run != book["run"]:
             branch.run, branch.items, branch.results, branch.version = book["run"], {}, None, -1

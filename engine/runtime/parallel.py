@@ -118,6 +118,20 @@ def _branch(task: TaskRecord) -> int:
     return branch
 
 
+def upgrade(step: Step) -> None:
+    """A parallel state entered before its branch state left the document (its book holds
+    `items` and `results`): move them out, as its entry would now, in this change."""
+    book: dict[str, Any] = step.doc["parallel"]  # type: ignore[assignment]  # an older shape
+    items = book.pop("items", None)
+    results = book.pop("results", None) or []
+    book["run"] = -1  # no entry since has stored fields: any number no entry uses will do
+    by_index = dict(enumerate(items)) if items is not None else {}
+    settled = {n: result for n, result in enumerate(results) if result is not None}
+    step.fx.branch_items.update(by_index)
+    step.fx.branch_results.update(settled)
+    step.branch = BranchData(-1, by_index, settled)
+
+
 def wants(state: ParallelState, doc: JobDoc) -> tuple[list[int], bool]:
     """What of the stored branch state the next change of `doc` may need, to read before
     deciding it: the items of the branches it may launch (the next one, the ones waiting

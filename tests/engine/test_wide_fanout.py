@@ -206,3 +206,21 @@ def test_a_cancelled_fan_out_forgets_its_stored_items() -> None:
     job.cancel()
     assert job.status == "cancelled"
     assert (job.branch_items, job.branch_results) == ({}, {})
+
+
+def test_a_fan_out_entered_by_an_earlier_engine_goes_on_to_its_join() -> None:
+    # given a job whose parallel state keeps its items and results in the document, as
+    # the engine wrote it before they moved out, with branch 0 settled
+    job = RulesDriver(fanout(limit=2), {"items": [3, 4, 5]})
+    first, second = job.lease("w"), job.lease("w")
+    job.result(first, data={"sq": 9})
+    book = job.doc["parallel"]
+    del book["run"]
+    book.update(items=[3, 4, 5], results=[{"sq": 9}, None, None])
+    job.branch_items.clear()
+    job.branch_results.clear()
+    # when the other branches end
+    job.result(second, data={"sq": 16})
+    job.result(job.lease("w"), data={"sq": 25})
+    # then the join has every result, the one settled before included
+    assert job.doc["result"] == [{"sq": 9}, {"sq": 16}, {"sq": 25}]

@@ -151,7 +151,7 @@ class RulesDriver:
     def branch(self) -> BranchData:
         """Everything stored of the running parallel state, as the orchestrator reads it."""
         book = self.doc.get("parallel")
-        run = book["run"] if book else None
+        run = book.get("run") if book else None
         return BranchData(run, self.branch_items, self.branch_results)
 
     # -- the outside world ----------------------------------------------------------------------
