@@ -112,11 +112,15 @@ async def fire(orch: LoopHost, job_id: str) -> None:
         if subflow is not None and now_ms() >= subflow["check_at"]:
             found = await orch.store.read_job(subflow["child_id"])
             child = found.doc if found else None
-        fx = machine.on_timer(doc, leases, now_ms(), orch.rng, alive, child, orch.heard_since)
+        fx = machine.on_timer(
+            doc, leases, now_ms(), orch.rng, alive, child, orch.heard_since, record.branch
+        )
         return fx if fx is not None else Effects(leases=leases)  # ended: put the timer back
 
     try:
-        if await orch.apply(job_id, rule) is None and not await orch.store.exists(job_id):
+        if await orch.apply(job_id, rule, gather=True) is None and not await orch.store.exists(
+            job_id
+        ):
             await orch.store.drop_timer(job_id)
     except UnknownBlueprintVersion as exc:
         log.error("job %s uses blueprint %s, which no orchestrator knows", job_id, exc)

@@ -61,7 +61,7 @@ class LoopHost(Protocol):
     schedules: tuple[Schedule, ...]
     heard_since: int  # when workers could reach the deployment again (start, store back)
 
-    async def apply(self, job_id: str, rule: Rule) -> Outcome: ...
+    async def apply(self, job_id: str, rule: Rule, *, gather: bool = False) -> Outcome: ...
 
     async def create(
         self, job_id: str, blueprint: Blueprint, initial_data: Any, *, client: str

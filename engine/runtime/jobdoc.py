@@ -81,17 +81,18 @@ class RetryRecord(TypedDict):
 
 
 class ParallelBook(TypedDict):
-    """A parallel state in progress."""
+    """A parallel state in progress: counters only, whatever its width. A `for_each`'s items
+    and every branch's result are stored apart from the document, one job hash field each
+    (`BranchData`), so that a branch result writes its own result and not all of them."""
 
     state: str
+    run: int  # which entry of the state this is (the job's `transitions` when it entered)
     count: int  # branches in all
-    items: list[Any] | None  # for_each: the list it iterates; None for static branches
     names: list[str] | None  # static branches: their names in order; None for for_each
     next: int  # the index of the next branch to launch
     running: int  # branches launched and not yet settled
     done: int  # branches settled (succeeded, or failed under `collect`)
     failed: int  # of those, how many failed
-    results: list[Any]  # by branch index; None until the branch settles
 
 
 class ApprovalBook(TypedDict):
@@ -217,6 +218,29 @@ class RuntimeSettings:
     subflow_check_ms: int = 5_000  # how often a parent looks at its child (crash recovery)
 
 
+@dataclass(slots=True)
+class BranchData:
+    """What a rule was given of a parallel state's branch state stored outside the document:
+    `for_each` items by index, and the results of the settled branches. The orchestrator
+    reads what a rule asks for (`NeedBranchData`) and decides again."""
+
+    run: int | None = None  # the ParallelBook `run` the data belongs to
+    items: dict[int, Any] = field(default_factory=dict)  # the items read so far
+    results: dict[int, Any] | None = None  # every stored result (None: not read)
+    version: int = -1  # the job version the results were read at
+
+
+class NeedBranchData(Exception):
+    """Raised by a rule that needs stored branch data it was not given (an item to launch a
+    branch with, or every result to join). Nothing of the attempt counts: the caller reads
+    the data and applies the rule again to the job as it was."""
+
+    def __init__(self, items: list[int], results: bool) -> None:
+        super().__init__(f"branch items {items[:5]} and results {results} needed")
+        self.items = items
+        self.results = results
+
+
 @dataclass(frozen=True, slots=True)
 class TaskLease:
     """A task's dispatch state as Lua keeps it: queued, or leased to a worker."""
@@ -285,6 +309,10 @@ class Effects:
     notify_parent: bool = False
     terminal: bool = False
     revived: bool = False  # an ended job runs again (redrive): it is kept, and announced
+    # A parallel state's branch state, stored as job hash fields beside the document:
+    branch_items: dict[int, Any] = field(default_factory=dict)  # for_each items, written once
+    branch_results: dict[int, Any] = field(default_factory=dict)  # results of settled branches
+    drop_branches: int = 0  # forget the items and results of branches 0 .. n-1 (joined)
 
     def event(self, now: int, event: str, **data: Any) -> None:
         self.history.append(

@@ -13,11 +13,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from engine.blueprint.model import Blueprint, ListenState
-from engine.runtime import events, pausing, redrive, tasks, waiting
+from engine.blueprint.model import Blueprint, ListenState, ParallelState
+from engine.runtime import events, parallel, pausing, redrive, tasks, waiting
 from engine.runtime.jobdoc import (
     JOB_TIMEOUT,
     TERMINAL,
+    BranchData,
     Effects,
     Ignored,
     JobDoc,
@@ -39,12 +40,40 @@ class Machine:
         self.bp = blueprint
         self.settings = settings
 
-    def step(self, doc: JobDoc, now: int, rng: random.Random, leases: Leases | None = None) -> Step:
-        """A change of `doc` at `now`, collecting its effects."""
+    def step(
+        self,
+        doc: JobDoc,
+        now: int,
+        rng: random.Random,
+        leases: Leases | None = None,
+        branch: BranchData | None = None,
+    ) -> Step:
+        """A change of `doc` at `now`, collecting its effects. `branch`: what was read of a
+        parallel state's stored branch state (see engine/runtime/parallel.py)."""
         fx = Effects(leases=leases if leases is not None else {})
-        return Step(
-            bp=self.bp, settings=self.settings, kinds=KINDS, doc=doc, fx=fx, now=now, rng=rng
+        step = Step(
+            bp=self.bp,
+            settings=self.settings,
+            kinds=KINDS,
+            doc=doc,
+            fx=fx,
+            now=now,
+            rng=rng,
+            branch=branch,
         )
+        if doc["parallel"] is not None and "run" not in doc["parallel"]:
+            parallel.upgrade(step)  # written by an earlier version of the engine
+        return step
+
+    def branch_wants(self, doc: JobDoc) -> tuple[list[int], bool]:
+        """The stored branch items (indexes) and whether every result, that the job's next
+        change may need: worth reading along with the job (see parallel.wants)."""
+        book = doc["parallel"]
+        if book is None:
+            return [], False
+        state = self.bp.states[book["state"]]
+        assert isinstance(state, ParallelState)
+        return parallel.wants(state, doc)
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -55,7 +84,13 @@ class Machine:
         return step.fx
 
     def on_result(
-        self, doc: JobDoc, leases: Leases, result: dict[str, Any], now: int, rng: random.Random
+        self,
+        doc: JobDoc,
+        leases: Leases,
+        result: dict[str, Any],
+        now: int,
+        rng: random.Random,
+        branch: BranchData | None = None,
     ) -> Effects | Ignored:
         """A worker's answer (`task_id`, `worker_id`, `status`, `data`, `error`)."""
         task_id = str(result.get("task_id", ""))
@@ -72,7 +107,7 @@ class Machine:
             return Ignored("not_leased")
         if lease.worker != worker:
             return Ignored("worker_mismatch")
-        step = self.step(doc, now, rng, leases)
+        step = self.step(doc, now, rng, leases, branch)
         task = step.retire(task_id)
         status = str(result.get("status") or "success")
         step.fx.history.append(tasks.picked_up(task, lease))
@@ -96,6 +131,7 @@ class Machine:
         alive: dict[str, dict[str, Any] | None],
         child: JobDoc | None,
         heard_since: int = 0,
+        branch: BranchData | None = None,
     ) -> Effects | None:
         """Handle whatever has fallen due; None when the job has ended.
 
@@ -105,7 +141,7 @@ class Machine:
         worker's silence before it does not count)."""
         if doc["status"] in TERMINAL:
             return None
-        step = self.step(doc, now, rng, leases)
+        step = self.step(doc, now, rng, leases, branch)
         deadline = doc["deadline"] if doc.get("paused") is None else None  # waits for resume
         if deadline is not None and now >= deadline:
             message = "the job did not end within its result_timeout"
@@ -194,7 +230,13 @@ class Machine:
         return step.fx
 
     def on_release(
-        self, doc: JobDoc, leases: Leases, worker: str, task_id: str, now: int
+        self,
+        doc: JobDoc,
+        leases: Leases,
+        worker: str,
+        task_id: str,
+        now: int,
+        branch: BranchData | None = None,
     ) -> Effects | Ignored:
         """The worker never received a task leased to it (its poll was gone): queue it again
         at once, as the same attempt."""
@@ -204,7 +246,7 @@ class Machine:
             return Ignored("stale_task")
         if lease is None or lease.state != "leased" or lease.worker != worker:
             return Ignored("worker_mismatch")
-        step = self.step(doc, now, _SYSTEM_RNG, leases)
+        step = self.step(doc, now, _SYSTEM_RNG, leases, branch)
         step.retire(task_id, answered=False)
         step.task_event("task_released", task, worker=worker)
         tasks.launch(step, step.state(task["state"]), task["branch"], task["attempt"])

@@ -30,12 +30,14 @@ from engine.runtime.host import OrchestratorSettings as OrchestratorSettings
 from engine.runtime.janitor import IndexJanitor
 from engine.runtime.jobdoc import (
     TERMINAL,
+    BranchData,
     ChildJob,
     Effects,
     Enqueue,
     Ignored,
     JobDoc,
     JobStatus,
+    NeedBranchData,
     ParentRef,
     TaskLease,
     new_job,
@@ -427,9 +429,10 @@ class Orchestrator:
         body = {**result, "worker_id": worker_id}
 
         async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
-            return machine.on_result(record.doc, leases_of(record), body, now_ms(), self.rng)
+            leases = leases_of(record)
+            return machine.on_result(record.doc, leases, body, now_ms(), self.rng, record.branch)
 
-        outcome = await self.apply(str(result.get("job_id", "")), rule)
+        outcome = await self.apply(str(result.get("job_id", "")), rule, gather=True)
         if isinstance(outcome, Applied):
             return {"status": "accepted"}
         return {"status": "ignored", "reason": _reason(outcome)}
@@ -440,7 +443,9 @@ class Orchestrator:
 
         async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
             leases = leases_of(record)
-            return machine.on_release(record.doc, leases, worker_id, task["task_id"], now_ms())
+            return machine.on_release(
+                record.doc, leases, worker_id, task["task_id"], now_ms(), record.branch
+            )
 
         outcome = await self.apply(str(task["job_id"]), rule)
         return "released" if isinstance(outcome, Applied) else _reason(outcome)
@@ -457,7 +462,7 @@ class Orchestrator:
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def apply(self, job_id: str, rule: Rule) -> Outcome:
+    async def apply(self, job_id: str, rule: Rule, *, gather: bool = False) -> Outcome:
         """Read the job, let `rule` decide, and commit what it decided, once.
 
         Answers `Applied` with the committed document, `Ignored` with the rule's reason, or
@@ -465,17 +470,38 @@ class Orchestrator:
         it was read (another orchestrator, a lease, the timer) is decided again on a fresh
         read; clashes that persist back off. Changes to one job from this process queue on
         a local lock, so versions only clash with other processes and with leases.
+
+        A parallel state's stored items and results are read when the rule asks for them
+        (`NeedBranchData`; the rule then decides again on the job as it was), or with
+        `gather` up front, whatever the job's next change may need (`Machine.branch_wants`).
         """
         async with self._lock(job_id):
+            branch = BranchData()  # what was read of the job's branch state, kept meanwhile
+            need: NeedBranchData | None = None
+            again = True  # start from what we committed last
             for retry in range(MAX_CONFLICT_RETRIES):
-                record = self.recent.record(job_id) if retry == 0 else None
+                record = self.recent.record(job_id) if again else None
+                again = False
                 remembered = record is not None
                 if record is None:
                     record = await self.store.read_job(job_id)
                 if record is None:
                     return None
                 machine = await self.registry.machine(record.doc["hash"], self.store)
-                decided = await rule(record, machine)
+                if need is not None or gather:
+                    wanted = (
+                        (need.items, need.results) if need else machine.branch_wants(record.doc)
+                    )
+                    await self._read_branches(record, branch, *wanted)
+                    record.branch = branch
+                try:
+                    decided = await rule(record, machine)
+                except NeedBranchData as asked:
+                    # Nothing of the attempt counts (it changed a copy): decide again, on the
+                    # same version of the job, with what it asked for.
+                    need, again = asked, remembered
+                    continue
+                need = None
                 if isinstance(decided, Ignored):
                     if remembered:
                         # Decided on what we remembered, which may be stale, and no version
@@ -489,6 +515,28 @@ class Orchestrator:
                 if retry >= 3:
                     await asyncio.sleep(self.rng.uniform(0, min(0.02, 0.0005 * 2**retry)))
         raise StoreUnavailable(f"job {job_id} changed {MAX_CONFLICT_RETRIES} times while we tried")
+
+    async def _read_branches(
+        self, record: JobRecord, branch: BranchData, items: list[int], results: bool
+    ) -> None:
+        """Complete `branch` with what is asked of the job's parallel state: items (kept
+        while the state runs: they never change) and every result stored at the version
+        read (results are read again for another version)."""
+        book = record.doc["parallel"]
+        if book is None or "run" not in book:  # (an older book carries its own: upgrade)
+            return
+        if branch.run != book["run"]:
+            branch.run, branch.items, branch.results, branch.version = book["run"], {}, None, -1
+        if branch.version != record.version:
+            branch.results, branch.version = None, record.version
+        missing = [n for n in items if n not in branch.items and 0 <= n < book["count"]]
+        count = book["count"] if results and branch.results is None else 0
+        if not missing and not count:
+            return
+        found, stored = await self.store.read_branches(record.doc["id"], missing, count)
+        branch.items.update(found)
+        if count:
+            branch.results = stored
 
     @contextlib.asynccontextmanager
     async def _lock(self, job_id: str) -> AsyncIterator[None]:
@@ -524,12 +572,19 @@ class Orchestrator:
         leases = {task_id: TaskLease.decode(raw) for task_id, raw in raw_leases.items()}
         version = (record.version if record else 0) + 1
         note = self.observer.before_commit(machine, _plain(doc), fx)  # observe.py: hook 1 of 2
-        doc_json = dumps(doc)
+        # The initial_data is stored apart, once (a for_each over it must not rewrite it with
+        # every branch result); a job written before it was gets it stored now.
+        doc_json = dumps({k: v for k, v in doc.items() if k != "initial_data"})
+        fields = {"v": str(version), "doc": doc_json, "leases": dumps(raw_leases)}
+        input_bytes = None
+        if record is None or not record.input_apart:
+            fields["input"] = dumps(doc["initial_data"])
+            input_bytes = len(fields["input"])
         webhook = fx.terminal and bool(doc.get("webhook_url"))
         change = Commit(
             job_id=doc["id"],
             expected_version=record.version if record else None,
-            fields={"v": str(version), "doc": doc_json, "leases": dumps(raw_leases)},
+            fields=fields,
             timer_ms=machine.next_due(doc, leases),
             payloads={e.task_id: dumps(e.payload) for e in fx.enqueue},
             drop=fx.dropped,
@@ -542,6 +597,9 @@ class Orchestrator:
             webhook_ms=now if webhook else None,
             done=fx.terminal or fx.revived,  # a redrive is announced: others forget the end
             history=fx.history,
+            branch_items={n: dumps(item) for n, item in fx.branch_items.items()},
+            branch_results={n: dumps(result) for n, result in fx.branch_results.items()},
+            drop_branches=fx.drop_branches,
             # Indexes the jobs waiting for a person, for metrics (server/metrics.py).
             human_ms=_waiting_since(doc),
         )
@@ -558,10 +616,19 @@ class Orchestrator:
                 self.recent.forget(doc["id"])
         if not applied:
             return False
-        self.recent.remember(doc["id"], version, doc_json, raw_leases, fx.terminal)
+        self.recent.remember(
+            doc["id"],
+            version,
+            doc_json,
+            raw_leases,
+            fx.terminal,
+            initial_data=doc["initial_data"],
+            input_bytes=input_bytes,
+        )
         self.observer.committed(machine, _plain(doc), fx, note)  # observe.py: hook 2 of 2
         queued = {e.task_type for e in enqueue}
-        await self._after_commit(doc, fx, webhook, queued, JobRecord(version, doc, raw_leases))
+        committed = JobRecord(version, doc, raw_leases, input_apart=True)
+        await self._after_commit(doc, fx, webhook, queued, committed)
         return True
 
     def _place_tasks(

@@ -18,11 +18,19 @@ from engine.runtime import tasks
 from engine.runtime.jobdoc import (
     BRANCH_CANCELLED,
     UNDECLARED_STATUS,
+    BranchData,
+    JobDoc,
     JobStatus,
+    NeedBranchData,
     ParallelBook,
     TaskRecord,
 )
 from engine.runtime.step import Kind, Next, Step
+
+# A for_each without max_concurrency runs this many branches at once. Each branch result
+# costs in proportion to the branches in flight (their tasks are in the job document),
+# never to the items: a cap keeps a 100,000-item fan-out as cheap per branch as a small one.
+FOR_EACH_CONCURRENCY = 100
 
 
 class ParallelKind(Kind[ParallelState]):
@@ -40,17 +48,20 @@ class ParallelKind(Kind[ParallelState]):
         else:
             names = [name for name, _ in state.branches]
             count = len(names)
+        run = step.doc["transitions"]  # unique to this entry of the state
         step.doc["parallel"] = {
             "state": state.name,
+            "run": run,
             "count": count,
-            "items": items,
             "names": names,
             "next": 0,
             "running": 0,
             "done": 0,
             "failed": 0,
-            "results": [None] * count,
         }
+        by_index = dict(enumerate(items)) if items is not None else {}
+        step.fx.branch_items.update(by_index)
+        step.branch = BranchData(run, by_index, {})
         step.doc["status"] = JobStatus.RUNNING
         step.event("parallel_started", state=state.name, branches=count)
         if count == 0:
@@ -61,9 +72,8 @@ class ParallelKind(Kind[ParallelState]):
     def task_context(self, step: Step, state: ParallelState, branch: int | None) -> dict[str, Any]:
         book = _book(step)
         assert branch is not None
-        if book["items"] is not None:
-            return {"item": book["items"][branch], "index": branch}
-        assert book["names"] is not None
+        if book["names"] is None:
+            return {"item": _items(step, state, [branch])[branch], "index": branch}
         return {"item": None, "index": branch, "branch": book["names"][branch]}
 
     def task_succeeded(
@@ -92,7 +102,7 @@ class ParallelKind(Kind[ParallelState]):
         # fail_fast: stop the siblings, forget their pending retries, and fail the state.
         step.cancel_tasks(BRANCH_CANCELLED, state=state.name)
         step.doc["retries"] = [r for r in step.doc["retries"] if r["state"] != state.name]
-        step.doc["parallel"] = None
+        _forget(step, _book(step))
         step.fail_state(state, "failure", error)
 
 
@@ -108,9 +118,58 @@ def _branch(task: TaskRecord) -> int:
     return branch
 
 
+def upgrade(step: Step) -> None:
+    """A parallel state entered before its branch state left the document (its book holds
+    `items` and `results`): move them out, as its entry would now, in this change."""
+    book: dict[str, Any] = step.doc["parallel"]  # type: ignore[assignment]  # an older shape
+    items = book.pop("items", None)
+    results = book.pop("results", None) or []
+    book["run"] = -1  # no entry since has stored fields: any number no entry uses will do
+    by_index = dict(enumerate(items)) if items is not None else {}
+    settled = {n: result for n, result in enumerate(results) if result is not None}
+    step.fx.branch_items.update(by_index)
+    step.fx.branch_results.update(settled)
+    step.branch = BranchData(-1, by_index, settled)
+
+
+def wants(state: ParallelState, doc: JobDoc) -> tuple[list[int], bool]:
+    """What of the stored branch state the next change of `doc` may need, to read before
+    deciding it: the items of the branches it may launch (the next one, the ones waiting
+    for a retry), and every result when the next settled branch may be the last."""
+    book = doc["parallel"]
+    if book is None or book["state"] != state.name:
+        return [], False
+    items: list[int] = []
+    if book["names"] is None:
+        retrying = {r["branch"] for r in doc["retries"] if r["state"] == state.name}
+        items = sorted({b for b in retrying if b is not None} | set(_launches(state, book)))
+        if not items and book["next"] < book["count"]:
+            items = [book["next"]]
+    return items, book["done"] >= book["count"] - 1
+
+
+def _items(step: Step, state: ParallelState, branches: list[int]) -> dict[int, Any]:
+    """The items of `branches` (of a for_each), from what the step was given."""
+    book = _book(step)
+    data = step.branch
+    if data.run == book["run"] and all(b in data.items for b in branches):
+        return data.items
+    wanted, _ = wants(state, step.doc)
+    raise NeedBranchData(sorted({*branches, *wanted}), results=False)
+
+
+def _launches(state: ParallelState, book: ParallelBook) -> range:
+    """The branches `_fill` launches now: until max_concurrency run or none are left."""
+    limit = state.max_concurrency or (
+        FOR_EACH_CONCURRENCY if book["names"] is None else book["count"]
+    )
+    room = max(0, limit - book["running"])
+    return range(book["next"], min(book["count"], book["next"] + room))
+
+
 def _settle(step: Step, state: ParallelState, branch: int, result: Any) -> None:
     book = _book(step)
-    book["results"][branch] = result
+    step.fx.branch_results[branch] = result
     book["done"] += 1
     book["running"] -= 1
     step.event(
@@ -130,9 +189,10 @@ def _settle(step: Step, state: ParallelState, branch: int, result: Any) -> None:
 def _fill(step: Step, state: ParallelState) -> None:
     """Launch branches until max_concurrency are running or none are left."""
     book = _book(step)
-    limit = state.max_concurrency or book["count"]
-    while book["next"] < book["count"] and book["running"] < limit:
-        branch = book["next"]
+    launches = _launches(state, book)
+    if book["names"] is None and launches:
+        _items(step, state, list(launches))  # every item at hand before the first launch
+    for branch in launches:
         book["next"] += 1
         book["running"] += 1
         tasks.launch(step, state, branch, 1)
@@ -140,13 +200,26 @@ def _fill(step: Step, state: ParallelState) -> None:
 
 def _join(step: Step, state: ParallelState) -> Next:
     book = _book(step)
-    results = book["results"]
+    data = step.branch
+    if data.run != book["run"] or data.results is None:
+        raise NeedBranchData([], results=True)
+    own = step.fx.branch_results
+    results = [own[k] if k in own else data.results.get(k) for k in range(book["count"])]
     names = book["names"]
     joined: Any = results if names is None else dict(zip(names, results, strict=True))
     step.doc["steps"][state.name] = joined
-    step.doc["parallel"] = None
+    _forget(step, book)
     step.event("parallel_joined", state=state.name, branches=book["count"], failed=book["failed"])
     return "success", state.target("success") or _missing(state)
+
+
+def _forget(step: Step, book: ParallelBook) -> None:
+    """The state is over (joined, or failed fast): drop its stored items and results."""
+    fx = step.fx
+    fx.branch_items.clear()
+    fx.branch_results.clear()
+    fx.drop_branches = max(fx.drop_branches, book["count"])
+    step.doc["parallel"] = None
 
 
 def _branch_name(step: Step, branch: int) -> int | str:

@@ -13,25 +13,31 @@ from __future__ import annotations
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from engine.jsonutil import loads
 from engine.store.client import JobRecord
 
 RECENT_JOBS = 4096  # a few MB of documents
 RECENT_BYTES = 64 << 20  # the most the kept documents may take, however large each is
+IN_DOC: Any = object()  # remember(initial_data=IN_DOC): the encoded document carries it
 
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
     version: int
-    doc_json: str  # kept encoded: every caller gets its own copy to change
+    doc_json: str  # kept encoded (less initial_data): every caller gets its own copy to change
+    # Decoded once and shared by every copy: no rule changes a job's initial_data, and a
+    # wide for_each over it must not decode it again for each branch.
+    initial_data: Any
+    input_bytes: int  # about the memory initial_data takes (its JSON's length)
     leases: dict[str, str]
     terminal: bool
 
     @property
     def bytes(self) -> int:
-        """The memory the encoded document takes (the leases are a few short strings)."""
-        return sys.getsizeof(self.doc_json)
+        """The memory the document takes (the leases are a few short strings)."""
+        return sys.getsizeof(self.doc_json) + self.input_bytes
 
 
 class RecentJobs:
@@ -45,9 +51,23 @@ class RecentJobs:
         return len(self._entries)
 
     def remember(
-        self, job_id: str, version: int, doc_json: str, leases: dict[str, str], terminal: bool
+        self,
+        job_id: str,
+        version: int,
+        doc_json: str,
+        leases: dict[str, str],
+        terminal: bool,
+        *,
+        initial_data: Any = IN_DOC,
+        input_bytes: int | None = None,
     ) -> None:
-        self._put(job_id, _Entry(version, doc_json, leases, terminal))
+        """What was committed: the document, encoded without its initial_data when that is
+        given apart (`input_bytes`: its encoded length; None: as remembered before)."""
+        if input_bytes is None:
+            old = self._entries.get(job_id)
+            input_bytes = old.input_bytes if old is not None else 0
+        entry = _Entry(version, doc_json, initial_data, input_bytes, leases, terminal)
+        self._put(job_id, entry)
         self._entries.move_to_end(job_id)
         while self._entries and (len(self._entries) > self.size or self.bytes > self.max_bytes):
             self.bytes -= self._entries.popitem(last=False)[1].bytes
@@ -64,7 +84,11 @@ class RecentJobs:
         entry = self._entries.get(job_id)
         if entry is None:
             return None
-        return JobRecord(entry.version, loads(entry.doc_json), dict(entry.leases))
+        doc = loads(entry.doc_json)
+        apart = entry.initial_data is not IN_DOC
+        if apart:
+            doc["initial_data"] = entry.initial_data
+        return JobRecord(entry.version, doc, dict(entry.leases), input_apart=apart)
 
     def forget(self, job_id: str) -> None:
         entry = self._entries.pop(job_id, None)
@@ -84,4 +108,14 @@ class RecentJobs:
             self.forget(job_id)
             return
         leases = {**entry.leases, task_id: lease}
-        self._put(job_id, _Entry(version, entry.doc_json, leases, entry.terminal))
+        self._put(
+            job_id,
+            _Entry(
+                version,
+                entry.doc_json,
+                entry.initial_data,
+                entry.input_bytes,
+                leases,
+                entry.terminal,
+            ),
+        )

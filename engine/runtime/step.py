@@ -21,6 +21,7 @@ from engine.runtime.jobdoc import (
     EXPRESSION_ERROR,
     MAX_TRANSITIONS,
     TERMINAL,
+    BranchData,
     Effects,
     JobDoc,
     JobStatus,
@@ -72,7 +73,7 @@ class Kind(Generic[S]):
 class Step:
     """A change being decided: see the module docstring."""
 
-    __slots__ = ("bp", "doc", "fx", "kinds", "max_transitions", "now", "rng", "settings")
+    __slots__ = ("bp", "branch", "doc", "fx", "kinds", "max_transitions", "now", "rng", "settings")
 
     def __init__(
         self,
@@ -84,6 +85,7 @@ class Step:
         fx: Effects,
         now: int,
         rng: random.Random,
+        branch: BranchData | None = None,
     ) -> None:
         self.bp = bp  # the blueprint the job is pinned to
         self.settings = settings
@@ -92,6 +94,8 @@ class Step:
         self.fx = fx  # what the store must do besides writing the document
         self.now = now  # epoch ms; one instant for the whole change
         self.rng = rng
+        # A parallel state's stored items and results, as far as read (engine/runtime/parallel.py)
+        self.branch = branch if branch is not None else BranchData()
         self.max_transitions = bp.max_transitions or settings.max_transitions
 
     # -- looking things up -----------------------------------------------------------------
@@ -221,6 +225,11 @@ class Step:
         doc["retries"] = []
         doc["wait_until"] = None
         doc["approval"] = None
+        book = doc["parallel"]
+        if book is not None:  # its stored items and results go now, not after the retention
+            self.fx.branch_items.clear()
+            self.fx.branch_results.clear()
+            self.fx.drop_branches = max(self.fx.drop_branches, book["count"])
         doc["parallel"] = None
         if doc.get("listen") is not None:
             doc["listen"] = None

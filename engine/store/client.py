@@ -25,7 +25,7 @@ from redis.commands.core import AsyncScript
 
 from engine.clock import now_ms
 from engine.jsonutil import dumps, loads
-from engine.runtime.jobdoc import JobDoc
+from engine.runtime.jobdoc import BranchData, JobDoc
 from engine.store import cluster
 from engine.store.changes import Changes
 from engine.store.errors import PartitionMismatch, StoreConfigError, StoreError, StoreUnavailable
@@ -107,6 +107,19 @@ class JobRecord:
     version: int
     doc: JobDoc
     leases: dict[str, str]
+    # What was read of a parallel state's stored items and results (the orchestrator reads
+    # what a rule needs; see engine/runtime/parallel.py).
+    branch: BranchData = field(default_factory=BranchData)
+    # Whether the job's initial_data is stored apart from its document (field `input`,
+    # written once); False for a job written before it was, which keeps it in `doc`.
+    input_apart: bool = False
+
+
+def with_input(doc: Any, given: str | None) -> Any:
+    """The document as read, with its initial_data put back from the `input` field."""
+    if given is not None:
+        doc["initial_data"] = loads(given)
+    return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +166,11 @@ class Commit:
     webhook_ms: int | None = None
     done: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    # A parallel state's branch state (JSON by branch index), see Keys.job: fields i:<n> and
+    # r:<n>; `drop_branches` deletes those of branches 0 .. n-1.
+    branch_items: dict[int, str] = field(default_factory=dict)
+    branch_results: dict[int, str] = field(default_factory=dict)
+    drop_branches: int = 0
 
 
 class Batcher(Generic[Item, Outcome]):
@@ -378,10 +396,14 @@ class Store:
 
     @translated
     async def read_job(self, job_id: str) -> JobRecord | None:
-        v, doc, leases = await self.redis.hmget(self.keys.job(job_id), ["v", "doc", "leases"])
+        fields = ["v", "doc", "leases", "input"]
+        v, doc, leases, given = await self.redis.hmget(self.keys.job(job_id), fields)
         if v is None or doc is None:
             return None
-        return JobRecord(int(v), loads(doc), loads(leases) if leases else {})
+        apart = None if given is None else str(given)
+        record = JobRecord(int(v), with_input(loads(doc), apart), loads(leases) if leases else {})
+        record.input_apart = apart is not None
+        return record
 
     async def commit(self, change: Commit, *, history_start: int) -> bool:
         """Apply `change` if the job's version still matches. History entries are stored as
@@ -501,7 +523,18 @@ class Store:
                 fields[f"h:{history_start + offset:08d}"] = dumps(event)
             for task_id, payload in change.payloads.items():
                 fields[f"p:{task_id}"] = payload
+            for n, item in change.branch_items.items():
+                fields[f"i:{n}"] = item
+            for n, result in change.branch_results.items():
+                fields[f"r:{n}"] = result
             flat = [item for pair in fields.items() for item in pair]
+            # A finished job's hash expires whole: its payloads need no deleting. Its branch
+            # fields do, being as many as its items, for the whole retention period.
+            hdel = [] if change.ttl_ms else [f"p:{t}" for t in change.drop]
+            for n in range(change.drop_branches):
+                hdel += [f"i:{n}", f"r:{n}"]
+            if change.drop_branches and fields:  # (the script deletes after it writes)
+                hdel = [name for name in hdel if name not in fields]
             if change.timer_ms == KEEP or (change.timer_ms is None and expected is None):
                 timer: str | bool = "keep"  # (a job being created has no timer to remove)
             elif change.timer_ms is None:
@@ -514,8 +547,7 @@ class Store:
                     "id": job_id,
                     "expect": "" if expected is None else str(expected),
                     "fields": flat,
-                    # A finished job's hash expires whole: no need to delete its fields.
-                    "hdel": [] if change.ttl_ms else [f"p:{t}" for t in change.drop],
+                    "hdel": hdel,
                     "enqueue": [
                         [key(keys.queue(partition, t)), repr(score), m]
                         for t, m, score in change.enqueue
@@ -573,6 +605,24 @@ class Store:
             "labels": [key(self.keys.label_jobs(partition, client, k, v)) for k, v in labels],
             "label_hash": [key(self.keys.job_labels(partition, client)), dumps(dict(labels))],
         }
+
+    @translated
+    async def read_branches(
+        self, job_id: str, items: Sequence[int], results: int
+    ) -> tuple[dict[int, Any], dict[int, Any]]:
+        """A parallel state's stored items of branches `items`, and the results stored for
+        branches 0 .. results-1 (a branch without one is left out), in one command."""
+        names = [f"i:{n}" for n in items] + [f"r:{n}" for n in range(results)]
+        if not names:
+            return {}, {}
+        values = await self.redis.hmget(self.keys.job(job_id), names)
+        found = [loads(value) if value is not None else _ABSENT for value in values]
+        read = dict(zip(items, found, strict=False))
+        stored = dict(enumerate(found[len(items) :]))
+        return (
+            {n: v for n, v in read.items() if v is not _ABSENT},
+            {n: v for n, v in stored.items() if v is not _ABSENT},
+        )
 
     @translated
     async def exists(self, job_id: str) -> bool:
@@ -695,8 +745,10 @@ class Store:
         """The documents of several jobs in one round trip (None for a job that is gone)."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hget(self.keys.job(job_id), "doc")
-        return [loads(raw) if raw else None for raw in await pipe.execute()]
+            pipe.hmget(self.keys.job(job_id), ["doc", "input"])
+        return [
+            with_input(loads(raw), given) if raw else None for raw, given in await pipe.execute()
+        ]
 
     # -- tasks and timers ----------------------------------------------------------------------
 
@@ -993,10 +1045,16 @@ class Store:
             await subscription.close()
 
 
+_ABSENT = object()  # a hash field that does not exist
+
+
 def _size(change: Commit) -> int:
     """About how many values `change` writes (fields, history, payloads, queue entries)."""
     return (
         len(change.fields)
+        + len(change.branch_items)
+        + len(change.branch_results)
+        + 2 * change.drop_branches
         + len(change.history)
         + len(change.payloads)
         + len(change.drop)

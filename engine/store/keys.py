@@ -64,9 +64,13 @@ class Keys:
         return f"{self.prefix}:{{{self.tag(partition)}}}"
 
     def job(self, job_id: str) -> str:
-        """Hash of one job: v (version), doc (JSON document), leases (JSON: task id ->
+        """Hash of one job: v (version), doc (JSON document, less its initial_data), input
+        (the initial_data, JSON, written once when the job is created), leases (JSON: task id ->
         `q|<lease_ms>` or `l|<lease_ms>|<worker>|<ms>`), p:<task id> (the payload handed to
-        the worker) and h:<seq> (history entries). One key, so a change is one HSET."""
+        the worker), h:<seq> (history entries), and while a parallel state runs i:<n> (the
+        `for_each` item of branch n, written once) and r:<n> (branch n's result, written
+        when it settles): a branch's change writes its own fields, not all of them. One
+        key, so a change is one HSET."""
         return f"{self._p(self.partition(job_id))}:job:{job_id}"
 
     def webhooks(self, partition: int) -> str:

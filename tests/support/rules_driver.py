@@ -24,6 +24,7 @@ from typing import Any
 from engine.blueprint.model import Blueprint
 from engine.runtime.jobdoc import (
     TERMINAL,
+    BranchData,
     Effects,
     Enqueue,
     Ignored,
@@ -72,6 +73,9 @@ class RulesDriver:
         self.leases: dict[str, TaskLease] = {}  # task id -> queued or leased to a worker
         self.queue: list[Enqueue] = []  # queued tasks, in the order a worker would get them
         self.payloads: dict[str, dict[str, Any]] = {}  # task id -> what the worker receives
+        # A parallel state's stored items and results by branch (job hash fields i:, r:)
+        self.branch_items: dict[int, Any] = {}
+        self.branch_results: dict[int, Any] = {}
         self.history: list[dict[str, Any]] = []  # every history event, in commit order
         self.alive: dict[str, dict[str, Any] | None] = {}  # worker -> last heartbeat, or gone
         self.cancel_requests: list[tuple[str, str]] = []  # (worker, task id) told to stop
@@ -106,6 +110,11 @@ class RulesDriver:
             self.queue.append(enqueue)
         self.queue.sort(key=lambda e: e.score)  # stable: equal scores keep their order
         self.cancel_requests.extend(fx.cancel_on_worker)
+        for n in range(fx.drop_branches):
+            self.branch_items.pop(n, None)
+            self.branch_results.pop(n, None)
+        self.branch_items.update(fx.branch_items)
+        self.branch_results.update(fx.branch_results)
         for child in fx.children:
             self._start_child(child.job_id, child.blueprint, child.initial_data, child.parent)
         for child_id in fx.cancel_children:
@@ -138,6 +147,12 @@ class RulesDriver:
         child.notify = self
         self.children[child_id] = child
         child.apply(child.machine.start(child.doc, child.now, child.rng))
+
+    def branch(self) -> BranchData:
+        """Everything stored of the running parallel state, as the orchestrator reads it."""
+        book = self.doc.get("parallel")
+        run = book.get("run") if book else None
+        return BranchData(run, self.branch_items, self.branch_results)
 
     # -- the outside world ----------------------------------------------------------------------
 
@@ -213,7 +228,9 @@ class RulesDriver:
         if error is not None:
             body["error"] = error
         return self.apply(
-            self.machine.on_result(self.doc, dict(self.leases), body, self.now, self.rng)
+            self.machine.on_result(
+                self.doc, dict(self.leases), body, self.now, self.rng, self.branch()
+            )
         )
 
     def progress(self, task: dict[str, Any], payload: Any, worker: str | None = None) -> Any:
@@ -232,7 +249,7 @@ class RulesDriver:
         who = lease.worker if lease is not None else "nobody"
         return self.apply(
             self.machine.on_release(
-                self.doc, dict(self.leases), who, str(task["task_id"]), self.now
+                self.doc, dict(self.leases), who, str(task["task_id"]), self.now, self.branch()
             )
         )
 
@@ -251,7 +268,13 @@ class RulesDriver:
         while (due := self.next_due()) is not None and due <= now:
             self.now = max(self.now, due) if punctual else now
             fx = self.machine.on_timer(
-                self.doc, dict(self.leases), self.now, self.rng, dict(self.alive), self._child_doc()
+                self.doc,
+                dict(self.leases),
+                self.now,
+                self.rng,
+                dict(self.alive),
+                self._child_doc(),
+                branch=self.branch(),
             )
             rounds += 1
             assert rounds < MAX_TIMER_ROUNDS, "the timer keeps falling due: a loop"
