@@ -309,6 +309,7 @@ class Effects:
     notify_parent: bool = False
     terminal: bool = False
     revived: bool = False  # an ended job runs again (redrive): it is kept, and announced
+    input_changed: bool = False  # initial_data was replaced (a redrive's patch): store it again
     # A parallel state's branch state, stored as job hash fields beside the document:
     branch_items: dict[int, Any] = field(default_factory=dict)  # for_each items, written once
     branch_results: dict[int, Any] = field(default_factory=dict)  # results of settled branches

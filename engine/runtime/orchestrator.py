@@ -573,11 +573,12 @@ class Orchestrator:
         version = (record.version if record else 0) + 1
         note = self.observer.before_commit(machine, _plain(doc), fx)  # observe.py: hook 1 of 2
         # The initial_data is stored apart, once (a for_each over it must not rewrite it with
-        # every branch result); a job written before it was gets it stored now.
+        # every branch result); a job written before it was gets it stored now, and a
+        # redrive's patch replaces it.
         doc_json = dumps({k: v for k, v in doc.items() if k != "initial_data"})
         fields = {"v": str(version), "doc": doc_json, "leases": dumps(raw_leases)}
         input_bytes = None
-        if record is None or not record.input_apart:
+        if record is None or not record.input_apart or fx.input_changed:
             fields["input"] = dumps(doc["initial_data"])
             input_bytes = len(fields["input"])
         webhook = fx.terminal and bool(doc.get("webhook_url"))

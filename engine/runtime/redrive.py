@@ -74,6 +74,7 @@ def revive(
     doc["redrives"] = doc.get("redrives", 0) + 1
     if initial_data is not None:
         doc["initial_data"] = initial_data
+        step.fx.input_changed = True  # it is stored apart from the document, once
     step.fx.revived = True
     step.event(
         "job_redriven",

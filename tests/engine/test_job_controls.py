@@ -181,6 +181,9 @@ async def test_a_redriven_job_no_longer_expires_and_other_orchestrators_see_it_r
         assert len([x for x in answers if isinstance(x, dict)]) == 1
         assert [x for x in answers if isinstance(x, Ignored)] == [Ignored("job_not_ended")] * 2
         assert await a.store.redis.pttl(key) == -1  # runs again: it no longer expires
+        stored = await a.store.read_job(job_id)  # what every orchestrator reads, not a's memory
+        assert stored is not None
+        assert stored.doc["initial_data"] == {"n": 2}
 
         waiting = asyncio.create_task(b.wait_job(job_id, None, 10))
         await asyncio.sleep(0)  # (b's waiter registers before the job ends)
