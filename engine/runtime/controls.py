@@ -117,7 +117,8 @@ class JobControls:
 
         async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
             by = f"client:{client}"
-            return machine.resume(record.doc, leases_of(record), now_ms(), self.host.rng, by)
+            leases = leases_of(record)
+            return machine.resume(record.doc, leases, now_ms(), self.host.rng, by, record.branch)
 
         return _answer(await self.host.apply(job_id, rule))
 

@@ -270,14 +270,21 @@ class Machine:
         return step.fx
 
     def resume(
-        self, doc: JobDoc, leases: Leases, now: int, rng: random.Random, by: str
+        self,
+        doc: JobDoc,
+        leases: Leases,
+        now: int,
+        rng: random.Random,
+        by: str,
+        branch: BranchData | None = None,
     ) -> Effects | Ignored:
-        """A client resumes a paused job: it makes the move it held, or goes on."""
+        """A client resumes a paused job: it makes the move it held, or goes on (launching
+        the branches it held back: `branch` holds their items, as for on_result)."""
         if doc["status"] in TERMINAL:
             return Ignored(f"job_{doc['status']}")
         if doc.get("paused") is None:
             return Ignored("not_paused")
-        step = self.step(doc, now, rng, leases)
+        step = self.step(doc, now, rng, leases, branch)
         pausing.resume(step, by)
         return step.fx
 

@@ -148,6 +148,42 @@ async def test_a_result_during_a_pause_is_kept_and_the_job_goes_on_after_resume(
         assert (await finished(a, job_id))["result"] == {"first": 1, "second": 2}
 
 
+FAN = """
+blueprint: fan
+start: each
+states:
+  each:
+    parallel:
+      for_each: initial_data.items
+      task: echo
+      params: {n: "${ item }"}
+      max_concurrency: 1
+    on: {success: done}
+  done: {end: finished, output: "${ steps.each[*].n }"}
+"""
+
+
+async def test_a_paused_for_each_launches_the_branches_it_held_on_resume(
+    url: str, tmp_path: Path
+) -> None:
+    """The held branches' items are stored apart from the document: the resume reads them
+    (on another orchestrator than the one that paused)."""
+    async with two(url, tmp_path, FAN) as (a, b):
+        job_id = await a.submit(a.registry.by_name["fan"], {"items": [1, 2, 3]}, client="c")
+        task = await a.next_task("w1", ("echo",), 5)
+        assert task is not None
+        assert isinstance(await a.controls.pause(job_id, "c"), dict)
+        reply = await b.submit_result(
+            "w1", {"job_id": job_id, "task_id": task["task_id"], "data": task["params"]}
+        )
+        assert reply == {"status": "accepted"}
+        assert await a.next_task("w1", ("echo",), 0.3) is None  # branch 2 waits for the resume
+        assert isinstance(await b.controls.resume(job_id, "c"), dict)
+        for _ in range(2):
+            await run_task(a, "w1", "echo", lambda t: {"data": t["params"]})
+        assert (await finished(a, job_id))["result"] == [1, 2, 3]
+
+
 FAILING = """
 blueprint: failing
 start: work

@@ -304,7 +304,9 @@ class RulesDriver:
         return self.apply(self.machine.pause(self.doc, dict(self.leases), self.now, by))
 
     def resume(self, by: str = "client:c") -> Effects | Ignored | None:
-        return self.apply(self.machine.resume(self.doc, dict(self.leases), self.now, self.rng, by))
+        return self.apply(
+            self.machine.resume(self.doc, dict(self.leases), self.now, self.rng, by, self.branch())
+        )
 
     def redrive(
         self, from_state: str | None = None, initial_data: Any = None, by: str = "client:c"
