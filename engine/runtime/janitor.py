@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Iterable
 
 from engine.runtime.aio import checkpoint
@@ -58,9 +59,18 @@ class IndexJanitor:
                 dropped += gone
         return dropped
 
-    async def run(self, clients: Iterable[str] = (), interval_s: float = INTERVAL_S) -> None:
+    async def run(
+        self,
+        clients: Iterable[str] = (),
+        interval_s: float = INTERVAL_S,
+        first_s: float | None = None,
+    ) -> None:
+        """Sweep every `interval_s`, the first round after `first_s` (default: a random
+        point of the first interval, so orchestrators started together do not sweep
+        together, and a start-up is not slowed by a sweep: nothing here is urgent)."""
         names = tuple(clients)
         registered = False
+        await asyncio.sleep(random.uniform(0, interval_s) if first_s is None else first_s)
         while True:
             checkpoint()
             try:
