@@ -34,8 +34,10 @@ async def watch(store: Store, interval_s: float = CHECK_INTERVAL_S) -> None:
         try:
             intact = await store.check_marker()
         except StoreUnavailable as exc:
-            throttle.warning("marker", "cannot check the deployment marker: %s", exc)
-            continue
+            if store.wiped_at is None:
+                throttle.warning("marker", "cannot check the deployment marker: %s", exc)
+                continue
+            intact = False  # found wiped, but the settings could not be written again yet
         if not intact and (reported is None or time.monotonic() - reported >= REPEAT_S):
             reported = time.monotonic()
             log.error("%s (Redis at %s)", WIPED_MESSAGE, redact(store.url))

@@ -274,6 +274,7 @@ class Store:
         # The deployment marker this process found (or wrote) at start; see `check_marker`.
         self.marker: str | None = None
         self.wiped_at: int | None = None  # ms when the marker was found gone or replaced
+        self._meta_restored = True  # False from a wipe until the settings are written again
         # Jobs this store changed, announced to long polls (the web console's live pages).
         self.changes = Changes()
         self.timing: StoreTiming | None = None
@@ -363,13 +364,15 @@ class Store:
         the store was wiped (a Redis without persistence restarted, a FLUSHALL) and every
         job it held is lost. The marker is written again so that the store stays usable
         (and every other process notices too, its marker being different)."""
-        if self.wiped_at is not None:
-            return False
-        current = await self.redis.hget(self.keys.meta, "deployment")
-        if current is not None and str(current) == self.marker:
-            return True
-        self.wiped_at = now_ms()
-        await self._settle_meta()
+        if self.wiped_at is None:
+            current = await self.redis.hget(self.keys.meta, "deployment")
+            if current is not None and str(current) == self.marker:
+                return True
+            self.wiped_at = now_ms()
+            self._meta_restored = False
+        if not self._meta_restored:  # (tried again on the next check if Redis went meanwhile)
+            await self._settle_meta()
+            self._meta_restored = True
         return False
 
     async def _settle_meta(self) -> list[Any]:
