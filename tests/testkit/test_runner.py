@@ -168,6 +168,10 @@ async def test_coverage_names_what_no_case_took(bp_dir: Path) -> None:
     [
         ("tasks: {fetch_img: {}}", "tasks: 'fetch_img' is neither a state nor a task type"),
         ("send: [{approval: reviw, decision: approve}]", "send: 'reviw' is not an approval"),
+        (
+            "send: [{event: payment_recieved, data: {amount: 1}}]",
+            "send: no listen state waits for event 'payment_recieved'",
+        ),
     ],
 )
 async def test_a_name_no_blueprint_has_fails_the_case_with_a_hint(
