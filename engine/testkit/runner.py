@@ -5,9 +5,9 @@ The job is created, committed, leased, timed out and retried by the production c
 dispatcher's pump, and the timer loop's `fire_timers`. What is simulated is the outside
 world, one event at a time: a worker that takes every queued task and answers it as the
 case scripts (after a delay, or never), people and systems who send approval decisions and
-events, and time, which
-jumps straight to the next moment something is due. No loop of the orchestrator runs on
-its own (no `start()`), so a run is deterministic: the same case gives the same history.
+events, and time, which jumps straight to the next moment something is due. No loop of the
+orchestrator runs on its own (no `start()`), so a run is deterministic: the same case gives
+the same history.
 """
 
 from __future__ import annotations
