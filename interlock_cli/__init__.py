@@ -1,5 +1,6 @@
 """The `interlock` command line: validate, graph, test, serve, and the job commands (submit,
-jobs, show, watch, cancel, approve, explain; in jobs.py, on interlock_client).
+jobs, show, watch, cancel, approve, explain, send-event, pause, resume, redrive, rerun; in
+jobs.py, on interlock_client).
 
 It sits above `engine` (validate, graph), `server` (serve) and `interlock_client` (the job
 commands), which never import it.

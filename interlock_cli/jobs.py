@@ -1,5 +1,5 @@
 """The `interlock` commands for jobs, on interlock_client: submit, jobs, show, watch, cancel,
-approve, explain.
+approve, explain, send-event, pause, resume, redrive, rerun.
 
 Every command reads the server from INTERLOCK_URL (default http://127.0.0.1:8080) and the
 token from INTERLOCK_CLIENT_TOKEN (or CLIENT_TOKEN, the name `interlock serve` reads), unless
@@ -90,34 +90,39 @@ def print_json(value: Any) -> None:
 # -- the commands ------------------------------------------------------------------------------
 
 
-def data_of(text: str | None) -> dict[str, Any]:
-    """--data: a JSON object, `@file.json`, or `@-` for standard input."""
+def data_of(
+    text: str | None, option: str = "--data", what: str = "the job's initial_data"
+) -> dict[str, Any]:
+    """--data (or `option`): a JSON object, `@file.json`, or `@-` for standard input."""
     if text is None:
         return {}
-    source = "--data"
+    source = option
     if text.startswith("@"):
         source = text[1:]
         try:
             text = sys.stdin.read() if source == "-" else Path(source).read_text("utf-8")
         except OSError as exc:
-            raise UsageError(f"--data: cannot read {source}: {exc.strerror}") from None
+            raise UsageError(f"{option}: cannot read {source}: {exc.strerror}") from None
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise UsageError(f"{source} is not JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise UsageError(f"{source} must be a JSON object (the job's initial_data)")
+        raise UsageError(f"{source} must be a JSON object ({what})")
     return data
 
 
-def labels_of(pairs: list[str] | None) -> dict[str, str] | None:
+def labels_of(pairs: list[str] | None, sep: str = "=") -> dict[str, str] | None:
+    """--label NAME=VALUE options (NAME:VALUE with `sep` ":"), as a mapping."""
     if not pairs:
         return None
     labels: dict[str, str] = {}
     for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise UsageError(f"--label {pair!r}: write NAME=VALUE")
+        name, found, value = pair.partition(sep)
+        if not found or not name:
+            raise UsageError(f"--label {pair!r}: write NAME{sep}VALUE")
+        if labels.get(name, value) != value:
+            raise UsageError(f"--label {name}: given twice with different values")
         labels[name] = value
     return labels
 
@@ -130,6 +135,8 @@ def submit(args: argparse.Namespace, client: Client) -> int:
         options["labels"] = labels
     if args.idempotency_key is not None:
         options["idempotency_key"] = args.idempotency_key
+    if args.job_id is not None:
+        options["job_id"] = args.job_id
     submitted = client.submit(args.endpoint, data, **options)
     if not args.wait:
         print(submitted.job_id)
@@ -144,7 +151,10 @@ def jobs(args: argparse.Namespace, client: Client) -> int:
     found = list(
         islice(
             client.list(
-                status=args.status, blueprint=args.blueprint, page_size=min(args.limit, 200)
+                status=args.status,
+                blueprint=args.blueprint,
+                labels=labels_of(args.label, ":"),
+                page_size=min(args.limit, 200),
             ),
             args.limit,
         )
@@ -215,8 +225,50 @@ def cancel(args: argparse.Namespace, client: Client) -> int:
 
 def approve(args: argparse.Namespace, client: Client) -> int:
     job = client.approve(args.job_id, args.decision)
+    print(f"{job['id']}: {args.decision} decided; {now(job)}")
+    return Exit.OK
+
+
+def now(job: Job) -> str:
+    """`now STATUS at state STATE`: a job after a change."""
     state = f" at state {job['state']}" if job["state"] else ""
-    print(f"{job['id']}: {args.decision} decided; now {job['status']}{state}")
+    return f"now {job['status']}{state}"
+
+
+def send_event(args: argparse.Namespace, client: Client) -> int:
+    payload = data_of(args.data, what="the event's payload")
+    job = client.send_event(args.job_id, args.name, payload)
+    print(f"{job['id']}: event {args.name} taken; {now(job)}")
+    return Exit.OK
+
+
+def pause(args: argparse.Namespace, client: Client) -> int:
+    job = client.pause(args.job_id)
+    print(f"{job['id']}: paused; {now(job)}")
+    return Exit.OK
+
+
+def resume(args: argparse.Namespace, client: Client) -> int:
+    job = client.resume(args.job_id)
+    print(f"{job['id']}: resumed; {now(job)}")
+    return Exit.OK
+
+
+def _patch(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.patch is None:
+        return None
+    return data_of(args.patch, "--patch", "a JSON Merge Patch of the job's initial_data")
+
+
+def redrive(args: argparse.Namespace, client: Client) -> int:
+    job = client.redrive(args.job_id, _patch(args))
+    print(f"{job['id']}: redriven; {now(job)}")
+    return Exit.OK
+
+
+def rerun(args: argparse.Namespace, client: Client) -> int:
+    job = client.rerun(args.job_id, args.from_state, _patch(args))
+    print(f"{job['id']}: rerun; {now(job)}")
     return Exit.OK
 
 
@@ -270,12 +322,23 @@ def add_commands(commands: Any) -> None:
     new.add_argument(
         "--idempotency-key", metavar="KEY", help="retrying with it makes no second job"
     )
+    new.add_argument(
+        "--job-id",
+        metavar="ID",
+        help="name the job (the server appends your client's tag); retrying makes no second job",
+    )
     new.add_argument("--wait", action="store_true", help="wait for the end; print the job as JSON")
     new.add_argument("--timeout", type=float, metavar="SECONDS", help="with --wait: give up after")
 
     listing = command("jobs", jobs, "list your jobs, newest first")
     listing.add_argument("--status", help="only jobs in this status (queued, finished, ...)")
     listing.add_argument("--blueprint", help="only jobs of this blueprint")
+    listing.add_argument(
+        "--label",
+        action="append",
+        metavar="NAME:VALUE",
+        help="only jobs carrying this label (repeatable: all must match)",
+    )
     listing.add_argument(
         "--limit", type=positive, default=20, help="at most this many (default 20)"
     )
@@ -297,6 +360,27 @@ def add_commands(commands: Any) -> None:
     decide.add_argument(
         "decision", metavar="DECISION", help="one the approval offers: approve, ..."
     )
+
+    event = command("send-event", send_event, "send an event to the listen state a job waits in")
+    event.add_argument("job_id", metavar="JOB")
+    event.add_argument("name", metavar="NAME", help="the event's name, e.g. payment_received")
+    event.add_argument(
+        "--data", metavar="JSON|@FILE", help="the payload: a JSON object, @file.json or @- (stdin)"
+    )
+
+    hold = command("pause", pause, "hold a job in its state until it is resumed")
+    hold.add_argument("job_id", metavar="JOB")
+    go_on = command("resume", resume, "let a paused job go on")
+    go_on.add_argument("job_id", metavar="JOB")
+
+    patch_help = "a JSON Merge Patch of the job's initial_data: a JSON object or @file.json"
+    again = command("redrive", redrive, "run a failed or cancelled job again from where it failed")
+    again.add_argument("job_id", metavar="JOB")
+    again.add_argument("--patch", metavar="JSON|@FILE", help=patch_help)
+    over = command("rerun", rerun, "run an ended job again from a state it names")
+    over.add_argument("job_id", metavar="JOB")
+    over.add_argument("--from", dest="from_state", required=True, metavar="STATE")
+    over.add_argument("--patch", metavar="JSON|@FILE", help=patch_help)
 
     why = command("explain", explain, "ask the server why a job is where it is")
     why.add_argument("job_id", metavar="JOB")

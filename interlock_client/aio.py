@@ -94,13 +94,39 @@ class AsyncClient:
     async def approve(self, job_id: str, decision: str) -> Job:
         return await self.call(calls.approve(job_id, decision))
 
+    async def send_event(
+        self, job_id: str, name: str, payload: Mapping[str, Any] | None = None
+    ) -> Job:
+        return await self.call(calls.send_event(job_id, name, payload))
+
+    async def pause(self, job_id: str) -> Job:
+        return await self.call(calls.pause(job_id))
+
+    async def resume(self, job_id: str) -> Job:
+        return await self.call(calls.resume(job_id))
+
+    async def redrive(
+        self, job_id: str, initial_data_patch: Mapping[str, Any] | None = None
+    ) -> Job:
+        return await self.call(calls.redrive(job_id, initial_data_patch))
+
+    async def rerun(
+        self, job_id: str, from_state: str, initial_data_patch: Mapping[str, Any] | None = None
+    ) -> Job:
+        return await self.call(calls.rerun(job_id, from_state, initial_data_patch))
+
     async def explain(self, job_id: str) -> Explanation:
         return await self.call(calls.explain(job_id))
 
     def list(
-        self, *, status: str | None = None, blueprint: str | None = None, page_size: int = 50
+        self,
+        *,
+        status: str | None = None,
+        blueprint: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        page_size: int = 50,
     ) -> AsyncIterator[JobSummary]:
-        plan = calls.iterate(status=status, blueprint=blueprint, page_size=page_size)
+        plan = calls.iterate(status=status, blueprint=blueprint, labels=labels, page_size=page_size)
         return self._iterate(plan)
 
     async def page(
@@ -108,11 +134,14 @@ class AsyncClient:
         *,
         status: str | None = None,
         blueprint: str | None = None,
+        labels: Mapping[str, str] | None = None,
         limit: int | None = None,
         cursor: str | None = None,
     ) -> Page:
         return await self.call(
-            calls.page(status=status, blueprint=blueprint, limit=limit, cursor=cursor)
+            calls.page(
+                status=status, blueprint=blueprint, labels=labels, limit=limit, cursor=cursor
+            )
         )
 
     # -- the machinery ---------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, Unpack, cast
 from urllib.parse import quote
@@ -36,6 +36,7 @@ from interlock_client.models import (
 )
 
 T = TypeVar("T")
+Query = Mapping[str, str] | Sequence[tuple[str, str]]  # pairs: a name may repeat
 PREFIX = "/api/v1"
 MAX_WAIT_S = 60.0  # the longest long poll the server holds (`?wait=`)
 LONG_POLL_MARGIN_S = 15.0  # read timeout of a long poll: its wait plus this
@@ -55,7 +56,7 @@ class Call(Generic[T]):
     method: str
     path: str
     read: Callable[[Response], T]
-    query: Mapping[str, str] = field(default_factory=dict)
+    query: Query = field(default_factory=dict)
     body: Any = None  # JSON; None sends no body
     headers: Mapping[str, str] = field(default_factory=dict)
     wait_s: float = 0.0  # a long poll: the read timeout grows by this
@@ -162,6 +163,33 @@ def approve(job_id: str, decision: str) -> Call[Job]:
     return Call("POST", job_path(job_id, "/approval"), _reader(Job), body=body)
 
 
+def send_event(job_id: str, name: str, payload: Mapping[str, Any] | None = None) -> Call[Job]:
+    path = job_path(job_id, f"/events/{quote(name, safe='')}")
+    return Call("POST", path, _reader(Job), body=dict(payload or {}))
+
+
+def pause(job_id: str) -> Call[Job]:
+    return Call("POST", job_path(job_id, "/pause"), _reader(Job))
+
+
+def resume(job_id: str) -> Call[Job]:
+    return Call("POST", job_path(job_id, "/resume"), _reader(Job))
+
+
+def redrive(job_id: str, initial_data_patch: Mapping[str, Any] | None = None) -> Call[Job]:
+    body = {} if initial_data_patch is None else {"initial_data_patch": dict(initial_data_patch)}
+    return Call("POST", job_path(job_id, "/redrive"), _reader(Job), body=body)
+
+
+def rerun(
+    job_id: str, from_state: str, initial_data_patch: Mapping[str, Any] | None = None
+) -> Call[Job]:
+    body: dict[str, Any] = {"from_state": from_state}
+    if initial_data_patch is not None:
+        body["initial_data_patch"] = dict(initial_data_patch)
+    return Call("POST", job_path(job_id, "/rerun"), _reader(Job), body=body)
+
+
 def explain(job_id: str) -> Call[Explanation]:
     return Call("GET", job_path(job_id, "/explain"), _reader(Explanation))
 
@@ -170,11 +198,14 @@ def page(
     *,
     status: str | None = None,
     blueprint: str | None = None,
+    labels: Mapping[str, str] | None = None,
     limit: int | None = None,
     cursor: str | None = None,
 ) -> Call[Page]:
+    """`labels`: jobs carrying every one of these labels (a `label=name:value` each)."""
     given = {"status": status, "blueprint": blueprint, "limit": limit, "cursor": cursor}
-    query = {k: str(v) for k, v in given.items() if v is not None}
+    query = [(k, str(v)) for k, v in given.items() if v is not None]
+    query += [("label", f"{name}:{value}") for name, value in (labels or {}).items()]
     return Call("GET", f"{PREFIX}/jobs", _reader(Page), query=query)
 
 
@@ -247,13 +278,17 @@ def follow(job_id: str, timeout_s: float | None = None) -> Plan[Job]:
 
 
 def iterate(
-    *, status: str | None = None, blueprint: str | None = None, page_size: int = 50
+    *,
+    status: str | None = None,
+    blueprint: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    page_size: int = 50,
 ) -> Plan[None]:
     """Emit every job of the listing, newest first, page after page (the API's cursor)."""
     cursor: str | None = None
     while True:
         answer: Page = yield page(
-            status=status, blueprint=blueprint, limit=page_size, cursor=cursor
+            status=status, blueprint=blueprint, labels=labels, limit=page_size, cursor=cursor
         )
         for job in answer["jobs"]:
             yield Emit(job)

@@ -129,11 +129,14 @@ class SubmitOptions(TypedDict, total=False):
 
     - `labels`: names and values to tag the job with;
     - `idempotency_key`: repeating a submission with the same key makes no second job;
+    - `job_id`: the job's id, chosen by the client (repeating the same submission with it
+      makes no second job; not with `idempotency_key`);
     - `webhook_url`: where the server POSTs the job when it ends;
     - `dispatch_timeout`, `result_timeout`: durations ("30s", "5m", or seconds)."""
 
     labels: Mapping[str, str]
     idempotency_key: str
+    job_id: str
     webhook_url: str
     dispatch_timeout: str | float
     result_timeout: str | float

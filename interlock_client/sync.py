@@ -78,7 +78,7 @@ class Client:
     ) -> Submitted:
         """Start a job at a blueprint's `api_endpoint` (e.g. "jobs/reminder") with `data` as
         its initial_data; `options` are those of SubmitOptions (labels, idempotency_key,
-        webhook_url, dispatch_timeout, result_timeout)."""
+        job_id, webhook_url, dispatch_timeout, result_timeout)."""
         return self.call(calls.submit(endpoint, data, **options))
 
     def get(self, job_id: str, *, include_input: bool = False) -> Job:
@@ -110,15 +110,43 @@ class Client:
         """Decide the approval the job waits for ("approve", "reject", ...)."""
         return self.call(calls.approve(job_id, decision))
 
+    def send_event(self, job_id: str, name: str, payload: Mapping[str, Any] | None = None) -> Job:
+        """Deliver the event `name` (with `payload`, default {}) to the listen state the job
+        waits in; Conflict `not_listening` when it waits for no such event now."""
+        return self.call(calls.send_event(job_id, name, payload))
+
+    def pause(self, job_id: str) -> Job:
+        """Hold the job in its state until `resume`."""
+        return self.call(calls.pause(job_id))
+
+    def resume(self, job_id: str) -> Job:
+        return self.call(calls.resume(job_id))
+
+    def redrive(self, job_id: str, initial_data_patch: Mapping[str, Any] | None = None) -> Job:
+        """Run a failed or cancelled job again from the state that failed, its initial_data
+        merged with `initial_data_patch` (a JSON Merge Patch) if given."""
+        return self.call(calls.redrive(job_id, initial_data_patch))
+
+    def rerun(
+        self, job_id: str, from_state: str, initial_data_patch: Mapping[str, Any] | None = None
+    ) -> Job:
+        """Run an ended job (a finished one too) again from `from_state`."""
+        return self.call(calls.rerun(job_id, from_state, initial_data_patch))
+
     def explain(self, job_id: str) -> Explanation:
         return self.call(calls.explain(job_id))
 
     def list(
-        self, *, status: str | None = None, blueprint: str | None = None, page_size: int = 50
+        self,
+        *,
+        status: str | None = None,
+        blueprint: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        page_size: int = 50,
     ) -> Iterator[JobSummary]:
-        """Every job of this client (or those with `status`, of `blueprint`), newest first,
-        fetched a page at a time as the iteration goes."""
-        plan = calls.iterate(status=status, blueprint=blueprint, page_size=page_size)
+        """Every job of this client (or those with `status`, of `blueprint`, carrying every
+        one of `labels`), newest first, fetched a page at a time as the iteration goes."""
+        plan = calls.iterate(status=status, blueprint=blueprint, labels=labels, page_size=page_size)
         return self._iterate(plan)
 
     def page(
@@ -126,11 +154,16 @@ class Client:
         *,
         status: str | None = None,
         blueprint: str | None = None,
+        labels: Mapping[str, str] | None = None,
         limit: int | None = None,
         cursor: str | None = None,
     ) -> Page:
         """One page of the listing; its `next_cursor` asks for the next one."""
-        return self.call(calls.page(status=status, blueprint=blueprint, limit=limit, cursor=cursor))
+        return self.call(
+            calls.page(
+                status=status, blueprint=blueprint, labels=labels, limit=limit, cursor=cursor
+            )
+        )
 
     # -- the machinery ---------------------------------------------------------------------
 

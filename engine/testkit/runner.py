@@ -4,9 +4,10 @@ The job is created, committed, leased, timed out and retried by the production c
 `Orchestrator` (its rules and commits), the store's Lua scripts on `memory://`, the
 dispatcher's pump, and the timer loop's `fire_timers`. What is simulated is the outside
 world, one event at a time: a worker that takes every queued task and answers it as the
-case scripts (after a delay, or never), people who send approval decisions, and time, which
-jumps straight to the next moment something is due. No loop of the orchestrator runs on
-its own (no `start()`), so a run is deterministic: the same case gives the same history.
+case scripts (after a delay, or never), people and systems who send approval decisions and
+events, and time, which jumps straight to the next moment something is due. No loop of the
+orchestrator runs on its own (no `start()`), so a run is deterministic: the same case gives
+the same history.
 """
 
 from __future__ import annotations
@@ -18,17 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.blueprint.loader import BlueprintSet
-from engine.blueprint.model import ParallelState, State, TaskSpec
+from engine.blueprint.model import ListenState, ParallelState, State, TaskSpec
 from engine.blueprint.schema import did_you_mean
 from engine.clock import FakeClock
 from engine.errors import ExpressionError, InterlockError
 from engine.runtime import background
 from engine.runtime.background import leases_of
-from engine.runtime.jobdoc import TERMINAL, JobStatus, RuntimeSettings
+from engine.runtime.controls import InvalidPayload
+from engine.runtime.jobdoc import TERMINAL, Ignored, JobStatus, RuntimeSettings
 from engine.runtime.orchestrator import Orchestrator, OrchestratorSettings
 from engine.runtime.registry import Registry
 from engine.store.client import JobRecord, Store
-from engine.testkit.spec import Case, Decision
+from engine.testkit.spec import Case, Decision, Event, Message
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: every case starts at the same moment
 JOB_ID = "job"
@@ -60,6 +62,7 @@ class Run:
     elapsed_ms: int = 0
     visited: dict[str, set[str]] = field(default_factory=dict)  # blueprint -> states
     taken: dict[str, set[Edge]] = field(default_factory=dict)  # blueprint -> edges
+    refused: list[dict[str, Any]] = field(default_factory=list)  # events the job refused
 
     def view(self) -> dict[str, Any]:
         """What `expect.assert` expressions see."""
@@ -73,6 +76,7 @@ class Run:
             "state_history": self.state_history,
             "initial_data": self.initial_data,
             "elapsed_ms": self.elapsed_ms,
+            "refused": self.refused,
         }
 
 
@@ -97,8 +101,8 @@ def check_input(blueprints: BlueprintSet, name: str, data: Any) -> str | None:
 
 
 def check_names(blueprints: BlueprintSet, case: Case) -> None:
-    """CaseError for a `tasks:` key or an approval in `send:` that no blueprint has (a typo
-    would otherwise just never match)."""
+    """CaseError for a `tasks:` key, an approval or an event in `send:` that no blueprint
+    has (a typo would otherwise just never match)."""
     states = {name for bp in blueprints for name in bp.states}
     task_types = {
         spec.task_type
@@ -113,10 +117,19 @@ def check_names(blueprints: BlueprintSet, case: Case) -> None:
     approvals = {
         name for bp in blueprints for name, state in bp.states.items() if state.kind == "approval"
     }
-    for decision in case.send:
-        if decision.state not in approvals:
-            hint = did_you_mean(decision.state, sorted(approvals))
-            raise CaseError(f"send: {decision.state!r} is not an approval state{hint}")
+    events = {
+        state.event
+        for bp in blueprints
+        for state in bp.states.values()
+        if isinstance(state, ListenState)
+    }
+    for message in case.send:
+        if isinstance(message, Event) and message.event not in events:
+            hint = did_you_mean(message.event, sorted(events))
+            raise CaseError(f"send: no listen state waits for event {message.event!r}{hint}")
+        if isinstance(message, Decision) and message.state not in approvals:
+            hint = did_you_mean(message.state, sorted(approvals))
+            raise CaseError(f"send: {message.state!r} is not an approval state{hint}")
 
 
 def _specs(state: State) -> list[TaskSpec]:
@@ -156,9 +169,11 @@ class _Driver:
         self.store = store
         self.answers: list[_Answer] = []  # scripted answers not yet sent, by time
         self.held: set[str] = set()  # task ids the worker holds and has not answered
-        self.decisions: list[tuple[int, str, str, Decision]] = []  # (at, job, asked, decision)
-        self.unsent = list(case.send)  # decisions not yet matched to a question
-        self.asked: set[tuple[str, int]] = set()  # (job id, asked_at) already matched
+        # (at, seq, (kind, job id, since), message): what is sent when, to which wait
+        self.messages: list[tuple[int, int, tuple[str, str, int], Message]] = []
+        self.unsent = list(case.send)  # messages not yet matched to a question or a listen
+        self.asked: set[tuple[str, str, int]] = set()  # (kind, job id, since) already matched
+        self.refused: list[dict[str, Any]] = []
         self.jobs = [JOB_ID]  # the job and every subflow child it started
         self.seq = 0
 
@@ -185,7 +200,7 @@ class _Driver:
             if await self._lease_queued(records):
                 continue
             self._match_questions(records)
-            due = [a.at for a in self.answers] + [d[0] for d in self.decisions]
+            due = [a.at for a in self.answers] + [m[0] for m in self.messages]
             for record in records.values():
                 if record.doc["status"] not in TERMINAL:
                     machine = await self.orch.registry.machine(record.doc["hash"], self.store)
@@ -267,22 +282,29 @@ class _Driver:
         self.answers.sort()
 
     def _match_questions(self, records: dict[str, JobRecord]) -> None:
-        """Schedule the first unsent decision for each approval state that now asks."""
+        """Schedule the first unsent decision for each approval state that now asks, and the
+        first unsent event for each listen state that now listens for it."""
         for job_id, record in records.items():
             approval = record.doc["approval"]
-            if record.doc["status"] != JobStatus.WAITING_FOR_HUMAN or approval is None:
-                continue
-            key = (job_id, approval["asked_at"])
-            if key in self.asked:
-                continue
-            for decision in self.unsent:
-                if decision.state == approval["state"]:
-                    self.unsent.remove(decision)
-                    self.asked.add(key)
-                    at = approval["asked_at"] + decision.after_ms
-                    self.decisions.append((at, job_id, approval["state"], decision))
-                    self.decisions.sort(key=lambda d: d[0])
-                    break
+            if record.doc["status"] == JobStatus.WAITING_FOR_HUMAN and approval is not None:
+                self._match(("approval", job_id, approval["asked_at"]), approval["state"])
+            book = record.doc.get("listen")
+            if book is not None:
+                self._match(("listen", job_id, book["since"]), book["event"])
+
+    def _match(self, key: tuple[str, str, int], name: str) -> None:
+        """Schedule the first unsent message for the wait `key` (kind, job id, since) on
+        the approval state or event `name`."""
+        if key in self.asked:
+            return
+        for message in self.unsent:
+            if _waits_for(message) == (key[0], name):
+                self.unsent.remove(message)
+                self.asked.add(key)
+                self.seq += 1
+                self.messages.append((key[2] + message.after_ms, self.seq, key, message))
+                self.messages.sort(key=lambda m: m[:2])
+                return
 
     async def _heartbeat(self) -> None:
         """The worker is alive and says which tasks it holds (it does, until it answers)."""
@@ -295,9 +317,27 @@ class _Driver:
             answer = self.answers.pop(0)
             self.held.discard(answer.payload["task_id"])
             await self.orch.submit_result(WORKER, answer.result)
-        while self.decisions and self.decisions[0][0] <= now:
-            _, job_id, _, decision = self.decisions.pop(0)
-            await self.orch.decide(job_id, None, decision.decision)
+        while self.messages and self.messages[0][0] <= now:
+            _, _, key, message = self.messages.pop(0)
+            if isinstance(message, Decision):
+                await self.orch.decide(key[1], None, message.decision)
+            elif not await self._send_event(key[1], message):
+                self.asked.discard(key)  # still listening: the next event for it may come
+
+    async def _send_event(self, job_id: str, event: Event) -> bool:
+        """Deliver the event as the server does; one it refuses goes to `refused`. False
+        when its payload broke the schema (the job keeps listening)."""
+        refusal: dict[str, Any] = {"event": event.event, "at_ms": self.clock.now - START_MS}
+        try:
+            outcome = await self.orch.controls.send_event(job_id, CLIENT, event.event, event.data)
+        except InvalidPayload as exc:
+            refusal.update(code="invalid_payload", message=str(exc), problems=exc.problems)
+            self.refused.append(refusal)
+            return False
+        if isinstance(outcome, Ignored) or outcome is None:
+            refusal.update(code="not_listening", message="the job no longer listens for it")
+            self.refused.append(refusal)
+        return True
 
     async def _report(self) -> Run:
         run = Run("pending")
@@ -325,6 +365,7 @@ class _Driver:
             run.steps, run.state_history = doc["steps"], doc["state_history"]
             run.initial_data = doc["initial_data"]
             run.elapsed_ms = self.clock.now - START_MS
+        run.refused = self.refused
         return run
 
 
@@ -338,6 +379,12 @@ def edge_taken(state: Any, event: dict[str, Any]) -> Edge:
         if state.target(trigger) == target:
             return (state.name, trigger, target)
     return (state.name, via, target)
+
+
+def _waits_for(message: Message) -> tuple[str, str]:
+    if isinstance(message, Decision):
+        return ("approval", message.state)
+    return ("listen", message.event)
 
 
 def _dispatch_order(payload: dict[str, Any]) -> tuple[str, int, str]:

@@ -1,9 +1,9 @@
 """Blueprint test files: `*.test.yaml`, checked against schemas/blueprint-test.schema.json.
 
 A file names one blueprint and lists cases; each case gives the job's `initial_data`, what
-the worker answers for each state or task type (per attempt), what people send (approval
-decisions), how much fake time may pass, and what to expect. Every problem in a file is
-reported at `file:line:col`, as for blueprints.
+the worker answers for each state or task type (per attempt), what people and systems
+send (approval decisions, events), how much fake time may pass, and what to expect. Every
+problem in a file is reported at `file:line:col`, as for blueprints.
 """
 
 from __future__ import annotations
@@ -59,12 +59,25 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class Event:
+    """An event (its name and payload) sent `after_ms` after a listen state starts listening
+    for it."""
+
+    event: str
+    data: Any = field(default_factory=dict)
+    after_ms: int = 0
+
+
+Message = Decision | Event
+
+
+@dataclass(frozen=True)
 class Case:
     name: str
     line: int  # where the case starts in its file
     initial_data: Any = field(default_factory=dict)
     tasks: Mapping[str, tuple[Outcome, ...]] = field(default_factory=dict)
-    send: tuple[Decision, ...] = ()
+    send: tuple[Message, ...] = ()
     advance_ms: int = DEFAULT_ADVANCE_MS
     expect: Mapping[str, Any] = field(default_factory=dict)
     asserts: tuple[Expression, ...] = ()
@@ -171,11 +184,7 @@ def _case(source: Source, index: int, raw: dict[str, Any], problems: list[Proble
             outcomes.append(_outcome(source, where, entry, duration, problems))
         tasks[key] = tuple(outcomes)
     send = tuple(
-        Decision(
-            message["approval"],
-            message["decision"],
-            duration((*base, "send", i, "after"), message.get("after", 0)),
-        )
+        _message(message, duration((*base, "send", i, "after"), message.get("after", 0)))
         for i, message in enumerate(raw.get("send") or [])
     )
     expect = raw.get("expect") or {}
@@ -196,6 +205,12 @@ def _case(source: Source, index: int, raw: dict[str, Any], problems: list[Proble
         expect=expect,
         asserts=tuple(asserts),
     )
+
+
+def _message(raw: dict[str, Any], after_ms: int) -> Message:
+    if "event" in raw:
+        return Event(raw["event"], raw.get("data", {}), after_ms)
+    return Decision(raw["approval"], raw["decision"], after_ms)
 
 
 def _outcome(

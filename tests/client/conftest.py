@@ -43,6 +43,20 @@ states:
   work: {task: nobody_serves_this, on: {success: done}}
   done: {end: finished}
 """,
+    # Listens for the event `go`, then echoes its `n`: events, pause, resume and rerun.
+    "signal": """
+blueprint: signal
+api_endpoint: jobs/signal
+start: listening
+states:
+  listening:
+    listen:
+      event: go
+      schema: {type: object, required: [n], properties: {n: {type: integer}}}
+    on: {received: work}
+  work: {task: echo, params: {n: "${ steps.listening.n }"}, on: {success: done}}
+  done: {end: finished, output: {n: "${ steps.work.n }"}}
+""",
     # Only the listing tests submit these, so they know every job of it.
     "listed": """
 blueprint: listed

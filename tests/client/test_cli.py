@@ -217,6 +217,64 @@ def test_watch_on_a_terminal_draws_a_progress_bar(live: Live, client: Client) ->
     assert "finished" in text
 
 
+def test_an_event_pause_resume_and_rerun_from_the_command_line(
+    live: Live, client: Client, tmp_path: Path
+) -> None:
+    chosen = f"cli-signal-{free_port()}"
+    submitted = cli(live, "submit", "jobs/signal", "--job-id", chosen)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    assert job_id.startswith(f"{chosen}-")
+    assert cli(live, "submit", "jobs/signal", "--job-id", chosen).stdout.strip() == job_id
+    until_status(client, job_id, "waiting")
+
+    refused = cli(live, "send-event", job_id, "go", "--data", '{"n": "x"}')
+    assert refused.returncode == 1
+    assert "interlock send-event: the payload does not match the schema" in refused.stderr
+    paused = cli(live, "pause", job_id)
+    assert paused.stdout == f"{job_id}: paused; now paused at state listening\n"
+    payload = tmp_path / "event.json"
+    payload.write_text('{"n": 8}')
+    sent = cli(live, "send-event", job_id, "go", "--data", f"@{payload}")
+    assert sent.stdout == f"{job_id}: event go taken; now paused at state listening\n"
+    resumed = cli(live, "resume", job_id)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.startswith(f"{job_id}: resumed; now ")
+    assert client.wait(job_id, timeout=30)["result"] == {"n": 8}
+
+    rerun = cli(live, "rerun", job_id, "--from", "work", "--patch", '{"unused": 1}')
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.startswith(f"{job_id}: rerun; now ")
+    assert client.wait(job_id, timeout=30)["status"] == "finished"
+    assert client.get(job_id, include_input=True)["initial_data"] == {"unused": 1}
+    not_again = cli(live, "redrive", job_id)
+    assert (not_again.returncode, not_again.stdout) == (1, "")
+    assert "interlock redrive: the job cannot be redriven: the job has ended" in not_again.stderr
+
+
+def test_a_cancelled_job_is_redriven_with_a_patch(live: Live, client: Client) -> None:
+    job_id = client.submit("jobs/stuck", {"tries": 1}).job_id
+    client.cancel(job_id)
+
+    redriven = cli(live, "redrive", job_id, "--patch", '{"tries": 2}')
+
+    assert redriven.stdout == f"{job_id}: redriven; now queued at state work\n", redriven.stderr
+    assert client.get(job_id, include_input=True)["initial_data"] == {"tries": 2}
+    client.cancel(job_id)
+
+
+def test_jobs_filters_by_label(live: Live, client: Client) -> None:
+    run = f"cli-{free_port()}"
+    a = client.submit("jobs/listed", labels={"run": run, "kind": "a"}).job_id
+    b = client.submit("jobs/listed", labels={"run": run, "kind": "b"}).job_id
+
+    both = cli(live, "jobs", "--label", f"run:{run}", "--json")
+    only_a = cli(live, "jobs", "--label", f"run:{run}", "--label", "kind:a", "--json")
+
+    assert [job["id"] for job in json.loads(both.stdout)] == [b, a]
+    assert [job["id"] for job in json.loads(only_a.stdout)] == [a]
+
+
 def test_errors_print_the_message_and_exit_non_zero(live: Live) -> None:
     cases = [
         (
@@ -230,6 +288,11 @@ def test_errors_print_the_message_and_exit_non_zero(live: Live) -> None:
         (("submit", "jobs/echo", "--data", "[1]"), 1, "must be a JSON object"),
         (("submit", "jobs/echo", "--data", "@/no/such/file"), 1, "cannot read /no/such/file"),
         (("jobs", "--status", "bogus"), 1, "is not a job status"),
+        (("jobs", "--label", "run=1"), 1, "interlock jobs: --label 'run=1': write NAME:VALUE"),
+        (("pause", "no-such-job"), 1, "interlock pause: no job with this id"),
+        (("send-event", "no-such-job", "go", "--data", "[]"), 1, "must be a JSON object"),
+        (("redrive", "x", "--patch", "{oops"), 1, "interlock redrive: --patch is not JSON"),
+        (("rerun", "x"), 2, "the following arguments are required: --from"),
         (("jobs", "--limit", "-3"), 2, "'-3' is not a whole number from 1 up"),
         (("show", "x", "--token", "wrong"), 1, "X-Client-Token is not valid"),
         (("show", "x", "--url", f"http://127.0.0.1:{free_port()}"), 2, "cannot reach http://"),

@@ -215,3 +215,80 @@ async def test_the_listing_is_iterated_page_by_page(api: Either) -> None:
     with pytest.raises(BadRequest) as bad:
         await api.collect("list", status="bogus")
     assert bad.value.code == "invalid_query"
+
+
+async def test_an_event_reaches_a_paused_job_which_moves_on_once_resumed(api: Either) -> None:
+    chosen = f"signal-{api.mode}-{free_port()}"
+    submitted = await api("submit", "jobs/signal", job_id=chosen)
+    assert submitted.created
+    assert submitted.job_id.startswith(f"{chosen}-")  # the server adds the client's tag
+    again = await api("submit", "jobs/signal", job_id=chosen)
+    assert (again.job_id, again.created) == (submitted.job_id, False)
+    chosen = submitted.job_id
+    listening = await until_status(api, chosen, "waiting")
+    assert listening["listen"]["event"] == "go"
+
+    with pytest.raises(BadRequest) as bad:
+        await api("send_event", chosen, "go", {"n": "three"})
+    assert bad.value.code == "invalid_payload"
+    assert bad.value.details[0]["path"] == "$.n"
+    with pytest.raises(Conflict) as other:
+        await api("send_event", chosen, "stop")
+    assert other.value.code == "not_listening"
+    assert other.value.details["listening_for"] == "go"
+
+    with pytest.raises(Conflict) as running:
+        await api("resume", chosen)
+    assert running.value.code == "not_paused"
+    assert (await api("pause", chosen))["status"] == "paused"
+    with pytest.raises(Conflict) as twice:
+        await api("pause", chosen)
+    assert twice.value.code == "already_paused"
+    held = await api("send_event", chosen, "go", {"n": 3})
+    assert held["status"] == "paused"  # taken, but the move on waits for the resume
+    assert (await api("resume", chosen))["status"] != "paused"
+
+    finished = await api("wait", chosen, timeout=30)
+    assert finished["result"] == {"n": 3}
+
+
+async def test_an_ended_job_is_rerun_and_a_cancelled_one_redriven(api: Either) -> None:
+    job_id = (await api("submit", "jobs/echo", {"n": 4})).job_id
+    assert (await api("wait", job_id, timeout=30))["status"] == "finished"
+    with pytest.raises(Conflict) as finished:
+        await api("redrive", job_id)
+    assert finished.value.code == "job_finished"
+    with pytest.raises(BadRequest) as unknown:
+        await api("rerun", job_id, "nowhere")
+    assert unknown.value.code == "unknown_state"
+
+    await api("rerun", job_id, "work", {"n": 5})
+
+    again = await api("wait", job_id, timeout=30)
+    assert (again["status"], again["result"]) == ("finished", {"n": 5})
+    events = [e["event"] for e in await api("history", job_id)]
+    assert events.count("job_finished") == 2
+    assert "job_redriven" in events
+
+    stuck = (await api("submit", "jobs/stuck", {"tries": 1})).job_id
+    await api("cancel", stuck)
+    redriven = await api("redrive", stuck, {"tries": 2})
+    assert (redriven["status"], redriven["state"]) == ("queued", "work")
+    assert (await api("get", stuck, include_input=True))["initial_data"] == {"tries": 2}
+    await api("cancel", stuck)
+    assert (await api("redrive", stuck))["status"] == "queued"
+    await api("cancel", stuck)
+
+
+async def test_the_listing_filters_by_every_label_given(api: Either) -> None:
+    run = f"{api.mode}-{free_port()}"
+    both = (await api("submit", "jobs/listed", labels={"run": run, "kind": "a"})).job_id
+    one = (await api("submit", "jobs/listed", labels={"run": run, "kind": "b"})).job_id
+
+    listed = await api.collect("list", labels={"run": run}, page_size=1)
+    assert [job["id"] for job in listed] == [one, both]
+    page = await api("page", labels={"run": run, "kind": "a"}, blueprint="listed")
+    assert [job["id"] for job in page["jobs"]] == [both]
+    with pytest.raises(BadRequest) as bad:
+        await api("page", labels={"run": ""})
+    assert bad.value.code == "invalid_query"

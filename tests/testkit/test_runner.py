@@ -126,7 +126,7 @@ def test_test_files_are_checked_against_the_shipped_schema(tmp_path: Path) -> No
         cases:
           - name: one
             tasks: {send: {timeout: true, data: {}}}
-            send: [{approval: x}]
+            send: [{approval: x}, {event: paid, data: [1]}, {event: paid, decision: y}]
             advance: 2 days
             expect: {status: done, assert: ["a ==="]}
         """,
@@ -135,7 +135,9 @@ def test_test_files_are_checked_against_the_shipped_schema(tmp_path: Path) -> No
         load_test_file(path)
     text = str(caught.value)
     assert f"{path}:4:" in text  # timeout with data
-    assert "$.cases[0].send[0]" in text
+    assert "$.cases[0].send[0]: 'decision' is a required property" in text
+    assert "$.cases[0].send[1].data: [1] is not of type 'object'" in text
+    assert "$.cases[0].send[2]: Additional properties are not allowed ('decision'" in text
     assert "$.cases[0].advance" in text
     assert "$.cases[0].expect.status: 'done' is not one of" in text
 
@@ -168,6 +170,10 @@ async def test_coverage_names_what_no_case_took(bp_dir: Path) -> None:
     [
         ("tasks: {fetch_img: {}}", "tasks: 'fetch_img' is neither a state nor a task type"),
         ("send: [{approval: reviw, decision: approve}]", "send: 'reviw' is not an approval"),
+        (
+            "send: [{event: payment_recieved, data: {amount: 1}}]",
+            "send: no listen state waits for event 'payment_recieved'",
+        ),
     ],
 )
 async def test_a_name_no_blueprint_has_fails_the_case_with_a_hint(
