@@ -112,15 +112,17 @@ def data_of(
     return data
 
 
-def labels_of(pairs: list[str] | None, sep: str = "=") -> dict[str, str] | None:
-    """--label NAME=VALUE options (NAME:VALUE with `sep` ":"), as a mapping."""
+def labels_of(pairs: list[str] | None) -> dict[str, str] | None:
+    """--label options, NAME=VALUE or NAME:VALUE (a label's name holds neither `=` nor `:`,
+    so the first of them ends it: both commands take both forms), as a mapping."""
     if not pairs:
         return None
     labels: dict[str, str] = {}
     for pair in pairs:
-        name, found, value = pair.partition(sep)
-        if not found or not name:
-            raise UsageError(f"--label {pair!r}: write NAME{sep}VALUE")
+        cut = min((i for i in (pair.find("="), pair.find(":")) if i >= 0), default=-1)
+        name, value = (pair[:cut], pair[cut + 1 :]) if cut > 0 else ("", "")
+        if not name:
+            raise UsageError(f"--label {pair!r}: write NAME=VALUE (or NAME:VALUE)")
         if labels.get(name, value) != value:
             raise UsageError(f"--label {name}: given twice with different values")
         labels[name] = value
@@ -153,7 +155,7 @@ def jobs(args: argparse.Namespace, client: Client) -> int:
             client.list(
                 status=args.status,
                 blueprint=args.blueprint,
-                labels=labels_of(args.label, ":"),
+                labels=labels_of(args.label),
                 page_size=min(args.limit, 200),
             ),
             args.limit,
@@ -318,7 +320,12 @@ def add_commands(commands: Any) -> None:
     new.add_argument(
         "--data", metavar="JSON|@FILE", help="initial_data: a JSON object, @file.json or @- (stdin)"
     )
-    new.add_argument("--label", action="append", metavar="NAME=VALUE", help="a label (repeatable)")
+    new.add_argument(
+        "--label",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a label, NAME=VALUE or NAME:VALUE (repeatable)",
+    )
     new.add_argument(
         "--idempotency-key", metavar="KEY", help="retrying with it makes no second job"
     )
@@ -337,7 +344,7 @@ def add_commands(commands: Any) -> None:
         "--label",
         action="append",
         metavar="NAME:VALUE",
-        help="only jobs carrying this label (repeatable: all must match)",
+        help="only jobs carrying this label, NAME:VALUE or NAME=VALUE (repeatable: all must match)",
     )
     listing.add_argument(
         "--limit", type=positive, default=20, help="at most this many (default 20)"

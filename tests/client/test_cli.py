@@ -265,11 +265,12 @@ def test_a_cancelled_job_is_redriven_with_a_patch(live: Live, client: Client) ->
 
 def test_jobs_filters_by_label(live: Live, client: Client) -> None:
     run = f"cli-{free_port()}"
-    a = client.submit("jobs/listed", labels={"run": run, "kind": "a"}).job_id
+    made = cli(live, "submit", "jobs/listed", "--label", f"run:{run}", "--label", "kind=a")
+    a = made.stdout.strip()  # (a label as NAME:VALUE or NAME=VALUE, in both commands)
     b = client.submit("jobs/listed", labels={"run": run, "kind": "b"}).job_id
 
     both = cli(live, "jobs", "--label", f"run:{run}", "--json")
-    only_a = cli(live, "jobs", "--label", f"run:{run}", "--label", "kind:a", "--json")
+    only_a = cli(live, "jobs", "--label", f"run={run}", "--label", "kind:a", "--json")  # either
 
     assert [job["id"] for job in json.loads(both.stdout)] == [b, a]
     assert [job["id"] for job in json.loads(only_a.stdout)] == [a]
@@ -288,7 +289,8 @@ def test_errors_print_the_message_and_exit_non_zero(live: Live) -> None:
         (("submit", "jobs/echo", "--data", "[1]"), 1, "must be a JSON object"),
         (("submit", "jobs/echo", "--data", "@/no/such/file"), 1, "cannot read /no/such/file"),
         (("jobs", "--status", "bogus"), 1, "is not a job status"),
-        (("jobs", "--label", "run=1"), 1, "interlock jobs: --label 'run=1': write NAME:VALUE"),
+        (("jobs", "--label", "run"), 1, "interlock jobs: --label 'run': write NAME=VALUE"),
+        (("submit", "jobs/echo", "--label", ":1"), 1, "--label ':1': write NAME=VALUE"),
         (("pause", "no-such-job"), 1, "interlock pause: no job with this id"),
         (("send-event", "no-such-job", "go", "--data", "[]"), 1, "must be a JSON object"),
         (("redrive", "x", "--patch", "{oops"), 1, "interlock redrive: --patch is not JSON"),
