@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import sys
@@ -24,6 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -63,7 +65,9 @@ class Fleet:
         self.beat_http = beat_http or http
         self.base = base
         self.ids = [f"idle-{i:04d}" for i in range(count)]
-        self.open_polls = 0
+        self.open_polls = 0  # polls whose request has been sent (the server holds them)
+        self.started_polls = 0
+        self.all_sent = asyncio.Event()  # set when open_polls reaches started_polls
         self.tasks: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self.errors: Counter[str] = Counter()
         self.beats = 0
@@ -86,11 +90,12 @@ class Fleet:
     async def poll_forever(self, worker_id: str) -> None:
         url = f"{self.base}/_worker/workers/{worker_id}/tasks/next"
         params = {"timeout": str(POLL_S), "available_skills": "echo"}
+        self.started_polls += 1
         while True:
-            self.open_polls += 1
+            sent = SimpleNamespace(sent=False, fleet=self)  # see poll_tracing
             try:
                 async with self.http.get(
-                    url, params=params, headers=self.headers(worker_id)
+                    url, params=params, headers=self.headers(worker_id), trace_request_ctx=sent
                 ) as resp:
                     status = resp.status
                     body = await resp.read()
@@ -99,12 +104,28 @@ class Fleet:
                 await asyncio.sleep(1)
                 continue
             finally:
-                self.open_polls -= 1
+                if sent.sent:
+                    self.open_polls -= 1
             if status == 200:
                 await self.tasks.put((worker_id, json.loads(body)))
             elif status != 204:
                 self.errors[f"HTTP {status}"] += 1
                 await asyncio.sleep(1)
+
+    def sent(self, request: SimpleNamespace) -> None:
+        """A poll's request has been written (see `poll_tracing`)."""
+        if not request.sent:
+            request.sent = True
+            self.open_polls += 1
+            if self.open_polls >= self.started_polls:
+                self.all_sent.set()
+
+    async def polls_sent(self, deadline_s: float) -> None:
+        """Until every poll started so far has sent its request, or `deadline_s` passed."""
+        if self.open_polls < self.started_polls:
+            self.all_sent.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_sent.wait(), deadline_s)
 
     async def heartbeats(self, worker_id: str, every_s: float) -> None:
         """A heartbeat every `every_s` seconds, the first at a random point of the period."""
@@ -136,6 +157,22 @@ class Fleet:
         ) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"result: HTTP {resp.status} {await resp.text()}")
+
+
+def poll_tracing() -> aiohttp.TraceConfig:
+    """Counts a poll as open once its request is written: before that the server does not
+    hold it, and this process may be the one that is late."""
+
+    async def on_headers_sent(
+        _session: aiohttp.ClientSession, context: SimpleNamespace, _params: object
+    ) -> None:
+        request = context.trace_request_ctx
+        if isinstance(request, SimpleNamespace) and isinstance(request.fleet, Fleet):
+            request.fleet.sent(request)
+
+    config = aiohttp.TraceConfig()
+    config.on_request_headers_sent.append(on_headers_sent)
+    return config
 
 
 @dataclass
@@ -176,7 +213,9 @@ async def _main(
     failures = 0
     beat_connector = aiohttp.TCPConnector(limit=BEAT_CONNECTIONS)
     async with (
-        aiohttp.ClientSession(connector=connector, timeout=timeout) as http,
+        aiohttp.ClientSession(
+            connector=connector, timeout=timeout, trace_configs=[poll_tracing()]
+        ) as http,
         aiohttp.ClientSession(connector=beat_connector, timeout=timeout) as beat_http,
     ):
         fleet = Fleet(http, server.url, count, beat_http)
@@ -193,27 +232,47 @@ async def _main(
         )
         rss_before = rss_mib(server.pid)
         before = await orchestrator_connections(redis)
-        # Polls open POLLS_PER_S a second, as a fleet starts: 10,000 connects at once overflow
-        # the listen backlog, and the client's SYN retries back off for longer than a poll.
+        # Polls open at most POLLS_PER_S a second, as a fleet starts: 10,000 connects at once
+        # overflow the listen backlog, and the client's SYN retries back off for longer than a
+        # poll. Each batch waits for the one before to have sent its requests: on a loaded
+        # machine this one process falls behind, and a connection that has sent no request
+        # HEADER_TIMEOUT (10 s) after its connect is closed by the server.
         polls = []
+        opening = time.perf_counter()
         for start in range(0, count, POLLS_PER_S // 10):
             batch = fleet.ids[start : start + POLLS_PER_S // 10]
             polls += [asyncio.create_task(fleet.poll_forever(w)) for w in batch]
             await asyncio.sleep(0.1)
+            await fleet.polls_sent(POLL_S)
+        print(
+            f"long polls sent:                      {fleet.open_polls} "
+            f"in {time.perf_counter() - opening:.1f} s"
+        )
+        # The heartbeats start once the polls are open, for the same reason: their pool's
+        # first connections must not wait behind thousands of poll connects in this process.
         beats = []
         if heartbeat_s > 0:
             beats = [asyncio.create_task(fleet.heartbeats(w, heartbeat_s)) for w in fleet.ids]
         await asyncio.sleep(hold_s / 2)  # the second half of the hold: no start-up burst
+        beats_start = fleet.beats
         cpu_start, cpu_at = cpu_seconds(server.pid), time.perf_counter()
+        own_cpu_start = time.process_time()
         await asyncio.sleep(hold_s / 2)
-        cpu_share = (cpu_seconds(server.pid) - cpu_start) / (time.perf_counter() - cpu_at)
+        elapsed = time.perf_counter() - cpu_at
+        cpu_share = (cpu_seconds(server.pid) - cpu_start) / elapsed
+        own_cpu_share = (time.process_time() - own_cpu_start) / elapsed
+        beat_rate = (fleet.beats - beats_start) / elapsed
         during = await orchestrator_connections(redis)
         connections = during.total
         rss = rss_mib(server.pid)
         print(f"open long polls:                      {fleet.open_polls}")
         if heartbeat_s > 0:
             every = f"each worker every {heartbeat_s:g} s"
-            print(f"heartbeats sent meanwhile:            {fleet.beats} ({every})")
+            print(f"heartbeats answered meanwhile:        {fleet.beats} ({every})")
+            print(
+                f"heartbeats answered a second:         {beat_rate:.0f} in the second half "
+                f"(asked: {count / heartbeat_s:.0f})"
+            )
         print(f"orchestrator Redis connections:       {before.total} after registering")
         print(
             f"orchestrator Redis connections:       {during.total} while the polls wait, "
@@ -221,6 +280,7 @@ async def _main(
             f"(by last command: {dict(during.by_command)})"
         )
         print(f"orchestrator CPU while they wait:     {100 * cpu_share:.0f}% of one core")
+        print(f"this client's CPU meanwhile:          {100 * own_cpu_share:.0f}% of one core")
         print(f"orchestrator RSS before the polls:    {rss_before:.1f} MiB")
         peak = peak_rss_mib(server.pid)
         print(f"orchestrator RSS while they wait:     {rss:.1f} MiB (peak {peak:.1f} MiB)")
