@@ -43,9 +43,14 @@ async def test_failover_when_the_primary_is_killed_and_back_when_it_returns(
     the secondary, returns to the primary, and every task runs exactly once."""
     record = tmp_path / "record.txt"
     primary_port = free_port()
+    # A task the primary leased to the worker's poll just as it was killed never reaches the
+    # worker; it is taken back once the worker's heartbeats have gone two lease periods
+    # without it (engine/runtime/tasks.py lease_problem). A short heartbeat timeout makes
+    # that seconds, not the default's minutes, within the test's wait.
+    fast = {"HEARTBEAT_TIMEOUT": "2s"}
     with (
-        orchestrator(tmp_path, redis_url, port=primary_port) as primary,
-        orchestrator(tmp_path, redis_url) as secondary,
+        orchestrator(tmp_path, redis_url, port=primary_port, env=fast) as primary,
+        orchestrator(tmp_path, redis_url, env=fast) as secondary,
     ):
         urls = [{"url": primary.url}, {"url": secondary.url}]
         env = fast_env(
@@ -64,7 +69,7 @@ async def test_failover_when_the_primary_is_killed_and_back_when_it_returns(
                 during = [await submit(http, "jobs/sdk_echo", {"n": i}) for i in range(20)]
                 done = [await wait_terminal(http, j) for j in before + during]
                 back = len(proc.output())
-                with orchestrator(tmp_path, redis_url, port=primary_port):
+                with orchestrator(tmp_path, redis_url, port=primary_port, env=fast):
                     # once the poll open on the secondary has ended
                     await eventually(
                         lambda: f"polling {primary.url} for tasks" in proc.output()[back:],
