@@ -46,8 +46,9 @@ async def test_failover_when_the_primary_is_killed_and_back_when_it_returns(
     # A task the primary leased to the worker's poll just as it was killed never reaches the
     # worker; it is taken back once the worker's heartbeats have gone two lease periods
     # without it (engine/runtime/tasks.py lease_problem). A short heartbeat timeout makes
-    # that seconds, not the default's minutes, within the test's wait.
-    fast = {"HEARTBEAT_TIMEOUT": "2s"}
+    # that about 15 s, not the default's minutes, within the test's wait; at 5 s it is still
+    # 25 of the worker's heartbeats, so a stall of the machine does not take a task back.
+    fast = {"HEARTBEAT_TIMEOUT": "5s"}
     with (
         orchestrator(tmp_path, redis_url, port=primary_port, env=fast) as primary,
         orchestrator(tmp_path, redis_url, env=fast) as secondary,
