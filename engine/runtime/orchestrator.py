@@ -245,8 +245,11 @@ class Orchestrator:
         read; one that ends elsewhere is announced on the `done` channel and read."""
         if wait_s <= 0:
             return self._owned(await self.store.read_job(job_id), client)
-        future: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
-        self._done_waiters.setdefault(job_id, []).append(future)  # before the read: no gap
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        waiters = self._done_waiters.setdefault(job_id, [])
+        future: asyncio.Future[JobRecord | None] = loop.create_future()
+        waiters.append(future)  # before the read: no gap
         try:
             # What we committed last is good enough to decide whether to wait: had the job
             # ended elsewhere since, its `done` announcement would have dropped the entry.
@@ -255,19 +258,24 @@ class Orchestrator:
             if record is None or record.doc["status"] in TERMINAL:
                 record = await self.store.read_job(job_id)
             record = self._owned(record, client)
-            if record is None or record.doc["status"] in TERMINAL:
-                return record
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    ended = await future
-                    if ended is not None:
-                        return self._owned(ended, client)
-            return self._owned(await self.store.read_job(job_id), client)
+            while record is not None and record.doc["status"] not in TERMINAL:
+                ended: JobRecord | None = None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(deadline):
+                        ended = await future
+                record = self._owned(ended or await self.store.read_job(job_id), client)
+                if loop.time() >= deadline:
+                    break
+                # Not ended: woken by a redrive's announcement (it goes out on the same
+                # channel, so that other orchestrators forget the end): wait on.
+                waiters.remove(future)
+                future = loop.create_future()
+                waiters.append(future)
+            return record
         finally:
-            waiters = self._done_waiters.get(job_id, [])
             with contextlib.suppress(ValueError):
                 waiters.remove(future)
-            if not waiters:
+            if not waiters and self._done_waiters.get(job_id) is waiters:
                 self._done_waiters.pop(job_id, None)
 
     @staticmethod

@@ -231,6 +231,24 @@ async def test_a_redriven_job_no_longer_expires_and_other_orchestrators_see_it_r
         assert await a.store.redis.pttl(key) > 0
 
 
+async def test_a_wait_woken_by_a_redrive_announcement_waits_on_for_the_end(
+    url: str, tmp_path: Path
+) -> None:
+    """A redrive is announced on the channel that announces ends (so that orchestrators
+    forget the end they remember); a `?wait` woken by it finds the job running: it waits on."""
+    async with orchestrator(url, tmp_path, FAILING) as orch:
+        job_id = await orch.submit(orch.registry.by_name["failing"], {"n": 1}, client="c")
+        waiting = asyncio.create_task(orch.wait_job(job_id, None, 10))
+        await wait_for(lambda: job_id in orch._done_waiters)
+        orch.job_done(job_id)  # as when a redrive elsewhere is announced: nothing ended
+        done, _ = await asyncio.wait({waiting}, timeout=1)
+        assert not done, waiting.result()  # (before: answered at once, `queued`)
+        await run_task(orch, "w1", "echo", lambda t: {"data": t["params"]})
+        doc = await waiting
+        assert doc is not None
+        assert (doc["status"], doc["result"]) == ("finished", {"n": 1})
+
+
 async def test_a_job_past_its_retention_cannot_be_redriven(url: str, tmp_path: Path) -> None:
     settings = RuntimeSettings(retention_ms=200)
     async with orchestrator(url, tmp_path, FAILING, settings=settings) as orch:
