@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,7 @@ from engine.runtime.jobdoc import TERMINAL, Effects, Ignored, Leases, TaskLease
 from engine.runtime.machine import Machine
 from engine.runtime.registry import UnknownBlueprintVersion
 from engine.runtime.schedules import CATCH_UP
-from engine.store.client import JobRecord, StoreUnavailable
+from engine.store.client import JobRecord, StoreUnavailable, WebhookDue
 
 log = logging.getLogger("interlock.orchestrator")
 throttle = Throttle(log)
@@ -132,38 +133,76 @@ async def fire(orch: LoopHost, job_id: str) -> None:
 async def webhook_loop(orch: LoopHost) -> None:
     while True:
         checkpoint()
+        more = False
         try:
-            due = await orch.store.claim_webhooks(now_ms(), 50, orch.settings.webhook_claim_ms)
-            await bounded(50, [deliver(orch, job_id) for job_id in due])
+            more = await deliver_due(orch) >= orch.settings.webhook_batch
         except StoreUnavailable as exc:
             checkpoint(exc)
             log.warning("webhook loop: %s", exc)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                await orch.webhook_wake.wait()
+        if not more:  # (a full claim: more may be due at once)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await orch.webhook_wake.wait()
         orch.webhook_wake.clear()
 
 
-async def deliver(orch: LoopHost, job_id: str) -> None:
+# POSTs in flight at once, over the sender's shared keep-alive connections (aiohttp's
+# connector holds 100).
+WEBHOOK_CONCURRENCY = 100
+
+
+@dataclass
+class WebhookOutcomes:
+    """What a turn of deliveries records, in one round trip (Store.record_webhooks)."""
+
+    attempted: list[str] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+    retry: dict[str, int] = field(default_factory=dict)
+
+
+async def deliver_due(orch: LoopHost) -> int:
+    """One turn of webhook delivery: claim what is due in every partition (one round trip),
+    read those jobs (one more), POST them concurrently, and record every outcome (one
+    more). Returns how many entries were claimed.
+
+    A process killed between a POST and its record leaves the entry claimed: it falls due
+    again when the claim runs out, and is delivered again (at least once), with the same
+    attempt number in `X-Interlock-Delivery` since the attempt was not counted."""
+    settings = orch.settings
+    due = await orch.store.claim_webhooks(
+        now_ms(), settings.webhook_batch, settings.webhook_claim_ms
+    )
+    if not due:
+        return 0
+    outcomes = WebhookOutcomes()
+    posts = []
+    for entry in await orch.store.read_webhooks(due):
+        url = entry.doc.get("webhook_url") if entry.doc is not None else None
+        if entry.doc is None or not url:
+            outcomes.done.append(entry.job_id)
+        elif entry.doc["status"] in TERMINAL:
+            posts.append(deliver(orch, entry, str(url), outcomes))
+        # Otherwise redriven before this went out: its next end queues it at once (until
+        # then, it is looked at again when the claim runs out).
+    await bounded(WEBHOOK_CONCURRENCY, posts)
+    await orch.store.record_webhooks(outcomes.attempted, outcomes.done, outcomes.retry)
+    return len(due)
+
+
+async def deliver(orch: LoopHost, entry: WebhookDue, url: str, outcomes: WebhookOutcomes) -> None:
+    """POST one webhook and note its outcome in `outcomes`."""
     assert orch.webhook_sender is not None
-    record = await orch.store.read_job(job_id)
-    url = record.doc.get("webhook_url") if record else None
-    if record is None or not url:
-        await orch.store.webhook_delivered(job_id)
-        return
-    if record.doc["status"] not in TERMINAL:
-        # Redriven before this went out: its next end queues it at once (until then, it is
-        # looked at again when the claim runs out).
-        return
-    attempt = await orch.store.webhook_attempt(job_id)
-    body, headers = webhooks.request(record.doc, orch.settings.webhook_secret, attempt)
+    assert entry.doc is not None
+    job_id, attempt = entry.job_id, entry.attempts + 1
+    body, headers = webhooks.request(entry.doc, orch.settings.webhook_secret, attempt)
     try:
         status = await orch.webhook_sender(url, body, headers)
         problem = f"HTTP {status}"
     except (OSError, TimeoutError) as exc:
         status, problem = 0, repr(exc)
+    outcomes.attempted.append(job_id)
     if 200 <= status < 300:
-        await orch.store.webhook_delivered(job_id)
+        outcomes.done.append(job_id)
     elif attempt >= webhooks.MAX_ATTEMPTS:
         log.error(
             "webhook for job %s to %s failed %d times (%s); giving up",
@@ -172,11 +211,10 @@ async def deliver(orch: LoopHost, job_id: str) -> None:
             attempt,
             problem,
         )
-        await orch.store.webhook_delivered(job_id)
+        outcomes.done.append(job_id)
     else:
-        # Record the retry before saying so: until then our claim (a minute) holds the entry.
-        retry_at = now_ms() + webhooks.backoff_ms(attempt)
-        await orch.store.webhook_retry(job_id, retry_at)
+        # Until the turn records the retry, our claim (a minute) holds the entry.
+        outcomes.retry[job_id] = now_ms() + webhooks.backoff_ms(attempt)
         log.warning(
             "webhook for job %s to %s failed (%s); retrying", job_id, webhooks.redact(url), problem
         )

@@ -31,6 +31,7 @@ class OrchestratorSettings:
     cancel_ttl_ms: int = 3_600_000
     webhook_secret: str = ""
     webhook_claim_ms: int = 60_000
+    webhook_batch: int = 100  # deliveries claimed per partition in one turn
     clients: tuple[str, ...] = ()  # whose job indexes the janitor prunes (janitor.py)
 
 

@@ -145,6 +145,16 @@ class LeaseBatch:
     workers: Sequence[str]
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookDue:
+    """A claimed webhook delivery as read: the job's document (None once the job is gone)
+    and the delivery attempts recorded so far."""
+
+    job_id: str
+    doc: JobDoc | None
+    attempts: int
+
+
 @dataclass(slots=True)
 class Commit:
     """One guarded change of a job (see lua/commit.lua)."""
@@ -827,17 +837,46 @@ class Store:
         return due
 
     @translated
-    async def webhook_attempt(self, job_id: str) -> int:
-        """Count one more delivery attempt for the job's webhook; returns the count."""
-        return int(await self.redis.hincrby(self.keys.job(job_id), "webhook_attempts", 1))
+    async def read_webhooks(self, job_ids: Sequence[str]) -> list[WebhookDue]:
+        """The documents and attempt counts of claimed deliveries, in one round trip (one
+        pipeline per master on a cluster)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.keys.job(job_id), ["doc", "input", "webhook_attempts"])
+        rows = await pipe.execute()
+        return [
+            WebhookDue(
+                job_id,
+                with_input(loads(raw), None if given is None else str(given)) if raw else None,
+                int(attempts or 0),
+            )
+            for job_id, (raw, given, attempts) in zip(job_ids, rows, strict=True)
+        ]
 
     @translated
-    async def webhook_delivered(self, job_id: str) -> None:
-        await self.redis.zrem(self.keys.webhooks(self.keys.partition(job_id)), job_id)
-
-    @translated
-    async def webhook_retry(self, job_id: str, at_ms: int) -> None:
-        await self.redis.zadd(self.keys.webhooks(self.keys.partition(job_id)), {job_id: at_ms})
+    async def record_webhooks(
+        self, attempted: Sequence[str], done: Sequence[str], retry: Mapping[str, int]
+    ) -> None:
+        """The outcomes of a turn of deliveries, in one round trip: one more attempt counted
+        for each job in `attempted` (whose job the turn has just read), the jobs in `done`
+        out of the outbox, those in `retry` due again at the given ms. The outbox changes
+        are one ZREM and one ZADD per partition. Attempts go first: a Redis lost half way
+        leaves the entries claimed, due again when the claim runs out."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in attempted:
+            pipe.hincrby(self.keys.job(job_id), "webhook_attempts", 1)
+        removals: dict[int, list[str]] = {}
+        for job_id in done:
+            removals.setdefault(self.keys.partition(job_id), []).append(job_id)
+        additions: dict[int, dict[str, int]] = {}
+        for job_id, at_ms in retry.items():
+            additions.setdefault(self.keys.partition(job_id), {})[job_id] = at_ms
+        for partition, members in removals.items():
+            pipe.zrem(self.keys.webhooks(partition), *members)
+        for partition, scores in additions.items():
+            pipe.zadd(self.keys.webhooks(partition), scores)
+        if attempted or removals or additions:
+            await pipe.execute()
 
     # -- workers -------------------------------------------------------------------------------
 
