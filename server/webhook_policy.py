@@ -22,6 +22,7 @@ addresses (`10.0.0.7`), networks (`10.20.0.0/16`, `fd00::/8`) and host names
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -110,9 +111,17 @@ class WebhookPolicy:
         return host.lower().rstrip(".") in self.names
 
     def check_url(self, url: str) -> str:
-        """`url` if it may be used as a webhook; else WebhookRefused saying why."""
-        if len(url) > MAX_URL_LENGTH:
+        """`url` if it may be used as a webhook; else WebhookRefused saying why. (The answer
+        depends on the URL and the policy only: the last ones are remembered, since a
+        client sends the same few URLs, checked at submit and again at each delivery.)"""
+        if len(url) > MAX_URL_LENGTH:  # (never kept: the memory holds short URLs only)
             raise WebhookRefused(f"is longer than {MAX_URL_LENGTH} characters")
+        refused = _refusal(self, url)
+        if refused is not None:
+            raise WebhookRefused(refused)
+        return url
+
+    def _check_url(self, url: str) -> None:
         if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
             raise WebhookRefused("must not contain spaces or control characters (CR, LF, ...)")
         try:
@@ -126,7 +135,6 @@ class WebhookPolicy:
         if parts.port == 0:
             raise WebhookRefused("port 0 is not a port a receiver can listen on")
         self.check_host(host)
-        return url
 
     def check_host(self, host: str) -> None:
         """Refuse a host written as a non-public address, or an internal-only name."""
@@ -147,6 +155,16 @@ class WebhookPolicy:
                 f"names {host!r}, a host of an internal network; webhooks go to public "
                 "hosts only (an operator can allow internal receivers with WEBHOOK_ALLOW)"
             )
+
+
+@functools.lru_cache(maxsize=1024)  # URLs are at most MAX_URL_LENGTH: 2 MB at most
+def _refusal(policy: WebhookPolicy, url: str) -> str | None:
+    """Why `policy` refuses `url`, or None if it does not."""
+    try:
+        policy._check_url(url)
+    except WebhookRefused as exc:
+        return str(exc)
+    return None
 
 
 def kind(address: IPAddress) -> str:

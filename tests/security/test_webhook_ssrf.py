@@ -19,7 +19,14 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from server.app import build_app
-from server.webhook_policy import FilteringResolver, WebhookPolicy, ipv4_literal
+from server.webhook_policy import (
+    MAX_URL_LENGTH,
+    FilteringResolver,
+    WebhookPolicy,
+    WebhookRefused,
+    _refusal,
+    ipv4_literal,
+)
 from server.webhooks import WebhookSender
 from tests.server.conftest import make_settings, serve
 from tests.server.helpers import ACME, Client, error_of, ok_json, submit
@@ -190,3 +197,20 @@ async def test_failed_deliveries_log_no_credentials_or_path(tmp_path: Path) -> N
     assert f"http://127.0.0.1:{port}/..." in text
     for secret in ("hookuser", "HookPassw0rd", "PathSecret", "T000"):
         assert secret not in text
+
+
+def test_a_url_checked_again_gets_the_same_answer_from_memory() -> None:
+    """Submit and every delivery check the URL: the answer, a function of the URL and the
+    policy alone, is remembered for the last URLs (short ones only)."""
+    policy = WebhookPolicy()
+    _refusal.cache_clear()
+    for _ in range(2):
+        with pytest.raises(WebhookRefused, match="a loopback address"):
+            policy.check_url("http://127.0.0.1/hook")
+        assert policy.check_url("https://hooks.example.com/x") == "https://hooks.example.com/x"
+    assert _refusal.cache_info().hits == 2
+    allowing = WebhookPolicy.from_text("127.0.0.1")  # another policy: asked afresh
+    assert allowing.check_url("http://127.0.0.1/hook") == "http://127.0.0.1/hook"
+    with pytest.raises(WebhookRefused, match="longer than"):
+        policy.check_url("https://hooks.example.com/" + "x" * MAX_URL_LENGTH)
+    assert _refusal.cache_info().currsize == 3
