@@ -1,6 +1,7 @@
 """A/B pairs: one workload with a setting off and on, interleaved, in one sitting.
 
     .venv/bin/python -m bench.run --workload linear3 --compare metrics [--pairs 5] [-n N]
+    .venv/bin/python -m bench.run --workload linear3 --compare webhook [--pairs 5] [-n N]
 
 Each pair starts fresh processes for both sides (a new redis-server, `interlock serve` and
 workers each time), one side after the other, and the side that goes first alternates from
@@ -17,9 +18,15 @@ from dataclasses import dataclass
 
 from bench.harness import machine_summary
 
+# The bench's own setting in a side's environment (not passed to the server): how the load
+# generator learns that a job ended, `wait` or `webhook` (bench/load.py).
+COMPLETE = "BENCH_COMPLETE"
+
 # What --compare can switch: the server's environment for side A (off) and side B (on).
 COMPARISONS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "metrics": ({"METRICS": "off"}, {"METRICS": "on"}),
+    # Each job waited for with GET ?wait= (A) or by its webhook (B).
+    "webhook": ({COMPLETE: "wait"}, {COMPLETE: "webhook"}),
 }
 
 

@@ -28,6 +28,7 @@ from tests.support.redis_server import RedisServer as TestRedisServer
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_TOKEN = "bench-client-token"
 WORKER_TOKEN = "bench-worker-token"
+WEBHOOK_SECRET = "bench-webhook-secret"
 PARTITIONS = DEFAULT_PARTITIONS  # a single Redis's default (bench.run --partitions)
 BENCH_CLIENT_NAME = "interlock-bench"  # the bench's own Redis connections carry this name
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -159,7 +160,8 @@ def serve(
     settings = {
         "CLIENT_TOKEN": CLIENT_TOKEN,
         "WORKER_TOKEN": WORKER_TOKEN,
-        "WEBHOOK_SECRET": "bench-webhook-secret",
+        "WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "WEBHOOK_ALLOW": "127.0.0.1",  # the load generator's webhook receiver (bench/load.py)
         "LOG_LEVEL": "WARNING",
         **({"REDIS_PARTITIONS": str(partitions)} if partitions else {}),
         **(env or {}),

@@ -1,19 +1,23 @@
-"""The load generator: N jobs over REST, C in flight, each waited for with `?wait=`."""
+"""The load generator: N jobs over REST, C in flight, each waited for with `?wait=` or
+(`complete="webhook"`) by its webhook, POSTed to a receiver in this process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
-from bench.harness import CLIENT_TOKEN
+from bench.harness import CLIENT_TOKEN, WEBHOOK_SECRET
+from engine.runtime.webhooks import verify
 from engine.store.keys import Keys
 
 TERMINAL = frozenset({"finished", "failed", "cancelled"})
@@ -81,8 +85,56 @@ def session(concurrency: int) -> aiohttp.ClientSession:
     )
 
 
+class Receiver:
+    """Webhooks POSTed back to the bench: each checked for its signature and answered 204;
+    a job's first one ends the wait for it."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.forged = 0
+
+    def first(self, job_id: str) -> asyncio.Future[dict[str, Any]]:
+        found = self.arrived.get(job_id)
+        if found is None:
+            found = self.arrived[job_id] = asyncio.get_running_loop().create_future()
+        return found
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if not verify(WEBHOOK_SECRET, request.headers.get("X-Interlock-Signature", ""), body):
+            self.forged += 1
+            return web.Response(status=401)
+        payload = json.loads(body)
+        arrived = self.first(payload["job_id"])
+        if not arrived.done():  # (at least once: a second delivery is answered and dropped)
+            arrived.set_result(payload)
+        return web.Response(status=204)
+
+
+@contextlib.asynccontextmanager
+async def receiving() -> AsyncIterator[tuple[str, Receiver]]:
+    """A webhook receiver on a free loopback port: its URL, and what it received."""
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/hook", receiver
+    finally:
+        await runner.cleanup()
+
+
 async def _one_job(
-    http: aiohttp.ClientSession, base: str, endpoint: str, body: bytes, result: LoadResult
+    http: aiohttp.ClientSession,
+    base: str,
+    endpoint: str,
+    body: bytes,
+    result: LoadResult,
+    receiver: Receiver | None = None,
 ) -> None:
     started = time.perf_counter()
     async with http.post(f"{base}/api/v1/{endpoint}", data=body) as resp:
@@ -91,6 +143,15 @@ async def _one_job(
             result.problem("submit_refused", f"HTTP {resp.status} {text[:200]!r}")
             return
     job_id = json.loads(text)["job_id"]
+    if receiver is not None:
+        try:
+            async with asyncio.timeout(JOB_DEADLINE_S):
+                doc = await receiver.first(job_id)
+        except TimeoutError:
+            result.problem("timed_out", f"no webhook for {job_id} after {JOB_DEADLINE_S:g} s")
+            return
+        _count(result, job_id, doc, started)
+        return
     url = f"{base}/api/v1/jobs/{job_id}"
     while True:
         async with http.get(url, params={"wait": str(WAIT_S)}) as resp:
@@ -105,6 +166,11 @@ async def _one_job(
         if time.perf_counter() - started > JOB_DEADLINE_S:
             result.problem("timed_out", f"{job_id} still {status} after {JOB_DEADLINE_S:g} s")
             return
+    _count(result, job_id, doc, started)
+
+
+def _count(result: LoadResult, job_id: str, doc: dict[str, Any], started: float) -> None:
+    status = doc["status"]
     if status == "finished":
         result.outcomes["finished"] += 1
         result.latencies_ms.append((time.perf_counter() - started) * 1000)
@@ -139,17 +205,33 @@ async def lanes(result: LoadResult, one: One) -> LoadResult:
     return result
 
 
+COMPLETIONS = ("wait", "webhook")
+
+
 async def run_load(
-    base: str, endpoint: str, n: int, concurrency: int, payload: Payload
+    base: str, endpoint: str, n: int, concurrency: int, payload: Payload, complete: str = "wait"
 ) -> LoadResult:
-    """Submit `n` jobs, at most `concurrency` in flight, and wait for each to end."""
+    """Submit `n` jobs, at most `concurrency` in flight, and wait for each to end: with
+    `GET ?wait=`, or (`complete="webhook"`) for its webhook (the server must allow loopback
+    receivers: WEBHOOK_ALLOW=127.0.0.1, as bench.harness.serve sets)."""
+    if complete not in COMPLETIONS:
+        raise ValueError(f"complete: {complete!r} is not one of {COMPLETIONS}")
     result = LoadResult(n=n, concurrency=concurrency)
-    bodies = [json.dumps(payload(i)).encode() for i in range(n)]  # encoded before the clock
+    async with contextlib.AsyncExitStack() as stack:
+        receiver = hook = None
+        if complete == "webhook":
+            hook, receiver = await stack.enter_async_context(receiving())
+        extra = {"webhook_url": hook} if hook else {}
+        # Encoded before the clock starts.
+        bodies = [json.dumps({**payload(i), **extra}).encode() for i in range(n)]
 
-    async def one(http: aiohttp.ClientSession, i: int) -> None:
-        await _one_job(http, base, endpoint, bodies[i], result)
+        async def one(http: aiohttp.ClientSession, i: int) -> None:
+            await _one_job(http, base, endpoint, bodies[i], result, receiver)
 
-    return await lanes(result, one)
+        await lanes(result, one)
+        if receiver is not None and receiver.forged:
+            result.problem("bad_signature", f"{receiver.forged} webhook(s) failed verification")
+    return result
 
 
 async def submit_only(

@@ -2,19 +2,22 @@
 
     .venv/bin/python -m bench.run [--workload linear3|noop|fanout|c1|all]
                                   [--store redis|memory|cluster|both] [-n N] [-c C] [-w W]
-                                  [--partitions P] [--profile DIR]
-    .venv/bin/python -m bench.run --workload linear3 --compare metrics [--pairs 5]
+                                  [--partitions P] [--profile DIR] [--complete wait|webhook]
+    .venv/bin/python -m bench.run --workload linear3 --compare metrics|webhook [--pairs 5]
     .venv/bin/python -m bench.run --workload growth [--quick] [--budget S] [--backlog N]
 
 For each workload and store it starts a fresh redis-server (for `redis`) on a free port,
 `interlock serve` with the bench blueprints, W echo workers (bench.echo_worker, built on
 worker_sdk) and submits N jobs over REST with C in flight, waiting for each with
-`GET /api/v1/jobs/{id}?wait=30`. After a warm-up it prints jobs/s (N / wall time),
-p50/p95/p99 latency (submit -> terminal seen), the orchestrator's CPU seconds (utime+stime
-from /proc) and CPU ms per job, its peak RSS (VmHWM), and Redis commands per job (summed
-`calls` of INFO commandstats, before/after, / N). It exits 1 if any job did not finish.
-`--store cluster` runs on a local Redis Cluster (bench/cluster.py) and adds the commands per
-job per master and the spread of keys and commands over the masters.
+`GET /api/v1/jobs/{id}?wait=30` (with `--complete webhook`: submitted with a `webhook_url`
+of a receiver in the bench process, and waited for until its webhook arrives, signature
+checked; `--compare webhook` runs both in interleaved pairs). After a warm-up it prints
+jobs/s (N / wall time), p50/p95/p99 latency (submit -> terminal seen), the orchestrator's
+CPU seconds (utime+stime from /proc) and CPU ms per job, its peak RSS (VmHWM), and Redis
+commands per job (summed `calls` of INFO commandstats, before/after, / N). It exits 1 if
+any job did not finish. `--store cluster` runs on a local Redis Cluster (bench/cluster.py)
+and adds the commands per job per master and the spread of keys and commands over the
+masters.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from bench.harness import (
     serve,
     wait_for_quiet,
 )
-from bench.load import LoadResult, Payload, percentile, run_load
+from bench.load import COMPLETIONS, LoadResult, Payload, percentile, run_load
 from bench.profile import PySpy, summarise
 from engine.store.keys import CLUSTER_PARTITIONS
 
@@ -173,9 +176,12 @@ async def _measure(
     workers: list[WorkerProcess],
     profile: Path | None,
     partitions: int,
+    complete: str,
 ) -> Measurement:
     endpoint = ENDPOINTS[spec.blueprint]
-    warm = await run_load(server.url, endpoint, spec.warmup, spec.concurrency, spec.payload)
+    warm = await run_load(
+        server.url, endpoint, spec.warmup, spec.concurrency, spec.payload, complete
+    )
     if warm.not_finished:
         print(f"  warm-up: {warm.not_finished} of {warm.n} jobs did not finish: {warm.examples}")
     client = redis.client() if isinstance(redis, RedisServer) else None
@@ -202,7 +208,7 @@ async def _measure(
         before_cpu = cpu_seconds(server.pid)
         before_others = _cpu(others)
         before_machine = machine_cpu_seconds()
-        load = await run_load(server.url, endpoint, n, spec.concurrency, spec.payload)
+        load = await run_load(server.url, endpoint, n, spec.concurrency, spec.payload, complete)
         after_cpu = cpu_seconds(server.pid)
         after_others = _cpu(others)
         after_machine = machine_cpu_seconds()
@@ -257,6 +263,7 @@ def run_one(
     partitions: int,
     env: dict[str, str] | None = None,
     cprofile: Path | None = None,
+    complete: str = "wait",
 ) -> Measurement:
     if quiet_wait_s > 0:
         busy = wait_for_quiet(quiet_wait_s)
@@ -272,7 +279,7 @@ def run_one(
                 echo_workers(workdir, server.url, spec.workers) as workers,
             ):
                 measurement = asyncio.run(
-                    _measure(spec, store, n, server, redis, workers, profile, partitions)
+                    _measure(spec, store, n, server, redis, workers, profile, partitions, complete)
                 )
                 if measurement.not_finished or not server.alive():
                     print("  --- server log (tail) ---")
@@ -430,7 +437,9 @@ def compare(args: argparse.Namespace) -> int:
     quiet = args.quiet_wait or 0.0
 
     def measure(env: Mapping[str, str], side: str, pair: int) -> ab.Run:
-        m = run_one(spec, "redis", n, None, quiet, partitions, dict(env))
+        settings = dict(env)
+        complete = settings.pop(ab.COMPLETE, args.complete)
+        m = run_one(spec, "redis", n, None, quiet, partitions, settings, complete=complete)
         return ab.Run(
             side=side,
             pair=pair,
@@ -499,6 +508,13 @@ def main(argv: list[str] | None = None) -> int:
         "print the on/off ratios (redis store)",
     )
     parser.add_argument("--pairs", type=int, default=5, help="A/B pairs for --compare")
+    parser.add_argument(
+        "--complete",
+        choices=COMPLETIONS,
+        default="wait",
+        help="how the load generator learns that a job ended: GET ?wait= (default), or its "
+        "webhook, POSTed to a receiver in the bench process",
+    )
     growth_flags = parser.add_argument_group("--workload growth")
     growth_flags.add_argument("--quick", action="store_true", help="small sizes only")
     growth_flags.add_argument(
@@ -543,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(
                     f"running {spec.name} on {store}: N={n} C={spec.concurrency} "
-                    f"W={spec.workers} ...",
+                    f"W={spec.workers} complete={args.complete} ...",
                     flush=True,
                 )
                 env = {"REDIS_WAIT_REPLICAS": str(args.wait_replicas)}
@@ -552,7 +568,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 cprofile = args.cprofile and args.cprofile / f"{spec.name}-{store}.prof"
                 m = run_one(
-                    spec, store, n, args.profile, args.quiet_wait, partitions, env, cprofile
+                    spec,
+                    store,
+                    n,
+                    args.profile,
+                    args.quiet_wait,
+                    partitions,
+                    env,
+                    cprofile,
+                    args.complete,
                 )
                 print(row(m), flush=True)
                 results.append(m)
