@@ -19,11 +19,11 @@ from engine.clock import now_ms
 from engine.runtime import webhooks
 from engine.runtime.aio import Throttle, checkpoint
 from engine.runtime.host import LoopHost
-from engine.runtime.jobdoc import TERMINAL, Effects, Ignored, Leases, TaskLease
+from engine.runtime.jobdoc import TERMINAL, Effects, Ignored, JobDoc, Leases, TaskLease
 from engine.runtime.machine import Machine
 from engine.runtime.registry import UnknownBlueprintVersion
 from engine.runtime.schedules import CATCH_UP
-from engine.store.client import JobRecord, StoreUnavailable, WebhookDue
+from engine.store.client import JobRecord, StoreUnavailable
 
 log = logging.getLogger("interlock.orchestrator")
 throttle = Throttle(log)
@@ -175,13 +175,22 @@ async def deliver_due(orch: LoopHost) -> int:
     if not due:
         return 0
     outcomes = WebhookOutcomes()
+
+    async def deliver(job_id: str, doc: JobDoc, url: str, attempt: int) -> None:
+        retry_at = await post(orch, job_id, doc, url, attempt)
+        outcomes.attempted.append(job_id)
+        if retry_at is None:
+            outcomes.done.append(job_id)
+        else:
+            outcomes.retry[job_id] = retry_at
+
     posts = []
     for entry in await orch.store.read_webhooks(due):
         url = entry.doc.get("webhook_url") if entry.doc is not None else None
         if entry.doc is None or not url:
             outcomes.done.append(entry.job_id)
         elif entry.doc["status"] in TERMINAL:
-            posts.append(deliver(orch, entry, str(url), outcomes))
+            posts.append(deliver(entry.job_id, entry.doc, str(url), entry.attempts + 1))
         # Otherwise redriven before this went out: its next end queues it at once (until
         # then, it is looked at again when the claim runs out).
     await bounded(WEBHOOK_CONCURRENCY, posts)
@@ -189,21 +198,33 @@ async def deliver_due(orch: LoopHost) -> int:
     return len(due)
 
 
-async def deliver(orch: LoopHost, entry: WebhookDue, url: str, outcomes: WebhookOutcomes) -> None:
-    """POST one webhook and note its outcome in `outcomes`."""
+async def deliver_now(orch: LoopHost, doc: JobDoc) -> None:
+    """The first attempt at the webhook of a job this orchestrator has just ended, made
+    with the document it committed: no claim, no read. The commit held the outbox entry
+    for `webhook_direct_ms` and counted the attempt; only the outcome is written (batched
+    with the others that end meanwhile). Killed before that, the entry falls due when the
+    hold runs out and any orchestrator's turn sends it again, as attempt 2."""
+    job_id = doc["id"]
+    retry_at = await post(orch, job_id, doc, str(doc["webhook_url"]), 1)
+    try:
+        await orch.store.webhook_outcome(job_id, retry_at)
+    except StoreUnavailable as exc:
+        log.warning("webhook for job %s: %s; it goes again later", job_id, exc)
+
+
+async def post(orch: LoopHost, job_id: str, doc: JobDoc, url: str, attempt: int) -> int | None:
+    """POST attempt number `attempt` of the job's webhook. Returns None when it is done with
+    (delivered, or failed for the last time), else when to try again (ms)."""
     assert orch.webhook_sender is not None
-    assert entry.doc is not None
-    job_id, attempt = entry.job_id, entry.attempts + 1
-    body, headers = webhooks.request(entry.doc, orch.settings.webhook_secret, attempt)
+    body, headers = webhooks.request(doc, orch.settings.webhook_secret, attempt)
     try:
         status = await orch.webhook_sender(url, body, headers)
         problem = f"HTTP {status}"
     except (OSError, TimeoutError) as exc:
         status, problem = 0, repr(exc)
-    outcomes.attempted.append(job_id)
     if 200 <= status < 300:
-        outcomes.done.append(job_id)
-    elif attempt >= webhooks.MAX_ATTEMPTS:
+        return None
+    if attempt >= webhooks.MAX_ATTEMPTS:
         log.error(
             "webhook for job %s to %s failed %d times (%s); giving up",
             job_id,
@@ -211,13 +232,12 @@ async def deliver(orch: LoopHost, entry: WebhookDue, url: str, outcomes: Webhook
             attempt,
             problem,
         )
-        outcomes.done.append(job_id)
-    else:
-        # Until the turn records the retry, our claim (a minute) holds the entry.
-        outcomes.retry[job_id] = now_ms() + webhooks.backoff_ms(attempt)
-        log.warning(
-            "webhook for job %s to %s failed (%s); retrying", job_id, webhooks.redact(url), problem
-        )
+        return None
+    log.warning(
+        "webhook for job %s to %s failed (%s); retrying", job_id, webhooks.redact(url), problem
+    )
+    # Until the retry is recorded, the claim holds the entry.
+    return now_ms() + webhooks.backoff_ms(attempt)
 
 
 async def schedule_loop(orch: LoopHost) -> None:

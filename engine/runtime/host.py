@@ -32,6 +32,9 @@ class OrchestratorSettings:
     webhook_secret: str = ""
     webhook_claim_ms: int = 60_000
     webhook_batch: int = 100  # deliveries claimed per partition in one turn
+    # A job's first webhook is sent by the orchestrator that ended it, which holds the
+    # outbox entry this long: if it dies first, any orchestrator sends it after that.
+    webhook_direct_ms: int = 15_000
     clients: tuple[str, ...] = ()  # whose job indexes the janitor prunes (janitor.py)
 
 

@@ -590,6 +590,15 @@ class Orchestrator:
             fields["input"] = dumps(doc["initial_data"])
             input_bytes = len(fields["input"])
         webhook = fx.terminal and bool(doc.get("webhook_url"))
+        # The first end of a job (never redriven: no earlier attempts) has its webhook sent
+        # from here, with the document committed, by this orchestrator, which takes the
+        # outbox entry's claim and counts the attempt in the commit itself (see
+        # background.deliver_now). Any other goes out through the outbox.
+        direct = webhook and self.webhook_sender is not None and not doc.get("redrives")
+        webhook_ms = now if webhook else None
+        if direct:
+            fields["webhook_attempts"] = "1"
+            webhook_ms = now + self.settings.webhook_direct_ms
         change = Commit(
             job_id=doc["id"],
             expected_version=record.version if record else None,
@@ -603,7 +612,7 @@ class Orchestrator:
             persist=fx.revived and not fx.terminal,  # (ended again at once: it expires)
             index=index,
             labels=doc.get("labels") if index else None,
-            webhook_ms=now if webhook else None,
+            webhook_ms=webhook_ms,
             done=fx.terminal or fx.revived,  # a redrive is announced: others forget the end
             history=fx.history,
             branch_items={n: dumps(item) for n, item in fx.branch_items.items()},
@@ -637,7 +646,7 @@ class Orchestrator:
         self.observer.committed(machine, _plain(doc), fx, note)  # observe.py: hook 2 of 2
         queued = {e.task_type for e in enqueue}
         committed = JobRecord(version, doc, raw_leases, input_apart=True)
-        await self._after_commit(doc, fx, webhook, queued, committed)
+        await self._after_commit(doc, fx, webhook, queued, committed, direct=direct)
         return True
 
     def _place_tasks(
@@ -676,6 +685,8 @@ class Orchestrator:
         webhook: bool,
         queued: set[str],
         record: JobRecord,
+        *,
+        direct: bool = False,
     ) -> None:
         """Work outside the job's slot. Each step is safe to lose in a crash: leases expire,
         children are re-created by the parent's periodic check, and a parent finds its
@@ -693,7 +704,9 @@ class Orchestrator:
             self._spawn(self.cancel(child_id, None))
         if fx.terminal:
             self.job_done(doc["id"], record)
-            if webhook:
+            if direct:
+                self._spawn(background.deliver_now(self, doc.copy()))
+            elif webhook:
                 self.webhook_wake.set()
             if fx.notify_parent:
                 self._spawn(self._notify_parent(doc))

@@ -281,6 +281,7 @@ class Store:
         self._prune = client.register_script(_script("prune_index.lua"))
         self._commits = Batcher(self._commit_batch, MAX_BATCH)
         self._heartbeats = Batcher(self._heartbeat_batch, MAX_BATCH)
+        self._webhook_outcomes = Batcher(self._webhook_outcome_batch, MAX_BATCH)
         # The deployment marker this process found (or wrote) at start; see `check_marker`.
         self.marker: str | None = None
         self.wiped_at: int | None = None  # ms when the marker was found gone or replaced
@@ -335,6 +336,7 @@ class Store:
     async def close(self) -> None:
         await self._commits.close()
         await self._heartbeats.close()
+        await self._webhook_outcomes.close()
         await self._close_client()
 
     async def _close_client(self) -> None:
@@ -877,6 +879,23 @@ class Store:
             pipe.zadd(self.keys.webhooks(partition), scores)
         if attempted or removals or additions:
             await pipe.execute()
+
+    async def webhook_outcome(self, job_id: str, retry_at_ms: int | None) -> None:
+        """Record the outcome of one delivery whose attempt is counted already: out of the
+        outbox (None), or due again at `retry_at_ms`. Outcomes that arrive while one batch
+        is on its way go together in the next (see Batcher): one round trip each."""
+        await self._webhook_outcomes.submit((job_id, retry_at_ms))
+
+    async def _webhook_outcome_batch(
+        self, items: list[tuple[str, int | None]]
+    ) -> list[Exception | None]:
+        done = [job_id for job_id, at_ms in items if at_ms is None]
+        retry = {job_id: at_ms for job_id, at_ms in items if at_ms is not None}
+        try:
+            await self.record_webhooks((), done, retry)
+        except StoreUnavailable as exc:
+            return [exc] * len(items)
+        return [None] * len(items)
 
     # -- workers -------------------------------------------------------------------------------
 

@@ -226,3 +226,95 @@ async def test_deliveries_across_a_clusters_masters(cluster_url: str, tmp_path: 
         partition = orch.store.keys.partition(ids[0])
         waiting = await orch.store.redis.zrange(orch.store.keys.webhooks(partition), 0, -1)
         assert waiting == [ids[0]]
+
+
+@asynccontextmanager
+async def delivering(
+    url: str, tmp_path: Path, sender: webhooks.Sender, direct_ms: int = 15_000
+) -> AsyncIterator[Orchestrator]:
+    """A started orchestrator that delivers webhooks with `sender`."""
+    folder = tmp_path / f"bp{id(sender)}"
+    folder.mkdir(exist_ok=True)
+    (folder / "tick.yaml").write_text(SET_ONLY)
+    store = await Store.connect(url, partitions=PARTITIONS)
+    settings = OrchestratorSettings(webhook_secret=SECRET, webhook_direct_ms=direct_ms)
+    registry = Registry(load_blueprints([folder]), RuntimeSettings())
+    orch = Orchestrator(store, registry, settings, webhook_sender=sender)
+    await orch.start()
+    try:
+        yield orch
+    finally:
+        if orch._tasks:  # (not stopped by the test already)
+            await orch.stop()
+        await store.close()
+
+
+async def until(check: Any, what: str, seconds: float = 10) -> None:
+    for _ in range(int(seconds * 20)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not in time: {what}")
+
+
+async def test_the_orchestrator_that_ends_a_job_sends_its_webhook_without_reading_it(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver = Receiver()
+    async with delivering(store_url, tmp_path, receiver) as orch:
+        store = orch.store
+        read: list[str] = []
+        real_read = store.read_webhooks
+
+        async def reading(job_ids: Any) -> Any:
+            read.extend(job_ids)
+            return await real_read(job_ids)
+
+        monkeypatch.setattr(store, "read_webhooks", reading)
+        blueprint = orch.registry.by_name["tick"]
+        ids = [await orch.submit(blueprint, {}, client="c", webhook_url=URL) for _ in range(20)]
+
+        async def delivered() -> bool:
+            return len(receiver.received) == len(ids)
+
+        await until(delivered, "every webhook delivered")
+        for job_id in ids:
+            assert receiver.deliveries(job_id) == [f"{job_id}-1"]
+
+        async def outbox_empty() -> bool:
+            sizes = [await store.redis.zcard(store.keys.webhooks(p)) for p in range(PARTITIONS)]
+            return sum(sizes) == 0
+
+        await until(outbox_empty, "every delivery recorded")
+        assert read == []  # no turn had to claim or read any of them
+        counts = {e.job_id: e.attempts for e in await real_read(ids)}
+        assert set(counts.values()) == {1}
+
+
+async def test_a_first_webhook_whose_sender_died_goes_out_from_the_outbox(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The orchestrator that ended the job dies during its POST (nothing recorded): once its
+    hold on the outbox entry runs out, another orchestrator sends the webhook as attempt 2."""
+    stuck = asyncio.Event()
+
+    async def dying(url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        stuck.set()
+        await asyncio.Event().wait()  # never answers: cancelled below, as by a SIGKILL
+        raise AssertionError("unreachable")
+
+    receiver = Receiver()
+    async with delivering(redis_url, tmp_path, dying, direct_ms=3000) as doomed:
+        blueprint = doomed.registry.by_name["tick"]
+        job_id = await doomed.submit(blueprint, {}, client="c", webhook_url=URL)
+        await asyncio.wait_for(stuck.wait(), 10)
+        for task in list(doomed._followups):  # the process dies: its POST never ends,
+            task.cancel()
+        await doomed.stop()  # and its loops stop (well before its 3 s hold runs out)
+        async with delivering(redis_url, tmp_path, receiver):
+
+            async def delivered() -> bool:
+                return bool(receiver.received)
+
+            await until(delivered, "the webhook sent by the other orchestrator", 20)
+    assert receiver.deliveries(job_id) == [f"{job_id}-2"]
