@@ -153,11 +153,40 @@ WEBHOOK_CONCURRENCY = 100
 
 @dataclass
 class WebhookOutcomes:
-    """What a turn of deliveries records, in one round trip (Store.record_webhooks)."""
+    """What a turn of deliveries records, in one round trip (Store.record_webhooks), and
+    the failures to log once it is recorded."""
 
     attempted: list[str] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
     retry: dict[str, int] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An attempt the receiver did not answer with 2xx."""
+
+    job_id: str
+    url: str
+    attempt: int
+    problem: str
+    retry_at: int | None  # None: that was the last attempt
+
+    def log(self) -> None:
+        """Said once the outcome is recorded (a retry logged is a retry scheduled)."""
+        where = webhooks.redact(self.url)
+        if self.retry_at is None:
+            log.error(
+                "webhook for job %s to %s failed %d times (%s); giving up",
+                self.job_id,
+                where,
+                self.attempt,
+                self.problem,
+            )
+        else:
+            log.warning(
+                "webhook for job %s to %s failed (%s); retrying", self.job_id, where, self.problem
+            )
 
 
 async def deliver_due(orch: LoopHost) -> int:
@@ -177,12 +206,14 @@ async def deliver_due(orch: LoopHost) -> int:
     outcomes = WebhookOutcomes()
 
     async def deliver(job_id: str, doc: JobDoc, url: str, attempt: int) -> None:
-        retry_at = await post(orch, job_id, doc, url, attempt)
+        failure = await post(orch, job_id, doc, url, attempt)
         outcomes.attempted.append(job_id)
-        if retry_at is None:
+        if failure is None or failure.retry_at is None:
             outcomes.done.append(job_id)
         else:
-            outcomes.retry[job_id] = retry_at
+            outcomes.retry[job_id] = failure.retry_at
+        if failure is not None:
+            outcomes.failures.append(failure)
 
     posts = []
     for entry in await orch.store.read_webhooks(due):
@@ -195,6 +226,8 @@ async def deliver_due(orch: LoopHost) -> int:
         # then, it is looked at again when the claim runs out).
     await bounded(WEBHOOK_CONCURRENCY, posts)
     await orch.store.record_webhooks(outcomes.attempted, outcomes.done, outcomes.retry)
+    for failure in outcomes.failures:
+        failure.log()
     return len(due)
 
 
@@ -205,16 +238,20 @@ async def deliver_now(orch: LoopHost, doc: JobDoc) -> None:
     with the others that end meanwhile). Killed before that, the entry falls due when the
     hold runs out and any orchestrator's turn sends it again, as attempt 2."""
     job_id = doc["id"]
-    retry_at = await post(orch, job_id, doc, str(doc["webhook_url"]), 1)
+    failure = await post(orch, job_id, doc, str(doc["webhook_url"]), 1)
     try:
-        await orch.store.webhook_outcome(job_id, retry_at)
+        await orch.store.webhook_outcome(job_id, failure.retry_at if failure else None)
     except StoreUnavailable as exc:
         log.warning("webhook for job %s: %s; it goes again later", job_id, exc)
+        return
+    if failure is not None:
+        failure.log()
 
 
-async def post(orch: LoopHost, job_id: str, doc: JobDoc, url: str, attempt: int) -> int | None:
-    """POST attempt number `attempt` of the job's webhook. Returns None when it is done with
-    (delivered, or failed for the last time), else when to try again (ms)."""
+async def post(orch: LoopHost, job_id: str, doc: JobDoc, url: str, attempt: int) -> Failure | None:
+    """POST attempt number `attempt` of the job's webhook: None when the receiver took it,
+    else the failure, with when to try again (until that is recorded, the claim holds the
+    entry)."""
     assert orch.webhook_sender is not None
     body, headers = webhooks.request(doc, orch.settings.webhook_secret, attempt)
     try:
@@ -224,20 +261,9 @@ async def post(orch: LoopHost, job_id: str, doc: JobDoc, url: str, attempt: int)
         status, problem = 0, repr(exc)
     if 200 <= status < 300:
         return None
-    if attempt >= webhooks.MAX_ATTEMPTS:
-        log.error(
-            "webhook for job %s to %s failed %d times (%s); giving up",
-            job_id,
-            webhooks.redact(url),
-            attempt,
-            problem,
-        )
-        return None
-    log.warning(
-        "webhook for job %s to %s failed (%s); retrying", job_id, webhooks.redact(url), problem
-    )
-    # Until the retry is recorded, the claim holds the entry.
-    return now_ms() + webhooks.backoff_ms(attempt)
+    last = attempt >= webhooks.MAX_ATTEMPTS
+    retry_at = None if last else now_ms() + webhooks.backoff_ms(attempt)
+    return Failure(job_id, url, attempt, problem, retry_at)
 
 
 async def schedule_loop(orch: LoopHost) -> None:
