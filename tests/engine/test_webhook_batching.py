@@ -207,6 +207,8 @@ async def test_a_delivery_whose_record_was_lost_is_sent_again_with_the_same_id(
             await asyncio.sleep(0.05)
         for job_id in ids:
             assert receiver.deliveries(job_id) == [f"{job_id}-1", f"{job_id}-1"]
+            bodies = [body for _, body, _ in receiver.received if job_id in str(body)]
+            assert bodies[0] == bodies[1]  # the same notification again
         assert await background.deliver_due(orch) == 0
 
 
@@ -297,8 +299,10 @@ async def test_a_first_webhook_whose_sender_died_goes_out_from_the_outbox(
     """The orchestrator that ended the job dies during its POST (nothing recorded): once its
     hold on the outbox entry runs out, another orchestrator sends the webhook as attempt 2."""
     stuck = asyncio.Event()
+    tried: list[bytes] = []
 
     async def dying(url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        tried.append(body)
         stuck.set()
         await asyncio.Event().wait()  # never answers: cancelled below, as by a SIGKILL
         raise AssertionError("unreachable")
@@ -318,3 +322,4 @@ async def test_a_first_webhook_whose_sender_died_goes_out_from_the_outbox(
 
             await until(delivered, "the webhook sent by the other orchestrator", 20)
     assert receiver.deliveries(job_id) == [f"{job_id}-2"]
+    assert receiver.received[0][1] == tried[0]  # the same notification again
