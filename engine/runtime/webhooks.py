@@ -1,9 +1,11 @@
 """Webhook delivery: at least once, signed, retried with backoff.
 
 A job with a `webhook_url` enters its partition's webhook outbox in the same commit that
-makes it terminal, so a crash right after cannot lose the notification. Any orchestrator
-claims due entries (for a minute), POSTs them, and removes them once the receiver answers
-2xx; a failed attempt is rescheduled, a dead orchestrator's claim simply expires.
+makes it terminal, so a crash right after cannot lose the notification. The orchestrator
+that made that commit sends the first attempt at once (the commit holds the entry for it);
+any orchestrator claims the entries that fall due later (for a minute), in batches, POSTs
+them, and removes them once the receiver answers 2xx. A failed attempt is rescheduled, a
+dead orchestrator's hold or claim simply expires (see engine/runtime/background.py).
 
 Receivers verify `X-Interlock-Signature: t=<unix seconds>,v1=<hex>`, where the hex is
 HMAC-SHA256(secret, "<t>.<raw body>").
