@@ -137,10 +137,13 @@ async def register(request: web.Request) -> web.Response:
 async def heartbeat(request: web.Request) -> web.Response:
     worker_id = request[WORKER]
     body = await json_object(request, empty_ok=True)
-    tasks = _name_list(body.get("current_tasks"), "current_tasks")
+    # A heartbeat without `current_tasks` tells nothing of the tasks: none is judged lost by
+    # its absence from it (engine/runtime/tasks.py lease_problem).
+    given = body.get("current_tasks")
+    tasks = None if given is None else list(_name_list(given, "current_tasks"))
     alive_ms = settings(request).heartbeat_timeout_ms
     skills = request.config_dict[SKILLS].get(worker_id) or ()  # seen: for metrics, explain
-    known, cancels = await orchestrator(request).heartbeat(worker_id, list(tasks), alive_ms, skills)
+    known, cancels = await orchestrator(request).heartbeat(worker_id, tasks, alive_ms, skills)
     if not known:
         # The SDK re-registers when the text holds "not found" (protocol §6). Only a worker
         # whose registration really is gone gets this, or it would loop.

@@ -409,7 +409,7 @@ class Orchestrator:
         await self.store.register_worker(worker_id, registration, self.settings.worker_ttl_ms)
 
     async def heartbeat(
-        self, worker_id: str, tasks: list[str], alive_ms: int, skills: Sequence[str] = ()
+        self, worker_id: str, tasks: list[str] | None, alive_ms: int, skills: Sequence[str] = ()
     ) -> tuple[bool, list[str]]:
         ttl_ms = self.settings.worker_ttl_ms
         return await self.store.heartbeat(worker_id, tasks, alive_ms, ttl_ms, skills)
