@@ -172,8 +172,27 @@ def _timeouts(
 # -- answers -----------------------------------------------------------------------------------
 
 
-def answered(step: Step, task: TaskRecord, status: str, data: Any, error: Any) -> None:
-    """A worker's answer for a task already retired from the job."""
+# A result's output_schema check done ahead (off the event loop, for a large result): the
+# schema checked and what it found (`output_problems`).
+Checked = tuple[Any, list[str]]
+
+
+def output_problems(schema: Any, data: Any) -> list[str]:
+    """How `data` breaks `schema` (a compiled output_schema), the first 20 by path."""
+    problems = sorted(schema.iter_errors(data), key=lambda e: list(e.path))
+    return [f"{e.json_path}: {e.message}" for e in problems[:20]]
+
+
+def answered(
+    step: Step,
+    task: TaskRecord,
+    status: str,
+    data: Any,
+    error: Any,
+    checked: Checked | None = None,
+) -> None:
+    """A worker's answer for a task already retired from the job. `checked`: the
+    output_schema check of `data`, if it was done ahead (used if of the same schema)."""
     if status == "failure":
         given: dict[str, Any] = error if isinstance(error, dict) else {}
         code = str(given.get("code") or "TRANSIENT_ERROR")
@@ -184,9 +203,11 @@ def answered(step: Step, task: TaskRecord, status: str, data: Any, error: Any) -
         return
     spec = spec_of(step, task)
     if status == "success" and spec.output_schema is not None:
-        problems = sorted(spec.output_schema.iter_errors(data), key=lambda e: list(e.path))
-        if problems:
-            details = [f"{e.json_path}: {e.message}" for e in problems[:20]]
+        if checked is not None and checked[0] is spec.output_schema:
+            details = checked[1]
+        else:
+            details = output_problems(spec.output_schema, data)
+        if details:
             message = "the result does not match the state's output_schema"
             failed(step, task, INVALID_OUTPUT, message, details)
             return
