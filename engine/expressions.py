@@ -34,9 +34,36 @@ _OPTIONS = jmespath.Options(dict_cls=dict, custom_functions=functions.FUNCTIONS)
 MAX_STEPS = 1_000_000
 CHARS_PER_STEP = 16  # a string is handled in C: its characters cost far less than a visit
 
+#: The largest value a search may build, in bytes of compact JSON (counted, not encoded:
+#: a string by its characters, a number, true, false or null as SCALAR_BYTES). Few steps
+#: can build a huge value from shared parts (`[@, @]`, piped 30 times, is 2^30 copies of
+#: the input), which would then take that much memory as JSON. A value the search only
+#: reads (`initial_data.items`) is not counted: it is the job's own data. Eight times the
+#: largest request (MAX_BODY_BYTES' default, 1 MiB).
+MAX_RESULT_BYTES = 8 << 20
+SCALAR_BYTES = 5
+
+# The nodes that build a new value (the others hand on one they were given or read).
+_BUILDERS = frozenset(
+    {
+        "multi_select_list",
+        "multi_select_dict",
+        "projection",
+        "value_projection",
+        "filter_projection",
+        "flatten",
+        "slice",
+        "function_expression",
+    }
+)
+
 
 class OverBudget(ExpressionError):
     """A search went past MAX_STEPS."""
+
+
+class TooLarge(ExpressionError):
+    """A search built a value of more than MAX_RESULT_BYTES."""
 
 
 class _BudgetedInterpreter(jmespath.visitor.TreeInterpreter):  # type: ignore[misc]  # untyped
@@ -46,23 +73,80 @@ class _BudgetedInterpreter(jmespath.visitor.TreeInterpreter):  # type: ignore[mi
     def __init__(self) -> None:
         super().__init__(_OPTIONS)
         self.left = MAX_STEPS
+        # The lists and objects this search built, by id (kept, so that no id is reused
+        # while it runs), and the size of each list or object it measured, by id (built, or
+        # part of the context, which outlives the search). Emptied after each search.
+        self.built: dict[int, Any] = {}
+        self.sizes: dict[int, int] = {}
 
     def visit(self, node: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         self.left -= 1
         if self.left < 0:
             raise OverBudget(f"took more than {MAX_STEPS:,} steps (MAX_STEPS)")
-        method = self._method_cache.get(node["type"])
+        kind = node["type"]
+        method = self._method_cache.get(kind)
         if method is None:
-            method = getattr(self, f"visit_{node['type']}", self.default_visit)
-            self._method_cache[node["type"]] = method
-        return method(node, *args, **kwargs)
+            method = getattr(self, f"visit_{kind}", self.default_visit)
+            self._method_cache[kind] = method
+        value = method(node, *args, **kwargs)
+        if kind in _BUILDERS and isinstance(value, list | dict):
+            self.built[id(value)] = value
+        return value
+
+    def check_built(self, value: Any) -> None:
+        """Measure `value` if this search built it (TooLarge past MAX_RESULT_BYTES): before
+        it is the result, a function's argument or compared, the three ways a value of
+        shared parts would be encoded or walked copy by copy. Building one only links parts
+        (what it costs is counted in steps)."""
+        if id(value) in self.built:
+            self.size(value)
+
+    def size(self, value: Any) -> int:
+        """`value`'s size as compact JSON, about; TooLarge past MAX_RESULT_BYTES. Each list
+        or object is measured once a search, so a value built of one part many times costs
+        a look per distinct part, not per copy."""
+        kind = type(value)
+        if kind is not list and kind is not dict:
+            return len(value) + 2 if isinstance(value, str) else SCALAR_BYTES
+        known = self.sizes.get(id(value))
+        if known is not None:
+            return known
+        total = 1 + len(value)  # brackets and commas (one more, for an empty one)
+        nested = False
+        for item in value if kind is list else value.values():
+            inner = type(item)
+            if inner is str:
+                total += len(item) + 2
+            elif inner is list or inner is dict:
+                total += self.size(item)
+                nested = True
+            else:
+                total += len(item) + 2 if isinstance(item, str) else SCALAR_BYTES
+        if kind is dict:
+            total += sum(map(len, value)) + 3 * len(value)  # keys, their quotes and colon
+        if total > MAX_RESULT_BYTES:
+            raise TooLarge(
+                f"built a value of more than {MAX_RESULT_BYTES:,} bytes (MAX_RESULT_BYTES)"
+            )
+        if nested:  # (one of scalars only is measured again faster than remembered)
+            self.sizes[id(value)] = total
+        return total
 
     def visit_function_expression(self, node: dict[str, Any], value: Any) -> Any:
         args = [self.visit(child, value) for child in node["children"]]
+        for arg in args:
+            self.check_built(arg)
         self.charge(args)
         result = self._functions.call_function(node["value"], args)
         self.charge([result])
         return result
+
+    def visit_comparator(self, node: dict[str, Any], value: Any) -> Any:
+        sides = [self.visit(child, value) for child in node["children"]]
+        for side in sides:
+            self.check_built(side)
+        given = [{"type": "literal", "value": side} for side in sides]
+        return super().visit_comparator({"value": node["value"], "children": given}, value)
 
     def visit_flatten(self, node: dict[str, Any], value: Any) -> Any:
         base = self.visit(node["children"][0], value)
@@ -97,13 +181,17 @@ class Expression:
     parsed: jmespath.parser.ParsedResult
 
     def search(self, context: Mapping[str, Any]) -> Any:
-        """The expression's value; ExpressionError when it fails or takes more than
-        MAX_STEPS."""
+        """The expression's value; ExpressionError when it fails, takes more than MAX_STEPS
+        or builds a value of more than MAX_RESULT_BYTES."""
         _INTERPRETER.left = MAX_STEPS
         try:
-            return _INTERPRETER.visit(self.parsed.parsed, context)
+            found = _INTERPRETER.visit(self.parsed.parsed, context)
+            _INTERPRETER.check_built(found)
+            return found
         except OverBudget as exc:
             raise OverBudget(f"{self.source!r} {exc}") from None
+        except TooLarge as exc:
+            raise TooLarge(f"{self.source!r} {exc}") from None
         except jmespath.exceptions.JMESPathError as exc:
             raise ExpressionError(f"{self.source!r}: {exc}") from None
         except ExpressionError as exc:  # one of our functions refused its arguments
@@ -112,6 +200,9 @@ class Expression:
             # jmespath's functions let some Python errors through, e.g.
             # `contains('', null)` raises TypeError.
             raise ExpressionError(f"{self.source!r}: {type(exc).__name__}: {exc}") from None
+        finally:
+            _INTERPRETER.built.clear()
+            _INTERPRETER.sizes.clear()
 
     def truthy(self, context: Mapping[str, Any]) -> bool:
         """JMESPath truth: false, null, "", [] and {} are false; everything else is true."""

@@ -108,11 +108,39 @@ def job_not_found() -> NotFound:
     return NotFound("no job with this id is visible to this client", code="job_not_found")
 
 
+# The job id an owner route acts on, when it is not the one in the path (see below).
+RESOLVED_JOB_ID = web.RequestKey("resolved_job_id", str)
+
+
 def _job_id(request: web.Request) -> str:
+    if RESOLVED_JOB_ID in request:
+        return request[RESOLVED_JOB_ID]
     job_id = request.match_info["job_id"]
     if not ID.match(job_id):
         raise job_not_found()  # the same answer as for an unknown id
     return job_id
+
+
+@web.middleware
+async def bare_job_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Owner routes (`/jobs/{job_id}...`) take the bare `job_id` a client chose at submit
+    as well as the stored `<job_id>-<client tag>`: when no job of the client has the id in
+    the path and it can be a chosen id, the route runs again on the client's tagged id.
+    The tag is the requesting client's own, so no other client's job can answer; a full id
+    costs nothing more, and a route finds nothing to change before it finds the job."""
+    try:
+        return await handler(request)
+    except NotFound as exc:
+        given = request.match_info.get("job_id")
+        if (
+            exc.code != "job_not_found"
+            or given is None
+            or RESOLVED_JOB_ID in request
+            or idempotency.chosen_id_problem(given) is not None
+        ):
+            raise
+        request[RESOLVED_JOB_ID] = idempotency.by_chosen_id(request[CLIENT], given).job_id
+        return await handler(request)
 
 
 async def _read_view(
@@ -527,7 +555,7 @@ async def explain_job(request: web.Request) -> web.Response:
 def client_app() -> web.Application:
     """The `/api/v1` sub-application. Fixed routes first: the job-submission route catches
     every other POST path, since an api_endpoint may contain `/`."""
-    app = web.Application(middlewares=[client_auth_middleware])
+    app = web.Application(middlewares=[client_auth_middleware, bare_job_id_middleware])
     app.router.add_get("/blueprints", list_blueprints)
     app.router.add_get("/blueprints/{name}", get_blueprint)
     app.router.add_get("/blueprints/{name}/graph", blueprint_graph)

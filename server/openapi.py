@@ -330,7 +330,9 @@ DURATION: Schema = {
         {"type": "string", "pattern": "^(?=.*[1-9])[0-9]{1,6}(ms|s|m|h)$"},
     ]
 }
-JOB_ID = _path_param("job_id", "the id returned on submission")
+JOB_ID = _path_param(
+    "job_id", "the id returned on submission, or the `job_id` the client chose in it"
+)
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",

@@ -14,6 +14,7 @@ never uses them and sees the routes exactly as RXON has them:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.clock import now_ms
+from engine.runtime.orchestrator import Offload
 from server.auth import WORKER_ID_HEADER, WORKER_TOKEN_HEADER, TaskTypes, may_poll
 from server.errors import BadRequest, Handler, NotFound, json_response
 from server.params import (
@@ -32,7 +34,14 @@ from server.params import (
     query_number,
     required_str,
 )
-from server.state import WORKER, WORKER_AUTH, orchestrator, settings, unless_closing
+from server.state import (
+    OFFLOAD,
+    WORKER,
+    WORKER_AUTH,
+    orchestrator,
+    settings,
+    unless_closing,
+)
 
 log = logging.getLogger("interlock.server")
 
@@ -137,10 +146,13 @@ async def register(request: web.Request) -> web.Response:
 async def heartbeat(request: web.Request) -> web.Response:
     worker_id = request[WORKER]
     body = await json_object(request, empty_ok=True)
-    tasks = _name_list(body.get("current_tasks"), "current_tasks")
+    # A heartbeat without `current_tasks` tells nothing of the tasks: none is judged lost by
+    # its absence from it (engine/runtime/tasks.py lease_problem).
+    given = body.get("current_tasks")
+    tasks = None if given is None else list(_name_list(given, "current_tasks"))
     alive_ms = settings(request).heartbeat_timeout_ms
     skills = request.config_dict[SKILLS].get(worker_id) or ()  # seen: for metrics, explain
-    known, cancels = await orchestrator(request).heartbeat(worker_id, list(tasks), alive_ms, skills)
+    known, cancels = await orchestrator(request).heartbeat(worker_id, tasks, alive_ms, skills)
     if not known:
         # The SDK re-registers when the text holds "not found" (protocol §6). Only a worker
         # whose registration really is gone gets this, or it would loop.
@@ -230,10 +242,20 @@ def _check_result(body: dict[str, Any]) -> None:
         )
 
 
+def _result_check(request: web.Request, size: int) -> Offload | None:
+    """How a result's output_schema check runs: off the event loop for a body of at least
+    CHECK_OFF_LOOP_BYTES (as a submit's input_schema check), else where it is applied."""
+    offload = request.config_dict[OFFLOAD]
+    if size < offload.off_loop_bytes:
+        return None
+    return functools.partial(offload.run, size)
+
+
 async def task_result(request: web.Request) -> web.Response:
     body = await json_object(request)
     _check_result(body)
-    answer = await orchestrator(request).submit_result(request[WORKER], body)
+    check = _result_check(request, len(await request.read()))  # (read: kept by aiohttp)
+    answer = await orchestrator(request).submit_result(request[WORKER], body, check)
     return json_response(answer)
 
 
@@ -251,6 +273,7 @@ async def task_results(request: web.Request) -> web.Response:
         raise BadRequest(f"'results' must be {wanted}, not {what}", code="invalid_field")
     worker_id = request[WORKER]
     orch = orchestrator(request)
+    check = _result_check(request, len(await request.read()))
 
     async def one(index: int, item: Any) -> dict[str, Any]:
         try:
@@ -260,7 +283,7 @@ async def task_results(request: web.Request) -> web.Response:
         except BadRequest as exc:
             message = f"results[{index}]: {exc.message}"
             return {"status": "ignored", "reason": "invalid_result", "message": message}
-        return await orch.submit_result(worker_id, item)
+        return await orch.submit_result(worker_id, item, check)
 
     outcomes = await asyncio.gather(
         *(one(i, item) for i, item in enumerate(items)), return_exceptions=True

@@ -68,7 +68,8 @@ class TaskRecord(TypedDict):
     run_ms: int  # the run timeout, counted from the lease
     heartbeat_ms: int  # the holder's heartbeat may not be older than this
     lease_ms: int  # how often the timer looks at the lease: min(run_ms, heartbeat_ms)
-    checked_at: int | None  # when the timer last found the lease healthy (next look: + lease_ms)
+    checked_at: int | None  # when the timer last found the lease healthy (see tasks.next_look)
+    listed: NotRequired[bool]  # a heartbeat of the worker holding it has listed it
 
 
 class RetryRecord(TypedDict):
@@ -246,7 +247,7 @@ class TaskLease:
     """A task's dispatch state as Lua keeps it: queued, or leased to a worker."""
 
     state: str  # "queued" or "leased"
-    lease_ms: int = 0
+    lease_ms: int = 0  # the lease script sets the job's timer to the lease's time + this
     worker: str = ""
     leased_at: int = 0
 

@@ -91,8 +91,10 @@ class Machine:
         now: int,
         rng: random.Random,
         branch: BranchData | None = None,
+        checked: tasks.Checked | None = None,
     ) -> Effects | Ignored:
-        """A worker's answer (`task_id`, `worker_id`, `status`, `data`, `error`)."""
+        """A worker's answer (`task_id`, `worker_id`, `status`, `data`, `error`); `checked`:
+        its data's output_schema check, when it was done ahead (`output_schema_of`)."""
         task_id = str(result.get("task_id", ""))
         if doc["status"] in TERMINAL:
             cancelled = doc["status"] == JobStatus.CANCELLED
@@ -119,8 +121,17 @@ class Machine:
             duration_ms=max(0, now - lease.leased_at),
             error=result.get("error") or None,
         )
-        tasks.answered(step, task, status, result.get("data"), result.get("error"))
+        tasks.answered(step, task, status, result.get("data"), result.get("error"), checked)
         return step.fx
+
+    def output_schema_of(self, doc: JobDoc, result: dict[str, Any]) -> Any:
+        """The output_schema a success `result` for one of the job's tasks is checked
+        against, or None (no schema, not a success, no such task)."""
+        task = doc["tasks"].get(str(result.get("task_id", "")))
+        if task is None or str(result.get("status") or "success") != "success":
+            return None
+        spec = self.bp.states[task["state"]].task_spec(task["branch"])
+        return spec.output_schema if spec is not None else None
 
     def on_timer(
         self,

@@ -15,7 +15,7 @@ import logging
 import random
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from engine.blueprint.model import Blueprint
@@ -62,6 +62,8 @@ log = logging.getLogger("interlock.orchestrator")
 
 MAX_CONFLICT_RETRIES = 100
 T = TypeVar("T")
+# Runs a CPU-bound piece of work, e.g. on a thread (server/offload.py).
+Offload = Callable[[Callable[[], list[str]]], Awaitable[list[str]]]
 
 
 def _doc_or_reason(outcome: Outcome) -> dict[str, Any] | Ignored | None:
@@ -409,7 +411,7 @@ class Orchestrator:
         await self.store.register_worker(worker_id, registration, self.settings.worker_ttl_ms)
 
     async def heartbeat(
-        self, worker_id: str, tasks: list[str], alive_ms: int, skills: Sequence[str] = ()
+        self, worker_id: str, tasks: list[str] | None, alive_ms: int, skills: Sequence[str] = ()
     ) -> tuple[bool, list[str]]:
         ttl_ms = self.settings.worker_ttl_ms
         return await self.store.heartbeat(worker_id, tasks, alive_ms, ttl_ms, skills)
@@ -432,13 +434,26 @@ class Orchestrator:
         `gone()`: whether the poll's connection closed (no task is leased to it then)."""
         return await self.dispatcher.next_tasks(worker_id, skills, wait_s, max_tasks, gone)
 
-    async def submit_result(self, worker_id: str, result: dict[str, Any]) -> dict[str, Any]:
-        """Apply a worker's result once; anything else is answered `ignored` with a reason."""
+    async def submit_result(
+        self, worker_id: str, result: dict[str, Any], check: Offload | None = None
+    ) -> dict[str, Any]:
+        """Apply a worker's result once; anything else is answered `ignored` with a reason.
+        `check` runs the output_schema check of a large result (off the event loop: the
+        server's offload); without it, the check runs where the result is applied."""
         body = {**result, "worker_id": worker_id}
+        checked: tasks.Checked | None = None
 
         async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
+            nonlocal checked
+            if check is not None:  # (once, unless a fresh read finds another schema)
+                schema = machine.output_schema_of(record.doc, body)
+                if schema is not None and (checked is None or checked[0] is not schema):
+                    data = body.get("data")
+                    checked = (schema, await check(lambda: tasks.output_problems(schema, data)))
             leases = leases_of(record)
-            return machine.on_result(record.doc, leases, body, now_ms(), self.rng, record.branch)
+            return machine.on_result(
+                record.doc, leases, body, now_ms(), self.rng, record.branch, checked
+            )
 
         outcome = await self.apply(str(result.get("job_id", "")), rule, gather=True)
         if isinstance(outcome, Applied):

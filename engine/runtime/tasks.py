@@ -30,6 +30,10 @@ from engine.runtime.jobdoc import (
 )
 from engine.runtime.step import Kind, Next, Step
 
+# A heartbeat recorded this long after a lease that does not list the task means the worker
+# never received it (see `receipt_margin`).
+RECEIPT_MARGIN_MS = 5_000
+
 TIMEOUT_TEXT = {
     "run": "the worker did not send a result within the run timeout",
     "heartbeat": "the worker holding the task stopped heartbeating",
@@ -142,7 +146,8 @@ def dispatch(
             member=member(doc["id"], task_id),
             score=queue_score(spec.priority, now),
             payload=payload,
-            lease_ms=task["lease_ms"],
+            # The timer's first look once it is leased (see `next_look`).
+            lease_ms=min(task["lease_ms"], receipt_margin(task)),
         )
     )
     step.task_event("task_queued", task, task_type=spec.task_type)
@@ -167,8 +172,27 @@ def _timeouts(
 # -- answers -----------------------------------------------------------------------------------
 
 
-def answered(step: Step, task: TaskRecord, status: str, data: Any, error: Any) -> None:
-    """A worker's answer for a task already retired from the job."""
+# A result's output_schema check done ahead (off the event loop, for a large result): the
+# schema checked and what it found (`output_problems`).
+Checked = tuple[Any, list[str]]
+
+
+def output_problems(schema: Any, data: Any) -> list[str]:
+    """How `data` breaks `schema` (a compiled output_schema), the first 20 by path."""
+    problems = sorted(schema.iter_errors(data), key=lambda e: list(e.path))
+    return [f"{e.json_path}: {e.message}" for e in problems[:20]]
+
+
+def answered(
+    step: Step,
+    task: TaskRecord,
+    status: str,
+    data: Any,
+    error: Any,
+    checked: Checked | None = None,
+) -> None:
+    """A worker's answer for a task already retired from the job. `checked`: the
+    output_schema check of `data`, if it was done ahead (used if of the same schema)."""
     if status == "failure":
         given: dict[str, Any] = error if isinstance(error, dict) else {}
         code = str(given.get("code") or "TRANSIENT_ERROR")
@@ -179,9 +203,11 @@ def answered(step: Step, task: TaskRecord, status: str, data: Any, error: Any) -
         return
     spec = spec_of(step, task)
     if status == "success" and spec.output_schema is not None:
-        problems = sorted(spec.output_schema.iter_errors(data), key=lambda e: list(e.path))
-        if problems:
-            details = [f"{e.json_path}: {e.message}" for e in problems[:20]]
+        if checked is not None and checked[0] is spec.output_schema:
+            details = checked[1]
+        else:
+            details = output_problems(spec.output_schema, data)
+        if details:
             message = "the result does not match the state's output_schema"
             failed(step, task, INVALID_OUTPUT, message, details)
             return
@@ -258,9 +284,21 @@ def check_leases(step: Step, alive: dict[str, dict[str, Any] | None], heard_sinc
                     "no worker took the task within its dispatch timeout",
                 )
             continue
-        reason = lease_problem(task, lease, step.now, alive.get(lease.worker), heard_since)
+        heard = alive.get(lease.worker)
+        reason = lease_problem(task, lease, step.now, heard, heard_since)
+        if reason == "unreceived":
+            # The poll's answer never reached the worker: the task never ran there. Queue it
+            # again at once as the same attempt, as when a poll's connection is gone (and
+            # tell the worker to drop it, should it hold it after all).
+            step.retire(task_id, answered=False)
+            step.fx.cancel_on_worker.append((lease.worker, task_id))
+            step.task_event("task_released", task, worker=lease.worker, reason=reason)
+            launch(step, step.state(task["state"]), task["branch"], task["attempt"])
+            continue
         if reason is None:
-            if step.now >= max(task["checked_at"] or 0, lease.leased_at) + task["lease_ms"]:
+            if heard is not None and task_id in heard.get("tasks", ()):
+                task["listed"] = True  # the worker has it: back to one look a lease period
+            if step.now >= next_look(task, lease):
                 task["checked_at"] = step.now
             continue
         step.retire(task_id, answered=False)
@@ -289,7 +327,8 @@ def lease_problem(
     alive: dict[str, Any] | None,
     heard_since: int = 0,
 ) -> str | None:
-    """Why a leased task must be taken back (run, heartbeat, worker_lost), or None.
+    """Why a leased task must be taken back (run, heartbeat, worker_lost), "unreceived" when
+    the worker never got it (queued again as the same attempt), or None.
 
     A worker's silence counts only from `heard_since`: while no orchestrator (or no Redis)
     was up, its heartbeats had nowhere to go, and its heartbeat record may have expired.
@@ -303,12 +342,31 @@ def lease_problem(
     beat = int(alive.get("at", 0))
     if now - max(beat, heard_since) > task["heartbeat_ms"]:
         return "heartbeat"
-    # A worker that heartbeats without listing the task lost it (e.g. the poll answer never
-    # reached it); give it two lease periods to start reporting it.
-    grace = 2 * task["lease_ms"]
-    if beat > lease.leased_at + grace and "tasks" in alive and task["id"] not in alive["tasks"]:
-        return "worker_lost"
-    return None
+    if "tasks" not in alive or task["id"] in alive["tasks"]:
+        return None
+    if not task.get("listed"):
+        # Never listed: a heartbeat recorded `receipt_margin` after the lease left the
+        # worker after the poll's answer would have reached it, so the answer was lost (an
+        # orchestrator killed before it was sent, a proxy that dropped it).
+        return "unreceived" if beat >= lease.leased_at + receipt_margin(task) else None
+    # Listed, then no longer (a restarted worker, a result lost on its way): give the worker
+    # two lease periods to report it again or send its result.
+    return "worker_lost" if beat > lease.leased_at + 2 * task["lease_ms"] else None
+
+
+def receipt_margin(task: TaskRecord) -> int:
+    """How much later than the lease a heartbeat must be recorded for the lack of the task
+    in it to mean the worker never got it: time for the poll's answer to arrive, for the
+    heartbeat to travel, and for the clocks of two orchestrators to disagree."""
+    return min(RECEIPT_MARGIN_MS, 2 * task["lease_ms"])
+
+
+def next_look(task: TaskRecord, lease: TaskLease) -> int:
+    """When the timer looks at a leased task next: every `receipt_margin` until a heartbeat
+    lists it (a lost poll answer is noticed within a heartbeat or two), then every lease
+    period."""
+    period = task["lease_ms"] if task.get("listed") else receipt_margin(task)
+    return max(task["checked_at"] or 0, lease.leased_at) + period
 
 
 def next_due(doc: JobDoc, leases: Leases) -> list[int]:
@@ -324,5 +382,5 @@ def next_due(doc: JobDoc, leases: Leases) -> list[int]:
                 due.append(task["dispatch_deadline"])
         else:
             due.append(lease.leased_at + task["run_ms"])
-            due.append(max(task["checked_at"] or 0, lease.leased_at) + task["lease_ms"])
+            due.append(next_look(task, lease))
     return due

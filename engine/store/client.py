@@ -919,28 +919,29 @@ class Store:
     async def heartbeat(
         self,
         worker_id: str,
-        tasks: Sequence[str],
+        tasks: Sequence[str] | None,
         alive_ms: int,
         registration_ms: int,
         skills: Sequence[str] = (),
     ) -> tuple[bool, list[str]]:
         """Record a heartbeat. Returns (worker known, task ids it should cancel). Heartbeats
         are batched like commits: 1,000 workers' heartbeats take one connection, not 100.
-        `skills` (the worker's task types) are marked seen now (see `keys.skill_workers`)."""
-        item = (worker_id, list(tasks), alive_ms, registration_ms, tuple(skills))
+        `tasks`: those the worker holds, None when it did not say. `skills` (the worker's
+        task types) are marked seen now (see `keys.skill_workers`)."""
+        held = None if tasks is None else list(tasks)
+        item = (worker_id, held, alive_ms, registration_ms, tuple(skills))
         return await self._heartbeats.submit(item)
 
     async def _heartbeat_batch(
-        self, beats: list[tuple[str, list[str], int, int, tuple[str, ...]]]
+        self, beats: list[tuple[str, list[str] | None, int, int, tuple[str, ...]]]
     ) -> list[tuple[bool, list[str]] | Exception]:
         started = time.perf_counter()
         pipe = self.redis.pipeline(transaction=False)
         now = now_ms()
         for worker_id, tasks, alive_ms, registration_ms, _ in beats:
             pipe.pexpire(self.keys.worker(worker_id), registration_ms)
-            pipe.set(
-                self.keys.worker_alive(worker_id), dumps({"at": now, "tasks": tasks}), px=alive_ms
-            )
+            beat: dict[str, Any] = {"at": now} if tasks is None else {"at": now, "tasks": tasks}
+            pipe.set(self.keys.worker_alive(worker_id), dumps(beat), px=alive_ms)
             pipe.spop(self.keys.worker_cancels(worker_id), 1000)
             # xx: a heartbeat refreshes the index entry of a registered worker only.
             pipe.zadd(self.keys.workers, {worker_id: now}, xx=True)

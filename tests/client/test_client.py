@@ -252,6 +252,28 @@ async def test_an_event_reaches_a_paused_job_which_moves_on_once_resumed(api: Ei
     assert finished["result"] == {"n": 3}
 
 
+async def test_the_job_id_the_client_chose_is_enough_to_follow_and_control_the_job(
+    api: Either,
+) -> None:
+    chosen = f"bare-{api.mode}-{free_port()}"
+    submitted = await api("submit", "jobs/signal", job_id=chosen)
+    # every method takes the id as chosen, and the job answers with its full id
+    listening = await until_status(api, chosen, "waiting")
+    assert listening["id"] == submitted.job_id
+    assert (await api("pause", chosen))["status"] == "paused"
+    assert (await api("resume", chosen))["id"] == submitted.job_id
+    assert (await api("explain", chosen))["job_id"] == submitted.job_id
+    await api("send_event", chosen, "go", {"n": 5})
+    finished = await api("wait", chosen, timeout=30)
+    assert (finished["id"], finished["result"]) == (submitted.job_id, {"n": 5})
+    events = [e["event"] for e in await api("history", chosen)]
+    assert events[0] == "job_created"
+    assert events[-1] == "job_finished"
+    # and an id chosen by nobody is still unknown
+    with pytest.raises(NotFound):
+        await api("get", f"{chosen}-never")
+
+
 async def test_an_ended_job_is_rerun_and_a_cancelled_one_redriven(api: Either) -> None:
     job_id = (await api("submit", "jobs/echo", {"n": 4})).job_id
     assert (await api("wait", job_id, timeout=30))["status"] == "finished"

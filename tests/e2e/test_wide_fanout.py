@@ -82,7 +82,9 @@ async def test_a_for_each_over_ten_thousand_items_survives_a_sigkill(
     folder = tmp_path / "blueprints"
     folder.mkdir()
     (folder / "wide.yaml").write_text(WIDE)
-    settings = {"HEARTBEAT_TIMEOUT": "5s"}  # tasks handed to the killed server's polls
+    # The shipped HEARTBEAT_TIMEOUT (60 s): tasks handed to the killed server's polls are
+    # taken back at the workers' first heartbeats without them (seconds).
+    settings: dict[str, str] = {}
     with serve(tmp_path, redis_url, folder, settings) as first:
         port = first.port
         with echo_workers(tmp_path, first.url, 2):

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from engine.blueprint.loader import load_blueprint, load_blueprint_text
 from engine.blueprint.model import Blueprint
 from engine.runtime.jobdoc import Ignored, RuntimeSettings
+from engine.runtime.tasks import RECEIPT_MARGIN_MS
 from tests.engine.test_flow_control import PARENT
 from tests.support.rules_driver import RulesDriver
 
@@ -359,10 +360,13 @@ def _worker_lost(job: RulesDriver) -> int:
 
 
 def _heartbeats_without_the_task(job: RulesDriver) -> int:
-    job.lease("w")
-    for _ in range(3):  # two lease periods of grace, then the worker counts as lost
-        job.fire_due(job.now + 5 * SECOND)
+    task = job.lease("w")
+    job.heartbeat("w", tasks=[task["task_id"]])  # the worker got the task...
+    job.fire_due(job.now + 5 * SECOND)
+    for _ in range(2):  # ...then lists it no more: two lease periods of grace, then it is lost
         job.heartbeat("w", tasks=[])
+        job.fire_due(job.now + 5 * SECOND)
+    job.heartbeat("w", tasks=[])
     return job.now + 5 * SECOND
 
 
@@ -394,6 +398,60 @@ def test_timeouts_take_the_task_back_and_follow_on_timeout(
     assert (job.queued(), job.leases) == ([], {})
     # the late result of the taken-back task changes nothing
     assert job.result(task_id, data={}, worker="w") == Ignored("job_finished")
+
+
+def test_a_lease_the_worker_never_listed_is_queued_again_as_the_same_attempt() -> None:
+    """The poll's answer never reached the worker (its orchestrator was killed, a proxy
+    dropped it): the first heartbeat recorded a receipt margin after the lease without the
+    task takes it back, long before the heartbeat timeout, and the attempt is not counted."""
+    job = RulesDriver(bp(TIMEOUTS.replace("heartbeat: 5s", "heartbeat: 60s")))
+    first = job.lease("w")
+    leased_at = job.now
+    # A heartbeat recorded within the margin may have left the worker before the answer came.
+    job.fire_due(leased_at + RECEIPT_MARGIN_MS - 1)
+    job.heartbeat("w", tasks=[])
+    job.fire_due(leased_at + 2 * RECEIPT_MARGIN_MS - 1)
+    assert (job.queued(), list(job.leases)) == ([], [first["task_id"]])
+    # One recorded after it did not: the task goes back at the next look.
+    job.heartbeat("w", tasks=[])
+    job.fire_due(leased_at + 2 * RECEIPT_MARGIN_MS)
+    [again] = job.queued()
+    assert again["task_id"] != first["task_id"]
+    assert again["metadata"]["attempt"] == 1
+    [released] = job.events("task_released")
+    assert (released["worker"], released["reason"]) == ("w", "unreceived")
+    assert job.cancel_requests == [("w", first["task_id"])]
+    assert not job.events("task_timeout", "task_picked_up")
+    assert job.result(first, data={}, worker="w") == Ignored("superseded")
+    job.lease("w2")
+    job.result(again, data={}, worker="w2")
+    assert job.status == "finished"
+
+
+def test_a_task_the_worker_lists_late_is_kept_and_looked_at_once_a_lease_period() -> None:
+    job = RulesDriver(bp(TIMEOUTS.replace("heartbeat: 5s", "heartbeat: 60s")))
+    task = job.lease("w")
+    leased_at = job.now
+    job.fire_due(leased_at + RECEIPT_MARGIN_MS - 1)
+    job.heartbeat("w", tasks=[task["task_id"]])  # the answer arrived, a little late
+    job.fire_due(leased_at + 5 * RECEIPT_MARGIN_MS)
+    assert list(job.leases) == [task["task_id"]]
+    assert job.doc["tasks"][task["task_id"]]["listed"] is True
+    # Once it is listed, the timer looks at the lease once a lease period, as before.
+    assert job.next_due() == leased_at + 60 * SECOND
+    job.result(task, data={}, worker="w")
+    assert job.status == "finished"
+    assert not job.events("task_released", "task_timeout")
+
+
+def test_heartbeats_that_do_not_say_which_tasks_the_worker_holds_take_none_back() -> None:
+    job = RulesDriver(bp(TIMEOUTS.replace("heartbeat: 5s", "heartbeat: 60s")))
+    task = job.lease("w")
+    for _ in range(11):  # no `current_tasks` in them (55 s; the run timeout is 60 s)
+        job.heartbeat("w")
+        job.fire_due(job.now + RECEIPT_MARGIN_MS)
+    assert list(job.leases) == [task["task_id"]]
+    assert not job.events("task_released", "task_timeout")
 
 
 @pytest.mark.parametrize(("punctual", "timed_out"), [(True, False), (False, True)])

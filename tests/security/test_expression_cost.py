@@ -14,7 +14,13 @@ import pytest
 
 import engine.expressions
 from engine.blueprint.loader import load_blueprint_text
-from engine.expressions import MAX_STEPS, OverBudget, compile_expression
+from engine.expressions import (
+    MAX_RESULT_BYTES,
+    MAX_STEPS,
+    OverBudget,
+    TooLarge,
+    compile_expression,
+)
 from tests.support.rules_driver import RulesDriver
 
 MAX_BODY = 1 << 20  # MAX_BODY_BYTES's default
@@ -87,12 +93,67 @@ states:
 """
 
 
-def test_a_state_past_the_budget_fails_the_job_naming_the_limit() -> None:
-    expression = DOUBLING.replace("items", "initial_data.items", 1)
+@pytest.mark.parametrize(
+    ("source", "limit", "value"),
+    [
+        (DOUBLING, "MAX_STEPS", MAX_STEPS),
+        (" | ".join(["items"] + ["[@, @]"] * 30), "MAX_RESULT_BYTES", MAX_RESULT_BYTES),
+    ],
+)
+def test_a_state_past_a_limit_fails_the_job_naming_it(source: str, limit: str, value: int) -> None:
+    expression = source.replace("items", "initial_data.items", 1)
     blueprint = load_blueprint_text(BLUEPRINT.replace("EXPR", expression))
     job = RulesDriver(blueprint, {"items": [{"i": i} for i in range(1000)]})
     assert job.doc["status"] == "failed"
     error = job.doc["error"]
     assert (error["code"], error["state"]) == ("EXPRESSION_ERROR", "compose")
-    assert "MAX_STEPS" in error["message"]
-    assert f"{MAX_STEPS:,}" in error["message"]
+    assert limit in error["message"]
+    assert f"{value:,}" in error["message"]
+
+
+# -- the size of what a search builds ----------------------------------------------------------
+
+DOUBLING_COPIES = " | ".join(["items"] + ["[@, @]"] * 30)  # 2^30 copies, in 31 steps
+
+
+def test_a_value_built_of_copies_stops_at_the_size_limit_in_a_few_steps() -> None:
+    items = {"items": [{"i": i, "k": f"k{i}"} for i in range(1000)]}
+    started = time.perf_counter()
+    with pytest.raises(TooLarge, match="MAX_RESULT_BYTES") as caught:
+        compile_expression(DOUBLING_COPIES).search(items)
+    assert time.perf_counter() - started < 5  # (2^30 copies as JSON: tens of GiB)
+    assert DOUBLING_COPIES in str(caught.value)
+    assert f"{MAX_RESULT_BYTES:,}" in str(caught.value)
+    # (and a function given such a value never runs: to_string would encode every copy)
+    with pytest.raises(TooLarge):
+        compile_expression(f"to_string({DOUBLING_COPIES})").search(items)
+    # the next search measures afresh
+    assert compile_expression("[items, items][1][0].i").search(items) == 0
+
+
+@pytest.mark.parametrize(
+    ("source", "copies"),
+    [("[s, s]", 2), ("[s, s, s, s]", 4), ("{a: s, b: s, c: s}", 3), ("[[s, s], [s, s]]", 4)],
+)
+def test_a_built_value_is_counted_as_its_json_is_long(source: str, copies: int) -> None:
+    # a string the size of the limit over the number of copies, less a little, fits...
+    room = MAX_RESULT_BYTES // copies - 100
+    built = compile_expression(source).search({"s": "x" * room})
+    assert len(json.dumps(built, separators=(",", ":"))) <= MAX_RESULT_BYTES
+    # ...and a little more than that does not
+    with pytest.raises(TooLarge):
+        compile_expression(source).search({"s": "x" * (room + 200)})
+
+
+def test_a_value_only_read_is_not_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    measured: list[Any] = []
+    real = engine.expressions._BudgetedInterpreter.size
+
+    def counting(self: Any, value: Any) -> int:
+        measured.append(value)
+        return int(real(self, value))
+
+    monkeypatch.setattr(engine.expressions._BudgetedInterpreter, "size", counting)
+    assert compile_expression("items[0].k").search(BIG) == "k0"
+    assert compile_expression("items").search(BIG) is BIG["items"]
+    assert measured == []  # nothing built: no walk of the 1 MiB of items

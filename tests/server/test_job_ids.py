@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from engine.runtime.orchestrator import Orchestrator
 from server.app import build_app_around
 from tests.server.conftest import make_settings, serve, started
 from tests.server.helpers import (
@@ -25,6 +26,7 @@ from tests.server.helpers import (
     poll,
     register,
     result,
+    submit,
 )
 
 URL = "/api/v1/jobs/image_pipeline"
@@ -192,3 +194,71 @@ async def test_a_job_with_a_chosen_id_runs_like_any_other(api: Client) -> None:
     assert (await job(api, job_id))["state"] == "resize"
     events = await ok_json(await api.get(f"/api/v1/jobs/{job_id}/history", headers=ACME))
     assert "task_result" in [e["event"] for e in events["events"]]
+
+
+# -- owner routes by the bare chosen id --------------------------------------------------------
+
+
+async def test_every_owner_route_takes_the_bare_chosen_id(api: Client) -> None:
+    # given a job the client named "pay-1", listening for an event
+    paid = {"amount": 12.5, "reference": "PAY-1234"}
+    payment = {"user": "ada", "amount": 12.5}
+    job_id = await submit(api, "jobs/payment_callback", payment, job_id="pay-1")
+    bare = "/api/v1/jobs/pay-1"
+    # then each route answers it by "pay-1", naming it by its full id
+    assert (await job(api, "pay-1"))["id"] == job_id
+    waited = await ok_json(await api.get(bare, params={"wait": "0.05"}, headers=ACME))
+    assert (waited["id"], waited["state"]) == (job_id, "paid")
+    for tail in ("/history", "/changes", "/explain"):
+        assert (await ok_json(await api.get(bare + tail, headers=ACME)))["job_id"] == job_id
+    graph = await api.get(bare + "/graph", headers=ACME)
+    assert graph.status == 200
+    assert (await graph.text()).startswith("digraph")
+    assert (await ok_json(await api.post(bare + "/pause", headers=ACME)))["paused"] is not None
+    assert (await ok_json(await api.post(bare + "/resume", headers=ACME)))["id"] == job_id
+    not_asked = await api.post(bare + "/approval", json={"decision": "approve"}, headers=ACME)
+    assert (await error_of(not_asked, 409))["code"] == "not_waiting_for_approval"
+    sent = await api.post(bare + "/events/payment_received", json=paid, headers=ACME)
+    assert (await ok_json(sent))["state"] == "receipt"
+    cancelled = await ok_json(await api.post(bare + "/cancel", headers=ACME))
+    assert (cancelled["id"], cancelled["status"]) == (job_id, "cancelled")
+    redriven = await ok_json(await api.post(bare + "/redrive", headers=ACME))
+    assert (redriven["id"], redriven["status"]) == (job_id, "queued")
+    await ok_json(await api.post(bare + "/cancel", headers=ACME))
+    body = {"from_state": "paid"}
+    rerun = await ok_json(await api.post(bare + "/rerun", json=body, headers=ACME))
+    assert (rerun["id"], rerun["state"]) == (job_id, "paid")
+
+
+async def test_a_bare_id_only_ever_names_the_clients_own_job(api: Client) -> None:
+    # given acme's job "shared" and globex's job "theirs"
+    mine = await submit(api, "jobs/image_pipeline", DATA, job_id="shared")
+    theirs = await submit(api, "jobs/image_pipeline", DATA, GLOBEX, job_id="theirs")
+    # then globex's "shared" and acme's "theirs" are unknown, as any unknown id
+    for headers, bare in ((GLOBEX, "shared"), (ACME, "theirs"), (ACME, "nothing")):
+        for method, tail in (("GET", ""), ("GET", "/history"), ("POST", "/cancel")):
+            response = await api.request(method, f"/api/v1/jobs/{bare}{tail}", headers=headers)
+            assert (await error_of(response, 404))["code"] == "job_not_found"
+    # and the jobs are untouched
+    assert (await job(api, mine))["status"] == "queued"
+    assert (await job(api, theirs, headers=GLOBEX))["status"] == "queued"
+    assert (await job(api, "theirs", headers=GLOBEX))["id"] == theirs
+
+
+async def test_a_full_id_costs_one_read_and_a_bare_one_a_second(
+    api: Client, orchestrator: Orchestrator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = await submit(api, "jobs/image_pipeline", DATA, job_id="order-7")
+    reads: list[str] = []
+    read_job = orchestrator.store.read_job
+
+    async def counted(wanted: str) -> Any:
+        reads.append(wanted)
+        return await read_job(wanted)
+
+    monkeypatch.setattr(orchestrator.store, "read_job", counted)
+    assert (await job(api, job_id))["id"] == job_id
+    assert reads == [job_id]
+    reads.clear()
+    assert (await job(api, "order-7"))["id"] == job_id
+    assert reads == ["order-7", job_id]

@@ -152,6 +152,20 @@ async def test_heartbeat_with_malformed_tasks(api: Client) -> None:
     assert (await error_of(response, 400))["code"] == "invalid_field"
 
 
+@pytest.mark.parametrize(("body", "stored"), [({"current_tasks": ["t1"]}, ["t1"]), ({}, None)])
+async def test_a_heartbeat_records_the_tasks_only_when_it_lists_them(
+    api: Client, orchestrator: Orchestrator, body: dict[str, object], stored: list[str] | None
+) -> None:
+    """A heartbeat without `current_tasks` says nothing of the worker's tasks: none may be
+    taken for lost because it is missing from it (engine/runtime/tasks.py lease_problem)."""
+    await register(api, ["fetch_image"])
+    await ok_json(await api.patch("/_worker/workers/w-solo", json=body, headers=worker()))
+    alive = await orchestrator.worker_alive("w-solo")
+    assert alive is not None
+    assert alive.get("tasks") == stored
+    assert ("tasks" in alive) is (stored is not None)
+
+
 # -- polling ------------------------------------------------------------------------------------
 
 

@@ -233,10 +233,10 @@ async def test_a_store_failure_on_one_item_is_a_503_for_the_batch(
 ) -> None:
     real = orchestrator.submit_result
 
-    async def flaky(worker_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def flaky(worker_id: str, body: dict[str, Any], check: Any = None) -> dict[str, Any]:
         if body["task_id"] == "t-down":
             raise StoreUnavailable("connection refused")
-        return await real(worker_id, body)
+        return await real(worker_id, body, check)
 
     monkeypatch.setattr(orchestrator, "submit_result", flaky)
     items = [

@@ -44,14 +44,11 @@ async def test_failover_when_the_primary_is_killed_and_back_when_it_returns(
     record = tmp_path / "record.txt"
     primary_port = free_port()
     # A task the primary leased to the worker's poll just as it was killed never reaches the
-    # worker; it is taken back once the worker's heartbeats have gone two lease periods
-    # without it (engine/runtime/tasks.py lease_problem). A short heartbeat timeout makes
-    # that about 15 s, not the default's minutes, within the test's wait; at 5 s it is still
-    # 25 of the worker's heartbeats, so a stall of the machine does not take a task back.
-    fast = {"HEARTBEAT_TIMEOUT": "5s"}
+    # worker; the first heartbeat recorded a few seconds after the lease without it takes it
+    # back (engine/runtime/tasks.py lease_problem), at the shipped 60 s HEARTBEAT_TIMEOUT.
     with (
-        orchestrator(tmp_path, redis_url, port=primary_port, env=fast) as primary,
-        orchestrator(tmp_path, redis_url, env=fast) as secondary,
+        orchestrator(tmp_path, redis_url, port=primary_port) as primary,
+        orchestrator(tmp_path, redis_url) as secondary,
     ):
         urls = [{"url": primary.url}, {"url": secondary.url}]
         env = fast_env(
@@ -70,7 +67,7 @@ async def test_failover_when_the_primary_is_killed_and_back_when_it_returns(
                 during = [await submit(http, "jobs/sdk_echo", {"n": i}) for i in range(20)]
                 done = [await wait_terminal(http, j) for j in before + during]
                 back = len(proc.output())
-                with orchestrator(tmp_path, redis_url, port=primary_port, env=fast):
+                with orchestrator(tmp_path, redis_url, port=primary_port):
                     # once the poll open on the secondary has ended
                     await eventually(
                         lambda: f"polling {primary.url} for tasks" in proc.output()[back:],
