@@ -85,8 +85,10 @@ async def test_a_chain_of_worker_free_states_is_one_commit(store_url: str, tmp_p
 
 
 @contextlib.asynccontextmanager
-async def echo_worker(orch: Orchestrator) -> AsyncIterator[None]:
-    """A worker as the SDK runs one: a poll is always open while results go back."""
+async def echo_worker(orch: Orchestrator, polls: int) -> AsyncIterator[None]:
+    """A worker as the SDK runs one (a poll is open while results go back), with `polls`
+    polls at a time: more than the tasks that can be out at once, so a free one is always
+    there for a new task."""
     sending: set[asyncio.Task[Any]] = set()
 
     async def answer(task: dict[str, Any]) -> None:
@@ -95,19 +97,19 @@ async def echo_worker(orch: Orchestrator) -> AsyncIterator[None]:
         )
         assert reply == {"status": "accepted"}
 
-    async def polls() -> None:
+    async def poll() -> None:
         while True:
             for task in await orch.next_tasks("w1", ("echo",), 5, 32):
                 sent = asyncio.create_task(answer(task))
                 sending.add(sent)
                 sent.add_done_callback(sending.discard)
 
-    polling = [asyncio.create_task(polls()) for _ in range(2)]
+    polling = [asyncio.create_task(poll()) for _ in range(polls)]
     try:
         yield
     finally:
-        for poll in polling:
-            poll.cancel()
+        for each in polling:
+            each.cancel()
         await asyncio.gather(*polling, *sending, return_exceptions=True)
 
 
@@ -138,20 +140,30 @@ async def test_redis_commands_per_task_state(redis_url: str, tmp_path: Path, sta
     name, text = chain(states)  # `states` sequential echo task states, then end
     async with (
         orchestrator(redis_url, tmp_path, text, orch_settings=quiet) as orch,
-        echo_worker(orch),
+        echo_worker(orch, polls=JOBS + 10),
     ):
         used = await commands_per_job(orch, redis_url, name, JOBS)
     per_job = sum(used.values()) / JOBS
+    print(f"\n{states} task state(s): {per_job:.2f} Redis commands a job: {used}")
     # Each job commits once to start and once per result. Each commit reads the version
     # (HGET) and writes the job (HSET); each result but the last drops the answered task's
     # payload (HDEL); the last sets the finished job's expiry (PEXPIRE).
     commits = (states + 1) * JOBS
-    assert used.pop("hget") == commits, used
-    assert used.pop("hset") == commits, used
-    assert used.pop("hdel", 0) == (states - 1) * JOBS, used
+    # (On a busy machine a change can be refused now and then, when a result overtakes its
+    # own lease's note in memory: the job is read again (HMGET) and the change made again.)
+    again = used.pop("hmget", 0)
+    assert again <= JOBS // 20, used
+    assert commits <= used.pop("hget") <= commits + again, used
+    assert commits <= used.pop("hset") <= commits + again, used
+    assert (states - 1) * JOBS <= used.pop("hdel", 0) <= (states - 1) * JOBS + again, used
     assert used.pop("pexpire") == JOBS, used
-    # The rest is per script, shared by the changes of a batch: no queue peek (ZRANGE), no
-    # lease script (HMGET), since every task goes to the open poll in the commit that makes it.
+    # The dispatcher's once-a-second sweep peeks each partition's queue (ZRANGE): by the
+    # clock, not by the job. Nothing else peeks, and no lease script runs (HMGET, counted
+    # above): every task goes to an open poll in the commit that makes it.
+    partitions = orch.store.keys.partitions
+    assert used.get("zrange", 0) % partitions == 0, used
+    assert used.pop("zrange", 0) <= 5 * partitions, used
+    # The rest is per script, shared by the changes of a batch.
     scripts = used["evalsha"]
     assert set(used) <= {"evalsha", "zadd", "zrem", "publish", "sadd"}, used
     assert used.get("sadd", 0) < JOBS / 2, used  # the client's name: once a batch, not a job
