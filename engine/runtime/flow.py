@@ -40,10 +40,15 @@ class ChoiceKind(Kind[ChoiceState]):
 class WaitKind(Kind[WaitState]):
     def enter(self, step: Step, state: WaitState) -> Next | None:
         if state.seconds is not None:
-            step.doc["wait_until"] = step.now + int(state.seconds * 1000)
+            until = step.now + int(state.seconds * 1000)
         else:
             assert state.until is not None
-            step.doc["wait_until"] = _parse_time(state.until.render(step.context()))
+            until = _parse_time(state.until.render(step.context()))
+        if until <= step.now:
+            # Already due (`wait: 0`, or a moment past): go on within this same change, with
+            # no timer and no second commit.
+            return "next", _target(state, "next")
+        step.doc["wait_until"] = until
         step.doc["status"] = JobStatus.WAITING
         return None
 
@@ -87,7 +92,7 @@ def _text(value: Any) -> str:
     return dumps(value)
 
 
-def _target(state: SetState, trigger: str) -> str:
+def _target(state: SetState | WaitState, trigger: str) -> str:
     target = state.target(trigger)
     assert target is not None, "the compiler guarantees this transition"
     return target

@@ -6,14 +6,10 @@ its row, which is accepted; a job that ended otherwise than `finished` is not (e
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-
 import pytest
 
+from tests.bench.support import assert_lines_in_order, run_bench
 from tests.conftest import require_program
-from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -51,20 +47,6 @@ EXPECTED = [
 def test_the_quick_growth_bench_prints_every_section_and_exits_0() -> None:
     require_program("redis-server", "apt-get install redis-server")
     # Given a clean checkout's bench, when the quick growth curves run
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--workload", "growth", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=540,
-        check=False,
-    )
-    output = done.stdout
+    output = run_bench(["bench.run", "--workload", "growth", "--quick"], timeout_s=540)
     # Then it exits 0 and prints each expected line, in order
-    assert done.returncode == 0, output[-3000:] + done.stderr[-3000:]
-    lines = output.splitlines()
-    position = 0
-    for pattern in EXPECTED:
-        found = next((i for i in range(position, len(lines)) if re.search(pattern, lines[i])), None)
-        assert found is not None, f"no line matches {pattern!r} after line {position}:\n{output}"
-        position = found + 1
+    assert_lines_in_order(output, EXPECTED)

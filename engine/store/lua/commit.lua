@@ -18,6 +18,7 @@
 --   ttl: ms | false     persist: true (an ended job runs again: drop its expiry) | false
 --   ready: [message]     done: true | false
 -- Sorted-set changes are collected and made with one ZREM and one ZADD per key, the
+-- client names with one SADD per key (many jobs of a batch share a client), the
 -- notifications with one `publish` (PUBLISH, or SPUBLISH on the partition's shard channels
 -- on Redis Cluster) per channel. (A batch holds at most one plan per job,
 -- so removals before additions keep each plan's own order.)
@@ -33,7 +34,7 @@ local function chunked(command, key, list)
 end
 local batch = cjson.decode(ARGV[1])
 local out = {}
-local adds, removes, ready, done = {}, {}, {}, {}
+local adds, removes, ready, done, clients = {}, {}, {}, {}, {}
 local function push(lists, key, a, b)
   local list = lists[key]
   if not list then
@@ -61,7 +62,12 @@ for i, plan in ipairs(batch.plans) do
     if plan.index then
       push(adds, plan.index[1], plan.index[2], plan.id)
       for _, label in ipairs(plan.labels) do push(adds, label, plan.index[2], plan.id) end
-      redis.call('SADD', KEYS[plan.index[3]], plan.index[4])
+      local names = clients[plan.index[3]]
+      if not names then
+        names = {}
+        clients[plan.index[3]] = names
+      end
+      names[plan.index[4]] = true
     end
     if plan.label_hash then redis.call('HSET', KEYS[plan.label_hash[1]], plan.id, plan.label_hash[2]) end
     if plan.webhook then push(adds, plan.webhooks, plan.webhook, plan.id) end
@@ -81,6 +87,11 @@ for i, plan in ipairs(batch.plans) do
 end
 for key, members in pairs(removes) do chunked('ZREM', KEYS[key], members) end
 for key, flat in pairs(adds) do chunked('ZADD', KEYS[key], flat) end
+for key, names in pairs(clients) do
+  local list = {}
+  for name in pairs(names) do list[#list + 1] = name end
+  chunked('SADD', KEYS[key], list)
+end
 local lines = {}
 for message in pairs(ready) do lines[#lines + 1] = message end
 local publish = batch.publish
