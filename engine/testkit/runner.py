@@ -134,9 +134,7 @@ def check_names(blueprints: BlueprintSet, case: Case) -> None:
 
 def _specs(state: State) -> list[TaskSpec]:
     if isinstance(state, ParallelState):
-        return [spec for _, spec in state.branches] + (
-            [state.item_spec] if state.item_spec is not None else []
-        )
+        return state.task_specs
     spec = state.task_spec(None)
     return [spec] if spec is not None else []
 
