@@ -6,13 +6,15 @@ job document, the history and the cancel requests the store would act on.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.blueprint.loader import load_blueprint_text
+from engine.blueprint.dot import to_dot
+from engine.blueprint.loader import load_blueprint_text, validate_paths
 from engine.blueprint.model import Blueprint
 from engine.runtime.jobdoc import RuntimeSettings
 from tests.engine.test_rules import CHILD
@@ -194,6 +196,27 @@ def test_a_paused_race_keeps_its_winner_and_moves_on_resume() -> None:
     assert job.doc["steps"]["fetch"] == {"branch": "mirror", "result": "m"}
     job.resume()
     assert job.status == "finished"
+
+
+def test_dot_labels_a_race_and_its_subflow_branches() -> None:
+    dot = to_dot(bp(MIXED_RACE))
+    assert "parallel race: fast: lookup, deep: subflow child" in dot
+    assert "parallel: for_each initial_data.numbers -> subflow child" in to_dot(bp(each_child()))
+
+
+def test_subflow_branches_must_name_a_loaded_blueprint_and_make_no_cycle(tmp_path: Path) -> None:
+    (tmp_path / "parent.yaml").write_text(MIXED_RACE.replace("blueprint: child", "blueprint: chld"))
+    cycle = CHILD.replace(
+        "task: child_work", "parallel: {for_each: initial_data.x, subflow: {blueprint: child}}"
+    ).replace('    params: {n: "${ initial_data.n }"}\n', "")
+    cycle = cycle.replace("    retry: {max_attempts: 1}\n", "")
+    (tmp_path / "child.yaml").write_text(cycle)
+    _, problems = validate_paths([tmp_path])
+    found = sorted(f"{p.file.rsplit('/', 1)[-1]}:{p.line}: {p.message}" for p in problems)
+    assert found == [
+        "child.yaml:6: subflow calls its own blueprint 'child', a cycle: child -> child",
+        "parent.yaml:10: subflow blueprint 'chld' is not loaded; did you mean 'child'?",
+    ]
 
 
 def test_a_race_cannot_say_how_failed_branches_are_handled() -> None:
