@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.blueprint.dot import to_dot
-from engine.blueprint.loader import load_blueprint_text, validate_paths
+from engine.blueprint.loader import check_text, load_blueprint_text, validate_paths
 from engine.blueprint.model import Blueprint
 from engine.runtime.jobdoc import RuntimeSettings
 from tests.engine.test_rules import CHILD
@@ -80,7 +80,7 @@ states:
       compete: true
       branches:
         fast: {task: lookup, retry: {max_attempts: 1}}
-        deep: {subflow: {blueprint: child, input: {n: "${ initial_data.n }"}}}
+        deep: {subflow: {blueprint: child, input: {n: "${ initial_data.n }", tag: "${ branch }"}}}
     on: {success: done, failure: broken}
   done: {end: finished, output: "${ steps.fetch }"}
   broken: {end: failed}
@@ -285,9 +285,46 @@ def test_a_race_won_by_a_child_cancels_the_task() -> None:
     job = RulesDriver(blueprints["parent"], {"n": 5}, blueprints=blueprints)
     task = job.lease("w")
     child = job.branch_child(1)
+    assert child.doc["initial_data"] == {"n": 5, "tag": "deep"}
     child.result(child.lease("cw"), data={"doubled": 10})
     assert job.doc["result"] == {"branch": "deep", "result": {"doubled": 10}}
     assert job.cancel_requests == [("w", task["task_id"])]
+
+
+def test_a_subflow_branch_without_input_gets_the_jobs_initial_data() -> None:
+    text = MIXED_RACE.replace(
+        '{subflow: {blueprint: child, input: {n: "${ initial_data.n }", tag: "${ branch }"}}}',
+        "{subflow: {blueprint: child}}",
+    )
+    blueprints = family(text)
+    job = RulesDriver(blueprints["parent"], {"n": 7, "x": 1}, blueprints=blueprints)
+    assert job.branch_child(1).doc["initial_data"] == {"n": 7, "x": 1}
+
+
+@pytest.mark.parametrize(
+    ("branch", "where", "message"),
+    [
+        (
+            "{task: a, subflow: {blueprint: child}}",
+            ":9:",
+            "give the branch a `task` or a `subflow`, not both",
+        ),
+        (
+            "{subflow: {blueprint: child}, retry: {max_attempts: 2}}",
+            ":9:",
+            "`retry` goes with `task`, not with a subflow",
+        ),
+        (
+            "{}",
+            ":9:",
+            "missing required field 'task' (what the branch runs: a `task` or a `subflow`)",
+        ),
+    ],
+)
+def test_a_branch_runs_a_task_or_a_subflow(branch: str, where: str, message: str) -> None:
+    text = MIXED_RACE.replace("fast: {task: lookup, retry: {max_attempts: 1}}", f"fast: {branch}")
+    _, problems = check_text(text)
+    assert [(where in str(p), p.message) for p in problems] == [(True, message)]
 
 
 def test_cancelling_the_parent_cancels_its_branch_children() -> None:
@@ -303,9 +340,11 @@ def test_a_lost_child_is_started_again_and_a_lost_notice_found_by_the_timer() ->
     job = RulesDriver(blueprints["parent"], {"numbers": [1]}, blueprints={})  # not loaded
     assert job.children == {}
     assert job.doc["parallel"]["children"]
+    child_id = job.doc["parallel"]["children"]["0"]["child_id"]
     job.blueprints = blueprints  # ... until it is
     job.fire_due(job.now + job.settings.subflow_check_ms)
     child = job.branch_child(0)
+    assert child.doc["id"] == child_id  # started again with the same id
     child.notify = None  # its `done` notification is lost
     child.result(child.lease("w"), data={"doubled": 2})
     assert job.status == "running"
