@@ -87,6 +87,12 @@ class ParallelKind(Kind[ParallelState]):
                 state, "failure", {"code": EMPTY_RACE, "state": state.name, "message": message}
             )
             return None
+        if isinstance(state.item_spec, SubflowSpec) and count and _too_deep(step):
+            # Every item's child would fail so: fail the state once, not each branch (a
+            # branch failing at its launch launches the next, which would recurse per item).
+            _forget(step, _book(step))
+            step.fail_state(state, "failure", _depth_error(step, state))
+            return None
         if count == 0:
             return _join(step, state)
         _fill(step, state)
@@ -95,11 +101,8 @@ class ParallelKind(Kind[ParallelState]):
     def start_child(self, step: Step, state: ParallelState, branch: int) -> None:
         spec = state.branch_spec(branch)
         assert isinstance(spec, SubflowSpec), "a branch without a task runs a subflow"
-        depth = child_depth(step.doc)
-        if depth > step.settings.max_subflow_depth:
-            message = f"subflows nest deeper than {step.settings.max_subflow_depth}"
-            error = {"code": SUBFLOW_DEPTH, "state": state.name, "message": message}
-            _failed(step, state, branch, error, "failure")
+        if _too_deep(step):  # (a static branch: their number is the blueprint's)
+            _failed(step, state, branch, _depth_error(step, state), "failure")
             return
         context = step.context(**self.task_context(step, state, branch))
         try:
@@ -194,6 +197,15 @@ def child_done(step: Step, state: ParallelState, branch: int, child: JobDoc) -> 
     }
     error = {**error, "state": state.name, "child_job_id": child["id"]}
     _failed(step, state, branch, error, "failure")
+
+
+def _too_deep(step: Step) -> bool:
+    return child_depth(step.doc) > step.settings.max_subflow_depth
+
+
+def _depth_error(step: Step, state: ParallelState) -> dict[str, Any]:
+    message = f"subflows nest deeper than {step.settings.max_subflow_depth}"
+    return {"code": SUBFLOW_DEPTH, "state": state.name, "message": message}
 
 
 def child_branch(doc: JobDoc, child_id: str) -> int | None:

@@ -352,20 +352,35 @@ def test_a_lost_child_is_started_again_and_a_lost_notice_found_by_the_timer() ->
     assert (job.status, job.doc["result"]) == ("finished", [{"doubled": 2}])
 
 
-def test_subflow_branches_nested_too_deep_fail_the_branch() -> None:
-    blueprints = family(each_child())
-    deep = RuntimeSettings(max_subflow_depth=1)
-    parent = {"job_id": "up", "state": "s", "depth": 1}
+@pytest.mark.parametrize("mode", ["fail_fast", "collect"])
+def test_a_for_each_of_subflows_nested_too_deep_fails_the_state_once(mode: str) -> None:
+    blueprints = family(each_child(mode))
     job = RulesDriver(
         blueprints["parent"],
-        {"numbers": [1, 2]},
+        {"numbers": list(range(5000))},  # one failure, not one per item (nor a recursion)
         blueprints=blueprints,
-        settings=deep,
-        parent=parent,
+        settings=RuntimeSettings(max_subflow_depth=1),
+        parent={"job_id": "up", "state": "s", "depth": 1},
     )
     assert job.children == {}
     assert job.doc["steps"]["fan"]["error"]["code"] == "SUBFLOW_DEPTH"
-    assert job.status == "failed"
+    assert (job.status, job.doc["parallel"], job.branch_items) == ("failed", None, {})
+
+
+def test_a_static_subflow_branch_nested_too_deep_fails_and_the_race_goes_on() -> None:
+    blueprints = family(MIXED_RACE)
+    job = RulesDriver(
+        blueprints["parent"],
+        {"n": 1},
+        blueprints=blueprints,
+        settings=RuntimeSettings(max_subflow_depth=1),
+        parent={"job_id": "up", "state": "s", "depth": 1},
+    )
+    assert job.children == {}
+    [ended] = job.events("branch_ended")
+    assert (ended["branch"], ended["error"]["code"]) == ("deep", "SUBFLOW_DEPTH")
+    job.result(job.lease("w"), data="quick")
+    assert job.doc["result"] == {"branch": "fast", "result": "quick"}
 
 
 # -- any interleaving ---------------------------------------------------------------------------
