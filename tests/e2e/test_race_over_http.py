@@ -187,7 +187,7 @@ async def test_a_for_each_of_subflow_branches_joins_the_childrens_outputs(
             # A failing leg, while a slow one runs: caught by code, the slow child cancelled
             legs: list[dict[str, Any]] = [
                 {"name": "slow", "seconds": 600},
-                {"name": "bad", "fail": "NOPE"},
+                {"name": "bad", "fail": "NOPE", "seconds": 2},
             ]
             failing = await submit(http, "jobs/fan", {"legs": legs})
 
@@ -197,6 +197,14 @@ async def test_a_for_each_of_subflow_branches_joins_the_childrens_outputs(
 
             listed = await until("both children running", children_listed)
             assert [c["branch"] for c in listed] == [0, 1]
+            async with http.get(f"/api/v1/jobs/{failing}/explain") as resp:
+                explained = await resp.json()
+            ids = [c["child_job_id"] for c in listed]
+            assert (
+                f"2 of them wait for their child jobs ({ids[0]}, {ids[1]})"
+                in (explained["sentence"])
+            )
+            assert explained["facts"]["parallel"]["child_job_ids"] == ids
             job = await terminal(http, failing)
             assert (job["status"], job["error"]["code"]) == ("failed", "CAUGHT"), job
             details = job["error"]["details"]
