@@ -222,7 +222,9 @@ class Machine:
         if in_branch is None:
             waiting.child_done(step, child)
             return step.fx
-        state = self.bp.states[step.doc["parallel"]["state"]]  # type: ignore[index]  # found in it
+        book = doc["parallel"]
+        assert book is not None, "child_branch found the child in it"
+        state = self.bp.states[book["state"]]
         assert isinstance(state, ParallelState)
         parallel.child_done(step, state, in_branch, child)
         return step.fx

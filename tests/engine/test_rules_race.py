@@ -327,6 +327,22 @@ def test_a_branch_runs_a_task_or_a_subflow(branch: str, where: str, message: str
     assert [(where in str(p), p.message) for p in problems] == [(True, message)]
 
 
+def test_a_paused_fan_out_starts_no_child_until_resumed() -> None:
+    blueprints = family(each_child())
+    job = RulesDriver(blueprints["parent"], {"numbers": [1, 2, 3]}, blueprints=blueprints)
+    job.pause()
+    first = job.branch_child(0)
+    first.result(first.lease("w"), data={"doubled": 2})  # a running child ends meanwhile
+    assert len(job.children) == 2  # the third branch is held, not started
+    assert [r["branch"] for r in job.doc["retries"]] == [2]
+    job.resume()
+    third = job.branch_child(2)
+    assert third.doc["initial_data"] == {"n": 3}
+    for child in (job.branch_child(1), third):
+        child.result(child.lease("w"), data={"doubled": 2 * child.doc["initial_data"]["n"]})
+    assert job.doc["result"] == [{"doubled": 2}, {"doubled": 4}, {"doubled": 6}]
+
+
 def test_cancelling_the_parent_cancels_its_branch_children() -> None:
     blueprints = family(each_child())
     job = RulesDriver(blueprints["parent"], {"numbers": [1, 2, 3]}, blueprints=blueprints)
