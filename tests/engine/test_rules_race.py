@@ -454,3 +454,58 @@ def test_any_interleaving_of_a_race_has_one_winner_and_no_launch_after_it(
     if job.status == "finished":
         won = job.events("parallel_won")[0]
         assert job.doc["result"]["branch"] == won["branch"]
+
+
+CHILD_ACTIONS = st.lists(
+    st.tuples(st.sampled_from(["ok", "fail", "lose", "tick", "cancel"]), st.integers(0, 9)),
+    max_size=30,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(count=st.integers(0, 5), actions=CHILD_ACTIONS)
+def test_any_order_of_child_ends_and_lost_notices_joins_a_collect_fan_out_once(
+    count: int, actions: list[tuple[str, int]]
+) -> None:
+    """Whatever the order in which children end, whether their notices reach the parent or
+    are lost (found by the timer), and however time passes: the fan-out never runs more
+    than max_concurrency children, joins once with each item's outcome in item order, and
+    leaves no child running once it has moved on (or was cancelled)."""
+    blueprints = family(each_child("collect"))
+    job = RulesDriver(blueprints["parent"], {"numbers": list(range(count))}, blueprints=blueprints)
+    outcome: dict[int, str] = {}
+    for action, n in actions:
+        running = [c for c in job.children.values() if not c.ended and c.queued()]
+        if action in ("ok", "fail", "lose") and running:
+            child = running[n % len(running)]
+            if action == "lose":
+                child.notify = None  # this child's notice never reaches the parent
+            item = child.doc["initial_data"]["n"]
+            if action == "fail":
+                child.result(child.lease("w"), "failure")
+            else:
+                child.result(child.lease("w"), data={"doubled": 2 * item})
+            outcome[item] = action
+        elif action == "tick":
+            job.fire_due(job.now + n * SECOND)
+        elif action == "cancel" and n == 0:
+            job.cancel()
+        live = [c for c in job.children.values() if not c.ended]
+        assert len(live) <= 2  # max_concurrency
+        assert job.event_names().count("parallel_joined") <= 1
+        if job.doc["parallel"] is None:
+            assert live == []
+    for _ in range(20):  # the children still running end well, and time passes
+        for child in [c for c in job.children.values() if not c.ended and c.queued()]:
+            item = child.doc["initial_data"]["n"]
+            child.result(child.lease("w"), data={"doubled": 2 * item})
+            outcome[item] = "ok"
+        job.fire_due(job.now + 10 * SECOND)
+    if job.status == "cancelled":
+        return
+    assert job.status == "finished"
+    for item, got in enumerate(job.doc["result"]):
+        if outcome[item] == "fail":
+            assert got["error"]["code"] == "CHILD_BROKE"
+        else:
+            assert got == {"doubled": 2 * item}
