@@ -179,10 +179,19 @@ async def explain(
     parallel = doc.get("parallel")
     if isinstance(parallel, dict):
         facts["parallel"] = {k: parallel.get(k) for k in ("count", "running", "done", "failed")}
+        children = parallel.get("children")
+        waiting = ""
+        if isinstance(children, dict) and children:  # subflow branches: child jobs run them
+            ids = [
+                c.get("child_id") for _, c in sorted(children.items(), key=lambda kv: int(kv[0]))
+            ]
+            facts["parallel"]["child_job_ids"] = ids
+            waiting = f"; {len(ids)} of them wait for their child jobs ({', '.join(ids[:3])}"
+            waiting += ", ...)" if len(ids) > 3 else ")"
         parts.insert(
             0,
             f"parallel state `{parallel.get('state')}`: {parallel.get('done')} of "
-            f"{parallel.get('count')} branches done",
+            f"{parallel.get('count')} branches done{waiting}",
         )
     if not parts:
         parts.append(f"{status} at state `{state}`")

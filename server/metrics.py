@@ -314,9 +314,7 @@ def task_types(blueprints: Iterable[Blueprint]) -> list[str]:
             if isinstance(state, TaskState) and state.spec is not None:
                 found.add(state.spec.task_type)
             elif isinstance(state, ParallelState):
-                if state.item_spec is not None:
-                    found.add(state.item_spec.task_type)
-                found.update(spec.task_type for _, spec in state.branches)
+                found.update(spec.task_type for spec in state.task_specs)
     return sorted(found)[:MAX_TASK_TYPES]
 
 

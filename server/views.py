@@ -149,6 +149,16 @@ def _waiting_view(doc: Mapping[str, Any], public_base: str | None) -> dict[str, 
         view["parallel"] = {
             k: parallel.get(k) for k in ("state", "count", "running", "done", "failed")
         }
+        children = parallel.get("children")
+        if isinstance(children, dict) and children:  # subflow branches whose child runs
+            names = parallel.get("names")
+            view["parallel"]["children"] = [
+                {
+                    "branch": names[int(n)] if isinstance(names, list) else int(n),
+                    "child_job_id": child.get("child_id"),
+                }
+                for n, child in sorted(children.items(), key=lambda kv: int(kv[0]))
+            ]
     return view
 
 

@@ -29,9 +29,7 @@ def task_types(blueprint: Blueprint) -> set[str]:
         if isinstance(state, TaskState):
             found.add(state.spec.task_type)
         elif isinstance(state, ParallelState):
-            if state.item_spec is not None:
-                found.add(state.item_spec.task_type)
-            found.update(spec.task_type for _, spec in state.branches)
+            found.update(spec.task_type for spec in state.task_specs)
     return found
 
 

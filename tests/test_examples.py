@@ -10,7 +10,7 @@ import pytest
 
 from engine.blueprint.dot import to_dot
 from engine.blueprint.loader import load_blueprint, load_blueprints, validate_paths
-from engine.blueprint.model import ChoiceState, EndState, ParallelState, TaskState
+from engine.blueprint.model import ChoiceState, EndState, ParallelState, TaskSpec, TaskState
 from tests.conftest import BLUEPRINTS
 
 EXAMPLES = sorted(BLUEPRINTS.glob("*.yaml"))
@@ -84,7 +84,7 @@ def test_parallel_for_each_and_retry_policy_are_compiled() -> None:
     assert isinstance(fan, ParallelState)
     assert fan.for_each is not None
     assert fan.for_each.search({"initial_data": {"images": ["a", "b"]}}) == ["a", "b"]
-    assert fan.item_spec is not None
+    assert isinstance(fan.item_spec, TaskSpec)
     assert fan.item_spec.params.render({"item": "a", "index": 0}) == {
         "url": "a",
         "position": 0,

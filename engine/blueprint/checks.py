@@ -148,6 +148,21 @@ def approval_findings(path: Path, raw: dict[str, Any]) -> list[Finding]:
     return findings
 
 
+def parallel_findings(path: Path, raw: dict[str, Any]) -> list[Finding]:
+    """A race (`compete: true`) ends at its first success, so it has no branch failure
+    policy to choose: it fails only once every branch has failed."""
+    spec = raw.get("parallel")
+    if not isinstance(spec, dict) or spec.get("compete") is not True:
+        return []
+    if "on_branch_failure" not in spec:
+        return []
+    message = (
+        "`on_branch_failure` does not apply to a race (`compete: true`): a failed branch "
+        "leaves the others racing, and the state fails once every branch has failed; remove it"
+    )
+    return [((*path, "parallel", "on_branch_failure"), message, True)]
+
+
 def date_time_problem(text: str) -> str | None:
     """Why `text` is not an ISO 8601 date-time with a timezone, or None when it is one."""
     try:

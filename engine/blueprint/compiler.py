@@ -25,6 +25,7 @@ from engine.blueprint.checks import (
     date_time_problem,
     end_findings,
     graph_findings,
+    parallel_findings,
     retry_findings,
     state_shapes,
     timeout_findings,
@@ -32,6 +33,7 @@ from engine.blueprint.checks import (
 from engine.blueprint.model import (
     ApprovalState,
     Blueprint,
+    BranchSpec,
     ChoiceRule,
     ChoiceState,
     EndState,
@@ -41,6 +43,7 @@ from engine.blueprint.model import (
     RetryPolicy,
     SetState,
     State,
+    SubflowSpec,
     SubflowState,
     TaskSpec,
     TaskState,
@@ -221,11 +224,19 @@ class _Compiler:
         spec = raw.get("parallel")
         if isinstance(spec, dict):
             self._expression((*path, "parallel", "for_each"), spec.get("for_each"))
-            self._scan_task_fields((*path, "parallel"), spec)
+            self._scan_branch((*path, "parallel"), spec)
             branches = spec.get("branches")
             for branch, body in branches.items() if isinstance(branches, dict) else []:
                 if isinstance(body, dict):
-                    self._scan_task_fields((*path, "parallel", "branches", branch), body)
+                    self._scan_branch((*path, "parallel", "branches", branch), body)
+            self.found(parallel_findings(path, raw))
+
+    def _scan_branch(self, path: Path, raw: dict[str, Any]) -> None:
+        """A branch's task fields, or its subflow's input template."""
+        self._scan_task_fields(path, raw)
+        sub = raw.get("subflow")
+        if isinstance(sub, dict) and "input" in sub:
+            self._template((*path, "subflow", "input"), sub["input"])
 
     def _scan_set(self, path: Path, raw: dict[str, Any]) -> None:
         self._template((*path, "set"), raw.get("set"))
@@ -367,17 +378,25 @@ class _Compiler:
         spec = raw["parallel"]
         ppath: Path = (*c.path, "parallel")
         branches = tuple(
-            (branch, self._task_spec((*ppath, "branches", branch), body))
+            (branch, self._branch_spec((*ppath, "branches", branch), body))
             for branch, body in spec.get("branches", {}).items()
         )
         return ParallelState(
             branches=branches,
             for_each=self.expressions.get((*ppath, "for_each")),
-            item_spec=self._task_spec(ppath, spec) if "for_each" in spec else None,
+            item_spec=self._branch_spec(ppath, spec) if "for_each" in spec else None,
             max_concurrency=spec.get("max_concurrency"),
             on_branch_failure=spec.get("on_branch_failure", "fail_fast"),
+            compete=spec.get("compete", False),
             **c.fields(),
         )
+
+    def _branch_spec(self, path: Path, raw: dict[str, Any]) -> BranchSpec:
+        """What one branch (or each `for_each` item) runs: a subflow, or a task."""
+        sub = raw.get("subflow")
+        if sub is None:
+            return self._task_spec(path, raw)
+        return SubflowSpec(sub["blueprint"], self.templates.get((*path, "subflow", "input")))
 
     def _wait_state(self, c: _Common, raw: dict[str, Any]) -> State:
         wait = raw["wait"]

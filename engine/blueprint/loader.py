@@ -9,7 +9,7 @@ from pathlib import Path as FsPath
 import networkx as nx
 
 from engine.blueprint.compiler import compile_source
-from engine.blueprint.model import Blueprint, SubflowState
+from engine.blueprint.model import Blueprint, ParallelState, State, SubflowState
 from engine.blueprint.schema import did_you_mean
 from engine.blueprint.yamlsource import parse_yaml
 from engine.errors import BlueprintError, BlueprintInvalid, Problem
@@ -167,14 +167,13 @@ def _subflow_problems(blueprints: Mapping[str, Blueprint]) -> list[Problem]:
     calls.add_nodes_from(blueprints)
     for blueprint in blueprints.values():
         for state in blueprint.states.values():
-            if not isinstance(state, SubflowState):
-                continue
-            if state.blueprint not in blueprints:
-                hint = did_you_mean(state.blueprint, blueprints)
-                message = f"subflow blueprint {state.blueprint!r} is not loaded{hint}"
-                problems.append(_state_problem(blueprint, state.name, message))
-            elif not calls.has_edge(blueprint.name, state.blueprint):
-                calls.add_edge(blueprint.name, state.blueprint, state=state.name)
+            for where, name in _subflow_calls(state):
+                if name not in blueprints:
+                    hint = did_you_mean(name, blueprints)
+                    message = f"subflow blueprint {name!r} is not loaded{hint}"
+                    problems.append(blueprint.source.problem(where, message))
+                elif not calls.has_edge(blueprint.name, name):
+                    calls.add_edge(blueprint.name, name, where=where)
     order = {name: i for i, name in enumerate(blueprints)}
     cycles: list[list[str]] = []
     for cycle in nx.simple_cycles(calls):
@@ -183,15 +182,22 @@ def _subflow_problems(blueprints: Mapping[str, Blueprint]) -> list[Problem]:
     for cycle in sorted(cycles, key=lambda c: [order[name] for name in c]):
         first = cycle[0]
         after = cycle[1] if len(cycle) > 1 else first
-        state = calls.edges[first, after]["state"]
+        where = calls.edges[first, after]["where"]
         loop = " -> ".join([*cycle, first])
         if len(cycle) == 1:
             message = f"subflow calls its own blueprint {first!r}, a cycle: {loop}"
         else:
             message = f"subflows call each other in a cycle: {loop}"
-        problems.append(_state_problem(blueprints[first], state, message))
+        problems.append(blueprints[first].source.problem(where, message))
     return problems
 
 
-def _state_problem(blueprint: Blueprint, state: str, message: str) -> Problem:
-    return blueprint.source.problem(("states", state, "subflow", "blueprint"), message)
+def _subflow_calls(state: State) -> list[tuple[tuple[str, ...], str]]:
+    """(path of the `blueprint` field, child blueprint) of every subflow `state` runs: a
+    subflow state's child, or a parallel state's subflow branches."""
+    here = ("states", state.name)
+    if isinstance(state, SubflowState):
+        return [((*here, "subflow", "blueprint"), state.blueprint)]
+    if isinstance(state, ParallelState):
+        return [((*here, *path), name) for path, name in state.subflows]
+    return []

@@ -159,28 +159,73 @@ class ChoiceState(State):
     otherwise: str | None = None
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class SubflowSpec:
+    """A whole blueprint run as a child job: one branch of a parallel state."""
+
+    blueprint: str
+    input: Template | None = None  # the child's initial_data; default: the parent's
+
+
+BranchSpec = TaskSpec | SubflowSpec
+"""What one branch of a parallel state runs: a task, or a subflow child job."""
+
+
+def _branch_summary(spec: BranchSpec) -> str:
+    if isinstance(spec, SubflowSpec):
+        return f"subflow {spec.blueprint}"
+    return spec.task_type
+
+
 @dataclass(frozen=True, slots=True, eq=False, kw_only=True)
 class ParallelState(State):
     kind: ClassVar[StateKind] = "parallel"
-    branches: tuple[tuple[str, TaskSpec], ...] = ()
+    branches: tuple[tuple[str, BranchSpec], ...] = ()
     for_each: Expression | None = None
-    item_spec: TaskSpec | None = None
+    item_spec: BranchSpec | None = None
     max_concurrency: int | None = None
     on_branch_failure: Literal["fail_fast", "collect"] = "fail_fast"
+    compete: bool = False  # a race: the first branch to succeed wins, the others are cancelled
 
     @property
     def summary(self) -> str:
+        kind = "parallel race" if self.compete else "parallel"
         if self.for_each is not None and self.item_spec is not None:
-            return f"parallel: for_each {self.for_each.source} -> {self.item_spec.task_type}"
-        names = ", ".join(f"{name}: {spec.task_type}" for name, spec in self.branches)
-        return f"parallel: {names}"
+            return f"{kind}: for_each {self.for_each.source} -> {_branch_summary(self.item_spec)}"
+        names = ", ".join(f"{name}: {_branch_summary(spec)}" for name, spec in self.branches)
+        return f"{kind}: {names}"
 
-    def task_spec(self, branch: int | None) -> TaskSpec | None:
+    def branch_spec(self, branch: int | None) -> BranchSpec | None:
+        """What branch number `branch` runs; None for a branch that does not exist."""
         if self.item_spec is not None:
             return self.item_spec
         if branch is not None and 0 <= branch < len(self.branches):
             return self.branches[branch][1]
         return None
+
+    def task_spec(self, branch: int | None) -> TaskSpec | None:
+        spec = self.branch_spec(branch)
+        return spec if isinstance(spec, TaskSpec) else None
+
+    @property
+    def task_specs(self) -> list[TaskSpec]:
+        """Every task this state's branches may dispatch (subflow branches dispatch none)."""
+        specs = [spec for _, spec in self.branches]
+        if self.item_spec is not None:
+            specs.append(self.item_spec)
+        return [spec for spec in specs if isinstance(spec, TaskSpec)]
+
+    @property
+    def subflows(self) -> list[tuple[tuple[str, ...], str]]:
+        """(path below the state, blueprint name) of every subflow its branches run."""
+        found: list[tuple[tuple[str, ...], str]] = [
+            (("parallel", "branches", name, "subflow", "blueprint"), spec.blueprint)
+            for name, spec in self.branches
+            if isinstance(spec, SubflowSpec)
+        ]
+        if isinstance(self.item_spec, SubflowSpec):
+            found.append((("parallel", "subflow", "blueprint"), self.item_spec.blueprint))
+        return found
 
 
 @dataclass(frozen=True, slots=True, eq=False, kw_only=True)

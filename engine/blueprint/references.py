@@ -52,6 +52,8 @@ _BRANCH_NAMES = {
 }
 _NOTHING_RECORDED = {"choice", "wait", "end"}  # kinds that leave nothing in `steps`
 
+_RACE_FIELDS = ("branch", "result", "error")
+
 
 # -- reading an expression's field chains ---------------------------------------------------
 
@@ -268,6 +270,14 @@ class _Checker:
         if isinstance(source, TaskState):
             schema = self._output_schema(name)
             self._against(path, chain, schema, f"the output_schema of {name!r}", skip=2)
+        elif isinstance(source, ParallelState) and source.compete and rest:
+            # A race leaves {branch, result} (or {error} when every branch failed).
+            if rest[0] not in _RACE_FIELDS:
+                self.warn(
+                    path,
+                    f"`{_text(chain[:3])}`: race {name!r} leaves only branch, result or error"
+                    f"{did_you_mean(rest[0], _RACE_FIELDS)}",
+                )
         elif isinstance(source, ParallelState) and source.branches and rest:
             names = [branch for branch, _ in source.branches]
             if rest[0] not in names:

@@ -183,6 +183,13 @@ def _translate(error: ValidationError, path: Path, here: Any) -> Iterator[tuple[
     if keyword == "oneOf" and path[-1:] == ("parallel",) and isinstance(instance, dict):
         yield from _parallel_problems(path, instance)
         return
+    if (
+        keyword == "oneOf"
+        and path[-3:-1] == ("parallel", "branches")
+        and isinstance(instance, dict)
+    ):
+        yield from _runs_problems(path, instance, "the branch")
+        return
     if title == "Duration":
         try:
             parse_duration(instance)
@@ -267,7 +274,7 @@ def _parallel_problems(path: Path, spec: dict[str, Any]) -> Iterator[tuple[Path,
         if misplaced:
             return
     elif "for_each" in spec:
-        yield path, "missing required field 'task' (what to run for each item of `for_each`)", False
+        yield from _runs_problems(path, spec, "each item of `for_each`")
         return
     elif "task" in spec:
         yield path, "missing required field 'for_each' (the list to run `task` for)", False
@@ -275,12 +282,36 @@ def _parallel_problems(path: Path, spec: dict[str, Any]) -> Iterator[tuple[Path,
     yield path, "give `branches` (named tasks) or `for_each` with `task`", False
 
 
+def _runs_problems(path: Path, spec: dict[str, Any], what: str) -> Iterator[tuple[Path, str, bool]]:
+    """Why a branch (or a `for_each`) runs neither one task nor one subflow."""
+    if "subflow" not in spec:
+        yield (
+            path,
+            f"missing required field 'task' (what {what} runs: a `task` or a `subflow`)",
+            False,
+        )
+        return
+    misplaced = [key for key in _TASK_FIELDS if key in spec]
+    for key in misplaced:
+        message = (
+            f"give {what} a `task` or a `subflow`, not both"
+            if key == "task"
+            else f"`{key}` goes with `task`, not with a subflow"
+            + (" (give the child its data in `subflow.input`)" if key == "params" else "")
+        )
+        yield (*path, key), message, True
+    if not misplaced:
+        yield path, f"give {what} a `task` or a `subflow`", False
+
+
+_TASK_FIELDS = ("task", "params", "priority", "retry", "timeouts", "output_schema")
 _BOTH = "give either `branches` (named tasks) or `for_each` with `task`, not both"
 _WITH_BRANCHES = {
     "task": "`task` goes with `for_each`; with `branches`, give each branch its own task",
     "params": "`params` goes with `for_each`; with `branches`, give each branch its own params",
     "max_concurrency": "`max_concurrency` only limits a `for_each` fan-out; "
     "with `branches` every branch runs at once, so remove it",
+    "subflow": "`subflow` goes with `for_each`; with `branches`, give each branch its own subflow",
 }
 
 

@@ -109,12 +109,17 @@ async def fire(orch: LoopHost, job_id: str) -> None:
         holders = {lease.worker for lease in leases.values() if lease.state == "leased"}
         alive = {worker: await orch.store.worker_alive(worker) for worker in holders}
         child = None
+        now = now_ms()
         subflow = doc["subflow"]
-        if subflow is not None and now_ms() >= subflow["check_at"]:
+        if subflow is not None and now >= subflow["check_at"]:
             found = await orch.store.read_job(subflow["child_id"])
             child = found.doc if found else None
+        children: dict[str, JobDoc | None] = {}
+        for child_id in machine.child_checks(doc, now):  # at most the branches running
+            found = await orch.store.read_job(child_id)
+            children[child_id] = found.doc if found else None
         fx = machine.on_timer(
-            doc, leases, now_ms(), orch.rng, alive, child, orch.heard_since, record.branch
+            doc, leases, now, orch.rng, alive, child, orch.heard_since, record.branch, children
         )
         return fx if fx is not None else Effects(leases=leases)  # ended: put the timer back
 

@@ -47,6 +47,8 @@ NO_CHOICE_MATCHED = "NO_CHOICE_MATCHED"
 EXPRESSION_ERROR = "EXPRESSION_ERROR"
 MAX_TRANSITIONS = "MAX_TRANSITIONS"
 BRANCH_CANCELLED = "BRANCH_CANCELLED"  # a sibling branch failed first (fail_fast)
+RACE_LOST = "RACE_LOST"  # a sibling branch won the race (compete) first
+EMPTY_RACE = "EMPTY_RACE"  # a race (compete) over an empty for_each list: nobody can win
 SUBFLOW_DEPTH = "SUBFLOW_DEPTH"  # subflows nested deeper than allowed
 APPROVAL_TIMEOUT = "APPROVAL_TIMEOUT"
 
@@ -92,8 +94,19 @@ class ParallelBook(TypedDict):
     names: list[str] | None  # static branches: their names in order; None for for_each
     next: int  # the index of the next branch to launch
     running: int  # branches launched and not yet settled
-    done: int  # branches settled (succeeded, or failed under `collect`)
+    done: int  # branches settled (succeeded, or failed under `collect` or in a race)
     failed: int  # of those, how many failed
+    # Subflow branches whose child job runs, by branch index (as a string: a JSON key).
+    # Absent until the first one starts; never more than the branches running.
+    children: NotRequired[dict[str, BranchChild]]
+
+
+class BranchChild(TypedDict):
+    """A subflow branch's child job, while it runs."""
+
+    child_id: str
+    input: Any  # the child's initial_data (kept to re-create the child after a crash)
+    check_at: int  # when to look at the child again (recovers a lost `done` notification)
 
 
 class ApprovalBook(TypedDict):
@@ -141,6 +154,7 @@ class ParentRef(TypedDict):
     job_id: str
     state: str
     depth: int  # 1 for a child of a top-level job
+    branch: NotRequired[int]  # the parallel state's branch the child runs, if it runs one
 
 
 class JobDoc(TypedDict):

@@ -11,6 +11,7 @@ a secret (approval tokens, child job ids).
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Any
 
 from engine.blueprint.model import Blueprint, ListenState, ParallelState
@@ -143,16 +144,20 @@ class Machine:
         child: JobDoc | None,
         heard_since: int = 0,
         branch: BranchData | None = None,
+        children: Mapping[str, JobDoc | None] | None = None,
     ) -> Effects | None:
         """Handle whatever has fallen due; None when the job has ended.
 
         `alive` maps the workers holding this job's tasks to their last heartbeat (None when
         gone); `child` is the subflow child's document when the job waits for one;
         `heard_since` is when the deployment could hear workers again after an outage (a
-        worker's silence before it does not count)."""
+        worker's silence before it does not count); `children` are the child jobs of a
+        parallel state's subflow branches whose check is due (`child_checks`), by id (None:
+        not found)."""
         if doc["status"] in TERMINAL:
             return None
         step = self.step(doc, now, rng, leases, branch)
+        step.children = children or {}
         deadline = doc["deadline"] if doc.get("paused") is None else None  # waits for resume
         if deadline is not None and now >= deadline:
             message = "the job did not end within its result_timeout"
@@ -206,15 +211,33 @@ class Machine:
         return step.fx
 
     def on_child_done(
-        self, doc: JobDoc, child: JobDoc, now: int, rng: random.Random
+        self,
+        doc: JobDoc,
+        child: JobDoc,
+        now: int,
+        rng: random.Random,
+        branch: BranchData | None = None,
+        leases: Leases | None = None,
     ) -> Effects | Ignored:
+        """A child job ended: the subflow state's, or a parallel state's subflow branch's
+        (`branch`: what was read of the parallel state's stored branch state; `leases`:
+        the job's, for a race this end wins, which cancels the other branches' tasks)."""
         subflow = doc["subflow"]
-        if doc["status"] in TERMINAL or subflow is None or subflow["child_id"] != child["id"]:
+        ours = subflow is not None and subflow["child_id"] == child["id"]
+        in_branch = None if ours else parallel.child_branch(doc, child["id"])
+        if doc["status"] in TERMINAL or (not ours and in_branch is None):
             return Ignored("not_waiting_for_this_child")
         if child["status"] not in TERMINAL:
             return Ignored("child_not_finished")
-        step = self.step(doc, now, rng)
-        waiting.child_done(step, child)
+        step = self.step(doc, now, rng, leases, branch)
+        if in_branch is None:
+            waiting.child_done(step, child)
+            return step.fx
+        book = doc["parallel"]
+        assert book is not None, "child_branch found the child in it"
+        state = self.bp.states[book["state"]]
+        assert isinstance(state, ParallelState)
+        parallel.child_done(step, state, in_branch, child)
         return step.fx
 
     def on_progress(
@@ -331,6 +354,14 @@ class Machine:
         step = self.step(doc, now, rng, leases)
         redrive.revive(step, from_state, mode=mode, by=by, initial_data=initial_data)
         return step.fx
+
+    @staticmethod
+    def child_checks(doc: JobDoc, now: int) -> list[str]:
+        """The child jobs to read for `on_timer`: the subflow branches' children whose
+        periodic check has fallen due."""
+        book = doc["parallel"]
+        children = book.get("children", {}) if book is not None else {}
+        return [c["child_id"] for c in children.values() if now >= c["check_at"]]
 
     def next_due(self, doc: JobDoc, leases: Leases) -> int | None:
         """The earliest moment something can happen to this job without outside input."""

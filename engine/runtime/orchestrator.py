@@ -401,9 +401,11 @@ class Orchestrator:
         assert parent is not None
 
         async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
-            return machine.on_child_done(record.doc, child, now_ms(), self.rng)
+            doc, leases = record.doc, leases_of(record)
+            return machine.on_child_done(doc, child, now_ms(), self.rng, record.branch, leases)
 
-        await self.apply(parent["job_id"], rule)
+        # gather: a subflow branch's end may launch the next branch or join the state
+        await self.apply(parent["job_id"], rule, gather=True)
 
     # -- workers -----------------------------------------------------------------------------------
 

@@ -6,19 +6,34 @@ state), and when the state joins. The join happens in whichever commit settles t
 branch: results are stored by branch index, so their arrival order (and which orchestrator
 receives them) does not matter, and the version guard makes sure two results never both
 join.
+
+A race (`compete: true`) ends at its first success instead: that commit records the winner,
+cancels the other branches (tasks through the workers' cancel path, subflow children as
+jobs) and leaves the state, so a second result, decided on the same version at another
+orchestrator, fails the version guard and finds its task retired (`superseded`). A failed
+branch leaves the others racing; the state fails once every branch has failed.
+
+A branch runs a task, or a subflow: a child job (as a `subflow` state starts one) whose end
+settles the branch (`child_done`), found again by the timer if its notification is lost.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from engine.blueprint.model import ParallelState
+from engine.blueprint.model import ParallelState, SubflowSpec
 from engine.errors import ExpressionError
 from engine.runtime import tasks
 from engine.runtime.jobdoc import (
     BRANCH_CANCELLED,
+    EMPTY_RACE,
+    RACE_LOST,
+    SUBFLOW_DEPTH,
+    TERMINAL,
     UNDECLARED_STATUS,
+    BranchChild,
     BranchData,
+    ChildJob,
     JobDoc,
     JobStatus,
     NeedBranchData,
@@ -26,6 +41,7 @@ from engine.runtime.jobdoc import (
     TaskRecord,
 )
 from engine.runtime.step import Kind, Next, Step
+from engine.runtime.waiting import child_depth
 
 # A for_each without max_concurrency runs this many branches at once. Each branch result
 # costs in proportion to the branches in flight (their tasks are in the job document),
@@ -64,10 +80,76 @@ class ParallelKind(Kind[ParallelState]):
         step.branch = BranchData(run, by_index, {})
         step.doc["status"] = JobStatus.RUNNING
         step.event("parallel_started", state=state.name, branches=count)
+        if count == 0 and state.compete:
+            _forget(step, _book(step))
+            message = "a race (compete) over an empty list has no branch to win it"
+            step.fail_state(
+                state, "failure", {"code": EMPTY_RACE, "state": state.name, "message": message}
+            )
+            return None
+        if isinstance(state.item_spec, SubflowSpec) and count and _too_deep(step):
+            # Every item's child would fail so: fail the state once, not each branch (a
+            # branch failing at its launch launches the next, which would recurse per item).
+            _forget(step, _book(step))
+            step.fail_state(state, "failure", _depth_error(step, state))
+            return None
         if count == 0:
             return _join(step, state)
         _fill(step, state)
         return None
+
+    def start_child(self, step: Step, state: ParallelState, branch: int) -> None:
+        spec = state.branch_spec(branch)
+        assert isinstance(spec, SubflowSpec), "a branch without a task runs a subflow"
+        if _too_deep(step):  # (a static branch: their number is the blueprint's)
+            _failed(step, state, branch, _depth_error(step, state), "failure")
+            return
+        context = step.context(**self.task_context(step, state, branch))
+        try:
+            data = (
+                spec.input.render(context) if spec.input is not None else step.doc["initial_data"]
+            )
+        except ExpressionError as exc:
+            step.expression_failed(state.name, exc)
+            return
+        child: BranchChild = {
+            "child_id": f"{step.rng.getrandbits(128):032x}",
+            "input": data,
+            "check_at": step.now + step.settings.subflow_check_ms,
+        }
+        _book(step).setdefault("children", {})[str(branch)] = child
+        step.fx.children.append(_child_job(step.doc, state, branch, child))
+        step.event(
+            "subflow_started",
+            state=state.name,
+            branch=_branch_name(step, branch),
+            child_job_id=child["child_id"],
+            blueprint=spec.blueprint,
+        )
+
+    def on_timer(self, step: Step, state: ParallelState, child: JobDoc | None) -> None:
+        """Look at the subflow children due a check (read for this change): settle the
+        ones that ended, and start again the ones lost before they were written."""
+        book = step.doc["parallel"]
+        if book is None or book["state"] != state.name:
+            return
+        for key, entry in sorted(book.get("children", {}).items(), key=lambda kv: int(kv[0])):
+            if step.doc["parallel"] is not book or step.ended:
+                return  # an earlier child settled the state
+            if step.now < entry["check_at"] or entry["child_id"] not in step.children:
+                continue
+            found = step.children[entry["child_id"]]
+            if found is not None and found["status"] in TERMINAL:
+                child_done(step, state, int(key), found)
+                continue
+            entry["check_at"] = step.now + step.settings.subflow_check_ms
+            if found is None:  # lost before it was written: start it again, same id
+                step.fx.children.append(_child_job(step.doc, state, int(key), entry))
+
+    def due(self, doc: JobDoc) -> list[int]:
+        book = doc["parallel"]
+        children = book.get("children") if book is not None else None
+        return [min(c["check_at"] for c in children.values())] if children else []
 
     def task_context(self, step: Step, state: ParallelState, branch: int | None) -> dict[str, Any]:
         book = _book(step)
@@ -83,7 +165,7 @@ class ParallelKind(Kind[ParallelState]):
             message = f"parallel branches succeed or fail; got status {status!r}"
             tasks.failed(step, task, UNDECLARED_STATUS, message)
             return
-        _settle(step, state, _branch(task), data)
+        _succeeded(step, state, _branch(task), data)
 
     def gave_up(
         self,
@@ -93,17 +175,119 @@ class ParallelKind(Kind[ParallelState]):
         error: dict[str, Any],
         trigger: str,
     ) -> None:
-        branch = _branch(task)
-        error = {**error, "branch": _branch_name(step, branch)}
-        if state.on_branch_failure == "collect":
-            _book(step)["failed"] += 1
-            _settle(step, state, branch, {"error": error})
+        _failed(step, state, _branch(task), error, trigger)
+
+
+def child_done(step: Step, state: ParallelState, branch: int, child: JobDoc) -> None:
+    """A subflow branch's child job ended: the branch succeeds with the child's output, or
+    fails with its error (a cancelled child, which nobody here cancelled, fails it too)."""
+    book = _book(step)
+    del book["children"][str(branch)]
+    name = _branch_name(step, branch)
+    status = child["status"]
+    step.event(
+        "subflow_ended", state=state.name, branch=name, child_job_id=child["id"], status=status
+    )
+    if status == JobStatus.FINISHED:
+        _succeeded(step, state, branch, child["result"])
+        return
+    error: dict[str, Any] = child["error"] or {
+        "code": "CHILD_CANCELLED",
+        "message": "child cancelled",
+    }
+    error = {**error, "state": state.name, "child_job_id": child["id"]}
+    _failed(step, state, branch, error, "failure")
+
+
+def _too_deep(step: Step) -> bool:
+    return child_depth(step.doc) > step.settings.max_subflow_depth
+
+
+def _depth_error(step: Step, state: ParallelState) -> dict[str, Any]:
+    message = f"subflows nest deeper than {step.settings.max_subflow_depth}"
+    return {"code": SUBFLOW_DEPTH, "state": state.name, "message": message}
+
+
+def child_branch(doc: JobDoc, child_id: str) -> int | None:
+    """The branch of the running parallel state whose child job is `child_id`, if any."""
+    book = doc["parallel"]
+    for key, entry in (book.get("children", {}) if book is not None else {}).items():
+        if entry["child_id"] == child_id:
+            return int(key)
+    return None
+
+
+def _child_job(doc: JobDoc, state: ParallelState, branch: int, child: BranchChild) -> ChildJob:
+    spec = state.branch_spec(branch)
+    assert isinstance(spec, SubflowSpec)
+    return ChildJob(
+        job_id=child["child_id"],
+        blueprint=spec.blueprint,
+        initial_data=child["input"],
+        parent={
+            "job_id": doc["id"],
+            "state": state.name,
+            "depth": child_depth(doc),
+            "branch": branch,
+        },
+    )
+
+
+def _succeeded(step: Step, state: ParallelState, branch: int, data: Any) -> None:
+    """A branch succeeded: its result waits for the join, or, in a race, wins it."""
+    if not state.compete:
+        _settle(step, state, branch, data)
+        return
+    book = _book(step)
+    book["done"] += 1
+    book["running"] -= 1
+    name = _branch_name(step, branch)
+    step.event("branch_ended", state=state.name, branch=name, done=book["done"], of=book["count"])
+    _stop_others(step, state, RACE_LOST)
+    step.doc["steps"][state.name] = {"branch": name, "result": data}
+    step.event("parallel_won", state=state.name, branch=name, failed=book["failed"])
+    _forget(step, book)
+    step.follow(state, "success")
+
+
+def _failed(
+    step: Step, state: ParallelState, branch: int, error: dict[str, Any], trigger: str
+) -> None:
+    """A branch failed for good: under `collect` its error is its result; in a race the
+    others race on (the state fails with the last error once all failed); under
+    `fail_fast` the others are cancelled and the state fails."""
+    book = _book(step)
+    error = {**error, "branch": _branch_name(step, branch)}
+    if state.on_branch_failure == "collect" and not state.compete:
+        book["failed"] += 1
+        _settle(step, state, branch, {"error": error})
+        return
+    if state.compete:
+        book["failed"] += 1
+        book["done"] += 1
+        book["running"] -= 1
+        step.event(
+            "branch_ended",
+            state=state.name,
+            branch=error["branch"],
+            done=book["done"],
+            of=book["count"],
+            error=error,
+        )
+        if book["done"] < book["count"]:
+            _fill(step, state)
             return
-        # fail_fast: stop the siblings, forget their pending retries, and fail the state.
-        step.cancel_tasks(BRANCH_CANCELLED, state=state.name)
-        step.doc["retries"] = [r for r in step.doc["retries"] if r["state"] != state.name]
-        _forget(step, _book(step))
-        step.fail_state(state, "failure", error)
+    else:  # fail_fast: stop the siblings, forget their pending retries, and fail the state.
+        _stop_others(step, state, BRANCH_CANCELLED)
+    _forget(step, book)
+    step.fail_state(state, trigger if state.compete else "failure", error)
+
+
+def _stop_others(step: Step, state: ParallelState, reason: str) -> None:
+    """Cancel the state's running tasks and forget its pending retries (its running
+    subflow children are cancelled with the state's book, by `_forget`)."""
+    step.cancel_tasks(reason, state=state.name)
+    step.doc["retries"] = [r for r in step.doc["retries"] if r["state"] != state.name]
 
 
 def _book(step: Step) -> ParallelBook:
@@ -145,7 +329,8 @@ def wants(state: ParallelState, doc: JobDoc) -> tuple[list[int], bool]:
         items = sorted({b for b in retrying if b is not None} | set(_launches(state, book)))
         if not items and book["next"] < book["count"]:
             items = [book["next"]]
-    return items, book["done"] >= book["count"] - 1
+    # A race never joins: no result of a branch is ever read back.
+    return items, not state.compete and book["done"] >= book["count"] - 1
 
 
 def _items(step: Step, state: ParallelState, branches: list[int]) -> dict[int, Any]:
@@ -192,10 +377,15 @@ def _fill(step: Step, state: ParallelState) -> None:
     launches = _launches(state, book)
     if book["names"] is None and launches:
         _items(step, state, list(launches))  # every item at hand before the first launch
-    for branch in launches:
+    # One at a time, looking again after each: a launch may settle its own branch (a
+    # subflow nested too deep fails at once) and end the state, or fill it in turn.
+    while step.doc["parallel"] is book and not step.ended:
+        launches = _launches(state, book)
+        if not launches:
+            return
         book["next"] += 1
         book["running"] += 1
-        tasks.launch(step, state, branch, 1)
+        tasks.launch(step, state, launches[0], 1)
 
 
 def _join(step: Step, state: ParallelState) -> Next:
@@ -219,6 +409,8 @@ def _forget(step: Step, book: ParallelBook) -> None:
     fx.branch_items.clear()
     fx.branch_results.clear()
     fx.drop_branches = max(fx.drop_branches, book["count"])
+    for child in book.get("children", {}).values():  # subflow branches still running
+        fx.cancel_children.append(child["child_id"])
     step.doc["parallel"] = None
 
 

@@ -11,6 +11,7 @@ output", "note a history event", "build the expression context".
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
 from engine import functions
@@ -58,6 +59,10 @@ class Kind(Generic[S]):
         `timeout`."""
         raise AssertionError(f"{state.kind} states dispatch no tasks")
 
+    def start_child(self, step: Step, state: S, branch: int) -> None:
+        """Start the child job of a branch that runs a subflow, not a task."""
+        raise AssertionError(f"{state.kind} states have no subflow branches")
+
     def task_context(self, step: Step, state: S, branch: int | None) -> dict[str, Any]:
         """Extra names a task's `params` may use (`item`, `index` in a parallel state)."""
         return {}
@@ -73,7 +78,18 @@ class Kind(Generic[S]):
 class Step:
     """A change being decided: see the module docstring."""
 
-    __slots__ = ("bp", "branch", "doc", "fx", "kinds", "max_transitions", "now", "rng", "settings")
+    __slots__ = (
+        "bp",
+        "branch",
+        "children",
+        "doc",
+        "fx",
+        "kinds",
+        "max_transitions",
+        "now",
+        "rng",
+        "settings",
+    )
 
     def __init__(
         self,
@@ -86,6 +102,7 @@ class Step:
         now: int,
         rng: random.Random,
         branch: BranchData | None = None,
+        children: Mapping[str, JobDoc | None] | None = None,
     ) -> None:
         self.bp = bp  # the blueprint the job is pinned to
         self.settings = settings
@@ -96,6 +113,8 @@ class Step:
         self.rng = rng
         # A parallel state's stored items and results, as far as read (engine/runtime/parallel.py)
         self.branch = branch if branch is not None else BranchData()
+        # Child jobs of subflow branches read for this change, by id (None: not found)
+        self.children = children if children is not None else {}
         self.max_transitions = bp.max_transitions or settings.max_transitions
 
     # -- looking things up -----------------------------------------------------------------
@@ -230,6 +249,8 @@ class Step:
             self.fx.branch_items.clear()
             self.fx.branch_results.clear()
             self.fx.drop_branches = max(self.fx.drop_branches, book["count"])
+            for child in book.get("children", {}).values():  # subflow branches still running
+                self.fx.cancel_children.append(child["child_id"])
         doc["parallel"] = None
         if doc.get("listen") is not None:
             doc["listen"] = None

@@ -81,9 +81,12 @@ def launch(step: Step, state: State, branch: int | None, attempt: int) -> None:
     if step.paused:
         hold(step, state.name, branch, attempt)
         return
-    spec = state.task_spec(branch)
-    assert spec is not None
     if step.ended:  # an earlier branch's params failed the job: launch nothing more
+        return
+    spec = state.task_spec(branch)
+    if spec is None:  # a branch that runs a subflow (held while paused, like a task)
+        assert branch is not None, "only a parallel state's branch runs no task"
+        step.rules(state).start_child(step, state, branch)
         return
     context = step.context(**step.rules(state).task_context(step, state, branch))
     try:

@@ -86,7 +86,7 @@ def decide(step: Step, decision: str, by: str) -> None:
 
 class SubflowKind(Kind[SubflowState]):
     def enter(self, step: Step, state: SubflowState) -> Next | None:
-        depth = _depth(step.doc)
+        depth = child_depth(step.doc)
         if depth > step.settings.max_subflow_depth:
             message = f"subflows nest deeper than {step.settings.max_subflow_depth}"
             step.fail_state(
@@ -144,7 +144,7 @@ def child_done(step: Step, child: JobDoc) -> None:
     step.fail_state(state, "failure", {**error, "child_job_id": child["id"]})
 
 
-def _depth(doc: JobDoc) -> int:
+def child_depth(doc: JobDoc) -> int:
     """How deep a child of this job would nest (1 for a child of a top-level job)."""
     parent = doc["parent"]
     return (parent["depth"] if parent is not None else 0) + 1
@@ -155,5 +155,5 @@ def _child_job(doc: JobDoc, state: SubflowState, book: SubflowBook) -> ChildJob:
         job_id=book["child_id"],
         blueprint=state.blueprint,
         initial_data=book["input"],
-        parent={"job_id": doc["id"], "state": state.name, "depth": _depth(doc)},
+        parent={"job_id": doc["id"], "state": state.name, "depth": child_depth(doc)},
     )

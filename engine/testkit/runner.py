@@ -134,9 +134,7 @@ def check_names(blueprints: BlueprintSet, case: Case) -> None:
 
 def _specs(state: State) -> list[TaskSpec]:
     if isinstance(state, ParallelState):
-        return [spec for _, spec in state.branches] + (
-            [state.item_spec] if state.item_spec is not None else []
-        )
+        return state.task_specs
     spec = state.task_spec(None)
     return [spec] if spec is not None else []
 
@@ -224,8 +222,12 @@ class _Driver:
                 continue
             records[job_id] = record
             subflow = record.doc["subflow"]
-            if subflow is not None and subflow["child_id"] not in self.jobs:
-                self.jobs.append(subflow["child_id"])  # read on the next turn
+            book = record.doc["parallel"]  # and its subflow branches' children
+            running = book.get("children", {}) if book is not None else {}
+            children = [c["child_id"] for c in running.values()]
+            if subflow is not None:
+                children.append(subflow["child_id"])
+            self.jobs.extend(c for c in children if c not in self.jobs)  # read on the next turn
         return records
 
     async def _lease_queued(self, records: dict[str, JobRecord]) -> bool:

@@ -124,7 +124,12 @@ class RulesDriver:
             self.notify.now = max(self.notify.now, self.now)  # the parent hears it now
             self.notify.apply(
                 self.notify.machine.on_child_done(
-                    self.notify.doc, self.doc, self.notify.now, self.notify.rng
+                    self.notify.doc,
+                    self.doc,
+                    self.notify.now,
+                    self.notify.rng,
+                    self.notify.branch(),
+                    dict(self.notify.leases),
                 )
             )
         return fx
@@ -275,6 +280,10 @@ class RulesDriver:
                 dict(self.alive),
                 self._child_doc(),
                 branch=self.branch(),
+                children={
+                    child_id: self.children[child_id].doc if child_id in self.children else None
+                    for child_id in self.machine.child_checks(self.doc, self.now)
+                },
             )
             rounds += 1
             assert rounds < MAX_TIMER_ROUNDS, "the timer keeps falling due: a loop"
@@ -332,6 +341,13 @@ class RulesDriver:
         subflow = self.doc.get("subflow")
         assert subflow, f"job is {self.status}, not waiting for a child"
         return self.children[subflow["child_id"]]
+
+    def branch_child(self, branch: int) -> RulesDriver:
+        """The driver of the child job a parallel state's subflow branch runs now."""
+        book = self.doc.get("parallel")
+        entry = (book or {}).get("children", {}).get(str(branch))
+        assert entry, f"branch {branch} runs no child job now"
+        return self.children[entry["child_id"]]
 
     @property
     def ended(self) -> bool:
