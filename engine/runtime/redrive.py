@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.blueprint.model import Blueprint
+from engine.runtime import concurrency
 from engine.runtime.jobdoc import JobDoc, JobStatus
 from engine.runtime.step import Step
 
@@ -85,4 +86,7 @@ def revive(
         previous_error=code,
         initial_data_patched=initial_data is not None or None,
     )
-    step.enter(start)
+    if step.bp.concurrency is not None:  # it takes a slot of its key again, in line
+        concurrency.hold(step, start)
+    else:
+        step.enter(start)
