@@ -83,6 +83,13 @@ def test_a_key_that_is_not_a_usable_value_is_refused(data: dict[str, Any], probl
     assert problem in str(caught.value)
 
 
+def test_a_constant_key_caps_every_job_of_the_blueprint() -> None:
+    assert (
+        concurrency.key_of(bp(HELD.replace("${ initial_data.customer_id }", "all")), {}, {})
+        == "all"
+    )
+
+
 def test_the_hash_tag_depends_on_blueprint_and_key_only() -> None:
     assert concurrency.tag("held", "42") == concurrency.tag("held", "42")
     assert concurrency.tag("held", "42") != concurrency.tag("held", "43")
@@ -274,13 +281,14 @@ async def test_a_redriven_job_takes_a_slot_again(orch: Orchestrator) -> None:
     await orch.cancel(ids[0], None)
     assert await states(orch, ids) == ["cancelled", "running", "running"]
     # When the cancelled job is redriven while both slots are taken
-    answer = await orch.controls.redrive(ids[0], "c")
+    answer = await orch.controls.redrive(ids[0], "c", patch={"customer_id": "elsewhere"})
     assert answer is not None
     # Then it waits in line for one, under a new round, and runs once one is free
     assert await states(orch, ids) == ["queued", "running", "running"]
     doc = await orch.get_job(ids[0], None)
     assert doc is not None
     assert doc["slot"]["round"] == 2
+    assert doc["slot"]["key"] == "r"  # its first key, whatever the patch
     await orch.decide(ids[1], None, "approve")
     assert await states(orch, ids) == ["running", "finished", "running"]
 
@@ -359,3 +367,49 @@ async def test_a_blueprint_without_concurrency_touches_no_key_state(orch: Orches
     assert "slot" not in doc
     keys = [str(k) async for k in orch.store.redis.scan_iter(match="il:{c:*")]
     assert keys == []
+
+
+async def test_a_job_paused_in_line_keeps_its_place_and_starts_when_resumed(
+    orch: Orchestrator,
+) -> None:
+    # Given two running jobs and a third, paused while it waits
+    ids = [await submit(orch, "p") for _ in range(3)]
+    assert await orch.controls.pause(ids[2], "c") is not None
+    # When a slot frees up
+    await orch.cancel(ids[0], None)
+    # Then the paused job is admitted but stays where it was until resumed
+    assert await states(orch, ids) == ["cancelled", "running", "queued"]
+    doc = await orch.get_job(ids[2], None)
+    assert doc is not None
+    assert doc["slot"]["n"] == 3
+    assert doc["state"] is None
+    assert await orch.controls.resume(ids[2], "c") is not None
+    assert await states(orch, ids) == ["cancelled", "running", "running"]
+
+
+async def test_a_result_timeout_counts_while_a_job_waits_and_frees_its_place(
+    orch: Orchestrator,
+) -> None:
+    # Given two running jobs, and a third that may take at most 200 ms in all
+    ids = [await submit(orch, "t") for _ in range(2)]
+    late = await orch.submit(
+        orch.registry.by_name["held"], {"customer_id": "t"}, client="c", result_timeout_ms=200
+    )
+    assert await states(orch, [late]) == ["queued"]
+
+    # When its deadline passes while it waits, then it fails with JOB_TIMEOUT and leaves
+    # the line (nothing is owed once its timer has given its place back)
+    async def timed_out() -> bool:
+        await background.fire_timers(orch)
+        doc = await orch.get_job(late, None)
+        assert doc is not None
+        return doc["status"] == "failed" and not doc["slot"]["owed"]
+
+    await eventually(timed_out)
+    doc = await orch.get_job(late, None)
+    assert doc is not None
+    error = doc["error"]
+    assert error is not None
+    assert error["code"] == "JOB_TIMEOUT"
+    assert await orch.slot_counts(doc["slot"]["tag"], f"{late}|1") == (2, None, 0)
+    assert await states(orch, ids) == ["running", "running"]
