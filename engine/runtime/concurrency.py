@@ -30,7 +30,8 @@ How a job goes, and why a SIGKILL at any point neither leaks a slot nor admits t
    job waits in line like a new one (it keeps its key), and its `acquire` forgets the
    previous round first, in case that release was still owed.
 
-The keys' state expires a week after its last use (a waiting job's check refreshes it).
+The two sets never expire (a job may hold its slot for any time; Redis drops a set with its
+last member); the counters expire a week after the key's last use.
 """
 
 from __future__ import annotations

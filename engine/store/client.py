@@ -145,8 +145,8 @@ class LeaseBatch:
     workers: Sequence[str]
 
 
-# A concurrency key's state lives on this long after its last use (every waiting job's
-# periodic check touches it, so it never expires under a job that still needs it).
+# A concurrency key's counters live on this long after its last use (every waiting job's
+# periodic check touches them; the sets of jobs never expire, see lua/slots.lua).
 SLOT_KEYS_TTL_MS = 7 * 86_400_000
 
 

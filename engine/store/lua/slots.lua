@@ -6,7 +6,7 @@
 -- ARGV[1] "acquire" (the member arrives, or is already in line or admitted: idempotent) or
 --         "release" (the member's job ended: it leaves the line or its slot; idempotent)
 -- ARGV[2] the member   ARGV[3] an earlier round of the same job to forget, or ""
--- ARGV[4] the limit (slots)   ARGV[5] ms the keys live on after their last use
+-- ARGV[4] the limit (slots)   ARGV[5] ms the counters live on after their last use
 -- Admission happens here only, under ZCARD(KEYS[1]) < limit: never more than `limit` hold
 -- a slot, whichever orchestrator runs the script.
 -- Returns {where, number, admitted...}: where the member stands afterwards ("run", "wait"
@@ -50,7 +50,7 @@ if op == 'acquire' then
     out[1], out[2] = 'wait', redis.call('ZRANK', wait, member)
   end
 end
+-- The counters expire once the key is idle long enough; the two sets never do (a job may
+-- hold its slot for any time), and Redis drops each once its last member leaves.
 redis.call('PEXPIRE', meta, ARGV[5])
-if redis.call('EXISTS', run) == 1 then redis.call('PEXPIRE', run, ARGV[5]) end
-if redis.call('EXISTS', wait) == 1 then redis.call('PEXPIRE', wait, ARGV[5]) end
 return out
