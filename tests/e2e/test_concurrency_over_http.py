@@ -202,3 +202,45 @@ async def test_a_rate_limited_task_type_is_leased_at_most_rate_plus_burst_per_se
             starts = [start for start, _ in timeline(lines).values()]
             assert len(starts) == 30
             assert most_in_a_second(starts) <= RATE + BURST
+
+
+async def test_jobs_of_a_key_all_run_within_the_limit_after_a_sigkill(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Given two servers and a worker on the second, when the first takes 12 jobs of one
+    customer and is killed (SIGKILL) right away, wherever it was (a job made but not in
+    line, admitted but not started, ...), then every job it accepted still runs, on the
+    second server, never more than 2 at a time."""
+    lines = tmp_path / "after-kill.jsonl"
+    with (
+        serve(tmp_path, redis_url) as one,
+        serve(tmp_path, redis_url) as two,
+        worker(
+            tmp_path,
+            two.url,
+            "w-2",
+            "build_report",
+            "--slots",
+            "8",
+            "--delay",
+            "0.1",
+            "--timeline",
+            str(lines),
+        ),
+    ):
+        async with client(one) as http_one, client(two) as http_two:
+            sending = [
+                asyncio.create_task(submit(http_one, "jobs/customer_report", {"customer_id": "k"}))
+                for _ in range(12)
+            ]
+            await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+            one.kill()
+            answered = await asyncio.gather(*sending, return_exceptions=True)
+            ids = [job_id for job_id in answered if isinstance(job_id, str)]
+            assert ids
+            ended = await asyncio.gather(
+                *(terminal(http_two, job_id, within_s=90) for job_id in ids)
+            )
+            assert {job["status"] for job in ended} == {"finished"}
+            spans = timeline(lines)
+            assert most_at_once([spans[job_id] for job_id in ids]) <= LIMIT
