@@ -72,7 +72,7 @@ async def test_jobs_of_a_key_never_run_more_than_the_limit_and_start_in_submissi
             tmp_path,
             one.url,
             "w-1",
-            "build_report",
+            "send_email",
             "--slots",
             "8",
             "--delay",
@@ -84,7 +84,7 @@ async def test_jobs_of_a_key_never_run_more_than_the_limit_and_start_in_submissi
             tmp_path,
             two.url,
             "w-2",
-            "build_report",
+            "send_email",
             "--slots",
             "8",
             "--delay",
@@ -177,16 +177,16 @@ def most_in_a_second(starts: list[float]) -> int:
 async def test_a_rate_limited_task_type_is_leased_at_most_rate_plus_burst_per_second(
     tmp_path: Path, redis_url: str
 ) -> None:
-    """Given two servers sharing TASK_RATE_LIMITS=build_report=4/s:2 and 16 worker slots,
+    """Given two servers sharing TASK_RATE_LIMITS=send_email=4/s:2 and 16 worker slots,
     when 30 jobs of distinct customers are submitted at once, then all finish, and in no
     second did the workers start more than rate + burst of their tasks."""
     lines = tmp_path / "rates.jsonl"
-    env = {"TASK_RATE_LIMITS": f"build_report={RATE}/s:{BURST}"}
+    env = {"TASK_RATE_LIMITS": f"send_email={RATE}/s:{BURST}"}
     with (
         serve(tmp_path, redis_url, env=env) as one,
         serve(tmp_path, redis_url, env=env) as two,
-        worker(tmp_path, one.url, "w-1", "build_report", "--slots", "8", "--timeline", str(lines)),
-        worker(tmp_path, two.url, "w-2", "build_report", "--slots", "8", "--timeline", str(lines)),
+        worker(tmp_path, one.url, "w-1", "send_email", "--slots", "8", "--timeline", str(lines)),
+        worker(tmp_path, two.url, "w-2", "send_email", "--slots", "8", "--timeline", str(lines)),
     ):
         async with client(one) as http_one, client(two) as http_two:
             ids = await asyncio.gather(
@@ -219,7 +219,7 @@ async def test_jobs_of_a_key_all_run_within_the_limit_after_a_sigkill(
             tmp_path,
             two.url,
             "w-2",
-            "build_report",
+            "send_email",
             "--slots",
             "8",
             "--delay",
