@@ -147,6 +147,9 @@ class SlotBook(TypedDict):
     check_at: int  # its periodic check while it waits, or while its release is owed
     n: int | None  # its admission number at the key, once admitted
     owed: bool  # it ended and its slot may still be held: release it
+    # The state it waited to enter when it ended still in line (cancelled, timed out): where
+    # a redrive starts it.
+    left: NotRequired[str]
 
 
 class ParentRef(TypedDict):

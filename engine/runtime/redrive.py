@@ -29,7 +29,10 @@ def redrive_state(doc: JobDoc, blueprint: Blueprint) -> str | None:
     """Where a redrive of this failed or cancelled job starts; None when it ended in an
     `end: failed` state by its own flow (nothing failed that running again would fix)."""
     state = doc["state"]
-    if state is None or doc["status"] == JobStatus.CANCELLED:
+    if state is None:  # it ended in its concurrency key's line: where it waited to go
+        slot = doc.get("slot")
+        return slot.get("left") if slot is not None else None
+    if doc["status"] == JobStatus.CANCELLED:
         return state
     if blueprint.states[state].kind == "end":
         return doc.get("failed_state")

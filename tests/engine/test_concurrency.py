@@ -418,3 +418,21 @@ async def test_a_result_timeout_counts_while_a_job_waits_and_frees_its_place(
     assert error["code"] == "JOB_TIMEOUT"
     assert await orch.slot_counts(doc["slot"]["tag"], f"{late}|1") == (2, None, 0)
     assert await states(orch, ids) == ["running", "running"]
+
+
+async def test_a_job_cancelled_in_line_is_redriven_to_where_it_waited_to_go(
+    orch: Orchestrator,
+) -> None:
+    # Given a job cancelled while it waited in line
+    ids = [await submit(orch, "w") for _ in range(3)]
+    await orch.cancel(ids[2], None)
+    assert await states(orch, ids) == ["running", "running", "cancelled"]
+    # When it is redriven, then it waits in line again, and runs its first state once a
+    # slot frees up
+    assert await orch.controls.redrive(ids[2], "c") is not None
+    assert await states(orch, ids) == ["running", "running", "queued"]
+    await orch.decide(ids[0], None, "approve")
+    assert await states(orch, ids) == ["finished", "running", "running"]
+    doc = await orch.get_job(ids[2], None)
+    assert doc is not None
+    assert doc["state"] == "review"
