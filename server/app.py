@@ -63,6 +63,7 @@ def orchestrator_settings(settings: Settings) -> OrchestratorSettings:
         worker_ttl_ms=settings.worker_ttl_ms,
         webhook_secret=settings.webhook_secret,
         clients=tuple(name for name, _ in settings.client_tokens),
+        rate_limits=settings.task_rate_limits,
     )
 
 

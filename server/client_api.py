@@ -16,6 +16,7 @@ from aiohttp import web
 from engine.blueprint.dot import to_dot
 from engine.blueprint.model import Blueprint
 from engine.durations import parse_duration
+from engine.runtime.concurrency import ConcurrencyKeyError
 from engine.runtime.jobdoc import Ignored, JobStatus
 from engine.runtime.jobgraph import job_dot
 from engine.runtime.orchestrator import Orchestrator, parse_cursor
@@ -244,10 +245,15 @@ async def submit_job(request: web.Request) -> web.Response:
         once = idempotency.by_chosen_id(client, chosen)
     elif key is not None:
         once = idempotency.by_key(client, key)
-    if once is None:
-        job_id = await orch.submit(blueprint, initial_data, client=client, **options)
-    else:
-        job_id, status = await _submit_once(request, once, blueprint, initial_data, body, options)
+    try:
+        if once is None:
+            job_id = await orch.submit(blueprint, initial_data, client=client, **options)
+        else:
+            job_id, status = await _submit_once(
+                request, once, blueprint, initial_data, body, options
+            )
+    except ConcurrencyKeyError as exc:  # nothing was created
+        raise BadRequest(str(exc), code="invalid_concurrency_key") from None
     response = json_response({"status": "accepted", "job_id": job_id}, status=status)
     response.headers["Location"] = f"{PREFIX}/jobs/{job_id}"
     return response

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from engine.durations import parse_duration
+from engine.runtime.ratelimit import RateLimit, parse_rate_limits
 from engine.store.cluster import ClusterUrl
 from engine.store.errors import StoreConfigError
 from server.errors import ConfigError
@@ -83,6 +84,8 @@ class Settings:
     schedules_path: Path | None = None
     metrics: bool = True  # METRICS=off: no /metrics and no counting (server/metrics.py)
     log_format: str = "text"  # LOG_FORMAT: text (for people) or json (one object a line)
+    # TASK_RATE_LIMITS: leases per second per task type (engine/runtime/ratelimit.py)
+    task_rate_limits: tuple[RateLimit, ...] = ()
     client_token_generated: bool = False
     worker_token_generated: bool = False
     webhook_secret_generated: bool = False
@@ -165,6 +168,7 @@ class _Reader:
             schedules_path=self.value("SCHEDULES_CONFIG_PATH", None, _path),
             metrics=self.value("METRICS", d.metrics, _on_off),
             log_format=self.value("LOG_FORMAT", d.log_format, _one_of("text", "json")),
+            task_rate_limits=self.value("TASK_RATE_LIMITS", (), parse_rate_limits),
             client_token_generated=client_generated,
             worker_token_generated=worker_generated,
             webhook_secret_generated=webhook_generated,

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.clock import now_ms
+from engine.runtime.concurrency import describe
 from engine.runtime.jobdoc import TERMINAL, TaskLease
 from engine.runtime.orchestrator import Orchestrator
 from server.client_api import _job_id, job_not_found, task_type_of
@@ -123,6 +124,9 @@ async def explain(
         if isinstance(held, dict) and "to" in held:
             sentence += f", moving to `{held['to']}` at once"
         return sentence, facts
+    slot = doc.get("slot")
+    if isinstance(slot, dict) and slot.get("enter") is not None:
+        return await _waiting_for_slot(orch, doc, slot, now)
     approval = doc.get("approval")
     if status == "waiting_for_human" and isinstance(approval, dict):
         asked = int(approval.get("asked_at") or now)
@@ -196,6 +200,35 @@ async def explain(
     if not parts:
         parts.append(f"{status} at state `{state}`")
     return "; ".join(parts[:5]) + (f" (and {len(parts) - 5} more)" if len(parts) > 5 else ""), facts
+
+
+async def _waiting_for_slot(
+    orch: Orchestrator, doc: dict[str, Any], slot: dict[str, Any], now: int
+) -> tuple[str, dict[str, Any]]:
+    """A job in its concurrency key's line: how many hold a slot, and its place."""
+    blueprint = await orch.pinned_blueprint(doc)
+    running, place, waiting = await orch.slot_counts(slot["tag"], f"{doc['id']}|{slot['round']}")
+    since = int(slot.get("since") or now)
+    name = describe(blueprint, slot)  # type: ignore[arg-type]  # a SlotBook, as stored
+    facts = {
+        "concurrency": {
+            "key": slot["key"],
+            "limit": slot["limit"],
+            "running": running,
+            "place_in_line": None if place is None else place + 1,
+            "in_line": waiting,
+            "waiting_ms": now - since,
+        }
+    }
+    sentence = (
+        f"waiting for concurrency key {name}: {running} of {slot['limit']} running; "
+        f"queued {human(now - since)}"
+    )
+    if place is not None:
+        sentence += f", {place + 1} of {waiting} in line"
+    else:  # admitted and about to start, or out of line until its periodic check
+        sentence += ", starting"
+    return sentence, facts
 
 
 async def _retrying(

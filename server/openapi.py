@@ -103,6 +103,12 @@ SCHEMAS: dict[str, Schema] = {
         labels={"type": "object", "additionalProperties": STR},
         listen={"type": "object", "description": "the event a listen state waits for"},
         paused={"type": "object", "description": "since when and by whom, while paused"},
+        concurrency={
+            "type": "object",
+            "description": "a job of a blueprint with `concurrency`: its key and limit; "
+            "`waiting`, with `since` and `reason` while it waits for a slot, else its "
+            "`admission` number",
+        },
         result=ANY,
         error={"type": "object"},
     ),

@@ -63,6 +63,9 @@ def job_view(
         view.update(_waiting_view(doc, public_base))
     if doc.get("labels"):
         view["labels"] = doc["labels"]
+    slot = doc.get("slot")
+    if isinstance(slot, dict):
+        view["concurrency"] = _slot_view(slot, status)
     parent = doc.get("parent")
     if isinstance(parent, dict) and parent.get("job_id"):
         view["parent_job_id"] = parent["job_id"]
@@ -73,6 +76,23 @@ def job_view(
         view["result"] = doc.get("result")
     if status in (JobStatus.FAILED, JobStatus.CANCELLED):
         view["error"] = _error_view(doc.get("error"), status)
+    return view
+
+
+def _slot_view(slot: Mapping[str, Any], status: str) -> dict[str, Any]:
+    """A job of a blueprint with `concurrency`: its key, and while it waits for a slot,
+    why (`GET /api/v1/jobs/{id}/explain` adds how many hold one and its place in line)."""
+    waiting = slot.get("enter") is not None and status not in TERMINAL
+    view: dict[str, Any] = {"key": slot.get("key"), "limit": slot.get("limit")}
+    view["waiting"] = waiting
+    if waiting:
+        view["since"] = iso(slot.get("since"))
+        view["reason"] = (
+            f"waiting for a slot of concurrency key {slot.get('key')}: at most "
+            f"{slot.get('limit')} of its jobs run at once"
+        )
+    else:
+        view["admission"] = slot.get("n")
     return view
 
 

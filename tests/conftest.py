@@ -98,3 +98,12 @@ def any_redis_url(request: pytest.FixtureRequest) -> str:
     """Run an end-to-end test on one Redis and on a Redis Cluster."""
     url: str = request.getfixturevalue(f"{request.param}_url")
     return url
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def every_store_url(request: pytest.FixtureRequest) -> str:
+    """Run a test on the embedded store, one Redis and a Redis Cluster."""
+    if request.param == "memory":
+        return "memory://"
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url

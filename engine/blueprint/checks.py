@@ -202,3 +202,21 @@ def graph_findings(states: dict[str, Any], start: str) -> list[Finding]:
             )
             findings.append((("states", name), message, True))
     return findings
+
+
+# What a job has when it is submitted: a concurrency key can only depend on these.
+SUBMIT_CONTEXT = ("initial_data", "job")
+
+
+def concurrency_findings(path: Path, roots: set[str]) -> list[Finding]:
+    """A concurrency key is computed when the job is submitted, before any state ran: an
+    expression reading `steps`, `state_history`, `item` or `index` would always see nothing.
+    `roots`: the context fields the key's expressions read."""
+    wrong = sorted(root for root in roots if root not in SUBMIT_CONTEXT)
+    if not wrong:
+        return []
+    message = (
+        f"the concurrency key is computed at submission, from {' and '.join(SUBMIT_CONTEXT)} "
+        f"only; {', '.join(wrong)} has nothing then"
+    )
+    return [(path, message, False)]

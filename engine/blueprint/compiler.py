@@ -22,6 +22,7 @@ import networkx as nx
 from engine.blueprint.checks import (
     Finding,
     approval_findings,
+    concurrency_findings,
     date_time_problem,
     end_findings,
     graph_findings,
@@ -36,6 +37,7 @@ from engine.blueprint.model import (
     BranchSpec,
     ChoiceRule,
     ChoiceState,
+    Concurrency,
     EndState,
     ListenState,
     ParallelState,
@@ -51,7 +53,7 @@ from engine.blueprint.model import (
     Transition,
     WaitState,
 )
-from engine.blueprint.references import reference_warnings
+from engine.blueprint.references import chains, reference_warnings, template_expressions
 from engine.blueprint.safe_schema import SafeValidator
 from engine.blueprint.schema import (
     describe_type,
@@ -129,6 +131,7 @@ class _Compiler:
             self._scan_state(name, raw)
         if "input_schema" in data:
             self._embedded_schema(("input_schema",), data["input_schema"])
+        self._scan_concurrency(data.get("concurrency"))
         if linked and self.states_sound:
             self.found(graph_findings(states, data["start"]))
         self._choice_warnings(states)
@@ -187,6 +190,20 @@ class _Compiler:
         if not any(p.severity == "error" for p in problems):  # warnings: slow patterns
             # Linear-time regexes and uniqueItems: these schemas check untrusted data.
             self.validators[path] = SafeValidator(schema)
+
+    def _scan_concurrency(self, spec: Any) -> None:
+        """The key of `concurrency:` is a template seeing what a job has when submitted."""
+        if not isinstance(spec, dict) or not isinstance(spec.get("key"), str):
+            return
+        path: Path = ("concurrency", "key")
+        self._template(path, spec["key"])
+        roots = {
+            chain[0]
+            for _, expression in template_expressions(self.templates[path], path)
+            for chain in chains(expression)
+            if chain
+        }
+        self.found(concurrency_findings(path, roots))
 
     def _scan_task_fields(self, path: Path, raw: dict[str, Any]) -> None:
         if "params" in raw:
@@ -310,8 +327,15 @@ class _Compiler:
             input_schema=data.get("input_schema"),
             input_validator=self.validators.get(("input_schema",)),
             max_transitions=limits.get("max_transitions"),
+            concurrency=self._concurrency(data.get("concurrency")),
             raw=MappingProxyType(copy.deepcopy(data)),
         )
+
+    def _concurrency(self, spec: dict[str, Any] | None) -> Concurrency | None:
+        if spec is None:
+            return None
+        key = self.templates[("concurrency", "key")]
+        return Concurrency(key=key, source=spec["key"], limit=spec["limit"])
 
     def _task_spec(self, path: Path, raw: dict[str, Any]) -> TaskSpec:
         retry = raw.get("retry", {})

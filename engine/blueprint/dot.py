@@ -98,7 +98,11 @@ def to_pydot(
             attrs["xlabel"] = quote("current")
         node: dict[str, Any] = {k: _q(v) for k, v in attrs.items()}
         graph.add_node(pydot.Node(quote(name), **node))
-    start_edge: dict[str, Any] = {"label": quote("start")}
+    start_label = "start"
+    if blueprint.concurrency is not None:  # the line every job waits in before its start
+        spec = blueprint.concurrency
+        start_label += f"\nconcurrency {spec.limit} per {spec.source}"
+    start_edge: dict[str, Any] = {"label": quote(start_label)}
     if visited:
         start_edge.update(color=quote(_HIGHLIGHT), penwidth="2")
     graph.add_edge(pydot.Edge(quote(START_NODE), quote(blueprint.start), **start_edge))

@@ -56,6 +56,21 @@ class PerKind(TypedDict, Generic[T]):
 NEVER_RETRIED = frozenset({"PERMANENT_ERROR", "INVALID_INPUT_ERROR"})
 
 
+#: The most jobs one concurrency key may let run at once (`concurrency.limit`).
+MAX_CONCURRENCY_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Concurrency:
+    """`concurrency:` of a blueprint: at most `limit` of its jobs with the same key (the
+    rendered `key` template, e.g. `${ initial_data.customer_id }`) run at once; see
+    engine/runtime/concurrency.py."""
+
+    key: Template
+    source: str  # the key as written, for messages, DOT and explain
+    limit: int
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     max_attempts: int = 3
@@ -315,6 +330,7 @@ class Blueprint:
     input_schema: Mapping[str, Any] | bool | None = None
     input_validator: Validator | None = None
     max_transitions: int | None = None
+    concurrency: Concurrency | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
 
     @property

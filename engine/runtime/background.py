@@ -105,6 +105,10 @@ async def fire(orch: LoopHost, job_id: str) -> None:
 
     async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
         doc = record.doc
+        if "slot" in doc:  # a concurrency slot to give back, or to wait for
+            settled: Effects | Ignored | None = await orch.slots.on_timer(doc)
+            if settled is not None:
+                return settled
         leases = leases_of(record)
         holders = {lease.worker for lease in leases.values() if lease.state == "leased"}
         alive = {worker: await orch.store.worker_alive(worker) for worker in holders}

@@ -15,13 +15,14 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.clock import now_ms
 from engine.jsonutil import loads
 from engine.runtime.aio import Throttle, checkpoint
+from engine.runtime.ratelimit import RateLimit
 from engine.store.client import LeaseBatch, Store, StoreUnavailable
 
 log = logging.getLogger("interlock.dispatcher")
@@ -61,8 +62,10 @@ class Waiter:
 
 
 class Dispatcher:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, rate_limits: Sequence[RateLimit] = ()) -> None:
         self.store = store
+        # Task types leased at a limited rate (engine/runtime/ratelimit.py): only by the pump.
+        self.limits = {limit.task_type: limit for limit in rate_limits}
         self.partitions = store.keys.partitions
         self.waiters: dict[str, deque[Waiter]] = {}
         # (task type, partition) that may hold queued work -> when that was last said (a
@@ -144,6 +147,8 @@ class Dispatcher:
         A poll that queued tasks may be waiting for is left to the dispatcher until it has
         looked at the queues: those go first, or a steady stream of new tasks could keep
         older and higher-priority ones waiting."""
+        if task_type in self.limits:  # leased with a token only, by the pump
+            return None
         for waiter in self.waiters.get(task_type, ()):
             if waiter.free > 0 and not waiter.queue_first:
                 waiter.claims += 1
@@ -223,12 +228,16 @@ class Dispatcher:
                 self._looked(looked)
                 return
             found = await self.store.peek_many([(t, p, wanted[t]) for (t, p), _ in asks])
-            leased = await self._lease(
-                [
-                    (task_type, partition, members)
-                    for ((task_type, partition), _), members in zip(asks, found, strict=True)
-                ]
-            )
+            offered = [
+                (task_type, partition, members)
+                for ((task_type, partition), _), members in zip(asks, found, strict=True)
+            ]
+            granted = await self._take_tokens(offered, wanted) if self.limits else {}
+            if granted:
+                offered = _rationed(offered, granted)
+            leased = await self._lease(offered)
+            if granted:
+                await self._give_back(offered, leased, granted)
             for ((task_type, partition), said), members, count in zip(
                 asks, found, leased, strict=True
             ):
@@ -239,6 +248,47 @@ class Dispatcher:
             self._looked(looked)
             if not any(leased):
                 return
+
+    async def _take_tokens(
+        self, offered: list[tuple[str, int, list[str]]], wanted: dict[str, int]
+    ) -> dict[str, int]:
+        """Tokens for the rate-limited types among `offered`: as many as tasks were found
+        and polls can take, from each type's bucket in one round trip. When a bucket runs
+        short, the pump is woken again once its next token is due."""
+        found: dict[str, int] = {}
+        for task_type, _, members in offered:
+            if task_type in self.limits:
+                found[task_type] = found.get(task_type, 0) + len(members)
+        asks = [
+            (t, min(n, wanted[t]), self.limits[t].rate, self.limits[t].burst)
+            for t, n in found.items()
+            if n
+        ]
+        if not asks:
+            return {}
+        answers = await self.store.take_tokens(asks)
+        granted: dict[str, int] = {}
+        for (task_type, count, _, _), (got, next_ms) in zip(asks, answers, strict=True):
+            granted[task_type] = got
+            if got < count:  # the rest waits for tokens: look again when one is due
+                delay = max(next_ms, 1) / 1000
+                asyncio.get_running_loop().call_later(delay, self.wake.set)
+        return granted
+
+    async def _give_back(
+        self, offered: list[tuple[str, int, list[str]]], leased: list[int], granted: dict[str, int]
+    ) -> None:
+        """Return the tokens taken for leases that were not made (a task went meanwhile)."""
+        used: dict[str, int] = {}
+        for (task_type, _, _), count in zip(offered, leased, strict=True):
+            used[task_type] = used.get(task_type, 0) + count
+        unused = [
+            (t, -(got - used.get(t, 0)), self.limits[t].rate, self.limits[t].burst)
+            for t, got in granted.items()
+            if got > used.get(t, 0)
+        ]
+        if unused:
+            await self.store.take_tokens(unused)
 
     @staticmethod
     def _looked(waiters: set[Waiter]) -> None:
@@ -313,3 +363,18 @@ class Dispatcher:
                 queue.remove(waiter)
             if not queue:
                 del self.waiters[skill]
+
+
+def _rationed(
+    offered: list[tuple[str, int, list[str]]], granted: dict[str, int]
+) -> list[tuple[str, int, list[str]]]:
+    """`offered` with each rate-limited type's members cut to the tokens granted for it."""
+    left = dict(granted)
+    out = []
+    for task_type, partition, members in offered:
+        if task_type in left:
+            take = min(left[task_type], len(members))
+            left[task_type] -= take
+            members = members[:take]
+        out.append((task_type, partition, members))
+    return out

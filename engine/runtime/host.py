@@ -17,6 +17,7 @@ from engine.runtime import webhooks
 from engine.runtime.dispatcher import Dispatcher
 from engine.runtime.jobdoc import Effects, Ignored, JobDoc
 from engine.runtime.machine import Machine
+from engine.runtime.ratelimit import RateLimit
 from engine.runtime.registry import Registry
 from engine.runtime.schedules import Schedule
 from engine.store.client import JobRecord, Store
@@ -36,6 +37,7 @@ class OrchestratorSettings:
     # outbox entry this long: if it dies first, any orchestrator sends it after that.
     webhook_direct_ms: int = 15_000
     clients: tuple[str, ...] = ()  # whose job indexes the janitor prunes (janitor.py)
+    rate_limits: tuple[RateLimit, ...] = ()  # per task type (engine/runtime/ratelimit.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class LoopHost(Protocol):
     webhook_wake: asyncio.Event
     schedules: tuple[Schedule, ...]
     heard_since: int  # when workers could reach the deployment again (start, store back)
+    slots: Any  # engine/runtime/slots.py's SlotKeeper (which imports this module)
 
     async def apply(self, job_id: str, rule: Rule, *, gather: bool = False) -> Outcome: ...
 

@@ -148,6 +148,24 @@ class SubflowBook(TypedDict):
     check_at: int  # when to look at the child again (recovers a lost `done` notification)
 
 
+class SlotBook(TypedDict):
+    """A job of a blueprint with `concurrency`: its key and where it stands there (see
+    engine/runtime/concurrency.py)."""
+
+    key: str  # the key's value
+    tag: str  # the hash tag of the key's state
+    limit: int
+    round: int  # 1, and one more with each redrive or rerun
+    enter: str | None  # the state to enter once admitted; None once it was
+    since: int  # when it joined the line (ms)
+    check_at: int  # its periodic check while it waits, or while its release is owed
+    n: int | None  # its admission number at the key, once admitted
+    owed: bool  # it ended and its slot may still be held: release it
+    # The state it waited to enter when it ended still in line (cancelled, timed out): where
+    # a redrive starts it.
+    left: NotRequired[str]
+
+
 class ParentRef(TypedDict):
     """Set on a subflow child: whom to resume when it ends."""
 
@@ -213,6 +231,8 @@ class JobDoc(TypedDict):
     # The labels the job was submitted with (name -> value), indexed for search; absent
     # when it had none.
     labels: NotRequired[dict[str, str]]
+    # Set on a job of a blueprint with `concurrency` (engine/runtime/concurrency.py).
+    slot: NotRequired[SlotBook]
 
 
 def visible_status(doc: Mapping[str, Any]) -> JobStatus:
@@ -231,6 +251,9 @@ class RuntimeSettings:
     retention_ms: int = 7 * 86_400_000  # finished jobs are kept this long
     max_subflow_depth: int = 8
     subflow_check_ms: int = 5_000  # how often a parent looks at its child (crash recovery)
+    # How often a job waiting for a concurrency slot, or owing one back, checks its key
+    # (crash recovery, see engine/runtime/concurrency.py).
+    slot_check_ms: int = 10_000
 
 
 @dataclass(slots=True)
@@ -325,6 +348,7 @@ class Effects:
     terminal: bool = False
     revived: bool = False  # an ended job runs again (redrive): it is kept, and announced
     input_changed: bool = False  # initial_data was replaced (a redrive's patch): store it again
+    slot_joined: bool = False  # the job joined its concurrency key's line (concurrency.py)
     # A parallel state's branch state, stored as job hash fields beside the document:
     branch_items: dict[int, Any] = field(default_factory=dict)  # for_each items, written once
     branch_results: dict[int, Any] = field(default_factory=dict)  # results of settled branches

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.blueprint.model import Blueprint, ListenState, ParallelState
-from engine.runtime import events, parallel, pausing, redrive, tasks, waiting
+from engine.runtime import concurrency, events, parallel, pausing, redrive, tasks, waiting
 from engine.runtime.jobdoc import (
     JOB_TIMEOUT,
     TERMINAL,
@@ -81,8 +81,21 @@ class Machine:
     def start(self, doc: JobDoc, now: int, rng: random.Random) -> Effects:
         step = self.step(doc, now, rng)
         step.event("job_created", state=self.bp.start)
-        step.enter(self.bp.start)
+        if self.bp.concurrency is not None:  # it waits for a slot of its key first
+            concurrency.hold(step, self.bp.start)
+        else:
+            step.enter(self.bp.start)
         return step.fx
+
+    def admit(
+        self, doc: JobDoc, round_: int, n: int, now: int, rng: random.Random
+    ) -> Effects | Ignored:
+        """The job's concurrency key admitted it (engine/runtime/concurrency.py)."""
+        return concurrency.admit(self.step(doc, now, rng), round_, n)
+
+    def slot_released(self, doc: JobDoc, round_: int) -> Effects | Ignored:
+        """The ended job's concurrency slot was given back."""
+        return concurrency.released(doc, round_)
 
     def on_result(
         self,
@@ -166,6 +179,7 @@ class Machine:
             return step.fx
         tasks.fire_retries(step)
         tasks.check_leases(step, alive, heard_since)
+        concurrency.recheck(step)
         if not step.ended and doc["state"] is not None:
             state = step.state(doc["state"])
             step.rules(state).on_timer(step, state, child)
@@ -366,8 +380,9 @@ class Machine:
     def next_due(self, doc: JobDoc, leases: Leases) -> int | None:
         """The earliest moment something can happen to this job without outside input."""
         if doc["status"] in TERMINAL:
-            return None
+            return min(concurrency.due(doc), default=None)  # a slot still owed back
         due = tasks.next_due(doc, leases)
+        due.extend(concurrency.due(doc))
         if doc["deadline"] is not None and doc.get("paused") is None:
             due.append(doc["deadline"])
         if doc["state"] is not None:

@@ -48,6 +48,7 @@ from engine.runtime.observe import NoObserver, Observer
 from engine.runtime.recent import RecentJobs
 from engine.runtime.registry import Registry
 from engine.runtime.schedules import Schedule
+from engine.runtime.slots import SlotKeeper
 from engine.runtime.waiting import pending_approval
 from engine.store.client import (
     Commit,
@@ -119,7 +120,7 @@ class Orchestrator:
         self.settings = settings
         # What we committed last: a change starts from it instead of reading Redis.
         self.recent = RecentJobs()
-        self.dispatcher = Dispatcher(store)
+        self.dispatcher = Dispatcher(store, settings.rate_limits)
         self.dispatcher.on_lease = self.recent.leased
         self.dispatcher.on_undelivered = lambda worker_id, task: self._spawn(
             self.release(worker_id, task)
@@ -131,6 +132,8 @@ class Orchestrator:
         self._tasks: list[asyncio.Task[None]] = []
         # Approval tokens and child job ids come from it: it must be unpredictable.
         self.rng: random.Random = random.SystemRandom()
+        # Concurrency keys: admission and release of slots (engine/runtime/slots.py).
+        self.slots = SlotKeeper(self, self._spawn, self.rng)
         self.webhook_wake = asyncio.Event()
         # Since when workers can reach us: a lease's silence before that does not count (no
         # orchestrator, or no Redis, could take their heartbeats).
@@ -710,6 +713,8 @@ class Orchestrator:
         ended child on that same check. Steps that change other jobs run as tasks of their
         own, outside this job's lock (a parent and its child must never wait on each other).
         """
+        if "slot" in doc:
+            await self.slots.after_commit(doc, fx)
         partition = self.store.keys.partition(doc["id"])
         for task_type in queued:
             self.dispatcher.task_queued(task_type, partition)
@@ -818,6 +823,11 @@ class Orchestrator:
     async def worker_alive(self, worker_id: str) -> dict[str, Any] | None:
         """The worker's last heartbeat (`at`, `tasks`), or None once it has expired."""
         return await self.store.worker_alive(worker_id)
+
+    async def slot_counts(self, tag: str, member: str) -> tuple[int, int | None, int]:
+        """A concurrency key's jobs holding a slot, the member's place in line (0-based, or
+        None), and how many wait in line."""
+        return await self.store.slot_counts(tag, member)
 
     def time_store(self, timing: StoreTiming) -> None:
         """Have every batched store round trip reported to `timing` (the metrics)."""

@@ -43,5 +43,8 @@ def resume(step: Step, by: str) -> None:
         tasks.fire_retries(step)
     elif "end" in held:
         step.finish(JobStatus(held["end"]), held["error"])
+    elif "enter" in held:  # admitted by its concurrency key meanwhile (concurrency.py)
+        doc["status"] = JobStatus.PENDING
+        step.enter(held["enter"])
     else:
         step.move(step.state(held["from"]), held["via"], held["to"])

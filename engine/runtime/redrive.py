@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.blueprint.model import Blueprint
+from engine.runtime import concurrency
 from engine.runtime.jobdoc import JobDoc, JobStatus
 from engine.runtime.step import Step
 
@@ -28,7 +29,10 @@ def redrive_state(doc: JobDoc, blueprint: Blueprint) -> str | None:
     """Where a redrive of this failed or cancelled job starts; None when it ended in an
     `end: failed` state by its own flow (nothing failed that running again would fix)."""
     state = doc["state"]
-    if state is None or doc["status"] == JobStatus.CANCELLED:
+    if state is None:  # it ended in its concurrency key's line: where it waited to go
+        slot = doc.get("slot")
+        return slot.get("left") if slot is not None else None
+    if doc["status"] == JobStatus.CANCELLED:
         return state
     if blueprint.states[state].kind == "end":
         return doc.get("failed_state")
@@ -85,4 +89,7 @@ def revive(
         previous_error=code,
         initial_data_patched=initial_data is not None or None,
     )
-    step.enter(start)
+    if step.bp.concurrency is not None:  # it takes a slot of its key again, in line
+        concurrency.hold(step, start)
+    else:
+        step.enter(start)

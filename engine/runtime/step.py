@@ -256,6 +256,13 @@ class Step:
             doc["listen"] = None
         self.fx.terminal = True
         self.fx.notify_parent = doc["parent"] is not None
+        slot = doc.get("slot")
+        if slot is not None:  # its slot (or place in line) is owed back: concurrency.py
+            if slot["enter"] is not None:
+                slot["left"] = slot["enter"]
+            slot["owed"] = True
+            slot["enter"] = None
+            slot["check_at"] = self.now + self.settings.slot_check_ms
         self.event(f"job_{status}", state=doc["state"], error=error)
 
     def _hold(self, held: dict[str, Any]) -> bool:

@@ -155,6 +155,22 @@ class WebhookDue:
     attempts: int
 
 
+# A concurrency key's counters live on this long after its last use (every waiting job's
+# periodic check touches them; the sets of jobs never expire, see lua/slots.lua).
+SLOT_KEYS_TTL_MS = 7 * 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """Where a job stands at its concurrency key after `Store.slot`: `where` is "run"
+    (admitted: `number` is its admission number), "wait" (`number`: its 0-based place in
+    line) or "gone"; `admitted` lists (member, admission number) of the jobs to start."""
+
+    where: str
+    number: int
+    admitted: list[tuple[str, int]]
+
+
 @dataclass(slots=True)
 class Commit:
     """One guarded change of a job (see lua/commit.lua)."""
@@ -279,6 +295,8 @@ class Store:
         self._lease = client.register_script(_script("lease.lua"))
         self._claim = client.register_script(_script("claim_timers.lua"))
         self._prune = client.register_script(_script("prune_index.lua"))
+        self._slots = client.register_script(_script("slots.lua"))
+        self._tokens = client.register_script(_script("tokens.lua"))
         self._commits = Batcher(self._commit_batch, MAX_BATCH)
         self._heartbeats = Batcher(self._heartbeat_batch, MAX_BATCH)
         self._webhook_outcomes = Batcher(self._webhook_outcome_batch, MAX_BATCH)
@@ -357,7 +375,8 @@ class Store:
                 await cluster.refuse_cluster_node(self.redis, shown)
             # Load the scripts up front (on every master, on a cluster), so that the first
             # pipelined EVALSHA of each does not come back NOSCRIPT and go again.
-            for script in (self._commit, self._lease, self._claim, self._prune):
+            scripts = (self._commit, self._lease, self._claim, self._prune, self._slots)
+            for script in (*scripts, self._tokens):
                 await self.redis.script_load(script.script)
             stored, tags, marker = await self._settle_meta()
             self.marker = str(marker)
@@ -462,7 +481,7 @@ class Store:
     ) -> list[Any]:
         """Run `script` once per (KEYS, ARGV), all in one round trip; each call's answer, or
         the Redis error it met. A Redis that lost its scripts (a restart) gets them again."""
-        replicas, timeout_ms = self.wait if script is not self._claim else (0, 0)
+        replicas, timeout_ms = self.wait if script not in (self._claim, self._tokens) else (0, 0)
         if len(calls) == 1 and not replicas:
             try:
                 return [await script(keys=calls[0][0], args=calls[0][1])]
@@ -896,6 +915,52 @@ class Store:
         except StoreUnavailable as exc:
             return [exc] * len(items)
         return [None] * len(items)
+
+    # -- concurrency keys and rate limits ------------------------------------------------------
+
+    @translated
+    async def slot(self, op: str, tag: str, member: str, limit: int, *, previous: str = "") -> Slot:
+        """Acquire or release (`op`) a concurrency key's slot for `member` (`<job id>|<round>`)
+        and admit the jobs next in line: one script on the key's own slot (lua/slots.lua).
+        `previous`: an earlier round of the same job, forgotten first."""
+        keys = [self.keys.slots(tag), self.keys.slot_queue(tag), self.keys.slot_counters(tag)]
+        args = [op, member, previous, str(limit), str(SLOT_KEYS_TTL_MS)]
+        answer = await self._run_scripts(self._slots, [(keys, args)])
+        if isinstance(answer[0], Exception):
+            raise answer[0]
+        where, number, *rest = answer[0]
+        admitted = [(str(rest[i]), int(rest[i + 1])) for i in range(0, len(rest), 2)]
+        return Slot(str(where), int(number), admitted)
+
+    @translated
+    async def slot_counts(self, tag: str, member: str) -> tuple[int, int | None, int]:
+        """(jobs holding a slot, the member's 0-based place in line or None, jobs in line)
+        of a concurrency key, for `explain`."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(self.keys.slots(tag))
+        pipe.zrank(self.keys.slot_queue(tag), member)
+        pipe.zcard(self.keys.slot_queue(tag))
+        running, place, waiting = await pipe.execute()
+        return int(running), None if place is None else int(place), int(waiting)
+
+    @translated
+    async def take_tokens(
+        self, asks: Sequence[tuple[str, int, float, int]]
+    ) -> list[tuple[int, int]]:
+        """For each (task type, tokens wanted, rate per second, burst): (tokens granted, ms
+        until the next one), from each type's bucket (lua/tokens.lua), in one round trip. A
+        negative count gives unused tokens back."""
+        calls = [
+            ([self.keys.rate_bucket(task_type)], [str(wanted), repr(rate), str(burst)])
+            for task_type, wanted, rate, burst in asks
+        ]
+        answers = await self._run_scripts(self._tokens, calls)
+        out: list[tuple[int, int]] = []
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+            out.append((int(answer[0]), int(answer[1])))
+        return out
 
     # -- workers -------------------------------------------------------------------------------
 

@@ -122,6 +122,25 @@ class Keys:
                 return partition, key[len(head) :]
         return None
 
+    def slots(self, tag: str) -> str:
+        """Sorted set of a concurrency key's jobs holding a slot (`<job id>|<round>`), by
+        admission number. `tag` is the key's own hash tag (engine/runtime/concurrency.py):
+        its jobs span partitions, so its state lives in a slot of its own."""
+        return f"{self.prefix}:{{c:{tag}}}:run"
+
+    def slot_queue(self, tag: str) -> str:
+        """Sorted set of a concurrency key's jobs waiting for a slot, by arrival number."""
+        return f"{self.prefix}:{{c:{tag}}}:wait"
+
+    def slot_counters(self, tag: str) -> str:
+        """Hash of a concurrency key's counters: `seq` (arrivals), `n` (admissions)."""
+        return f"{self.prefix}:{{c:{tag}}}:meta"
+
+    def rate_bucket(self, task_type: str) -> str:
+        """Hash: a rate-limited task type's token bucket (`tokens`, `at` ms), see
+        engine/runtime/ratelimit.py."""
+        return f"{self.prefix}:{{r:{task_type}}}:bucket"
+
     def worker(self, worker_id: str) -> str:
         """String: the worker's registration (JSON)."""
         return f"{self.prefix}:{{w:{worker_id}}}:worker"

@@ -2,20 +2,24 @@
 
     python -m tests.support.rxon_worker --url http://127.0.0.1:8080 --id w1 --token T \
         --skills echo,charge_card [--fail-first 1 [--fail-code PERMANENT_ERROR]] \
-        [--progress] [--hang] [--exit-on-task] [--slots 4]
+        [--progress] [--hang] [--exit-on-task] [--slots 4] [--timeline FILE]
 
 It answers every task with its params merged into a fixed set of fields the example
 blueprints read (path, url, charge_id, ok), after the failures it was told to simulate.
 It prints one line per event to stdout (`registered`, `task <id>`, `result <id> <reply>`)
-so tests can follow it.
+so tests can follow it. With `--timeline`, each task handled appends one JSON line to FILE:
+`job_id`, `task_id`, `start` and `end` (epoch seconds, taken when the handler starts and
+before its result is sent).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
+import time
 from typing import Any
 
 import aiohttp
@@ -114,6 +118,7 @@ class Worker:
         if self.args.exit_on_task:
             os._exit(17)  # a crash mid-task: no result, no goodbye
         self.running.add(task_id)
+        start = time.time()
         try:
             if self.args.hang:
                 await asyncio.sleep(3600)
@@ -129,9 +134,16 @@ class Worker:
                 }
             else:
                 result = {"data": {**FIELDS, **task.get("params", {})}}
+            if self.args.timeline:
+                self.stamp(task, start, time.time())
             await self.send(task, result)
         finally:
             self.running.discard(task_id)
+
+    def stamp(self, task: dict[str, Any], start: float, end: float) -> None:
+        line = {"job_id": task["job_id"], "task_id": task["task_id"], "start": start, "end": end}
+        with open(self.args.timeline, "a", encoding="utf-8") as sink:
+            sink.write(json.dumps(line) + "\n")
 
     async def progress(self, task: dict[str, Any], progress: float, message: str) -> None:
         body = {
@@ -179,6 +191,7 @@ def main() -> None:
     parser.add_argument("--hang", action="store_true")
     parser.add_argument("--exit-on-task", action="store_true")
     parser.add_argument("--poll-timeout", default="2", help="seconds a poll may wait")
+    parser.add_argument("--timeline", default="", help="append each task's times (JSON lines)")
     args = parser.parse_args()
     try:
         asyncio.run(Worker(args).run())
