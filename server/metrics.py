@@ -222,8 +222,9 @@ class HttpSeries:
         cell[-1] += seconds
 
     def _cell(self, method: str, resource: Any, status: int) -> list[float]:
-        # Any token is a method to aiohttp: others are `other`, and (not being a key here)
-        # take this slower path each time rather than grow the dict.
+        # aiohttp takes dozens of methods (any token with its pure-Python parser): the
+        # unusual ones are `other`, and (not being a key here) take this slower path each
+        # time rather than grow the dict.
         method = method if method in METHODS else "other"
         route = "unmatched" if resource is None else resource.canonical
         cell = self.by_label.cell((method, route, str(status)))
@@ -482,7 +483,7 @@ class MetricsObserver:
 
 # -- HTTP ------------------------------------------------------------------------------------
 
-# Methods kept as label values; any other token a client sends is counted as `other`.
+# Methods kept as label values; any other method a client sends is counted as `other`.
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
 

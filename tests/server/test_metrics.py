@@ -215,3 +215,18 @@ def test_error_codes_chosen_by_workers_are_bounded_as_label_values() -> None:
         "A", "B", "A", "C", "other", "other", "other",
     ]  # fmt: skip
     assert LabelCap()("X" * 500) == "X" * 64
+
+
+async def test_methods_clients_invent_are_counted_as_other(api: Client) -> None:
+    # Given requests with methods beyond the usual ones (aiohttp accepts dozens)
+    for method in ("PROPFIND", "PURGE", "MKCALENDAR"):
+        response = await api.request(method, "/no/such/path")
+        assert response.status in (404, 405)
+
+    # Then they share one label value, so the scrape cannot grow with them
+    s = await scrape(api)
+    methods = {
+        dict(labels)["method"] for name, labels in s if name == "interlock_http_requests_total"
+    }
+    assert "other" in methods
+    assert not methods & {"PROPFIND", "PURGE", "MKCALENDAR"}
