@@ -17,6 +17,11 @@ webhook outbox and of the approval index per partition.
 Label values come from the loaded blueprints (blueprint, state, task type), from fixed
 sets (status, reason) or, for error codes that workers choose, from `LabelCap`: the first
 `MAX_CODES` distinct codes, the rest counted as `other`. A scrape's size is bounded.
+
+The per-process series are plain numbers (`CounterSeries`, `HistogramSeries`, `HttpSeries`)
+updated on the hot paths without locks or label lookups, and folded into prometheus-client's
+families by `ProcessCollector` when scraped (what that saves: bench/README.md, "What the
+metrics layer costs"; tests/server/test_metrics_cost.py bounds it).
 """
 
 from __future__ import annotations
@@ -487,15 +492,10 @@ class MetricsObserver:
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
 
-def route_of(request: web.Request) -> str:
-    """The route template (`/api/v1/jobs/{job_id}`), never the raw path: the label set stays
-    as small as the router. Requests no route matched are `unmatched`."""
-    resource = _resource_of(request)
-    return "unmatched" if resource is None else str(resource.canonical)
-
-
 def _resource_of(request: web.Request) -> Any:
-    """The router's resource that matched `request`, or None."""
+    """The router's resource that matched `request`, or None (`unmatched`). Its route
+    template (`/api/v1/jobs/{job_id}`), never the raw path, is the `route` label: the label
+    set stays as small as the router."""
     info = request.match_info
     if info.http_exception is not None:
         return None
