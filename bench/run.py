@@ -4,6 +4,7 @@
                                   [--store redis|memory|cluster|both] [-n N] [-c C] [-w W]
                                   [--partitions P] [--profile DIR]
     .venv/bin/python -m bench.run --workload linear3 --compare metrics [--pairs 5]
+                                  [--count instructions]
     .venv/bin/python -m bench.run --workload growth [--quick] [--budget S] [--backlog N]
 
 For each workload and store it starts a fresh redis-server (for `redis`) on a free port,
