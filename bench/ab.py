@@ -41,6 +41,8 @@ class Run:
     redis_cmds_per_job: float | None
     not_finished: int
     foreign_cpu_s: float  # other processes' CPU seconds in the window
+    instructions_per_job: float | None = None  # the orchestrator's (--count instructions)
+    net_instructions_per_job: float | None = None  # less its idle rate times the window
 
 
 # (side's extra environment, pair number) -> the run
@@ -77,6 +79,11 @@ FIGURES: dict[str, Callable[[Run], float | None]] = {
     "orchestrator CPU ms/job": lambda r: r.cpu_ms_per_job,
     "redis cmds/job": lambda r: r.redis_cmds_per_job,
 }
+# Figures only runs counted with callgrind have (--count instructions).
+COUNTED: dict[str, Callable[[Run], float | None]] = {
+    "orchestrator instr/job": lambda r: r.instructions_per_job,
+    "  net of idle": lambda r: r.net_instructions_per_job,
+}
 
 
 def run_pairs(comparison: str, workload: str, pairs: int, measure: Measure) -> list[Run]:
@@ -94,9 +101,14 @@ def run_pairs(comparison: str, workload: str, pairs: int, measure: Measure) -> l
             run = measure(sides[side], side, pair)
             runs.append(run)
             cmds = "n/a" if run.redis_cmds_per_job is None else f"{run.redis_cmds_per_job:.1f}"
+            counted = ""
+            if run.instructions_per_job is not None:
+                counted = f"  instr/job {run.instructions_per_job:,.0f}"
+            if run.net_instructions_per_job is not None:
+                counted += f" (net of idle {run.net_instructions_per_job:,.0f})"
             print(
                 f"{pair:>4} {side:<4} {run.jobs_per_s:>7.0f} {run.cpu_ms_per_job:>10.3f} "
-                f"{cmds:>8} {run.not_finished:>5} {run.foreign_cpu_s:>13.2f}",
+                f"{cmds:>8} {run.not_finished:>5} {run.foreign_cpu_s:>13.2f}{counted}",
                 flush=True,
             )
     return runs
@@ -108,6 +120,10 @@ def report(comparison: str, runs: list[Run]) -> None:
     print(f"ratios B/A ({_env(on)} / {_env(off)}), one per pair:")
     for name, figure in FIGURES.items():
         print(f"  {name:<24} {summary(ratios(runs, figure))}")
+    for name, figure in COUNTED.items():
+        counted = ratios(runs, figure)
+        if counted:
+            print(f"  {name:<24} {summary(counted)}")
 
 
 def _env(settings: Mapping[str, str]) -> str:

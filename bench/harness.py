@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,10 +153,12 @@ def serve(
     env: Mapping[str, str] | None = None,
     partitions: int | None = PARTITIONS,
     cprofile: Path | None = None,
+    prefix: Sequence[str] = (),
 ) -> Iterator[Server]:
     """`interlock serve` as a subprocess (the tests' launcher, with the bench's settings),
     stopped with SIGTERM on exit. With `cprofile`, it runs under cProfile, which writes its
-    statistics there when the server exits (`python -m bench.profile FILE` reads them)."""
+    statistics there when the server exits (`python -m bench.profile FILE` reads them).
+    `prefix` runs the interpreter under another program (bench/instructions.py's valgrind)."""
     settings = {
         "CLIENT_TOKEN": CLIENT_TOKEN,
         "WORKER_TOKEN": WORKER_TOKEN,
@@ -168,7 +170,13 @@ def serve(
     }
     python_args = ("-m", "cProfile", "-o", str(cprofile)) if cprofile is not None else ()
     with processes.serve(
-        workdir, store_url, blueprints, settings, graceful=True, python_args=python_args
+        workdir,
+        store_url,
+        blueprints,
+        settings,
+        graceful=True,
+        python_args=python_args,
+        prefix=prefix,
     ) as server:
         yield server
 

@@ -4,6 +4,7 @@
                                   [--store redis|memory|cluster|both] [-n N] [-c C] [-w W]
                                   [--partitions P] [--profile DIR] [--complete wait|webhook]
     .venv/bin/python -m bench.run --workload linear3 --compare metrics|webhook [--pairs 5]
+                                  [--count instructions]
     .venv/bin/python -m bench.run --workload growth [--quick] [--budget S] [--backlog N]
 
 For each workload and store it starts a fresh redis-server (for `redis`) on a free port,
@@ -52,6 +53,8 @@ from bench.harness import (
     serve,
     wait_for_quiet,
 )
+from bench.instructions import Callgrind
+from bench.instructions import missing as callgrind_missing
 from bench.load import COMPLETIONS, LoadResult, Payload, percentile, run_load
 from bench.profile import PySpy, summarise
 from engine.store.keys import CLUSTER_PARTITIONS
@@ -115,6 +118,8 @@ class Measurement:
     master_commands: dict[int, Counter[str]] | None = None  # on a cluster, per master port
     master_keys: dict[int, int] | None = None
     master_cpu: dict[int, float] | None = None
+    instructions: int | None = None  # the orchestrator's in the window (--count instructions)
+    idle_instructions_per_s: float | None = None  # its rate after the window, nothing submitted
 
     @property
     def redis_calls(self) -> int | None:
@@ -127,6 +132,15 @@ class Measurement:
     @property
     def cpu_ms_per_job(self) -> float:
         return 1000 * self.cpu_s / self.n
+
+    @property
+    def net_instructions_per_job(self) -> float | None:
+        """Instructions a job, less the idle rate times the window's length (see
+        bench/instructions.py)."""
+        if self.instructions is None or self.idle_instructions_per_s is None:
+            return None
+        idle = self.idle_instructions_per_s * self.load.wall_s
+        return (self.instructions - idle) / self.n
 
     @property
     def foreign_cpu_s(self) -> float:
@@ -177,6 +191,7 @@ async def _measure(
     profile: Path | None,
     partitions: int,
     complete: str,
+    callgrind: Callgrind | None = None,
 ) -> Measurement:
     endpoint = ENDPOINTS[spec.blueprint]
     warm = await run_load(
@@ -205,10 +220,14 @@ async def _measure(
         if isinstance(redis, bench_cluster.BenchCluster):
             masters_before = await redis.calls_by_master()
             master_cpu_before = redis.cpu_by_master()
+        if callgrind is not None:
+            callgrind.start(server.pid)
         before_cpu = cpu_seconds(server.pid)
         before_others = _cpu(others)
         before_machine = machine_cpu_seconds()
         load = await run_load(server.url, endpoint, n, spec.concurrency, spec.payload, complete)
+        instructions = callgrind.stop() if callgrind is not None else None
+        idle_rate = await callgrind.idle_rate(IDLE_S) if callgrind is not None else None
         after_cpu = cpu_seconds(server.pid)
         after_others = _cpu(others)
         after_machine = machine_cpu_seconds()
@@ -251,6 +270,8 @@ async def _measure(
         master_commands=master_commands,
         master_keys=master_keys,
         master_cpu=master_cpu,
+        instructions=instructions,
+        idle_instructions_per_s=idle_rate,
     )
 
 
@@ -264,6 +285,7 @@ def run_one(
     env: dict[str, str] | None = None,
     cprofile: Path | None = None,
     complete: str = "wait",
+    count_instructions: bool = False,
 ) -> Measurement:
     if quiet_wait_s > 0:
         busy = wait_for_quiet(quiet_wait_s)
@@ -272,14 +294,27 @@ def run_one(
     with tempfile.TemporaryDirectory(prefix="interlock-bench-") as tmp:
         workdir = Path(tmp)
         blueprints = write_blueprints(workdir / "blueprints")
+        callgrind = Callgrind(workdir) if count_instructions else None
+        prefix = callgrind.prefix() if callgrind is not None else []
         with _redis(store) as redis:
             url = redis.url if redis is not None else "memory://"
             with (
-                serve(workdir, url, blueprints, env, partitions, cprofile) as server,
+                serve(workdir, url, blueprints, env, partitions, cprofile, prefix) as server,
                 echo_workers(workdir, server.url, spec.workers) as workers,
             ):
                 measurement = asyncio.run(
-                    _measure(spec, store, n, server, redis, workers, profile, partitions, complete)
+                    _measure(
+                        spec,
+                        store,
+                        n,
+                        server,
+                        redis,
+                        workers,
+                        profile,
+                        partitions,
+                        complete,
+                        callgrind,
+                    )
                 )
                 if measurement.not_finished or not server.alive():
                     print("  --- server log (tail) ---")
@@ -426,20 +461,43 @@ def _spec(args: argparse.Namespace, spec: Spec) -> Spec:
     return spec
 
 
+INSTRUCTIONS_N = 300  # jobs a --count instructions run measures by default
+INSTRUCTIONS_C = 10  # and jobs in flight
+IDLE_S = 5.0  # seconds after its window that a --count instructions run counts idle
+
+
 def compare(args: argparse.Namespace) -> int:
     """--compare: interleaved A/B pairs of one workload on one Redis (bench/ab.py)."""
     if args.workload not in SPECS or len(SPECS[args.workload]) != 1:
         print(f"--compare needs one workload of {[k for k, v in SPECS.items() if len(v) == 1]}")
         return 2
-    spec = _spec(args, SPECS[args.workload][0])
-    n = args.n if args.n is not None else spec.n
+    spec = SPECS[args.workload][0]
+    counting = args.count == "instructions"
+    if counting and (why := callgrind_missing()) is not None:
+        print(f"--count instructions: {why}")
+        return 2
+    if counting:  # under valgrind fewer requests at once, so none waits past its timeout
+        spec = replace(spec, concurrency=INSTRUCTIONS_C, workers=min(spec.workers, 2))
+    spec = _spec(args, spec)
+    default_n = INSTRUCTIONS_N if counting else spec.n  # valgrind runs it 20-50x slower
+    n = args.n if args.n is not None else default_n
     partitions = args.partitions or PARTITIONS
     quiet = args.quiet_wait or 0.0
 
     def measure(env: Mapping[str, str], side: str, pair: int) -> ab.Run:
         settings = dict(env)
         complete = settings.pop(ab.COMPLETE, args.complete)
-        m = run_one(spec, "redis", n, None, quiet, partitions, settings, complete=complete)
+        m = run_one(
+            spec,
+            "redis",
+            n,
+            None,
+            quiet,
+            partitions,
+            settings,
+            complete=complete,
+            count_instructions=counting,
+        )
         return ab.Run(
             side=side,
             pair=pair,
@@ -448,6 +506,8 @@ def compare(args: argparse.Namespace) -> int:
             redis_cmds_per_job=None if m.redis_calls is None else m.redis_calls / m.n,
             not_finished=m.not_finished,
             foreign_cpu_s=m.foreign_cpu_s,
+            instructions_per_job=None if m.instructions is None else m.instructions / m.n,
+            net_instructions_per_job=m.net_instructions_per_job,
         )
 
     runs = ab.run_pairs(
@@ -514,6 +574,13 @@ def main(argv: list[str] | None = None) -> int:
         default="wait",
         help="how the load generator learns that a job ended: GET ?wait= (default), or its "
         "webhook, POSTed to a receiver in the bench process",
+    )
+    parser.add_argument(
+        "--count",
+        choices=["instructions"],
+        help="with --compare: also count the orchestrator's instructions per job in the "
+        "window, running it under valgrind's callgrind (slow: N, C and W default to "
+        f"{INSTRUCTIONS_N}, {INSTRUCTIONS_C} and 2)",
     )
     growth_flags = parser.add_argument_group("--workload growth")
     growth_flags.add_argument("--quick", action="store_true", help="small sizes only")

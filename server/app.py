@@ -92,10 +92,10 @@ def _observe(metrics: Metrics | None, orchestrator: Orchestrator, tracing: Any =
         from server.tracing import TracingObserver
 
         observers.append(TracingObserver(tracing))
-    if metrics is not None:
+    if metrics is not None:  # it keeps the state clock too, so it goes last (observe.py)
         observers.append(metrics.observer())
         orchestrator.time_store(metrics.store_timing)
-    if observers:  # metrics or traces: they time states from the clock's field
+    elif observers:  # traces time states from the clock's field
         observers.append(StateClock())  # the clock last: see observe.py
     if logging.getLogger("interlock.jobs").isEnabledFor(logging.DEBUG):
         observers.insert(0, LoggingObserver())

@@ -10,11 +10,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from bench import ab, load
+from bench import ab, instructions, load
 from bench.harness import WEBHOOK_SECRET
 from engine.runtime import webhooks
 from tests.conftest import require_program
@@ -96,3 +97,80 @@ def test_pairs_alternate_which_side_goes_first_and_ratios_are_b_over_a() -> None
     assert ab.ratios(runs, lambda r: r.jobs_per_s) == [0.91, 0.92, 0.93]
     assert ab.ratios(runs, lambda r: r.redis_cmds_per_job) == []
     assert ab.summary([0.91, 0.92, 0.93]).startswith("median 0.920  range 0.910..0.930")
+
+
+def test_counted_runs_print_instructions_and_their_ratios(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def measure(env: Mapping[str, str], side: str, pair: int) -> ab.Run:
+        instructions = {"A": 3_000_000.0, "B": 3_060_000.0}[side]
+        return ab.Run(side, pair, 20.0, 40.0, 8.0, 0, 0.0, instructions, instructions - 1e6)
+
+    runs = ab.run_pairs("metrics", "linear3", 2, measure)
+    ab.report("metrics", runs)
+    output = capsys.readouterr().out
+    assert "instr/job 3,060,000 (net of idle 2,060,000)" in output
+    assert re.search(r"^  orchestrator instr/job +median 1\.020 ", output, re.M), output
+    assert re.search(r"^    net of idle +median 1\.030 ", output, re.M), output
+
+
+def test_uncounted_runs_print_no_instructions(capsys: pytest.CaptureFixture[str]) -> None:
+    runs = ab.run_pairs(
+        "metrics", "linear3", 1, lambda env, side, pair: ab.Run(side, pair, 1, 1, 1, 0, 0)
+    )
+    ab.report("metrics", runs)
+    assert "instr" not in capsys.readouterr().out
+
+
+def test_callgrind_counts_the_instructions_of_a_window(tmp_path: Path) -> None:
+    # Given a Python process under callgrind that sums 10^6 or 10^7 numbers when asked
+    require_program("valgrind", instructions.INSTALL)
+    require_program("callgrind_control", instructions.INSTALL)
+    script = (
+        "import pathlib, sys, time\n"
+        "folder = pathlib.Path(sys.argv[1])\n"
+        "(folder / 'ready').touch()\n"
+        "for n in (10**6, 10**7):\n"
+        "    while not (folder / f'go{n}').exists(): time.sleep(0.01)\n"
+        "    sum(range(n))\n"
+        "    (folder / f'done{n}').touch()\n"
+        "time.sleep(60)\n"
+    )
+    counter = instructions.Callgrind(tmp_path)
+    process = subprocess.Popen(
+        [*counter.prefix(), sys.executable, "-c", script, str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(tmp_path / "ready")
+        counts = []
+        for n in (10**6, 10**7):
+            # When counting is on from the request to the answer
+            counter.start(process.pid)
+            (tmp_path / f"go{n}").touch()
+            wait_for(tmp_path / f"done{n}")
+            counts.append(counter.stop())
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+    # Then ten times the work counts about ten times the instructions (the waiting loop
+    # around it adds a little), and each number summed costs some instructions
+    assert counts[0] > 10**6, counts
+    assert 5 < counts[1] / counts[0] < 12, counts
+
+
+def wait_for(path: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout_s} s"
+        time.sleep(0.05)
+
+
+def test_totals_reads_a_callgrind_dump(tmp_path: Path) -> None:
+    dump = tmp_path / "callgrind.1.1"
+    dump.write_text("version: 1\nevents: Ir\nfn=main\n1 5\nsummary: 1234\ntotals: 1234\n")
+    assert instructions.totals(dump) == 1234
+    dump.write_text("version: 1\nevents: Ir\n")  # being written: no totals yet
+    assert instructions.totals(dump) is None

@@ -215,3 +215,60 @@ def test_error_codes_chosen_by_workers_are_bounded_as_label_values() -> None:
         "A", "B", "A", "C", "other", "other", "other",
     ]  # fmt: skip
     assert LabelCap()("X" * 500) == "X" * 64
+
+
+async def test_methods_clients_invent_are_counted_as_other(api: Client) -> None:
+    # Given requests with methods beyond the usual ones (aiohttp accepts dozens)
+    for method in ("PROPFIND", "PURGE", "MKCALENDAR"):
+        response = await api.request(method, "/no/such/path")
+        assert response.status in (404, 405)
+
+    # Then they share one label value, so the scrape cannot grow with them
+    s = await scrape(api)
+    methods = {
+        dict(labels)["method"] for name, labels in s if name == "interlock_http_requests_total"
+    }
+    assert "other" in methods
+    assert not methods & {"PROPFIND", "PURGE", "MKCALENDAR"}
+
+
+def test_the_exposition_is_the_one_prometheus_client_writes_for_the_same_updates() -> None:
+    # Given the same updates made to our series and to prometheus-client's own classes
+    import re
+
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    ours = Metrics()
+    theirs = CollectorRegistry()
+    requests = Counter(
+        ours.jobs_ended.name, ours.jobs_ended.documentation, ours.jobs_ended.labels,
+        registry=theirs,
+    )  # fmt: skip
+    series = ours.state_duration  # (registered in the order Metrics declares them)
+    states = Histogram(
+        series.name, series.documentation, series.labels, buckets=series.bounds, registry=theirs
+    )
+    deliveries = Counter(
+        ours.webhook_deliveries.name, ours.webhook_deliveries.documentation, registry=theirs
+    )
+    for key, count in ((("bp", "finished"), 3), (("bp", "failed"), 1), (("other", "failed"), 2)):
+        for _ in range(count):
+            ours.jobs_ended.inc(key)
+            requests.labels(*key).inc()
+    ours.webhook_deliveries.inc(())
+    deliveries.inc()
+    for seconds in (0.0, 0.005, 0.0051, 1, 86400, 1e9):
+        ours.state_duration.observe(("bp", "s"), seconds)
+        states.labels("bp", "s").observe(seconds)
+
+    # Then the text is the same, line for line, but for the creation times
+    def lines(text: str, names: tuple[str, ...]) -> list[str]:
+        kept = [line for line in text.splitlines() if any(name in line for name in names)]
+        return [re.sub(r"(_created(\{.*\})?) \S+$", r"\1 T", line) for line in kept]
+
+    names = (ours.jobs_ended.name, ours.webhook_deliveries.name, series.name)
+    mine = lines(generate_latest(ours.collectors).decode(), names)
+    reference = lines(generate_latest(theirs).decode(), names)
+    assert mine == reference
+    assert any(line.endswith("_created T") for line in mine)
+    assert 'interlock_state_duration_seconds_bucket{blueprint="bp",le="+Inf",state="s"} 6.0' in mine

@@ -86,11 +86,13 @@ def serve(
     port: int | None = None,
     graceful: bool = False,
     python_args: Sequence[str] = (),
+    prefix: Sequence[str] = (),
 ) -> Iterator[Server]:
     """A real `interlock serve` process, killed (SIGKILL) on exit, or stopped with SIGTERM
     when `graceful`. A given `port` lets a test kill an orchestrator and bring it back at the
     same URL. `env` wins over the settings given here. `python_args` go to the interpreter
-    before `-m interlock_cli` (the benchmarks' `-m cProfile -o FILE`)."""
+    before `-m interlock_cli` (the benchmarks' `-m cProfile -o FILE`); `prefix` goes before the
+    interpreter (the benchmarks' `valgrind --tool=callgrind ...`)."""
     port = port or free_port()
     log = tmp_path / f"server-{port}-{time.monotonic_ns()}.log"
     environment = {
@@ -106,7 +108,7 @@ def serve(
     }
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, *python_args, "-m", "interlock_cli", "serve"],
+            [*prefix, sys.executable, *python_args, "-m", "interlock_cli", "serve"],
             cwd=ROOT,
             env=environment,
             stdout=sink,
