@@ -164,4 +164,8 @@ def test_schemathesis_finds_no_failure_on_a_live_server(tmp_path: Path) -> None:
     failures = [c.get("name") for c in cases if c.find("failure") is not None]
     assert len(cases) >= 30, summary  # every documented operation was tested
     assert failures == [], summary
-    print(json.dumps({"operations": len(cases), "failures": len(failures)}))
+    generated = re.search(r"(\d+) generated", run.stdout)
+    assert generated, summary
+    examples = int(generated.group(1))
+    assert examples >= len(cases), summary
+    print(json.dumps({"operations": len(cases), "examples": examples, "failures": len(failures)}))
