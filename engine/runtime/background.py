@@ -23,7 +23,7 @@ from engine.runtime.jobdoc import TERMINAL, Effects, Ignored, JobDoc, Leases, Ta
 from engine.runtime.machine import Machine
 from engine.runtime.registry import UnknownBlueprintVersion
 from engine.runtime.schedules import CATCH_UP
-from engine.store.client import JobRecord, StoreUnavailable
+from engine.store.client import JobRecord, StoreUnavailable, WebhookDue
 
 log = logging.getLogger("interlock.orchestrator")
 throttle = Throttle(log)
@@ -214,23 +214,25 @@ async def deliver_due(orch: LoopHost) -> int:
         return 0
     outcomes = WebhookOutcomes()
 
-    async def deliver(job_id: str, doc: JobDoc, url: str, attempt: int) -> None:
-        failure = await post(orch, job_id, doc, url, attempt)
-        outcomes.attempted.append(job_id)
+    async def deliver(entry: WebhookDue, doc: JobDoc, url: str) -> None:
+        failure = await post(orch, entry.job_id, doc, url, entry.attempts + 1)
+        outcomes.attempted.append(entry.member)
         if failure is None or failure.retry_at is None:
-            outcomes.done.append(job_id)
+            outcomes.done.append(entry.member)
         else:
-            outcomes.retry[job_id] = failure.retry_at
+            outcomes.retry[entry.member] = failure.retry_at
         if failure is not None:
             outcomes.failures.append(failure)
 
     posts = []
     for entry in await orch.store.read_webhooks(due):
         url = entry.doc.get("webhook_url") if entry.doc is not None else None
-        if entry.doc is None or not url:
-            outcomes.done.append(entry.job_id)
+        if entry.doc is None or not url or entry.doc.get("redrives", 0) > entry.end:
+            # Gone, or an earlier end's entry: the job was redriven since, and its next end
+            # has (or will have) an entry of its own.
+            outcomes.done.append(entry.member)
         elif entry.doc["status"] in TERMINAL:
-            posts.append(deliver(entry.job_id, entry.doc, str(url), entry.attempts + 1))
+            posts.append(deliver(entry, entry.doc, str(url)))
         # Otherwise redriven before this went out: its next end queues it at once (until
         # then, it is looked at again when the claim runs out).
     await bounded(WEBHOOK_CONCURRENCY, posts)

@@ -633,6 +633,7 @@ class Orchestrator:
             index=index,
             labels=doc.get("labels") if index else None,
             webhook_ms=webhook_ms,
+            webhook_end=doc.get("redrives", 0),
             done=fx.terminal or fx.revived,  # a redrive is announced: others forget the end
             history=fx.history,
             branch_items={n: dumps(item) for n, item in fx.branch_items.items()},

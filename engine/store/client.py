@@ -29,7 +29,14 @@ from engine.runtime.jobdoc import BranchData, JobDoc
 from engine.store import cluster
 from engine.store.changes import Changes
 from engine.store.errors import PartitionMismatch, StoreConfigError, StoreError, StoreUnavailable
-from engine.store.keys import CLUSTER_PARTITIONS, DEFAULT_PARTITIONS, Keys
+from engine.store.keys import (
+    CLUSTER_PARTITIONS,
+    DEFAULT_PARTITIONS,
+    Keys,
+    attempts_field,
+    outbox_member,
+    parse_member,
+)
 
 __all__ = ["PartitionMismatch", "StoreConfigError", "StoreError", "StoreUnavailable"]
 
@@ -148,11 +155,17 @@ class LeaseBatch:
 @dataclass(frozen=True, slots=True)
 class WebhookDue:
     """A claimed webhook delivery as read: the job's document (None once the job is gone)
-    and the delivery attempts recorded so far."""
+    and the delivery attempts recorded so far for the job's end number `end`."""
 
     job_id: str
     doc: JobDoc | None
     attempts: int
+    end: int = 0
+
+    @property
+    def member(self) -> str:
+        """Its entry in the outbox (see keys.outbox_member)."""
+        return outbox_member(self.job_id, self.end)
 
 
 # A concurrency key's counters live on this long after its last use (every waiting job's
@@ -190,6 +203,7 @@ class Commit:
     # Since when (ms) the job waits for a person; None: it does not (see keys.humans).
     human_ms: int | None = None
     webhook_ms: int | None = None
+    webhook_end: int = 0  # which end of the job the webhook is for (keys.outbox_member)
     done: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
     # A parallel state's branch state (JSON by branch index), see Keys.job: fields i:<n> and
@@ -602,6 +616,7 @@ class Store:
                     **self._label_plan(partition, change, key),
                     "webhooks": webhooks,
                     "webhook": str(change.webhook_ms) if change.webhook_ms is not None else False,
+                    "webhook_member": outbox_member(job_id, change.webhook_end),
                     "humans": humans,
                     "human": str(change.human_ms) if change.human_ms is not None else False,
                     "ttl": str(change.ttl_ms) if change.ttl_ms else False,
@@ -837,7 +852,8 @@ class Store:
         return await self._claim_due(keys, now_ms, limit, claim_ms)
 
     async def claim_webhooks(self, now_ms: int, limit: int, claim_ms: int) -> list[str]:
-        """Job ids whose webhook delivery is due, claimed likewise."""
+        """Outbox entries (keys.outbox_member) whose webhook delivery is due, claimed
+        likewise."""
         keys = [self.keys.webhooks(p) for p in range(self.keys.partitions)]
         return await self._claim_due(keys, now_ms, limit, claim_ms)
 
@@ -858,40 +874,44 @@ class Store:
         return due
 
     @translated
-    async def read_webhooks(self, job_ids: Sequence[str]) -> list[WebhookDue]:
-        """The documents and attempt counts of claimed deliveries, in one round trip (one
-        pipeline per master on a cluster)."""
+    async def read_webhooks(self, members: Sequence[str]) -> list[WebhookDue]:
+        """The documents and attempt counts of claimed deliveries (outbox entries, or job
+        ids for their first ends), in one round trip (one pipeline per master on a
+        cluster)."""
+        ends = [parse_member(member) for member in members]
         pipe = self.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hmget(self.keys.job(job_id), ["doc", "input", "webhook_attempts"])
+        for job_id, end in ends:
+            pipe.hmget(self.keys.job(job_id), ["doc", "input", attempts_field(end)])
         rows = await pipe.execute()
         return [
             WebhookDue(
                 job_id,
                 with_input(loads(raw), None if given is None else str(given)) if raw else None,
                 int(attempts or 0),
+                end,
             )
-            for job_id, (raw, given, attempts) in zip(job_ids, rows, strict=True)
+            for (job_id, end), (raw, given, attempts) in zip(ends, rows, strict=True)
         ]
 
     @translated
     async def record_webhooks(
         self, attempted: Sequence[str], done: Sequence[str], retry: Mapping[str, int]
     ) -> None:
-        """The outcomes of a turn of deliveries, in one round trip: one more attempt counted
-        for each job in `attempted` (whose job the turn has just read), the jobs in `done`
-        out of the outbox, those in `retry` due again at the given ms. The outbox changes
-        are one ZREM and one ZADD per partition. Attempts go first: a Redis lost half way
-        leaves the entries claimed, due again when the claim runs out."""
+        """The outcomes of a turn of deliveries (outbox entries, see keys.outbox_member), in
+        one round trip: one more attempt counted for each end in `attempted` (whose job the
+        turn has just read), the entries in `done` out of the outbox, those in `retry` due
+        again at the given ms. The outbox changes are one ZREM and one ZADD per partition.
+        Attempts go first: a Redis lost half way leaves the entries claimed, due again when
+        the claim runs out."""
         pipe = self.redis.pipeline(transaction=False)
-        for job_id in attempted:
-            pipe.hincrby(self.keys.job(job_id), "webhook_attempts", 1)
+        for job_id, end in map(parse_member, attempted):
+            pipe.hincrby(self.keys.job(job_id), attempts_field(end), 1)
         removals: dict[int, list[str]] = {}
-        for job_id in done:
-            removals.setdefault(self.keys.partition(job_id), []).append(job_id)
+        for member in done:
+            removals.setdefault(self.keys.partition(parse_member(member)[0]), []).append(member)
         additions: dict[int, dict[str, int]] = {}
-        for job_id, at_ms in retry.items():
-            additions.setdefault(self.keys.partition(job_id), {})[job_id] = at_ms
+        for member, at_ms in retry.items():
+            additions.setdefault(self.keys.partition(parse_member(member)[0]), {})[member] = at_ms
         for partition, members in removals.items():
             pipe.zrem(self.keys.webhooks(partition), *members)
         for partition, scores in additions.items():
@@ -899,17 +919,18 @@ class Store:
         if attempted or removals or additions:
             await pipe.execute()
 
-    async def webhook_outcome(self, job_id: str, retry_at_ms: int | None) -> None:
-        """Record the outcome of one delivery whose attempt is counted already: out of the
-        outbox (None), or due again at `retry_at_ms`. Outcomes that arrive while one batch
-        is on its way go together in the next (see Batcher): one round trip each."""
-        await self._webhook_outcomes.submit((job_id, retry_at_ms))
+    async def webhook_outcome(self, member: str, retry_at_ms: int | None) -> None:
+        """Record the outcome of one delivery (its outbox entry) whose attempt is counted
+        already: out of the outbox (None), or due again at `retry_at_ms`. Outcomes that
+        arrive while one batch is on its way go together in the next (see Batcher): one
+        round trip each."""
+        await self._webhook_outcomes.submit((member, retry_at_ms))
 
     async def _webhook_outcome_batch(
         self, items: list[tuple[str, int | None]]
     ) -> list[Exception | None]:
-        done = [job_id for job_id, at_ms in items if at_ms is None]
-        retry = {job_id: at_ms for job_id, at_ms in items if at_ms is not None}
+        done = [member for member, at_ms in items if at_ms is None]
+        retry = {member: at_ms for member, at_ms in items if at_ms is not None}
         try:
             await self.record_webhooks((), done, retry)
         except StoreUnavailable as exc:

@@ -74,7 +74,8 @@ class Keys:
         return f"{self._p(self.partition(job_id))}:job:{job_id}"
 
     def webhooks(self, partition: int) -> str:
-        """Sorted set of job ids whose terminal webhook is due, by next attempt (ms)."""
+        """Sorted set of the ends whose webhook is due (`outbox_member`), by next attempt
+        (ms)."""
         return f"{self._p(partition)}:webhooks"
 
     def humans(self, partition: int) -> str:
@@ -195,3 +196,22 @@ class Keys:
     def done_channel(self) -> str:
         """Pub/sub: space-separated ids of jobs that reached a terminal status."""
         return f"{self.prefix}:done"
+
+
+def outbox_member(job_id: str, end: int) -> str:
+    """A job's entry in its partition's webhook outbox for its end number `end` (0: its
+    first; a redrive's next end is 1, ...). Each end has an entry and an attempt count of its
+    own, so the outcome of a POST for an earlier end, still on its way when the job ended
+    again, can neither take out nor count against the new end's delivery."""
+    return job_id if end == 0 else f"{job_id}|{end}"
+
+
+def parse_member(member: str) -> tuple[str, int]:
+    """(job id, end number) of an outbox entry (job ids never hold "|")."""
+    job_id, _, end = member.partition("|")
+    return job_id, int(end) if end else 0
+
+
+def attempts_field(end: int) -> str:
+    """The job hash field counting the delivery attempts of its end number `end`."""
+    return "webhook_attempts" if end == 0 else f"webhook_attempts|{end}"

@@ -7,11 +7,12 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
 
+from engine.runtime import background
 from engine.runtime.controls import InvalidPayload
 from engine.runtime.jobdoc import Ignored, RuntimeSettings
 from engine.runtime.orchestrator import Orchestrator
@@ -281,15 +282,52 @@ async def test_a_job_redriven_before_its_webhook_went_out_sends_one_for_its_new_
         async with running(redis_url, tmp_path, [FAILING]) as sender:
             outbox = sender.store.keys.webhooks(sender.store.keys.partition(job_id))
 
-            async def claimed() -> bool:  # its webhook loop has looked at the entry
+            async def claimed() -> bool:  # its webhook loop has looked at the entry (and,
+                # the job having been redriven since that end, dropped it)
                 score = await sender.store.redis.zscore(outbox, job_id)
-                return bool(received) or (score is not None and score > time.time() * 1000)
+                return bool(received) or score is None or score > time.time() * 1000
 
             await eventually(claimed)
             await run_task(sender, "w1", "echo", lambda t: {"data": {"n": 3}})
             assert (await finished(sender, job_id))["status"] == "finished"
             await wait_for(lambda: received)
         assert [json.loads(body)["event"] for body, _ in received] == ["job_finished"]
+
+
+async def test_an_earlier_ends_webhook_answered_after_the_job_ended_again_keeps_the_new_one(
+    url: str, tmp_path: Path
+) -> None:
+    """The failure's webhook is on its way (the receiver has not answered yet) when the job
+    is redriven and finishes. The earlier POST's outcome, recorded after that, must not take
+    the new end's notification out of the outbox: the next turn sends it."""
+    async with running(url, tmp_path, [FAILING], send=False) as orch:
+        job_id = await orch.submit(
+            orch.registry.by_name["failing"], {"n": 1}, client="c", webhook_url="http://hook/"
+        )
+        failure = {"status": "failure", "error": {"code": "PERMANENT_ERROR"}}
+        await run_task(orch, "w1", "echo", lambda t: failure)
+        assert (await finished(orch, job_id))["status"] == "failed"
+        posted: list[str] = []
+        arrived, answer = asyncio.Event(), asyncio.Event()
+
+        async def slow_receiver(target: str, body: bytes, headers: Mapping[str, str]) -> int:
+            posted.append(f"{json.loads(body)['event']} {headers['X-Interlock-Delivery']}")
+            arrived.set()
+            await answer.wait()
+            return 200
+
+        orch.webhook_sender = slow_receiver  # (its own loop stays off: turns are run here)
+        first_turn = asyncio.create_task(background.deliver_due(orch))
+        await arrived.wait()
+        assert isinstance(await orch.controls.redrive(job_id, "c"), dict)
+        await run_task(orch, "w1", "echo", lambda t: {"data": {"n": 3}})
+        assert (await finished(orch, job_id))["status"] == "finished"
+        answer.set()
+        assert await first_turn == 1
+        assert await background.deliver_due(orch) == 1
+        # Each end its own delivery, attempts counted from 1.
+        assert posted == [f"job_failed {job_id}-1", f"job_finished {job_id}-1"]
+        assert await background.deliver_due(orch) == 0  # the outbox is empty
 
 
 async def test_a_redrive_runs_the_blueprint_version_the_job_is_pinned_to(

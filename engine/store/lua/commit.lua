@@ -12,7 +12,8 @@
 --     client names, client name] | false
 --   labels: [KEYS index of a label index] (scored like the client index)
 --   label_hash: [KEYS index of the client's job -> labels hash, labels JSON] | false
---   webhooks: KEYS index of the webhook outbox; webhook: score | false
+--   webhooks: KEYS index of the webhook outbox; webhook: score | false; webhook_member: the
+--     outbox entry (the job id for its first end, `<id>|<n>` for its end after n redrives)
 --   humans: KEYS index of the set of jobs waiting for a person; human: score (since when
 --     the job waits) | false (it does not: removed, a no-op for most jobs)
 --   ttl: ms | false     persist: true (an ended job runs again: drop its expiry) | false
@@ -70,7 +71,7 @@ for i, plan in ipairs(batch.plans) do
       names[plan.index[4]] = true
     end
     if plan.label_hash then redis.call('HSET', KEYS[plan.label_hash[1]], plan.id, plan.label_hash[2]) end
-    if plan.webhook then push(adds, plan.webhooks, plan.webhook, plan.id) end
+    if plan.webhook then push(adds, plan.webhooks, plan.webhook, plan.webhook_member) end
     if plan.human then
       push(adds, plan.humans, plan.human, plan.id)
     else
