@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.test_flow_over_http import Http, client, events, submit, terminal, view
-from tests.support.processes import serve, worker
+from tests.support.processes import WorkerProcess, serve, worker
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -62,6 +63,15 @@ async def admission(http: Http, job_id: str) -> int:
     return int(admitted[0])
 
 
+def email_worker(
+    tmp_path: Path, url: str, worker_id: str, delay: float, timeline: Path
+) -> AbstractContextManager[WorkerProcess]:
+    """A worker of `send_email` with room for 8 tasks, each taking `delay` s, that writes
+    when each task starts and ends to `timeline`."""
+    args = ("--slots", "8", "--delay", str(delay), "--timeline", str(timeline))
+    return worker(tmp_path, url, worker_id, "send_email", *args)
+
+
 async def test_jobs_of_a_key_never_run_more_than_the_limit_and_start_in_submission_order(
     tmp_path: Path, any_redis_url: str
 ) -> None:
@@ -74,30 +84,8 @@ async def test_jobs_of_a_key_never_run_more_than_the_limit_and_start_in_submissi
     with (
         serve(tmp_path, any_redis_url) as one,
         serve(tmp_path, any_redis_url) as two,
-        worker(
-            tmp_path,
-            one.url,
-            "w-1",
-            "send_email",
-            "--slots",
-            "8",
-            "--delay",
-            "0.05",
-            "--timeline",
-            str(lines),
-        ),
-        worker(
-            tmp_path,
-            two.url,
-            "w-2",
-            "send_email",
-            "--slots",
-            "8",
-            "--delay",
-            "0.05",
-            "--timeline",
-            str(lines),
-        ),
+        email_worker(tmp_path, one.url, "w-1", 0.05, lines),
+        email_worker(tmp_path, two.url, "w-2", 0.05, lines),
     ):
         async with client(one) as http_one, client(two) as http_two:
             customers = [f"customer-{k}" for k in range(KEYS)]
@@ -222,18 +210,7 @@ async def test_jobs_of_a_key_all_run_within_the_limit_after_a_sigkill(
     with (
         serve(tmp_path, redis_url) as one,
         serve(tmp_path, redis_url) as two,
-        worker(
-            tmp_path,
-            two.url,
-            "w-2",
-            "send_email",
-            "--slots",
-            "8",
-            "--delay",
-            "0.1",
-            "--timeline",
-            str(lines),
-        ),
+        email_worker(tmp_path, two.url, "w-2", 0.1, lines),
     ):
         async with client(one) as http_one, client(two) as http_two:
             sending = [
