@@ -549,6 +549,7 @@ class Store:
         webhooks = key(keys.webhooks(partition))
         humans = key(keys.humans(partition))
         plans = []
+        values: list[str] = []  # ARGV[2..]: the field values, apart from the plan's JSON
         for change, history_start in changes:
             job_id = change.job_id
             expected = change.expected_version
@@ -561,7 +562,10 @@ class Store:
                 fields[f"i:{n}"] = item
             for n, result in change.branch_results.items():
                 fields[f"r:{n}"] = result
-            flat = [item for pair in fields.items() for item in pair]
+            flat: list[str | int] = []
+            for name, value in fields.items():
+                values.append(value)
+                flat += (name, len(values) + 1)  # its ARGV index (Lua counts from 1)
             # A finished job's hash expires whole: its payloads need no deleting. Its branch
             # fields do, being as many as its items, for the whole retention period.
             hdel = [] if change.ttl_ms else [f"p:{t}" for t in change.drop]
@@ -624,7 +628,7 @@ class Store:
                 "done_channel": keys.done_channel,
                 "publish": "PUBLISH",
             }
-        return key_list, [dumps(argument)]
+        return key_list, [dumps(argument), *values]
 
     def _label_plan(
         self, partition: int, change: Commit, key: Callable[[str], int]
