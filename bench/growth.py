@@ -174,11 +174,13 @@ async def _get(url: str) -> None:
 
 @dataclass
 class Window:
-    """The orchestrator's CPU seconds and the Redis commands during one measured window."""
+    """The orchestrator's CPU seconds, the Redis commands, and the bytes Redis read from its
+    clients (what was written, and the commands around it) during one measured window."""
 
     wall_s: float = 0.0
     cpu_s: float = 0.0
     commands: int = 0
+    received: int = 0
 
 
 async def measured(st: Stack, work: Awaitable[T], budget_s: float) -> tuple[T | None, Window]:
@@ -186,6 +188,7 @@ async def measured(st: Stack, work: Awaitable[T], budget_s: float) -> tuple[T | 
     client = st.redis.client()
     try:
         before_calls = sum((await command_calls(client)).values())
+        before_received = await _net_input(client)
         before_cpu = cpu_seconds(st.server.pid)
         started = time.perf_counter()
         result: T | None = None
@@ -197,9 +200,15 @@ async def measured(st: Stack, work: Awaitable[T], budget_s: float) -> tuple[T | 
         window = Window(wall_s=time.perf_counter() - started)
         window.cpu_s = cpu_seconds(st.server.pid) - before_cpu
         window.commands = sum((await command_calls(client)).values()) - before_calls - 1
+        window.received = await _net_input(client) - before_received
     finally:
         await client.aclose()
     return result, window
+
+
+async def _net_input(client: Any) -> int:
+    """INFO stats total_net_input_bytes: what Redis has read from its clients so far."""
+    return int((await client.info("stats"))["total_net_input_bytes"])
 
 
 async def scrape(server: Server) -> dict[str, float]:
@@ -424,6 +433,7 @@ class Growth:
             f"{'cmds/job':>8} {'peak RSS MiB':>12}"
         )
         endpoint = ENDPOINTS["bench_linear3"]
+        received = []
         for size, jobs in s.payloads:
             with stack(self.workdir) as st:
                 load, window = self.jobs(st, endpoint, jobs, _padded(size))
@@ -437,6 +447,10 @@ class Growth:
                 f"{1000 * window.cpu_s / jobs:>10.2f} {window.commands / jobs:>8.1f} {peak:>12.0f}",
                 flush=True,
             )
+            received.append(f"{_size(size)}: {window.received / jobs / 1000:.0f} KB")
+        print(
+            f"  bytes Redis read per job (INFO stats total_net_input_bytes): {', '.join(received)}"
+        )
 
     def backlog(self) -> None:
         s = self.sizes
