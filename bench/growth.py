@@ -442,13 +442,18 @@ class Growth:
         rows = [(_size(size), ENDPOINTS["bench_linear3"], size, jobs) for size, jobs in s.payloads]
         size, jobs = s.carry
         rows.append((f"{_size(size)} carry", self.carry[CARRY_STATES], size, jobs))
+        late = False
         for label, endpoint, size, jobs in rows:
+            if late:
+                print(f"  {label:>6} {jobs:>5} not run: a smaller point did not finish")
+                continue
             with stack(self.workdir) as st:
                 load, window = self.jobs(st, endpoint, jobs, _padded(size))
                 peak = peak_rss_mib(st.server.pid)
             if load is None:
                 print(f"  {label:>6} {jobs:>5} {self.late()}")
-                return
+                late = True
+                continue
             self.count(load)
             print(
                 f"  {label:>6} {jobs:>5} {load.jobs_per_s:>7.0f} {load.percentile(50):>8.1f} "
