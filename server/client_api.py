@@ -150,10 +150,10 @@ async def _read_view(
     """The owner's view of a job (with its approval link, if it waits for a person); with
     `wait_s`, once the job is terminal or the wait ends."""
     orch = orchestrator(request)
-    read = orch.read(job_id, request[CLIENT], wait_s, steps=False)  # (a view shows none)
+    read = orch.read(job_id, request[CLIENT], wait_s)
     record = await unless_closing(request, read, None) if wait_s > 0 else await read
     if record is None and wait_s > 0 and request.config_dict[CLOSING].is_set():
-        record = await orch.read(job_id, request[CLIENT], steps=False)  # shutting down: as it is
+        record = await orch.read(job_id, request[CLIENT])  # shutting down: answer as it is
     if record is None:
         raise job_not_found()
     view = job_view(
@@ -278,7 +278,7 @@ async def _submit_once(
             job_id, blueprint, initial_data, client=client, fingerprint=expected, **options
         ):
             return job_id, 202
-        record = await orch.read(job_id, client, steps=False)
+        record = await orch.read(job_id, client)
         if record is not None:
             idempotency.check_replay(record.doc, once, expected)
             return job_id, 200

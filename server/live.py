@@ -60,7 +60,7 @@ async def job_when_changed(
     while True:
         # Watch before reading: a change landing between the read and the wait still wakes.
         with orch.watch_changes(job_id) as future:
-            record = await orch.read(job_id, client, steps=False)
+            record = await orch.read(job_id, client)
             remaining = deadline - loop.time()
             if (
                 record is None

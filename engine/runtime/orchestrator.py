@@ -243,17 +243,14 @@ class Orchestrator:
         record = await self.read(job_id, client, wait_s)
         return record.doc if record is not None else None
 
-    async def read(
-        self, job_id: str, client: str | None, wait_s: float = 0.0, *, steps: bool = True
-    ) -> JobRecord | None:
+    async def read(self, job_id: str, client: str | None, wait_s: float = 0.0) -> JobRecord | None:
         """The job as `client` may see it (None if unknown or another client's). With
-        `wait_s` > 0, once it is terminal, or as it is when the wait ends. `steps=False`:
-        its document may lack `steps` and `state_history` (read from Redis without them).
+        `wait_s` > 0, once it is terminal, or as it is when the wait ends.
 
         A job that ends in this process is handed to its waiters as committed, without a
         read; one that ends elsewhere is announced on the `done` channel and read."""
         if wait_s <= 0:
-            return self._owned(await self.store.read_job(job_id, steps=steps), client)
+            return self._owned(await self.store.read_job(job_id), client)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         waiters = self._done_waiters.setdefault(job_id, [])
@@ -265,15 +262,14 @@ class Orchestrator:
             # An end is not (a redrive elsewhere may not be announced here yet): read it.
             record = self.recent.record(job_id)
             if record is None or record.doc["status"] in TERMINAL:
-                record = await self.store.read_job(job_id, steps=steps)
+                record = await self.store.read_job(job_id)
             record = self._owned(record, client)
             while record is not None and record.doc["status"] not in TERMINAL:
                 ended: JobRecord | None = None
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(deadline):
                         ended = await future
-                record = ended or await self.store.read_job(job_id, steps=steps)
-                record = self._owned(record, client)
+                record = self._owned(ended or await self.store.read_job(job_id), client)
                 if loop.time() >= deadline:
                     break
                 # Not ended: woken by a redrive's announcement (it goes out on the same

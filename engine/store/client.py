@@ -434,9 +434,7 @@ class Store:
     # -- jobs --------------------------------------------------------------------------------
 
     @translated
-    async def read_job(self, job_id: str, *, steps: bool = True) -> JobRecord | None:
-        """The job, or None. `steps=False`: without its step outputs (no `steps` and no
-        `state_history` in the document), for a view, which shows neither: one read."""
+    async def read_job(self, job_id: str) -> JobRecord | None:
         key = self.keys.job(job_id)
         while True:
             v, doc, leases, given = await self.redis.hmget(key, ["v", "doc", "leases", "input"])
@@ -446,8 +444,6 @@ class Store:
             raw_leases = loads(leases) if leases else {}
             record = JobRecord(int(v), with_input(loads(doc), apart), raw_leases)
             record.input_apart = apart is not None
-            if not steps:
-                return record
             numbers = outputs.wanted(record.doc)
             if not numbers or await self._read_outputs(key, record, numbers):
                 outputs.assemble(record.doc, record.kept)

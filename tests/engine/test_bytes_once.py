@@ -183,38 +183,3 @@ def test_recent_jobs_count_the_outputs_they_keep_in_their_bytes() -> None:
     assert record is not None
     assert record.doc["steps"] == {"a": "x" * 1_000_000}
     assert recent.record("job0") is None
-
-
-async def test_a_view_reads_the_job_without_its_outputs(
-    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # given a finished chain job over 100 KB, no longer remembered
-    async with orchestrator(store_url, tmp_path, CHAIN) as orch:
-        job_id = await orch.submit(
-            orch.registry.by_name["chain"], {"pad": "y" * 100_000}, client="c"
-        )
-        for _ in range(4):
-            (task,) = await drain(orch, "w", "echo", 1)
-            await answer(orch, "w", task, data=task["params"])
-        await finished(orch, job_id)
-        orch.recent.clear()
-        reads: list[list[str]] = []
-        real = orch.store.redis.hmget
-
-        async def hmget(key: str, names: list[str]) -> Any:
-            reads.append([str(name) for name in names])
-            return await real(key, names)
-
-        monkeypatch.setattr(orch.store.redis, "hmget", hmget)
-        # when it is read for a view, then one HMGET reads it, outputs left out
-        record = await orch.read(job_id, "c", steps=False)
-        assert record is not None
-        assert reads == [["v", "doc", "leases", "input"]]
-        assert "steps" not in record.doc
-        assert "state_history" not in record.doc
-        assert record.doc["result"] == {"same": True, "size": 100_000}
-        # and read for a change, with them (a second HMGET, of the fields it names)
-        full = await orch.read(job_id, "c")
-        assert full is not None
-        assert reads[2] == ["v", "o:0", "o:1", "o:2", "o:3"]
-        assert full.doc["steps"]["d"] == {"pad": "y" * 100_000}
