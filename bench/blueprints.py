@@ -69,10 +69,10 @@ def write_blueprints(folder: Path) -> Path:
     return folder
 
 
-def chain(states: int) -> tuple[str, str]:
+def chain(states: int, *, carry: bool = False) -> tuple[str, str]:
     """(name, YAML) of a blueprint of `states` sequential `echo` task states, then end; each
-    task's params are the previous one's result."""
-    name = f"bench_chain_{states}"
+    task's params are the previous one's result (`carry`: its `pad` too, passed on)."""
+    name = f"bench_{'carry' if carry else 'chain'}_{states}"
     lines = [
         f"blueprint: {name}",
         "version: 1",
@@ -82,24 +82,25 @@ def chain(states: int) -> tuple[str, str]:
         "states:",
     ]
     for i in range(1, states + 1):
-        source = "initial_data.n" if i == 1 else f"steps.s{i - 1}.n"
+        source = "initial_data" if i == 1 else f"steps.s{i - 1}"
         following = f"s{i + 1}" if i < states else "done"
+        carried = f', pad: "${{ {source}.pad }}"' if carry else ""
         lines += [
             f"  s{i}:",
             "    task: echo",
-            f'    params: {{n: "${{ {source} }}"}}',
+            f'    params: {{n: "${{ {source}.n }}"{carried}}}',
             f"    on: {{success: {following}}}",
         ]
     lines += ["  done:", "    end: finished", f'    output: {{n: "${{ steps.s{states}.n }}"}}']
     return name, "\n".join(lines) + "\n"
 
 
-def write_chains(folder: Path, sizes: list[int]) -> dict[int, str]:
+def write_chains(folder: Path, sizes: list[int], *, carry: bool = False) -> dict[int, str]:
     """Write a chain blueprint per size into `folder`; size -> its endpoint."""
     folder.mkdir(parents=True, exist_ok=True)
     endpoints: dict[int, str] = {}
     for size in sizes:
-        name, text = chain(size)
+        name, text = chain(size, carry=carry)
         (folder / f"{name}.yaml").write_text(text, encoding="utf-8")
         endpoints[size] = f"jobs/{name}"
     return endpoints

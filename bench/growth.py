@@ -64,6 +64,7 @@ T = TypeVar("T")
 TERMINAL = frozenset({"finished", "failed", "cancelled"})
 WORKERS = 4
 CONCURRENCY = 50
+CARRY_STATES = 3  # the payload section's carry row: initial_data passed on by 3 task states
 SETTINGS = {"MAX_BODY_BYTES": str(4 << 20)}  # room for a 1 MB initial_data and wide lists
 
 
@@ -78,6 +79,7 @@ class Sizes:
     width_jobs: int  # jobs per width, at most (and at most 1,000 branches in all)
     states: tuple[tuple[int, int], ...]  # (task states, jobs)
     payloads: tuple[tuple[int, int], ...]  # (initial_data bytes, jobs)
+    carry: tuple[int, int]  # (bytes, jobs) passed on through CARRY_STATES task states
     backlog: int
     budget_s: float
 
@@ -90,6 +92,7 @@ FULL = Sizes(
     width_jobs=5,
     states=((1, 1000), (10, 200), (50, 40)),
     payloads=((1_000, 1000), (100_000, 300), (1_000_000, 100)),
+    carry=(1_000_000, 100),
     backlog=100_000,
     budget_s=180.0,
 )
@@ -101,6 +104,7 @@ QUICK = Sizes(
     width_jobs=1,
     states=((1, 30), (10, 10)),
     payloads=((1_000, 30), (100_000, 10)),
+    carry=(100_000, 10),
     backlog=200,
     budget_s=30.0,
 )
@@ -174,11 +178,13 @@ async def _get(url: str) -> None:
 
 @dataclass
 class Window:
-    """The orchestrator's CPU seconds and the Redis commands during one measured window."""
+    """The orchestrator's CPU seconds, the Redis commands, and the bytes Redis read from its
+    clients (what was written, and the commands around it) during one measured window."""
 
     wall_s: float = 0.0
     cpu_s: float = 0.0
     commands: int = 0
+    received: int = 0
 
 
 async def measured(st: Stack, work: Awaitable[T], budget_s: float) -> tuple[T | None, Window]:
@@ -186,6 +192,7 @@ async def measured(st: Stack, work: Awaitable[T], budget_s: float) -> tuple[T | 
     client = st.redis.client()
     try:
         before_calls = sum((await command_calls(client)).values())
+        before_received = await _net_input(client)
         before_cpu = cpu_seconds(st.server.pid)
         started = time.perf_counter()
         result: T | None = None
@@ -197,9 +204,15 @@ async def measured(st: Stack, work: Awaitable[T], budget_s: float) -> tuple[T | 
         window = Window(wall_s=time.perf_counter() - started)
         window.cpu_s = cpu_seconds(st.server.pid) - before_cpu
         window.commands = sum((await command_calls(client)).values()) - before_calls - 1
+        window.received = await _net_input(client) - before_received
     finally:
         await client.aclose()
     return result, window
+
+
+async def _net_input(client: Any) -> int:
+    """INFO stats total_net_input_bytes: what Redis has read from its clients so far."""
+    return int((await client.info("stats"))["total_net_input_bytes"])
 
 
 async def scrape(server: Server) -> dict[str, float]:
@@ -277,6 +290,7 @@ class Growth:
         self.workdir = workdir
         self.failed = 0
         self.chains = write_chains(workdir / "blueprints", [s for s, _ in sizes.states])
+        self.carry = write_chains(workdir / "blueprints", [CARRY_STATES], carry=True)
         write_blueprints(workdir / "blueprints")
 
     def late(self) -> str:
@@ -418,25 +432,38 @@ class Growth:
         s = self.sizes
         print(
             f"\n== payload: linear3 with initial_data of B bytes, C={CONCURRENCY}, fresh processes"
+            f" (`carry`: passed on through {CARRY_STATES} task states)"
         )
         print(
             f"  {'B':>6} {'jobs':>5} {'jobs/s':>7} {'p50 ms':>8} {'CPU ms/job':>10} "
             f"{'cmds/job':>8} {'peak RSS MiB':>12}"
         )
-        endpoint = ENDPOINTS["bench_linear3"]
-        for size, jobs in s.payloads:
+        received = []
+        rows = [(_size(size), ENDPOINTS["bench_linear3"], size, jobs) for size, jobs in s.payloads]
+        size, jobs = s.carry
+        rows.append((f"{_size(size)} carry", self.carry[CARRY_STATES], size, jobs))
+        late = False
+        for label, endpoint, size, jobs in rows:
+            if late:
+                print(f"  {label:>6} {jobs:>5} not run: a smaller point did not finish")
+                continue
             with stack(self.workdir) as st:
                 load, window = self.jobs(st, endpoint, jobs, _padded(size))
                 peak = peak_rss_mib(st.server.pid)
             if load is None:
-                print(f"  {_size(size):>6} {jobs:>5} {self.late()}")
-                return
+                print(f"  {label:>6} {jobs:>5} {self.late()}")
+                late = True
+                continue
             self.count(load)
             print(
-                f"  {_size(size):>6} {jobs:>5} {load.jobs_per_s:>7.0f} {load.percentile(50):>8.1f} "
+                f"  {label:>6} {jobs:>5} {load.jobs_per_s:>7.0f} {load.percentile(50):>8.1f} "
                 f"{1000 * window.cpu_s / jobs:>10.2f} {window.commands / jobs:>8.1f} {peak:>12.0f}",
                 flush=True,
             )
+            received.append(f"{label}: {window.received / jobs / 1000:.0f} KB")
+        print(
+            f"  bytes Redis read per job (INFO stats total_net_input_bytes): {', '.join(received)}"
+        )
 
     def backlog(self) -> None:
         s = self.sizes

@@ -42,14 +42,18 @@ def loads(text: str | bytes) -> Any:
 def loads_strict(text: str | bytes) -> Any:
     """`loads` for input from outside: NaN and Infinity are refused (ValueError), since
     they would be stored and echoed back as invalid JSON, and so is any value `check_value`
-    refuses (JsonValueError, naming the field)."""
-    if not _long_digits(text):
-        try:
-            value = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            pass  # the stdlib says what is wrong in plainer words ("NaN is not valid JSON")
-        else:
-            check_value(value)
+    refuses (JsonValueError, naming the field).
+
+    orjson reads first. It reads an integer beyond 64 bits as a float (of magnitude 2**63
+    or more), so the walk that checks the values, which it needs anyway, watches for such a
+    float, and only then is the text read again by the stdlib, exactly. (A separate pass
+    over the text for long runs of digits cost more than orjson's own parse.)"""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass  # the stdlib says what is wrong in plainer words ("NaN is not valid JSON")
+    else:
+        if _checked(value, MAX_DEPTH):
             return value
     value = json.loads(text, parse_constant=_no_constants)
     check_value(value)
@@ -84,6 +88,58 @@ def check_value(value: Any, max_depth: int = MAX_DEPTH) -> None:
     was sent: lone surrogates (`"\\ud800"`) in strings or keys, numbers too large for a
     double (`1e400`, read as infinity, written back as null), and nesting deeper than
     `max_depth`. Iterative, linear in the size of `value`."""
+    if _scan(value, max_depth, stop_at_large=False) is not _FINE:
+        _raise_problem(value, max_depth)
+
+
+# orjson reads an integer outside [-2**63, 2**64) as a float; a float this large may be one.
+_LARGE = float(2**63)
+_INF = float("inf")
+_FINE, _LARGE_FLOAT, _PROBLEM = "fine", "large float", "problem"
+
+
+def _checked(value: Any, max_depth: int) -> bool:
+    """`check_value`, except that it answers False, raising nothing, if it meets a float
+    of magnitude 2**63 or more first (the text is then read again by the stdlib, and
+    checked then)."""
+    found = _scan(value, max_depth, stop_at_large=True)
+    if found is _PROBLEM:
+        _raise_problem(value, max_depth)
+    return found is _FINE
+
+
+def _scan(value: Any, max_depth: int, *, stop_at_large: bool) -> str:
+    """What check_value looks for, found without saying where: a walk one level at a time
+    that builds no paths, so it costs little more than visiting each value. Stops at the
+    first problem, or (`stop_at_large`) large float."""
+    level = [value]
+    depth = 0
+    while level:
+        deeper: list[Any] = []
+        for item in level:
+            if isinstance(item, str):
+                if not _encodable(item):
+                    return _PROBLEM
+            elif isinstance(item, float):
+                if stop_at_large and not -_LARGE < item < _LARGE:
+                    return _LARGE_FLOAT
+                if item != item or item in (_INF, -_INF):
+                    return _PROBLEM
+            elif isinstance(item, dict | list):
+                if depth >= max_depth:
+                    return _PROBLEM
+                if isinstance(item, list):
+                    deeper += item
+                else:
+                    deeper += item.values()
+                    deeper += (key for key in item if isinstance(key, str))
+        level = deeper
+        depth += 1
+    return _FINE
+
+
+def _raise_problem(value: Any, max_depth: int) -> None:
+    """Raise JsonValueError for a problem of `value` (`_scan` found one), naming where."""
     stack: list[tuple[Any, str, int]] = [(value, "$", 0)]
     while stack:
         item, path, depth = stack.pop()
@@ -91,7 +147,7 @@ def check_value(value: Any, max_depth: int = MAX_DEPTH) -> None:
             if not _encodable(item):
                 raise JsonValueError(path, "a string holds a lone surrogate (e.g. \\ud800)")
         elif isinstance(item, float):
-            if item != item or item in (float("inf"), float("-inf")):
+            if item != item or item in (_INF, -_INF):
                 raise JsonValueError(path, "a number is out of the range of a double")
         elif isinstance(item, dict | list):
             if depth >= max_depth:

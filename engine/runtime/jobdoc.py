@@ -233,6 +233,12 @@ class JobDoc(TypedDict):
     labels: NotRequired[dict[str, str]]
     # Set on a job of a blueprint with `concurrency` (engine/runtime/concurrency.py).
     slot: NotRequired[SlotBook]
+    # Where `steps` and `state_history` are stored (engine/runtime/outputs.py): the output
+    # field number of each state's output, those merged into state_history in order, and
+    # the next number. Absent in documents written before outputs were stored apart.
+    outs: NotRequired[dict[str, int]]
+    layers: NotRequired[list[int]]
+    oseq: NotRequired[int]
 
 
 def visible_status(doc: Mapping[str, Any]) -> JobStatus:
@@ -353,6 +359,9 @@ class Effects:
     branch_items: dict[int, Any] = field(default_factory=dict)  # for_each items, written once
     branch_results: dict[int, Any] = field(default_factory=dict)  # results of settled branches
     drop_branches: int = 0  # forget the items and results of branches 0 .. n-1 (joined)
+    # The outputs the change produced, in order: (state, output, merged into state_history),
+    # each stored once as a field of its own (engine/runtime/outputs.py).
+    outputs: list[tuple[str | None, Any, bool]] = field(default_factory=list)
 
     def event(self, now: int, event: str, **data: Any) -> None:
         self.history.append(
@@ -408,6 +417,9 @@ def new_job(
         "seq": 0,
         "hseq": 0,
         "done_tasks": [],
+        "outs": {},
+        "layers": [],
+        "oseq": 0,
     }
     if labels:
         doc["labels"] = labels

@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 from engine.blueprint.model import Blueprint
 from engine.clock import now_ms
 from engine.jsonutil import dumps
-from engine.runtime import background, deployment, tasks, webhooks
+from engine.runtime import background, deployment, outputs, tasks, webhooks
 from engine.runtime.background import leases_of
 from engine.runtime.controls import JobControls
 from engine.runtime.dispatcher import Dispatcher, Waiter
@@ -45,6 +45,7 @@ from engine.runtime.jobdoc import (
 )
 from engine.runtime.machine import Machine
 from engine.runtime.observe import NoObserver, Observer
+from engine.runtime.outputs import Kept
 from engine.runtime.recent import RecentJobs
 from engine.runtime.registry import Registry
 from engine.runtime.schedules import Schedule
@@ -602,9 +603,11 @@ class Orchestrator:
         note = self.observer.before_commit(machine, _plain(doc), fx)  # observe.py: hook 1 of 2
         # The initial_data is stored apart, once (a for_each over it must not rewrite it with
         # every branch result); a job written before it was gets it stored now, and a
-        # redrive's patch replaces it.
-        doc_json = dumps({k: v for k, v in doc.items() if k != "initial_data"})
+        # redrive's patch replaces it. So is each step output, as it is produced.
+        written = outputs.write(doc, record.kept if record else Kept(), fx.outputs)
+        doc_json = outputs.stored(doc)
         fields = {"v": str(version), "doc": doc_json, "leases": dumps(raw_leases)}
+        fields.update(written.fields)
         input_bytes = None
         if record is None or not record.input_apart or fx.input_changed:
             fields["input"] = dumps(doc["initial_data"])
@@ -639,6 +642,7 @@ class Orchestrator:
             branch_items={n: dumps(item) for n, item in fx.branch_items.items()},
             branch_results={n: dumps(result) for n, result in fx.branch_results.items()},
             drop_branches=fx.drop_branches,
+            drop_outputs=written.drop,
             # Indexes the jobs waiting for a person, for metrics (server/metrics.py).
             human_ms=_waiting_since(doc),
         )
@@ -663,10 +667,11 @@ class Orchestrator:
             fx.terminal,
             initial_data=doc["initial_data"],
             input_bytes=input_bytes,
+            kept=written.kept,
         )
         self.observer.committed(machine, _plain(doc), fx, note)  # observe.py: hook 2 of 2
         queued = {e.task_type for e in enqueue}
-        committed = JobRecord(version, doc, raw_leases, input_apart=True)
+        committed = JobRecord(version, doc, raw_leases, input_apart=True, kept=written.kept)
         await self._after_commit(doc, fx, webhook, queued, committed, direct=direct)
         return True
 

@@ -244,7 +244,7 @@ def _succeeded(step: Step, state: ParallelState, branch: int, data: Any) -> None
     name = _branch_name(step, branch)
     step.event("branch_ended", state=state.name, branch=name, done=book["done"], of=book["count"])
     _stop_others(step, state, RACE_LOST)
-    step.doc["steps"][state.name] = {"branch": name, "result": data}
+    step.output(state.name, {"branch": name, "result": data})
     step.event("parallel_won", state=state.name, branch=name, failed=book["failed"])
     _forget(step, book)
     step.follow(state, "success")
@@ -397,7 +397,7 @@ def _join(step: Step, state: ParallelState) -> Next:
     results = [own[k] if k in own else data.results.get(k) for k in range(book["count"])]
     names = book["names"]
     joined: Any = results if names is None else dict(zip(names, results, strict=True))
-    step.doc["steps"][state.name] = joined
+    step.output(state.name, joined)
     _forget(step, book)
     step.event("parallel_joined", state=state.name, branches=book["count"], failed=book["failed"])
     return "success", state.target("success") or _missing(state)

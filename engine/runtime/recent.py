@@ -5,7 +5,8 @@ here whether to wait. An entry may be out of date (another orchestrator changed 
 the version guard of the next commit catches that, and the job is read then. Entries are
 bounded (LRU) in number and in bytes, so memory stays flat however many jobs pass
 through, and however large their documents are (1,200 jobs of 900 KB held 1 GiB when only
-the number was bounded).
+the number was bounded). An entry's bytes count its document, its initial_data and its step
+outputs (each by its encoded length).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.jsonutil import loads
+from engine.runtime import outputs
+from engine.runtime.outputs import Kept
 from engine.store.client import JobRecord
 
 RECENT_JOBS = 4096  # a few MB of documents
@@ -33,11 +36,14 @@ class _Entry:
     input_bytes: int  # about the memory initial_data takes (its JSON's length)
     leases: dict[str, str]
     terminal: bool
+    # The step outputs, decoded once and shared like initial_data (no rule changes an
+    # output once produced: a new one replaces it).
+    kept: Kept
 
     @property
     def bytes(self) -> int:
         """The memory the document takes (the leases are a few short strings)."""
-        return sys.getsizeof(self.doc_json) + self.input_bytes
+        return sys.getsizeof(self.doc_json) + self.input_bytes + self.kept.bytes
 
 
 class RecentJobs:
@@ -60,13 +66,16 @@ class RecentJobs:
         *,
         initial_data: Any = IN_DOC,
         input_bytes: int | None = None,
+        kept: Kept | None = None,
     ) -> None:
         """What was committed: the document, encoded without its initial_data when that is
-        given apart (`input_bytes`: its encoded length; None: as remembered before)."""
+        given apart (`input_bytes`: its encoded length; None: as remembered before), and
+        without the step outputs it names (`kept`) when it names them."""
         if input_bytes is None:
             old = self._entries.get(job_id)
             input_bytes = old.input_bytes if old is not None else 0
-        entry = _Entry(version, doc_json, initial_data, input_bytes, leases, terminal)
+        kept = kept if kept is not None else Kept()
+        entry = _Entry(version, doc_json, initial_data, input_bytes, leases, terminal, kept)
         self._put(job_id, entry)
         self._entries.move_to_end(job_id)
         while self._entries and (len(self._entries) > self.size or self.bytes > self.max_bytes):
@@ -88,7 +97,8 @@ class RecentJobs:
         apart = entry.initial_data is not IN_DOC
         if apart:
             doc["initial_data"] = entry.initial_data
-        return JobRecord(entry.version, doc, dict(entry.leases), input_apart=apart)
+        outputs.assemble(doc, entry.kept)
+        return JobRecord(entry.version, doc, dict(entry.leases), input_apart=apart, kept=entry.kept)
 
     def forget(self, job_id: str) -> None:
         entry = self._entries.pop(job_id, None)
@@ -117,5 +127,6 @@ class RecentJobs:
                 entry.input_bytes,
                 leases,
                 entry.terminal,
+                entry.kept,
             ),
         )

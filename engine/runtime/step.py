@@ -168,9 +168,15 @@ class Step:
 
     def record(self, state: str, data: Any) -> None:
         """A state's output: `steps.<state>`, and merged into `state_history` if a dict."""
-        self.doc["steps"][state] = data
-        if isinstance(data, dict):
+        merged = isinstance(data, dict)
+        self.output(state, data, merged=merged)
+        if merged:
             self.doc["state_history"].update(data)
+
+    def output(self, state: str, data: Any, *, merged: bool = False) -> None:
+        """Set `steps.<state>` (stored once, as a field of its own: see outputs.py)."""
+        self.doc["steps"][state] = data
+        self.fx.outputs.append((state, data, merged))
 
     def move(self, state: State, via: str, target: str) -> None:
         """Leave `state` by its `via` trigger and enter `target` (on resume, if paused)."""
@@ -224,7 +230,7 @@ class Step:
         declares, `error:<the error's code>`, then `trigger` (`timeout`, say), then
         `failure`; with none, fail the job. `steps.<state>.error` keeps the error, so the
         state caught to can read it (and an `end` state can raise it again)."""
-        self.doc["steps"][state.name] = {"error": error}
+        self.output(state.name, {"error": error})
         self.doc["failed_state"] = state.name
         for via in (f"error:{error.get('code')}", trigger, "failure"):
             target = state.target(via)

@@ -74,7 +74,7 @@ def decide(step: Step, decision: str, by: str) -> None:
     assert approval is not None
     state = step.state(approval["state"])
     step.doc["approval"] = None
-    step.doc["steps"][state.name] = {"decision": decision, "by": by, "at": step.now}
+    step.output(state.name, {"decision": decision, "by": by, "at": step.now})
     step.event("approval_decided", state=state.name, decision=decision, by=by)
     target = state.target(decision)
     if target is None:  # an approval.timeout without on.timeout cannot compile

@@ -25,7 +25,9 @@ from redis.commands.core import AsyncScript
 
 from engine.clock import now_ms
 from engine.jsonutil import dumps, loads
+from engine.runtime import outputs
 from engine.runtime.jobdoc import BranchData, JobDoc
+from engine.runtime.outputs import Kept
 from engine.store import cluster
 from engine.store.changes import Changes
 from engine.store.errors import PartitionMismatch, StoreConfigError, StoreError, StoreUnavailable
@@ -120,6 +122,8 @@ class JobRecord:
     # Whether the job's initial_data is stored apart from its document (field `input`,
     # written once); False for a job written before it was, which keeps it in `doc`.
     input_apart: bool = False
+    # The step outputs the document refers to (fields o:<n>, see engine/runtime/outputs.py).
+    kept: Kept = field(default_factory=Kept)
 
 
 def with_input(doc: Any, given: str | None) -> Any:
@@ -211,6 +215,7 @@ class Commit:
     branch_items: dict[int, str] = field(default_factory=dict)
     branch_results: dict[int, str] = field(default_factory=dict)
     drop_branches: int = 0
+    drop_outputs: list[int] = field(default_factory=list)  # output fields o:<n> to delete
 
 
 class Batcher(Generic[Item, Outcome]):
@@ -444,14 +449,33 @@ class Store:
 
     @translated
     async def read_job(self, job_id: str) -> JobRecord | None:
-        fields = ["v", "doc", "leases", "input"]
-        v, doc, leases, given = await self.redis.hmget(self.keys.job(job_id), fields)
-        if v is None or doc is None:
-            return None
-        apart = None if given is None else str(given)
-        record = JobRecord(int(v), with_input(loads(doc), apart), loads(leases) if leases else {})
-        record.input_apart = apart is not None
-        return record
+        key = self.keys.job(job_id)
+        while True:
+            v, doc, leases, given = await self.redis.hmget(key, ["v", "doc", "leases", "input"])
+            if v is None or doc is None:
+                return None
+            apart = None if given is None else str(given)
+            raw_leases = loads(leases) if leases else {}
+            record = JobRecord(int(v), with_input(loads(doc), apart), raw_leases)
+            record.input_apart = apart is not None
+            numbers = outputs.wanted(record.doc)
+            if not numbers or await self._read_outputs(key, record, numbers):
+                outputs.assemble(record.doc, record.kept)
+                return record
+
+    async def _read_outputs(self, key: str, record: JobRecord, numbers: list[int]) -> bool:
+        """Read the step outputs the document names into `record.kept`; False when the job
+        changed since it was read (or expired): read it again then."""
+        names = ["v", *map(outputs.field_name, numbers)]
+        v, *values = await self.redis.hmget(key, names)
+        if v is None or int(v) != record.version:
+            return False
+        for n, raw in zip(numbers, values, strict=True):
+            if raw is None:
+                return False  # (cannot be at the same version; read again rather than fail)
+            record.kept.values[n] = loads(raw)
+            record.kept.sizes[n] = len(raw)
+        return True
 
     async def commit(self, change: Commit, *, history_start: int) -> bool:
         """Apply `change` if the job's version still matches. History entries are stored as
@@ -563,6 +587,7 @@ class Store:
         webhooks = key(keys.webhooks(partition))
         humans = key(keys.humans(partition))
         plans = []
+        values: list[str] = []  # ARGV[2..]: the field values, apart from the plan's JSON
         for change, history_start in changes:
             job_id = change.job_id
             expected = change.expected_version
@@ -575,12 +600,22 @@ class Store:
                 fields[f"i:{n}"] = item
             for n, result in change.branch_results.items():
                 fields[f"r:{n}"] = result
-            flat = [item for pair in fields.items() for item in pair]
-            # A finished job's hash expires whole: its payloads need no deleting. Its branch
-            # fields do, being as many as its items, for the whole retention period.
+            if change.ttl_ms:
+                # The job ends: its tasks' payloads copy what it keeps (its input, an
+                # output) for the whole retention period. Emptied in the HSET the commit
+                # makes anyway, rather than deleted by one more command.
+                fields.update((f"p:{t}", "") for t in change.drop if f"p:{t}" not in fields)
+            flat: list[str | int] = []
+            for name, value in fields.items():
+                values.append(value)
+                flat += (name, len(values) + 1)  # its ARGV index (Lua counts from 1)
+            # An ended task's payload goes (emptied above at the job's end, when the hash
+            # expires whole). Its branch fields do, being as many as its items, for the
+            # whole retention period.
             hdel = [] if change.ttl_ms else [f"p:{t}" for t in change.drop]
             for n in range(change.drop_branches):
                 hdel += [f"i:{n}", f"r:{n}"]
+            hdel += map(outputs.field_name, change.drop_outputs)
             if change.drop_branches and fields:  # (the script deletes after it writes)
                 hdel = [name for name in hdel if name not in fields]
             if change.timer_ms == KEEP or (change.timer_ms is None and expected is None):
@@ -639,7 +674,7 @@ class Store:
                 "done_channel": keys.done_channel,
                 "publish": "PUBLISH",
             }
-        return key_list, [dumps(argument)]
+        return key_list, [dumps(argument), *values]
 
     def _label_plan(
         self, partition: int, change: Commit, key: Callable[[str], int]
@@ -1203,6 +1238,7 @@ def _size(change: Commit) -> int:
         + len(change.branch_items)
         + len(change.branch_results)
         + 2 * change.drop_branches
+        + len(change.drop_outputs)
         + len(change.history)
         + len(change.payloads)
         + len(change.drop)

@@ -67,7 +67,9 @@ class Keys:
         """Hash of one job: v (version), doc (JSON document, less its initial_data), input
         (the initial_data, JSON, written once when the job is created), leases (JSON: task id ->
         `q|<lease_ms>` or `l|<lease_ms>|<worker>|<ms>`), p:<task id> (the payload handed to
-        the worker), h:<seq> (history entries), and while a parallel state runs i:<n> (the
+        the worker; deleted when the task ends, emptied when the job ends), o:<n> (a step
+        output, written once when produced: engine/runtime/outputs.py), h:<seq> (history
+        entries), and while a parallel state runs i:<n> (the
         `for_each` item of branch n, written once) and r:<n> (branch n's result, written
         when it settles): a branch's change writes its own fields, not all of them. One
         key, so a change is one HSET."""

@@ -34,6 +34,8 @@ EXPECTED = [
     r"^== payload: linear3 with initial_data of B bytes",
     rf"^ +1 KB +30 +(({NUMBER} +){{4}}{NUMBER}|{LATE})$",
     rf"^ +100 KB +10 +(({NUMBER} +){{4}}{NUMBER}|{LATE})$",
+    rf"^ +100 KB carry +10 +(({NUMBER} +){{4}}{NUMBER}|{LATE}|not run: .*)$",
+    r"^  bytes Redis read per job \(INFO stats total_net_input_bytes\): ",
     r"^== backlog: 200 linear3 jobs queued with no worker, then 4 workers$",
     rf"^  submitted 200 in {NUMBER} s \({NUMBER} jobs/s\); Redis \+{NUMBER} MiB, "
     rf"{NUMBER} KiB per queued job$",

@@ -73,7 +73,7 @@ def test_a_wide_for_each_joins_every_result_in_order() -> None:
 
 
 class Sent:
-    """The size of every commit script call's argument, per job change batch."""
+    """The size of every commit script call's arguments, per job change batch."""
 
     def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sizes: list[int] = []
@@ -81,7 +81,7 @@ class Sent:
 
         def spy(partition: int, changes: Any) -> tuple[list[str], list[str]]:
             keys, args = real(partition, changes)
-            self.sizes.append(len(args[0]))
+            self.sizes.append(sum(len(arg) for arg in args))
             return keys, args
 
         monkeypatch.setattr(store, "_batch_call", spy)

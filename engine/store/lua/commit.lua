@@ -4,7 +4,9 @@
 -- ARGV[1]: JSON {plans: [...], ready_channel, done_channel, publish}; each plan:
 --   key: KEYS index of the job hash      id: job id
 --   expect: version string ("" when creating: the job must not exist)
---   fields: flat [name, value, ...] for the job hash (includes "v")
+--   fields: flat [name, ARGV index of its value, ...] for the job hash (includes "v"); the
+--     values travel as ARGV[2..] apart from the plan, so a large one (a document, an output,
+--     a payload) is neither escaped into the plan's JSON nor decoded by cjson
 --   hdel: [field] to delete from the job hash
 --   enqueue: [[queue KEYS index, score, member]]   dequeue: [[queue KEYS index, member]]
 --   timers: KEYS index of the timers zset; timer: score | false (remove) | "keep"
@@ -51,7 +53,9 @@ for i, plan in ipairs(batch.plans) do
   local ok
   if plan.expect == '' then ok = not current else ok = current == plan.expect end
   if ok then
-    chunked('HSET', job, plan.fields)
+    local flat = plan.fields
+    for n = 2, #flat, 2 do flat[n] = ARGV[flat[n]] end
+    chunked('HSET', job, flat)
     chunked('HDEL', job, plan.hdel)
     for _, entry in ipairs(plan.dequeue) do push(removes, entry[1], entry[2]) end
     for _, entry in ipairs(plan.enqueue) do push(adds, entry[1], entry[2], entry[3]) end
