@@ -353,6 +353,9 @@ class Effects:
     branch_items: dict[int, Any] = field(default_factory=dict)  # for_each items, written once
     branch_results: dict[int, Any] = field(default_factory=dict)  # results of settled branches
     drop_branches: int = 0  # forget the items and results of branches 0 .. n-1 (joined)
+    # The change may only bring the job's timer forward (see Orchestrator.commit): a task's
+    # result, which ends that task and may start others, on a job with many tasks.
+    lower_timer: bool = False
 
     def event(self, now: int, event: str, **data: Any) -> None:
         self.history.append(

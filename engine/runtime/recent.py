@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.jsonutil import loads
+from engine.store.apart import unpack
 from engine.store.client import JobRecord
 
 RECENT_JOBS = 4096  # a few MB of documents
@@ -33,6 +34,9 @@ class _Entry:
     input_bytes: int  # about the memory initial_data takes (its JSON's length)
     leases: dict[str, str]
     terminal: bool
+    # The active tasks' records, shared by every copy (a rule replaces a record it changes),
+    # when the document keeps only their list; None: the encoded document carries them.
+    tasks: dict[str, Any] | None = None
 
     @property
     def bytes(self) -> int:
@@ -60,13 +64,14 @@ class RecentJobs:
         *,
         initial_data: Any = IN_DOC,
         input_bytes: int | None = None,
+        tasks: dict[str, Any] | None = None,
     ) -> None:
         """What was committed: the document, encoded without its initial_data when that is
         given apart (`input_bytes`: its encoded length; None: as remembered before)."""
         if input_bytes is None:
             old = self._entries.get(job_id)
             input_bytes = old.input_bytes if old is not None else 0
-        entry = _Entry(version, doc_json, initial_data, input_bytes, leases, terminal)
+        entry = _Entry(version, doc_json, initial_data, input_bytes, leases, terminal, tasks)
         self._put(job_id, entry)
         self._entries.move_to_end(job_id)
         while self._entries and (len(self._entries) > self.size or self.bytes > self.max_bytes):
@@ -88,7 +93,12 @@ class RecentJobs:
         apart = entry.initial_data is not IN_DOC
         if apart:
             doc["initial_data"] = entry.initial_data
-        return JobRecord(entry.version, doc, dict(entry.leases), input_apart=apart)
+        record = JobRecord(entry.version, doc, dict(entry.leases), input_apart=apart)
+        if entry.tasks is not None:
+            unpack(doc)
+            doc["tasks"] = dict(entry.tasks)
+            record.tasks_apart, record.tasks_read = True, entry.tasks
+        return record
 
     def forget(self, job_id: str) -> None:
         entry = self._entries.pop(job_id, None)
@@ -117,5 +127,6 @@ class RecentJobs:
                 entry.input_bytes,
                 leases,
                 entry.terminal,
+                entry.tasks,
             ),
         )

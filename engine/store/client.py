@@ -27,6 +27,7 @@ from engine.clock import now_ms
 from engine.jsonutil import dumps, loads
 from engine.runtime.jobdoc import BranchData, JobDoc
 from engine.store import cluster
+from engine.store.apart import ACTIVE, LEGACY_LEASES, lease_field, task_field, unpack
 from engine.store.changes import Changes
 from engine.store.errors import PartitionMismatch, StoreConfigError, StoreError, StoreUnavailable
 from engine.store.keys import CLUSTER_PARTITIONS, DEFAULT_PARTITIONS, Keys
@@ -113,6 +114,11 @@ class JobRecord:
     # Whether the job's initial_data is stored apart from its document (field `input`,
     # written once); False for a job written before it was, which keeps it in `doc`.
     input_apart: bool = False
+    # Whether its active tasks are stored apart (engine/store/apart.py), and their records
+    # as read: the very objects in `doc["tasks"]` (a rule replaces a record it changes, never
+    # changes it in place), so that a change writes only the tasks it replaced or started.
+    tasks_apart: bool = False
+    tasks_read: Mapping[str, Any] = field(default_factory=dict)
 
 
 def with_input(doc: Any, given: str | None) -> Any:
@@ -179,6 +185,8 @@ class Commit:
     expected_version: int | None  # None: create; the job must not exist yet
     fields: dict[str, str]
     timer_ms: int | str | None = KEEP  # None removes the timer
+    # timer_ms only brings the timer forward (ZADD LT); None then leaves it as it is.
+    timer_lower: bool = False
     payloads: dict[str, str] = field(default_factory=dict)  # task id -> payload JSON
     drop: list[str] = field(default_factory=list)  # task ids no longer active (payloads go)
     enqueue: list[tuple[str, str, float]] = field(default_factory=list)  # (type, member, score)
@@ -192,6 +200,7 @@ class Commit:
     webhook_ms: int | None = None
     done: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    drop_fields: list[str] = field(default_factory=list)  # job hash fields to delete
     # A parallel state's branch state (JSON by branch index), see Keys.job: fields i:<n> and
     # r:<n>; `drop_branches` deletes those of branches 0 .. n-1.
     branch_items: dict[int, str] = field(default_factory=dict)
@@ -430,14 +439,33 @@ class Store:
 
     @translated
     async def read_job(self, job_id: str) -> JobRecord | None:
-        fields = ["v", "doc", "leases", "input"]
-        v, doc, leases, given = await self.redis.hmget(self.keys.job(job_id), fields)
-        if v is None or doc is None:
-            return None
-        apart = None if given is None else str(given)
-        record = JobRecord(int(v), with_input(loads(doc), apart), loads(leases) if leases else {})
-        record.input_apart = apart is not None
-        return record
+        key = self.keys.job(job_id)
+        while True:
+            fields = ["v", "doc", LEGACY_LEASES, "input"]
+            v, doc, leases, given = await self.redis.hmget(key, fields)
+            if v is None or doc is None:
+                return None
+            apart = None if given is None else str(given)
+            decoded = with_input(loads(doc), apart)
+            ids = unpack(decoded)
+            if ids is None:  # written before its tasks were stored apart
+                record = JobRecord(int(v), decoded, loads(leases) if leases else {})
+            else:
+                names = [task_field(t) for t in ids] + [lease_field(t) for t in ids]
+                found = await self.redis.hmget(key, ["v", *names]) if ids else [v]
+                if found[0] != v:
+                    continue  # changed between the two reads: read it again
+                records, raw = found[1 : 1 + len(ids)], found[1 + len(ids) :]
+                decoded["tasks"] = {t: loads(r) for t, r in zip(ids, records, strict=True) if r}
+                record = JobRecord(
+                    int(v),
+                    decoded,
+                    {t: str(r) for t, r in zip(ids, raw, strict=True) if r is not None},
+                    tasks_apart=True,
+                    tasks_read=dict(decoded["tasks"]),
+                )
+            record.input_apart = apart is not None
+            return record
 
     async def commit(self, change: Commit, *, history_start: int) -> bool:
         """Apply `change` if the job's version still matches. History entries are stored as
@@ -565,18 +593,22 @@ class Store:
             # A finished job's hash expires whole: its payloads need no deleting. Its branch
             # fields do, being as many as its items, for the whole retention period.
             hdel = [] if change.ttl_ms else [f"p:{t}" for t in change.drop]
+            hdel += change.drop_fields
             for n in range(change.drop_branches):
                 hdel += [f"i:{n}", f"r:{n}"]
-            if change.drop_branches and fields:  # (the script deletes after it writes)
+            if (change.drop_branches or change.drop_fields) and fields:  # (it deletes last)
                 hdel = [name for name in hdel if name not in fields]
+            lower = change.timer_lower and change.timer_ms is not None
             if change.timer_ms == KEEP or (change.timer_ms is None and expected is None):
                 timer: str | bool = "keep"  # (a job being created has no timer to remove)
             elif change.timer_ms is None:
-                timer = False
+                timer = "keep" if change.timer_lower else False
             else:
                 timer = str(change.timer_ms)
+            plan: dict[str, Any] = {"lower": True} if lower else {}
             plans.append(
-                {
+                plan
+                | {
                     "key": key(keys.job(job_id)),
                     "id": job_id,
                     "expect": "" if expected is None else str(expected),
@@ -780,9 +812,21 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(self.keys.job(job_id), ["doc", "input"])
-        return [
+        docs = [
             with_input(loads(raw), given) if raw else None for raw, given in await pipe.execute()
         ]
+        apart = [(job_id, doc) for job_id, doc in zip(job_ids, docs, strict=True) if doc]
+        apart = [(job_id, doc) for job_id, doc in apart if ACTIVE in doc]
+        if apart:  # their active tasks, in a second round trip (no lease: as before)
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id, doc in apart:
+                ids = unpack(doc) or []
+                doc["tasks"] = dict.fromkeys(ids)
+                pipe.hmget(self.keys.job(job_id), [task_field(t) for t in ids] or ["v"])
+            for (_, doc), found in zip(apart, await pipe.execute(), strict=True):
+                tasks = doc["tasks"]
+                doc["tasks"] = {t: loads(r) for t, r in zip(tasks, found, strict=False) if r}
+        return docs
 
     # -- tasks and timers ----------------------------------------------------------------------
 
@@ -1185,6 +1229,7 @@ def _size(change: Commit) -> int:
         + len(change.history)
         + len(change.payloads)
         + len(change.drop)
+        + len(change.drop_fields)
         + len(change.enqueue)
         + len(change.dequeue)
     )
