@@ -222,6 +222,8 @@ class Orchestrator:
         self.dispatcher.close()
         if self._followups:
             await asyncio.wait(self._followups, timeout=5)
+        if self._drains:  # results being applied: let them land and be answered
+            await asyncio.wait(self._drains, timeout=5)
         for task in self._tasks:
             task.cancel()
         _, pending = await asyncio.wait(self._tasks, timeout=5)

@@ -21,6 +21,7 @@ from engine.store.client import JobRecord
 
 RECENT_JOBS = 4096  # a few MB of documents
 RECENT_BYTES = 64 << 20  # the most the kept documents may take, however large each is
+TASK_BYTES = 1024  # about the memory an active task's record takes, decoded
 IN_DOC: Any = object()  # remember(initial_data=IN_DOC): the encoded document carries it
 
 
@@ -40,8 +41,10 @@ class _Entry:
 
     @property
     def bytes(self) -> int:
-        """The memory the document takes (the leases are a few short strings)."""
-        return sys.getsizeof(self.doc_json) + self.input_bytes
+        """The memory the document and its active tasks take (the leases are a few short
+        strings)."""
+        tasks = len(self.tasks) * TASK_BYTES if self.tasks else 0
+        return sys.getsizeof(self.doc_json) + self.input_bytes + tasks
 
 
 class RecentJobs:
