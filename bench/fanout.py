@@ -1,7 +1,7 @@
 """What one wide `for_each` costs, by width: one job of N items at a time on a real Redis.
 
     .venv/bin/python -m bench.fanout [--items 10,100,1000,10000] [--workers 4]
-                                     [--max-concurrency M] [--rounds R]
+                                     [--max-concurrency M] [--rounds R] [--cprofile FILE]
 
 Starts a redis-server on a free port, `interlock serve` and W echo workers (bench.echo_worker),
 then for each width N submits one job whose `for_each` runs N echo branches and waits for it
@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-concurrency", type=int, default=0, help="0: not set")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved runs per width")
     parser.add_argument("--deadline", type=float, default=600.0, help="seconds per job")
+    parser.add_argument(
+        "--cprofile", type=Path, default=None, help="write the orchestrator's cProfile here"
+    )
     args = parser.parse_args(argv)
     widths = [int(w) for w in args.items.split(",")]
     limit = f"\n      max_concurrency: {args.max_concurrency}" if args.max_concurrency else ""
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         (folder / "bench_wide.yaml").write_text(BLUEPRINT.format(limit=limit))
         env = {"MAX_BODY_BYTES": str(64 << 20)}
         with (
-            serve(workdir, redis.url, folder, env) as server,
+            serve(workdir, redis.url, folder, env, cprofile=args.cprofile) as server,
             echo_workers(workdir, server.url, args.workers, slots=args.slots),
         ):
             asyncio.run(

@@ -362,6 +362,9 @@ class Effects:
     # The outputs the change produced, in order: (state, output, merged into state_history),
     # each stored once as a field of its own (engine/runtime/outputs.py).
     outputs: list[tuple[str | None, Any, bool]] = field(default_factory=list)
+    # The change may only bring the job's timer forward (see Orchestrator.commit): a task's
+    # result, which ends that task and may start others, on a job with many tasks.
+    lower_timer: bool = False
 
     def event(self, now: int, event: str, **data: Any) -> None:
         self.history.append(

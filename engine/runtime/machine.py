@@ -11,7 +11,7 @@ a secret (approval tokens, child job ids).
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from engine.blueprint.model import Blueprint, ListenState, ParallelState
@@ -109,21 +109,38 @@ class Machine:
     ) -> Effects | Ignored:
         """A worker's answer (`task_id`, `worker_id`, `status`, `data`, `error`); `checked`:
         its data's output_schema check, when it was done ahead (`output_schema_of`)."""
+        fx, (refused,) = self.on_results(doc, leases, [result], now, rng, branch, [checked])
+        return refused or fx or Ignored("stale_task")
+
+    def on_results(
+        self,
+        doc: JobDoc,
+        leases: Leases,
+        results: list[dict[str, Any]],
+        now: int,
+        rng: random.Random,
+        branch: BranchData | None = None,
+        checks: list[tasks.Checked | None] | None = None,
+    ) -> tuple[Effects | None, list[Ignored | None]]:
+        """Several answers for the job's tasks as one change, in order (the branch results
+        of a wide parallel state that arrived together): the change (None when every one was
+        ignored), and for each answer why it was ignored, or None."""
+        step: Step | None = None
+        refused: list[Ignored | None] = []
+        for n, result in enumerate(results):
+            why = _refused(doc, leases, result)
+            refused.append(why)
+            if why is None:
+                step = step or self.step(doc, now, rng, leases, branch)
+                self._answer(step, result, checks[n] if checks else None)
+        return (step.fx if step is not None else None), refused
+
+    @staticmethod
+    def _answer(step: Step, result: dict[str, Any], checked: tasks.Checked | None) -> None:
+        """Apply an answer `_refused` let through."""
         task_id = str(result.get("task_id", ""))
-        if doc["status"] in TERMINAL:
-            cancelled = doc["status"] == JobStatus.CANCELLED
-            return Ignored("job_cancelled" if cancelled else "job_finished")
-        if task_id not in doc["tasks"]:
-            if task_id in doc.get("taken_back", ()):
-                return Ignored("superseded")
-            return Ignored("duplicate" if task_id in doc["done_tasks"] else "stale_task")
-        lease = leases.get(task_id)
-        worker = str(result.get("worker_id", ""))
-        if lease is None or lease.state != "leased":
-            return Ignored("not_leased")
-        if lease.worker != worker:
-            return Ignored("worker_mismatch")
-        step = self.step(doc, now, rng, leases, branch)
+        lease = step.fx.leases[task_id]
+        now, worker = step.now, lease.worker
         task = step.retire(task_id)
         status = str(result.get("status") or "success")
         step.fx.history.append(tasks.picked_up(task, lease))
@@ -136,7 +153,6 @@ class Machine:
             error=result.get("error") or None,
         )
         tasks.answered(step, task, status, result.get("data"), result.get("error"), checked)
-        return step.fx
 
     def output_schema_of(self, doc: JobDoc, result: dict[str, Any]) -> Any:
         """The output_schema a success `result` for one of the job's tasks is checked
@@ -377,14 +393,35 @@ class Machine:
         children = book.get("children", {}) if book is not None else {}
         return [c["child_id"] for c in children.values() if now >= c["check_at"]]
 
-    def next_due(self, doc: JobDoc, leases: Leases) -> int | None:
-        """The earliest moment something can happen to this job without outside input."""
+    def next_due(
+        self, doc: JobDoc, leases: Leases, only: Iterable[str] | None = None
+    ) -> int | None:
+        """The earliest moment something can happen to this job without outside input;
+        with `only`, counting of its active tasks only those (the ones a change started)."""
         if doc["status"] in TERMINAL:
             return min(concurrency.due(doc), default=None)  # a slot still owed back
-        due = tasks.next_due(doc, leases)
+        due = tasks.next_due(doc, leases, only)
         due.extend(concurrency.due(doc))
         if doc["deadline"] is not None and doc.get("paused") is None:
             due.append(doc["deadline"])
         if doc["state"] is not None:
             due.extend(KINDS[self.bp.states[doc["state"]].kind].due(doc))
         return min(due) if due else None
+
+
+def _refused(doc: JobDoc, leases: Leases, result: dict[str, Any]) -> Ignored | None:
+    """Why a worker's answer changes nothing, or None if it is for an active task it holds."""
+    task_id = str(result.get("task_id", ""))
+    if doc["status"] in TERMINAL:
+        cancelled = doc["status"] == JobStatus.CANCELLED
+        return Ignored("job_cancelled" if cancelled else "job_finished")
+    if task_id not in doc["tasks"]:
+        if task_id in doc.get("taken_back", ()):
+            return Ignored("superseded")
+        return Ignored("duplicate" if task_id in doc["done_tasks"] else "stale_task")
+    lease = leases.get(task_id)
+    if lease is None or lease.state != "leased":
+        return Ignored("not_leased")
+    if lease.worker != str(result.get("worker_id", "")):
+        return Ignored("worker_mismatch")
+    return None

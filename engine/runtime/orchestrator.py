@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import random
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any, TypeVar, cast
 
 from engine.blueprint.model import Blueprint
@@ -51,6 +61,7 @@ from engine.runtime.registry import Registry
 from engine.runtime.schedules import Schedule
 from engine.runtime.slots import SlotKeeper
 from engine.runtime.waiting import pending_approval
+from engine.store.apart import LEGACY_LEASES, lease_field, stored_doc, task_field
 from engine.store.client import (
     Commit,
     DeploymentCounts,
@@ -63,9 +74,18 @@ from engine.store.client import (
 log = logging.getLogger("interlock.orchestrator")
 
 MAX_CONFLICT_RETRIES = 100
+# A for_each's items are read this many at a time, ahead of the launches that need them: a
+# branch result that launches the next branch then needs no read of its own.
+ITEMS_AHEAD = 128
+# A task result on a job with at least this many active tasks only lowers its timer.
+WIDE_JOB_TASKS = 16
+BRANCH_MEMORY = 256  # jobs whose read-ahead items are kept between changes (LRU)
+RESULTS_TOGETHER = 64  # results of one job applied as one change, at most
 T = TypeVar("T")
 # Runs a CPU-bound piece of work, e.g. on a thread (server/offload.py).
 Offload = Callable[[Callable[[], list[str]]], Awaitable[list[str]]]
+# A worker's result waiting to be applied: its body, its output_schema check, its answer.
+_Result = tuple[dict[str, Any], Offload | None, "asyncio.Future[dict[str, Any]]"]
 
 
 def _doc_or_reason(outcome: Outcome) -> dict[str, Any] | Ignored | None:
@@ -82,6 +102,34 @@ def _reason(outcome: Ignored | None) -> str:
 def _plain(doc: JobDoc) -> dict[str, Any]:
     """The document as the observers see it: a plain dict (they add `state_since`)."""
     return cast(dict[str, Any], doc)
+
+
+def _task_fields(
+    record: JobRecord | None,
+    doc: JobDoc,
+    leases: dict[str, str],
+    started: list[str],
+    dropped: list[str],
+    fields: dict[str, str],
+) -> list[str]:
+    """Add to `fields` the job hash fields of the tasks a change started or replaced (see
+    engine/store/apart.py); return the fields to delete: those of the tasks it ended. A
+    job read with its tasks in the document has them all stored apart now."""
+    tasks = doc["tasks"]
+    if record is not None and record.tasks_apart:
+        read = record.tasks_read
+        changed = [t for t, task in tasks.items() if read.get(t) is not task]
+        leased: Iterable[str] = started
+        drop = [name for t in dropped for name in (task_field(t), lease_field(t))]
+    else:
+        changed, leased = list(tasks), leases
+        drop = [LEGACY_LEASES] if record is not None else []
+    for task_id in changed:
+        fields[task_field(task_id)] = dumps(tasks[task_id])
+    for task_id in leased:
+        if task_id in leases:
+            fields[lease_field(task_id)] = leases[task_id]
+    return drop
 
 
 def _waiting_since(doc: JobDoc) -> int | None:
@@ -140,6 +188,11 @@ class Orchestrator:
         # orchestrator, or no Redis, could take their heartbeats).
         self.heard_since = now_ms()
         self._locks: dict[str, list[Any]] = {}  # job id -> [lock, users]
+        # Workers' results waiting to be applied, by job id, and the tasks applying them.
+        self._results: dict[str, list[_Result]] = {}
+        self._drains: set[asyncio.Task[None]] = set()
+        # What was read of recent jobs' parallel states (items read ahead), by job id.
+        self._branches: OrderedDict[str, BranchData] = OrderedDict()
         self._followups: set[asyncio.Task[Any]] = set()
         # Events, pause and resume, redrive and rerun (engine/runtime/controls.py).
         self.controls = JobControls(self)
@@ -170,6 +223,8 @@ class Orchestrator:
         self.dispatcher.close()
         if self._followups:
             await asyncio.wait(self._followups, timeout=5)
+        if self._drains:  # results being applied: let them land and be answered
+            await asyncio.wait(self._drains, timeout=5)
         for task in self._tasks:
             task.cancel()
         _, pending = await asyncio.wait(self._tasks, timeout=5)
@@ -447,24 +502,75 @@ class Orchestrator:
         `check` runs the output_schema check of a large result (off the event loop: the
         server's offload); without it, the check runs where the result is applied."""
         body = {**result, "worker_id": worker_id}
-        checked: tasks.Checked | None = None
+        job_id = str(result.get("job_id", ""))
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        waiting = self._results.get(job_id)
+        if waiting is None:
+            # The results of one job that arrive while its last ones are being applied
+            # (the branches of a wide parallel state) are applied together, as one change.
+            waiting = self._results[job_id] = []
+            drain = asyncio.create_task(self._apply_results(job_id, waiting))
+            self._drains.add(drain)
+            drain.add_done_callback(self._drains.discard)
+        waiting.append((body, check, answer))
+        return await answer
+
+    async def _apply_results(self, job_id: str, waiting: list[_Result]) -> None:
+        """Apply the job's waiting results, those that arrived together as one change, and
+        answer each, until none are left."""
+        batch: list[_Result] = []
+        try:
+            while waiting:
+                batch = waiting[:RESULTS_TOGETHER]
+                del waiting[:RESULTS_TOGETHER]
+                try:
+                    answers = await self._apply_batch(job_id, batch)
+                except Exception as exc:
+                    for _, _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                    continue
+                for (_, _, answer), given in zip(batch, answers, strict=True):
+                    if not answer.done():
+                        answer.set_result(given)
+            batch = []
+        finally:
+            del self._results[job_id]
+            for _, _, answer in batch + waiting:  # (cancelled: shutting down)
+                answer.cancel()
+
+    async def _apply_batch(self, job_id: str, batch: list[_Result]) -> list[dict[str, Any]]:
+        bodies = [body for body, _, _ in batch]
+        checked: list[tasks.Checked | None] = [None] * len(batch)
+        refused: list[Ignored | None] = [None] * len(batch)
 
         async def rule(record: JobRecord, machine: Machine) -> Effects | Ignored:
-            nonlocal checked
-            if check is not None:  # (once, unless a fresh read finds another schema)
-                schema = machine.output_schema_of(record.doc, body)
-                if schema is not None and (checked is None or checked[0] is not schema):
-                    data = body.get("data")
-                    checked = (schema, await check(lambda: tasks.output_problems(schema, data)))
+            for n, (body, check, _) in enumerate(batch):
+                if check is None:
+                    continue
+                # (once, unless a fresh read finds another schema)
+                schema, known = machine.output_schema_of(record.doc, body), checked[n]
+                if schema is not None and (known is None or known[0] is not schema):
+                    problems = functools.partial(tasks.output_problems, schema, body.get("data"))
+                    checked[n] = (schema, await check(problems))
             leases = leases_of(record)
-            return machine.on_result(
-                record.doc, leases, body, now_ms(), self.rng, record.branch, checked
+            fx, refused[:] = machine.on_results(
+                record.doc, leases, bodies, now_ms(), self.rng, record.branch, checked
             )
+            if fx is None:
+                return next(why for why in refused if why is not None)
+            fx.lower_timer = True
+            return fx
 
-        outcome = await self.apply(str(result.get("job_id", "")), rule, gather=True)
+        outcome = await self.apply(job_id, rule, gather=True)
         if isinstance(outcome, Applied):
-            return {"status": "accepted"}
-        return {"status": "ignored", "reason": _reason(outcome)}
+            return [
+                {"status": "accepted"}
+                if why is None
+                else {"status": "ignored", "reason": why.reason}
+                for why in refused
+            ]
+        return [{"status": "ignored", "reason": _reason(outcome)} for _ in batch]
 
     async def release(self, worker_id: str, task: dict[str, Any]) -> str:
         """Put back a task leased to a poll whose worker had already gone (the HTTP client
@@ -505,44 +611,53 @@ class Orchestrator:
         `gather` up front, whatever the job's next change may need (`Machine.branch_wants`).
         """
         async with self._lock(job_id):
-            branch = BranchData()  # what was read of the job's branch state, kept meanwhile
-            need: NeedBranchData | None = None
-            again = True  # start from what we committed last
-            for retry in range(MAX_CONFLICT_RETRIES):
-                record = self.recent.record(job_id) if again else None
-                again = False
-                remembered = record is not None
-                if record is None:
-                    record = await self.store.read_job(job_id)
-                if record is None:
-                    return None
-                machine = await self.registry.machine(record.doc["hash"], self.store)
-                if need is not None or gather:
-                    wanted = (
-                        (need.items, need.results) if need else machine.branch_wants(record.doc)
-                    )
-                    await self._read_branches(record, branch, *wanted)
-                    record.branch = branch
-                try:
-                    decided = await rule(record, machine)
-                except NeedBranchData as asked:
-                    # Nothing of the attempt counts (it changed a copy): decide again, on the
-                    # same version of the job, with what it asked for.
-                    need, again = asked, remembered
+            # What was read of the job's branch state, kept meanwhile and between changes.
+            branch = self._branches.pop(job_id, None) or BranchData()
+            try:
+                return await self._apply(job_id, rule, gather, branch)
+            finally:
+                if branch.items:  # (not the results: a join reads every one, once)
+                    branch.results, branch.version = None, -1
+                    self._branches[job_id] = branch
+                    while len(self._branches) > BRANCH_MEMORY:
+                        self._branches.popitem(last=False)
+
+    async def _apply(self, job_id: str, rule: Rule, gather: bool, branch: BranchData) -> Outcome:
+        need: NeedBranchData | None = None
+        again = True  # start from what we committed last
+        for retry in range(MAX_CONFLICT_RETRIES):
+            record = self.recent.record(job_id) if again else None
+            again = False
+            remembered = record is not None
+            if record is None:
+                record = await self.store.read_job(job_id)
+            if record is None:
+                return None
+            machine = await self.registry.machine(record.doc["hash"], self.store)
+            if need is not None or gather:
+                wanted = (need.items, need.results) if need else machine.branch_wants(record.doc)
+                await self._read_branches(record, branch, *wanted)
+                record.branch = branch
+            try:
+                decided = await rule(record, machine)
+            except NeedBranchData as asked:
+                # Nothing of the attempt counts (it changed a copy): decide again, on the
+                # same version of the job, with what it asked for.
+                need, again = asked, remembered
+                continue
+            need = None
+            if isinstance(decided, Ignored):
+                if remembered:
+                    # Decided on what we remembered, which may be stale, and no version
+                    # guard checked it: decide again on a fresh read.
                     continue
-                need = None
-                if isinstance(decided, Ignored):
-                    if remembered:
-                        # Decided on what we remembered, which may be stale, and no version
-                        # guard checked it: decide again on a fresh read.
-                        continue
-                    return decided
-                if await self.commit(machine, record, record.doc, decided):
-                    return Applied(record.doc)
-                # The usual clash is a lease (one quick script): re-read at once, back off
-                # only if clashes persist.
-                if retry >= 3:
-                    await asyncio.sleep(self.rng.uniform(0, min(0.02, 0.0005 * 2**retry)))
+                return decided
+            if await self.commit(machine, record, record.doc, decided):
+                return Applied(record.doc)
+            # The usual clash is a lease (one quick script): re-read at once, back off
+            # only if clashes persist.
+            if retry >= 3:
+                await asyncio.sleep(self.rng.uniform(0, min(0.02, 0.0005 * 2**retry)))
         raise StoreUnavailable(f"job {job_id} changed {MAX_CONFLICT_RETRIES} times while we tried")
 
     async def _read_branches(
@@ -562,6 +677,12 @@ class Orchestrator:
         count = book["count"] if results and branch.results is None else 0
         if not missing and not count:
             return
+        if missing:  # read ahead; keep only the items still to launch
+            ahead = range(max(missing), min(book["count"], max(missing) + ITEMS_AHEAD))
+            missing = sorted({*missing, *ahead})
+            branch.items = {
+                n: v for n, v in branch.items.items() if n >= book["next"] or n in items
+            }
         found, stored = await self.store.read_branches(record.doc["id"], missing, count)
         branch.items.update(found)
         if count:
@@ -598,16 +719,31 @@ class Orchestrator:
         history_start = doc["hseq"]
         doc["hseq"] += len(fx.history)
         raw_leases, handoffs, enqueue = self._place_tasks(record, fx, now)
-        leases = {task_id: TaskLease.decode(raw) for task_id, raw in raw_leases.items()}
+        started = [e.task_id for e in fx.enqueue]
+        # A task's result on a job with many tasks may only bring its timer forward (to the
+        # deadlines of the tasks it starts): the answered task's deadlines only go, and
+        # looking at every other task would cost a branch result in proportion to the
+        # branches in flight. A timer that fires early finds nothing due and is set exactly.
+        lower = fx.lower_timer and len(doc["tasks"]) >= WIDE_JOB_TASKS and not fx.terminal
+        leases = {
+            task_id: TaskLease.decode(raw_leases[task_id])
+            for task_id in (started if lower else raw_leases)
+            if task_id in raw_leases
+        }
+        timer_ms = machine.next_due(doc, leases, started if lower else None)
         version = (record.version if record else 0) + 1
         note = self.observer.before_commit(machine, _plain(doc), fx)  # observe.py: hook 1 of 2
         # The initial_data is stored apart, once (a for_each over it must not rewrite it with
         # every branch result); a job written before it was gets it stored now, and a
-        # redrive's patch replaces it. So is each step output, as it is produced.
+        # redrive's patch replaces it. So is each step output, as it is produced
+        # (engine/runtime/outputs.py), and so are the active tasks (engine/store/apart.py).
         written = outputs.write(doc, record.kept if record else Kept(), fx.outputs)
-        doc_json = outputs.stored(doc)
-        fields = {"v": str(version), "doc": doc_json, "leases": dumps(raw_leases)}
+        doc_json = dumps(stored_doc(doc, outputs.APART))
+        fields = {"v": str(version), "doc": doc_json}
         fields.update(written.fields)
+        # (A finished job's hash expires whole: the fields of its last tasks need no deleting.)
+        ended = [] if fx.terminal else fx.dropped
+        drop_fields = _task_fields(record, doc, raw_leases, started, ended, fields)
         input_bytes = None
         if record is None or not record.input_apart or fx.input_changed:
             fields["input"] = dumps(doc["initial_data"])
@@ -626,7 +762,8 @@ class Orchestrator:
             job_id=doc["id"],
             expected_version=record.version if record else None,
             fields=fields,
-            timer_ms=machine.next_due(doc, leases),
+            timer_ms=timer_ms,
+            timer_lower=lower,
             payloads={e.task_id: dumps(e.payload) for e in fx.enqueue},
             drop=fx.dropped,
             enqueue=[(e.task_type, e.member, e.score) for e in enqueue],
@@ -639,6 +776,7 @@ class Orchestrator:
             webhook_end=doc.get("redrives", 0),
             done=fx.terminal or fx.revived,  # a redrive is announced: others forget the end
             history=fx.history,
+            drop_fields=drop_fields,
             branch_items={n: dumps(item) for n, item in fx.branch_items.items()},
             branch_results={n: dumps(result) for n, result in fx.branch_results.items()},
             drop_branches=fx.drop_branches,
@@ -668,10 +806,19 @@ class Orchestrator:
             initial_data=doc["initial_data"],
             input_bytes=input_bytes,
             kept=written.kept,
+            tasks=(tasks := dict(doc["tasks"])),
         )
         self.observer.committed(machine, _plain(doc), fx, note)  # observe.py: hook 2 of 2
         queued = {e.task_type for e in enqueue}
-        committed = JobRecord(version, doc, raw_leases, input_apart=True, kept=written.kept)
+        committed = JobRecord(
+            version,
+            doc,
+            raw_leases,
+            input_apart=True,
+            kept=written.kept,
+            tasks_apart=True,
+            tasks_read=tasks,
+        )
         await self._after_commit(doc, fx, webhook, queued, committed, direct=direct)
         return True
 

@@ -19,10 +19,12 @@ from typing import Any
 from engine.jsonutil import loads
 from engine.runtime import outputs
 from engine.runtime.outputs import Kept
+from engine.store.apart import unpack
 from engine.store.client import JobRecord
 
 RECENT_JOBS = 4096  # a few MB of documents
 RECENT_BYTES = 64 << 20  # the most the kept documents may take, however large each is
+TASK_BYTES = 1024  # about the memory an active task's record takes, decoded
 IN_DOC: Any = object()  # remember(initial_data=IN_DOC): the encoded document carries it
 
 
@@ -39,11 +41,16 @@ class _Entry:
     # The step outputs, decoded once and shared like initial_data (no rule changes an
     # output once produced: a new one replaces it).
     kept: Kept
+    # The active tasks' records, shared by every copy (a rule replaces a record it changes),
+    # when the document keeps only their list; None: the encoded document carries them.
+    tasks: dict[str, Any] | None = None
 
     @property
     def bytes(self) -> int:
-        """The memory the document takes (the leases are a few short strings)."""
-        return sys.getsizeof(self.doc_json) + self.input_bytes + self.kept.bytes
+        """The memory the document, its step outputs and its active tasks take (the leases
+        are a few short strings)."""
+        tasks = len(self.tasks) * TASK_BYTES if self.tasks else 0
+        return sys.getsizeof(self.doc_json) + self.input_bytes + self.kept.bytes + tasks
 
 
 class RecentJobs:
@@ -67,6 +74,7 @@ class RecentJobs:
         initial_data: Any = IN_DOC,
         input_bytes: int | None = None,
         kept: Kept | None = None,
+        tasks: dict[str, Any] | None = None,
     ) -> None:
         """What was committed: the document, encoded without its initial_data when that is
         given apart (`input_bytes`: its encoded length; None: as remembered before), and
@@ -75,7 +83,7 @@ class RecentJobs:
             old = self._entries.get(job_id)
             input_bytes = old.input_bytes if old is not None else 0
         kept = kept if kept is not None else Kept()
-        entry = _Entry(version, doc_json, initial_data, input_bytes, leases, terminal, kept)
+        entry = _Entry(version, doc_json, initial_data, input_bytes, leases, terminal, kept, tasks)
         self._put(job_id, entry)
         self._entries.move_to_end(job_id)
         while self._entries and (len(self._entries) > self.size or self.bytes > self.max_bytes):
@@ -98,7 +106,14 @@ class RecentJobs:
         if apart:
             doc["initial_data"] = entry.initial_data
         outputs.assemble(doc, entry.kept)
-        return JobRecord(entry.version, doc, dict(entry.leases), input_apart=apart, kept=entry.kept)
+        record = JobRecord(
+            entry.version, doc, dict(entry.leases), input_apart=apart, kept=entry.kept
+        )
+        if entry.tasks is not None:
+            unpack(doc)
+            doc["tasks"] = dict(entry.tasks)
+            record.tasks_apart, record.tasks_read = True, entry.tasks
+        return record
 
     def forget(self, job_id: str) -> None:
         entry = self._entries.pop(job_id, None)
@@ -128,5 +143,6 @@ class RecentJobs:
                 leases,
                 entry.terminal,
                 entry.kept,
+                entry.tasks,
             ),
         )

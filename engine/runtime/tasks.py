@@ -9,6 +9,7 @@ long. What a *final* outcome means is the state kind's: `TaskKind` below for tas
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from engine.blueprint.model import State, TaskSpec, TaskState
@@ -299,10 +300,12 @@ def check_leases(step: Step, alive: dict[str, dict[str, Any] | None], heard_sinc
             launch(step, step.state(task["state"]), task["branch"], task["attempt"])
             continue
         if reason is None:
-            if heard is not None and task_id in heard.get("tasks", ()):
-                task["listed"] = True  # the worker has it: back to one look a lease period
+            # (A changed record is a new one: the one read may be shared, see JobRecord.)
+            if heard is not None and task_id in heard.get("tasks", ()) and not task.get("listed"):
+                task = step.doc["tasks"][task_id] = {**task, "listed": True}
+                # the worker has it: back to one look a lease period
             if step.now >= next_look(task, lease):
-                task["checked_at"] = step.now
+                step.doc["tasks"][task_id] = {**task, "checked_at": step.now}
             continue
         step.retire(task_id, answered=False)
         step.fx.history.append(picked_up(task, lease))  # the lost attempt did start
@@ -372,13 +375,16 @@ def next_look(task: TaskRecord, lease: TaskLease) -> int:
     return max(task["checked_at"] or 0, lease.leased_at) + period
 
 
-def next_due(doc: JobDoc, leases: Leases) -> list[int]:
-    """Deadlines of the job's active tasks and pending retries (held while paused)."""
+def next_due(doc: JobDoc, leases: Leases, only: Iterable[str] | None = None) -> list[int]:
+    """Deadlines of the job's active tasks (of the tasks `only`, if given) and pending
+    retries (held while paused)."""
     paused = doc.get("paused") is not None
     due: list[int] = [] if paused else [retry["at"] for retry in doc["retries"]]
-    for task_id, task in doc["tasks"].items():
+    active = doc["tasks"]
+    for task_id in active if only is None else only:
         lease = leases.get(task_id)
-        if lease is None:
+        task = active.get(task_id)
+        if lease is None or task is None:
             continue
         if lease.state == "queued":
             if task["dispatch_deadline"] is not None:

@@ -29,6 +29,7 @@ from engine.runtime import outputs
 from engine.runtime.jobdoc import BranchData, JobDoc
 from engine.runtime.outputs import Kept
 from engine.store import cluster
+from engine.store.apart import ACTIVE, LEGACY_LEASES, lease_field, task_field, unpack
 from engine.store.changes import Changes
 from engine.store.errors import PartitionMismatch, StoreConfigError, StoreError, StoreUnavailable
 from engine.store.keys import (
@@ -124,6 +125,11 @@ class JobRecord:
     input_apart: bool = False
     # The step outputs the document refers to (fields o:<n>, see engine/runtime/outputs.py).
     kept: Kept = field(default_factory=Kept)
+    # Whether its active tasks are stored apart (engine/store/apart.py), and their records
+    # as read: the very objects in `doc["tasks"]` (a rule replaces a record it changes, never
+    # changes it in place), so that a change writes only the tasks it replaced or started.
+    tasks_apart: bool = False
+    tasks_read: Mapping[str, Any] = field(default_factory=dict)
 
 
 def with_input(doc: Any, given: str | None) -> Any:
@@ -196,6 +202,8 @@ class Commit:
     expected_version: int | None  # None: create; the job must not exist yet
     fields: dict[str, str]
     timer_ms: int | str | None = KEEP  # None removes the timer
+    # timer_ms only brings the timer forward (ZADD LT); None then leaves it as it is.
+    timer_lower: bool = False
     payloads: dict[str, str] = field(default_factory=dict)  # task id -> payload JSON
     drop: list[str] = field(default_factory=list)  # task ids no longer active (payloads go)
     enqueue: list[tuple[str, str, float]] = field(default_factory=list)  # (type, member, score)
@@ -210,6 +218,7 @@ class Commit:
     webhook_end: int = 0  # which end of the job the webhook is for (keys.outbox_member)
     done: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    drop_fields: list[str] = field(default_factory=list)  # job hash fields to delete
     # A parallel state's branch state (JSON by branch index), see Keys.job: fields i:<n> and
     # r:<n>; `drop_branches` deletes those of branches 0 .. n-1.
     branch_items: dict[int, str] = field(default_factory=dict)
@@ -451,31 +460,44 @@ class Store:
     async def read_job(self, job_id: str) -> JobRecord | None:
         key = self.keys.job(job_id)
         while True:
-            v, doc, leases, given = await self.redis.hmget(key, ["v", "doc", "leases", "input"])
+            fields = ["v", "doc", LEGACY_LEASES, "input"]
+            v, doc, leases, given = await self.redis.hmget(key, fields)
             if v is None or doc is None:
                 return None
             apart = None if given is None else str(given)
-            raw_leases = loads(leases) if leases else {}
-            record = JobRecord(int(v), with_input(loads(doc), apart), raw_leases)
+            decoded = with_input(loads(doc), apart)
+            ids = unpack(decoded)
+            if ids is None:  # written before its tasks were stored apart
+                record = JobRecord(int(v), decoded, loads(leases) if leases else {})
+                ids = []
+            else:
+                record = JobRecord(int(v), decoded, {}, tasks_apart=True)
+                decoded["tasks"] = {}
             record.input_apart = apart is not None
-            numbers = outputs.wanted(record.doc)
-            if not numbers or await self._read_outputs(key, record, numbers):
-                outputs.assemble(record.doc, record.kept)
-                return record
-
-    async def _read_outputs(self, key: str, record: JobRecord, numbers: list[int]) -> bool:
-        """Read the step outputs the document names into `record.kept`; False when the job
-        changed since it was read (or expired): read it again then."""
-        names = ["v", *map(outputs.field_name, numbers)]
-        v, *values = await self.redis.hmget(key, names)
-        if v is None or int(v) != record.version:
-            return False
-        for n, raw in zip(numbers, values, strict=True):
-            if raw is None:
-                return False  # (cannot be at the same version; read again rather than fail)
-            record.kept.values[n] = loads(raw)
-            record.kept.sizes[n] = len(raw)
-        return True
+            # The fields the document names, read at the same version: its step outputs and
+            # its active tasks' records and leases.
+            numbers = outputs.wanted(decoded)
+            names = [outputs.field_name(n) for n in numbers]
+            names += [task_field(t) for t in ids] + [lease_field(t) for t in ids]
+            if names:
+                found = await self.redis.hmget(key, ["v", *names])
+                if found[0] != v:
+                    continue  # changed between the two reads: read it again
+                outs = [str(o) for o in found[1 : 1 + len(numbers)] if o is not None]
+                if len(outs) < len(numbers):
+                    continue  # (cannot be at the same version; read again rather than fail)
+                for n, text in zip(numbers, outs, strict=True):
+                    record.kept.values[n] = loads(text)
+                    record.kept.sizes[n] = len(text)
+                at = 1 + len(numbers)
+                records, lease_texts = found[at : at + len(ids)], found[at + len(ids) :]
+                decoded["tasks"] = {t: loads(r) for t, r in zip(ids, records, strict=True) if r}
+                leased = zip(ids, lease_texts, strict=True)
+                record.leases = {t: str(r) for t, r in leased if r is not None}
+            if record.tasks_apart:
+                record.tasks_read = dict(decoded["tasks"])
+            outputs.assemble(decoded, record.kept)
+            return record
 
     async def commit(self, change: Commit, *, history_start: int) -> bool:
         """Apply `change` if the job's version still matches. History entries are stored as
@@ -613,19 +635,23 @@ class Store:
             # expires whole). Its branch fields do, being as many as its items, for the
             # whole retention period.
             hdel = [] if change.ttl_ms else [f"p:{t}" for t in change.drop]
+            hdel += change.drop_fields
             for n in range(change.drop_branches):
                 hdel += [f"i:{n}", f"r:{n}"]
             hdel += map(outputs.field_name, change.drop_outputs)
-            if change.drop_branches and fields:  # (the script deletes after it writes)
+            if (change.drop_branches or change.drop_fields) and fields:  # (it deletes last)
                 hdel = [name for name in hdel if name not in fields]
+            lower = change.timer_lower and change.timer_ms is not None
             if change.timer_ms == KEEP or (change.timer_ms is None and expected is None):
                 timer: str | bool = "keep"  # (a job being created has no timer to remove)
             elif change.timer_ms is None:
-                timer = False
+                timer = "keep" if change.timer_lower else False
             else:
                 timer = str(change.timer_ms)
+            plan: dict[str, Any] = {"lower": True} if lower else {}
             plans.append(
-                {
+                plan
+                | {
                     "key": key(keys.job(job_id)),
                     "id": job_id,
                     "expect": "" if expected is None else str(expected),
@@ -830,9 +856,21 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(self.keys.job(job_id), ["doc", "input"])
-        return [
+        docs = [
             with_input(loads(raw), given) if raw else None for raw, given in await pipe.execute()
         ]
+        apart = [(job_id, doc) for job_id, doc in zip(job_ids, docs, strict=True) if doc]
+        apart = [(job_id, doc) for job_id, doc in apart if ACTIVE in doc]
+        if apart:  # their active tasks, in a second round trip (no lease: as before)
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id, doc in apart:
+                ids = unpack(doc) or []
+                doc["tasks"] = dict.fromkeys(ids)
+                pipe.hmget(self.keys.job(job_id), [task_field(t) for t in ids] or ["v"])
+            for (_, doc), found in zip(apart, await pipe.execute(), strict=True):
+                tasks = doc["tasks"]
+                doc["tasks"] = {t: loads(r) for t, r in zip(tasks, found, strict=False) if r}
+        return docs
 
     # -- tasks and timers ----------------------------------------------------------------------
 
@@ -1242,6 +1280,7 @@ def _size(change: Commit) -> int:
         + len(change.history)
         + len(change.payloads)
         + len(change.drop)
+        + len(change.drop_fields)
         + len(change.enqueue)
         + len(change.dequeue)
     )

@@ -140,8 +140,9 @@ async def test_a_loop_keeps_a_bounded_number_of_outputs(store_url: str, tmp_path
 async def test_a_document_that_carries_its_outputs_is_read_and_moved_apart(
     redis_url: str, tmp_path: Path
 ) -> None:
-    # given a job stored as before outputs were stored apart: steps and state_history in
-    # its document, no output fields
+    # given a job stored as before outputs (and tasks) were stored apart: steps,
+    # state_history and the active tasks in its document, its leases in one field, no
+    # output or task fields
     async with orchestrator(redis_url, tmp_path, CHAIN) as orch:
         job_id = await orch.submit(orch.registry.by_name["chain"], {"pad": "abc"}, client="c")
         (task,) = await drain(orch, "w", "echo", 1)
@@ -152,8 +153,11 @@ async def test_a_document_that_carries_its_outputs_is_read_and_moved_apart(
         assert record is not None
         bookkeeping = ("initial_data", "outs", "layers", "oseq")
         old = {k: v for k, v in record.doc.items() if k not in bookkeeping}
-        await orch.store.redis.hset(key, "doc", dumps(old))
-        await orch.store.redis.hdel(key, *[n for n in fields if n.startswith("o:")])
+        await orch.store.redis.hset(
+            key, mapping={"doc": dumps(old), "leases": dumps(record.leases)}
+        )
+        apart = [n for n in fields if n.startswith(("o:", "t:", "l:"))]
+        await orch.store.redis.hdel(key, *apart)
         orch.recent.clear()
         # when it is read, then it has its steps
         again = await orch.store.read_job(job_id)

@@ -10,6 +10,7 @@
 --   hdel: [field] to delete from the job hash
 --   enqueue: [[queue KEYS index, score, member]]   dequeue: [[queue KEYS index, member]]
 --   timers: KEYS index of the timers zset; timer: score | false (remove) | "keep"
+--   lower: true (absent: false): the timer's score only ever comes down (ZADD LT)
 --   index: [KEYS index of the client index, score, KEYS index of the partition's set of
 --     client names, client name] | false
 --   labels: [KEYS index of a label index] (scored like the client index)
@@ -30,14 +31,19 @@
 -- as a `for_each` over thousands of items, and fail the whole batch.
 -- Returns a list: 1 for each plan applied, 0 where the version did not match.
 local CHUNK = 1000 -- values per command; even, so name/value and score/member pairs stay whole
-local function chunked(command, key, list)
+local function chunked(command, key, list, flag)
   for first = 1, #list, CHUNK do
-    redis.call(command, key, unpack(list, first, math.min(first + CHUNK - 1, #list)))
+    local last = math.min(first + CHUNK - 1, #list)
+    if flag then
+      redis.call(command, key, flag, unpack(list, first, last))
+    else
+      redis.call(command, key, unpack(list, first, last))
+    end
   end
 end
 local batch = cjson.decode(ARGV[1])
 local out = {}
-local adds, removes, ready, done, clients = {}, {}, {}, {}, {}
+local adds, removes, lowers, ready, done, clients = {}, {}, {}, {}, {}, {}
 local function push(lists, key, a, b)
   local list = lists[key]
   if not list then
@@ -62,7 +68,7 @@ for i, plan in ipairs(batch.plans) do
     if plan.timer == false then
       push(removes, plan.timers, plan.id)
     elseif plan.timer ~= 'keep' then
-      push(adds, plan.timers, plan.timer, plan.id)
+      push(plan.lower and lowers or adds, plan.timers, plan.timer, plan.id)
     end
     if plan.index then
       push(adds, plan.index[1], plan.index[2], plan.id)
@@ -92,6 +98,7 @@ for i, plan in ipairs(batch.plans) do
 end
 for key, members in pairs(removes) do chunked('ZREM', KEYS[key], members) end
 for key, flat in pairs(adds) do chunked('ZADD', KEYS[key], flat) end
+for key, flat in pairs(lowers) do chunked('ZADD', KEYS[key], flat, 'LT') end
 for key, names in pairs(clients) do
   local list = {}
   for name in pairs(names) do list[#list + 1] = name end
