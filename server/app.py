@@ -1,4 +1,5 @@
-"""The aiohttp application: middleware, the three sub-applications, and the engine's life.
+"""The aiohttp application: middleware, the routes of the three API areas, and the engine's
+life.
 
 `build_app(settings)` owns everything: a `cleanup_ctx` loads the blueprints and the
 schedules, connects the store, opens the webhook session, starts the orchestrator, and on
@@ -25,15 +26,22 @@ from engine.runtime.registry import Registry
 from engine.runtime.schedules import Schedule, load_schedules
 from engine.store.client import Store
 from server.auth import ClientAuth, WorkerAuth
-from server.client_api import client_app
+from server.client_api import add_client_routes
 from server.config import Settings
 from server.console import add_console
-from server.errors import ConfigError, error_middleware, json_response
+from server.errors import (
+    SECURITY_HEADERS,
+    ConfigError,
+    JsonResponse,
+    error_answer,
+    error_middleware,
+    json_response,
+)
 from server.logs import LoggingObserver, context_middleware
 from server.metrics import CONTENT_TYPE, Metrics, exposition, http_middleware
 from server.offload import Offload
 from server.openapi import docs_page, document
-from server.public import public_app
+from server.public import add_public_routes
 from server.state import (
     CLIENT_AUTH,
     CLOSING,
@@ -46,7 +54,7 @@ from server.state import (
     release_long_polls,
 )
 from server.webhooks import WebhookSender
-from server.worker_api import SKILLS, SkillCache, worker_app
+from server.worker_api import SKILLS, SkillCache, add_worker_routes
 
 
 def runtime_settings(settings: Settings) -> RuntimeSettings:
@@ -112,11 +120,14 @@ def _base_app(settings: Settings) -> web.Application:
         middlewares.insert(0, context_middleware())
     if settings.metrics:
         metrics = Metrics()
-        middlewares.insert(0, http_middleware(metrics))  # outermost: sees the final status
+        # Outermost: it sees the final status. It answers errors itself when nothing sits
+        # between it and the handlers (each middleware is a layer on every request).
+        counting = http_middleware(metrics, error_answer)
+        middlewares = [counting, *middlewares] if len(middlewares) > 1 else [counting]
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     app[SETTINGS] = settings
-    # No token: the contract is public. (Exact paths of the root app are matched before
-    # the sub-applications' prefixes, so the /api/v1 catch-all POST does not shadow them.)
+    # No token: the contract is public. (Added before the /api/v1 routes, so that the
+    # catch-all POST does not shadow them.)
     app.router.add_get("/api/v1/openapi.json", serve_openapi)
     app.router.add_get("/api/docs", serve_docs)
     if settings.metrics:
@@ -132,9 +143,10 @@ def _base_app(settings: Settings) -> web.Application:
     app[SKILLS] = SkillCache()
     app.on_shutdown.append(_release_long_polls)
     app.on_response_prepare.append(_security_headers)
-    app.add_subapp("/api/v1", client_app())
-    app.add_subapp("/_worker", worker_app())
-    app.add_subapp("/_public", public_app())
+    # The three areas' routes sit on this one router (server/routing.py).
+    add_client_routes(app)
+    add_worker_routes(app)
+    add_public_routes(app)
     add_console(app)  # the web console at `/`
     return app
 
@@ -147,26 +159,18 @@ async def _close_offload(app: web.Application) -> None:
     app[OFFLOAD].close()
 
 
-#: Sent with every answer: no version to fingerprint, nothing for a browser to sniff,
-#: frame, cache or pass on as a referrer (the API serves JSON and DOT, never pages).
-SECURITY_HEADERS = {
-    "Server": "Interlock",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    "Referrer-Policy": "no-referrer",
-}
-
-
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     # Runs before aiohttp adds its defaults, which only fill headers not yet set. A route
-    # with its own policy (the web console's pages) keeps it.
+    # with its own policy (the web console's pages) keeps it. A JSON answer was built with
+    # them (server/errors.py).
+    if type(response) is JsonResponse:
+        return
+    headers = response.headers
     for name, value in SECURITY_HEADERS.items():
         if name == "Server":
-            response.headers[name] = value
+            headers[name] = value
         else:
-            response.headers.setdefault(name, value)
-    response.headers.setdefault("Cache-Control", "no-store")
+            headers.setdefault(name, value)
 
 
 def _tracing_from_env() -> Any:

@@ -43,6 +43,7 @@ from server.params import (
     reject_unknown,
     required_str,
 )
+from server.routing import Area
 from server.state import (
     CLIENT,
     CLIENT_AUTH,
@@ -72,19 +73,47 @@ MAX_LIMIT = 200
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
-@web.middleware
-async def client_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request[CLIENT] = request.config_dict[CLIENT_AUTH].client(request.headers.get(CLIENT_HEADER))
-    try:
-        return await handler(request)
-    except web.HTTPMethodNotAllowed as exc:
-        # The submission route takes a POST on any path, so aiohttp lists POST as allowed
-        # on every path (GET /api/v1/jobs/x/graph -> "Allow: GET,HEAD,POST"). POST is
-        # allowed only where a fixed route or a blueprint's api_endpoint takes it.
-        if "POST" not in exc.allowed_methods or _takes_post(request):
-            raise
-        allowed = set(exc.allowed_methods) - {"POST"}
-        raise web.HTTPMethodNotAllowed(request.method, allowed) from None
+def _authenticate(request: web.Request) -> None:
+    request[CLIENT] = request.app[CLIENT_AUTH].client(request.headers.get(CLIENT_HEADER))
+
+
+def _without_post(request: web.Request, exc: web.HTTPMethodNotAllowed) -> web.HTTPMethodNotAllowed:
+    """The submission route takes a POST on any path, so aiohttp lists POST as allowed on
+    every path (GET /api/v1/jobs/x/graph -> "Allow: GET,HEAD,POST"). POST is allowed only
+    where a fixed route or a blueprint's api_endpoint takes it."""
+    if "POST" not in exc.allowed_methods or _takes_post(request):
+        return exc
+    return web.HTTPMethodNotAllowed(request.method, set(exc.allowed_methods) - {"POST"})
+
+
+def client_route(handler: Handler) -> Handler:
+    """`handler` behind the client's token, taking bare chosen job ids (`_bare_job_id`)."""
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        _authenticate(request)
+        try:
+            try:
+                return await handler(request)
+            except NotFound as exc:
+                if not _bare_job_id(request, exc):
+                    raise
+                return await handler(request)
+        except web.HTTPMethodNotAllowed as exc:
+            fixed = _without_post(request, exc)
+            if fixed is exc:
+                raise
+            raise fixed from None
+
+    return route
+
+
+def unmatched_client(request: web.Request, exc: web.HTTPException) -> web.HTTPException:
+    """A path under /api/v1 that no route takes: 401 without a client token, else its
+    404, or its 405 (`_without_post`)."""
+    _authenticate(request)
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return _without_post(request, exc)
+    return exc
 
 
 def _takes_post(request: web.Request) -> bool:
@@ -92,12 +121,14 @@ def _takes_post(request: web.Request) -> bool:
     return orchestrator(request).blueprint_for_endpoint(endpoint) is not None
 
 
+# The fixed client routes' resources (all but the submission route), on the root app.
+FIXED_RESOURCES: web.AppKey[list[web.AbstractResource]] = web.AppKey("client_fixed_resources")
+
+
 async def _fixed_methods(request: web.Request) -> set[str]:
     """The methods the fixed routes (all but the submission route) take on this path."""
     methods: set[str] = set()
-    for resource in request.app.router.resources():
-        if any(route.handler is submit_job for route in resource):
-            continue
+    for resource in request.app[FIXED_RESOURCES]:
         match, allowed = await resource.resolve(request)
         if match is not None:
             methods.add(request.method)
@@ -122,26 +153,23 @@ def _job_id(request: web.Request) -> str:
     return job_id
 
 
-@web.middleware
-async def bare_job_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _bare_job_id(request: web.Request, exc: NotFound) -> bool:
     """Owner routes (`/jobs/{job_id}...`) take the bare `job_id` a client chose at submit
     as well as the stored `<job_id>-<client tag>`: when no job of the client has the id in
-    the path and it can be a chosen id, the route runs again on the client's tagged id.
-    The tag is the requesting client's own, so no other client's job can answer; a full id
-    costs nothing more, and a route finds nothing to change before it finds the job."""
-    try:
-        return await handler(request)
-    except NotFound as exc:
-        given = request.match_info.get("job_id")
-        if (
-            exc.code != "job_not_found"
-            or given is None
-            or RESOLVED_JOB_ID in request
-            or idempotency.chosen_id_problem(given) is not None
-        ):
-            raise
-        request[RESOLVED_JOB_ID] = idempotency.by_chosen_id(request[CLIENT], given).job_id
-        return await handler(request)
+    the path and it can be a chosen id, the route runs again on the client's tagged id
+    (returns True: run it again). The tag is the requesting client's own, so no other
+    client's job can answer; a full id costs nothing more, and a route finds nothing to
+    change before it finds the job."""
+    given = request.match_info.get("job_id")
+    if (
+        exc.code != "job_not_found"
+        or given is None
+        or RESOLVED_JOB_ID in request
+        or idempotency.chosen_id_problem(given) is not None
+    ):
+        return False
+    request[RESOLVED_JOB_ID] = idempotency.by_chosen_id(request[CLIENT], given).job_id
+    return True
 
 
 async def _read_view(
@@ -152,7 +180,7 @@ async def _read_view(
     orch = orchestrator(request)
     read = orch.read(job_id, request[CLIENT], wait_s)
     record = await unless_closing(request, read, None) if wait_s > 0 else await read
-    if record is None and wait_s > 0 and request.config_dict[CLOSING].is_set():
+    if record is None and wait_s > 0 and request.app[CLOSING].is_set():
         record = await orch.read(job_id, request[CLIENT])  # shutting down: answer as it is
     if record is None:
         raise job_not_found()
@@ -231,7 +259,7 @@ async def submit_job(request: web.Request) -> web.Response:
         )
     # A large body is checked on a thread (server/offload.py); aiohttp keeps the body read.
     size = len(await request.read())
-    await request.config_dict[OFFLOAD].run(size, lambda: _check_input(blueprint, initial_data))
+    await request.app[OFFLOAD].run(size, lambda: _check_input(blueprint, initial_data))
     options: dict[str, Any] = {
         "webhook_url": webhook_url,
         "dispatch_timeout_ms": dispatch_ms,
@@ -558,24 +586,26 @@ async def explain_job(request: web.Request) -> web.Response:
     return await handler(request)
 
 
-def client_app() -> web.Application:
-    """The `/api/v1` sub-application. Fixed routes first: the job-submission route catches
-    every other POST path, since an api_endpoint may contain `/`."""
-    app = web.Application(middlewares=[client_auth_middleware, bare_job_id_middleware])
-    app.router.add_get("/blueprints", list_blueprints)
-    app.router.add_get("/blueprints/{name}", get_blueprint)
-    app.router.add_get("/blueprints/{name}/graph", blueprint_graph)
-    app.router.add_get("/jobs", list_jobs)
-    app.router.add_get("/jobs/{job_id}", get_job)
-    app.router.add_get("/jobs/{job_id}/history", job_history)
-    app.router.add_get("/jobs/{job_id}/graph", job_graph)
-    app.router.add_get("/jobs/{job_id}/changes", job_changes)
-    app.router.add_get("/jobs/{job_id}/explain", explain_job)
-    app.router.add_post("/jobs/{job_id}/cancel", cancel_job)
-    app.router.add_post("/jobs/{job_id}/approval", decide_approval)
+def add_client_routes(app: web.Application) -> None:
+    """The `/api/v1` routes on `app`'s router. Fixed routes first: the job-submission route
+    catches every other POST path, since an api_endpoint may contain `/`."""
+    area = Area(app, PREFIX, client_route, unmatched_client)
+    fixed = [
+        area.get("/blueprints", list_blueprints),
+        area.get("/blueprints/{name}", get_blueprint),
+        area.get("/blueprints/{name}/graph", blueprint_graph),
+        area.get("/jobs", list_jobs),
+        area.get("/jobs/{job_id}", get_job),
+        area.get("/jobs/{job_id}/history", job_history),
+        area.get("/jobs/{job_id}/graph", job_graph),
+        area.get("/jobs/{job_id}/changes", job_changes),
+        area.get("/jobs/{job_id}/explain", explain_job),
+        area.post("/jobs/{job_id}/cancel", cancel_job),
+        area.post("/jobs/{job_id}/approval", decide_approval),
+    ]
     from server import job_controls  # it imports this module's helpers
 
-    job_controls.add_routes(app)  # events, pause, resume, redrive, rerun
-    app.router.add_get("/workers", list_workers)
-    app.router.add_post("/{api_endpoint:.+}", submit_job)
-    return app
+    fixed += job_controls.add_routes(area)  # events, pause, resume, redrive, rerun
+    fixed.append(area.get("/workers", list_workers))
+    app[FIXED_RESOURCES] = list(dict.fromkeys(fixed))
+    area.post("/{api_endpoint:.+}", submit_job)

@@ -8,13 +8,13 @@ of worker errors are chosen with care: "Unauthorized: ..." and "... not found".
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.exceptions
 from aiohttp import web
+from multidict import CIMultiDict
 
 from engine.errors import InterlockError
 from engine.jsonutil import dumpb
@@ -23,6 +23,10 @@ from engine.store.client import StoreUnavailable
 log = logging.getLogger("interlock.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: What a request that no route matched must pass under an area's path prefix (a token)
+#: before its 404 or 405, and the error it then gets (server/routing.py).
+Unmatched = Callable[[web.Request, web.HTTPException], web.HTTPException]
+AREAS: web.AppKey[dict[str, Unmatched]] = web.AppKey("areas")
 
 
 class ServerError(InterlockError):
@@ -104,11 +108,28 @@ class ServiceUnavailable(ApiError):
     default_code = "store_unavailable"
 
 
+#: Sent with every answer: no version to fingerprint, nothing for a browser to sniff,
+#: frame, cache or pass on as a referrer (the API serves JSON and DOT, never pages).
+#: server/app.py adds them to each answer that does not come with them.
+SECURITY_HEADERS = {
+    "Server": "Interlock",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+_JSON_HEADERS = CIMultiDict({"Content-Type": "application/json; charset=utf-8", **SECURITY_HEADERS})
+
+
+class JsonResponse(web.Response):
+    """A JSON answer built with its headers, security headers included (copied from one
+    prepared set rather than set one by one on every answer)."""
+
+
 def json_response(data: Any, *, status: int = 200) -> web.Response:
     """A JSON answer encoded by the engine's codec (compact, UTF-8)."""
-    return web.Response(
-        body=dumpb(data), status=status, content_type="application/json", charset="utf-8"
-    )
+    return JsonResponse(body=dumpb(data), status=status, headers=_JSON_HEADERS)
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
@@ -137,29 +158,48 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Re
     return response
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into a JSON error; unexpected ones into a logged, generic 500."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
+def _unmatched(request: web.Request, exc: web.HTTPException) -> web.HTTPException:
+    """The error for a path no route matched, once its area's check (if any) passed."""
+    areas = request.app.get(AREAS)
+    if areas:
+        path = request.rel_url.raw_path
+        for prefix, check in areas.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return check(request, exc)
+    return exc
+
+
+def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The JSON answer for a failure of `request`'s handler (called where it is caught);
+    re-raises a redirect or other non-error HTTP exception untouched."""
+    if isinstance(exc, ApiError):
         return exc.response()
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise  # redirects and other non-errors pass through untouched
+            raise exc  # redirects and other non-errors pass through untouched
+        if request.match_info.http_exception is exc:  # no route matched
+            try:
+                exc = _unmatched(request, exc)
+            except ApiError as refused:
+                return refused.response()
         return _from_http_exception(request, exc)
-    except (
-        StoreUnavailable,
-        redis.exceptions.ConnectionError,
-        redis.exceptions.TimeoutError,
-    ) as exc:
+    if isinstance(
+        exc, (StoreUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    ):
         # Some store calls let driver errors through untranslated; they mean the same thing.
         log.warning("%s %s: store unavailable: %s", request.method, request.path, exc)
         return error_response(503, "store_unavailable", "the job store is unavailable; retry later")
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        return error_response(
-            500, "internal_error", "internal server error; the details are in the server log"
-        )
+    log.error("unexpected error in %s %s", request.method, request.path, exc_info=exc)
+    return error_response(
+        500, "internal_error", "internal server error; the details are in the server log"
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a JSON error; unexpected ones into a logged, generic 500.
+    (With metrics on, server/metrics.py's middleware does this itself: one layer less.)"""
+    try:
+        return await handler(request)
+    except Exception as exc:  # (a cancellation is no Exception: it passes)
+        return error_answer(request, exc)

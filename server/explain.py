@@ -265,7 +265,7 @@ async def explain_job(request: web.Request) -> web.Response:
     record = await orch.read(job_id, request[CLIENT])
     if record is None:
         raise job_not_found()
-    connected_ms = request.config_dict[SETTINGS].heartbeat_timeout_ms
+    connected_ms = request.app[SETTINGS].heartbeat_timeout_ms
     sentence, facts = await explain(orch, dict(record.doc), record.leases, connected_ms)
     return json_response(
         {

@@ -22,6 +22,7 @@ from engine.runtime.jobdoc import Ignored
 from server.client_api import _job_id, job_not_found
 from server.errors import BadRequest, Conflict, Handler, json_response
 from server.params import json_object, json_type, reject_unknown, required_str
+from server.routing import Area
 from server.state import CLIENT, orchestrator
 from server.views import job_view
 
@@ -162,11 +163,13 @@ async def _run_again(
     return json_response(job_view(outcome))
 
 
-def add_routes(app: web.Application) -> None:
-    """Register these routes on the `/api/v1` sub-application (before the catch-all
-    submission route)."""
-    app.router.add_post("/jobs/{job_id}/events/{name}", send_event)
-    app.router.add_post("/jobs/{job_id}/pause", _pause_control("paused"))
-    app.router.add_post("/jobs/{job_id}/resume", _pause_control("resumed"))
-    app.router.add_post("/jobs/{job_id}/redrive", redrive_job)
-    app.router.add_post("/jobs/{job_id}/rerun", rerun_job)
+def add_routes(area: Area) -> list[web.AbstractResource]:
+    """Register these routes in the `/api/v1` area (before the catch-all submission
+    route); their resources."""
+    return [
+        area.post("/jobs/{job_id}/events/{name}", send_event),
+        area.post("/jobs/{job_id}/pause", _pause_control("paused")),
+        area.post("/jobs/{job_id}/resume", _pause_control("resumed")),
+        area.post("/jobs/{job_id}/redrive", redrive_job),
+        area.post("/jobs/{job_id}/rerun", rerun_job),
+    ]

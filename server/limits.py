@@ -72,12 +72,16 @@ class ConnectionGuard:
 class GuardedHandler(RequestHandler):
     """aiohttp's RequestHandler, counted and with a deadline for each request's headers."""
 
-    __slots__ = ("_admitted", "_body", "_guard", "_header_timer")
+    __slots__ = ("_admitted", "_body", "_deadline", "_guard", "_header_timer")
 
     def __init__(self, guard: ConnectionGuard, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._guard = guard
         self._admitted = False
+        # When the headers being waited for must be complete (None: none are awaited), and
+        # the timer that checks it. A request's headers only set and clear the deadline: the
+        # timer, armed at most once per deadline passed, finds a later one and waits on.
+        self._deadline: float | None = None
         self._header_timer: asyncio.TimerHandle | None = None
         # The body of the last request whose headers were parsed (None before the first):
         # bytes that arrive once it is complete begin the next request's headers.
@@ -97,11 +101,20 @@ class GuardedHandler(RequestHandler):
 
     def _arm(self, transport: asyncio.BaseTransport) -> None:
         loop = asyncio.get_running_loop()
-        timeout = self._guard.header_timeout_s
-        self._header_timer = loop.call_later(timeout, self._too_slow, transport)
+        self._deadline = loop.time() + self._guard.header_timeout_s
+        if self._header_timer is None:
+            self._header_timer = loop.call_at(self._deadline, self._check, transport)
 
-    def _too_slow(self, transport: asyncio.BaseTransport) -> None:
+    def _check(self, transport: asyncio.BaseTransport) -> None:
+        deadline = self._deadline
+        loop = asyncio.get_running_loop()
+        if deadline is not None and loop.time() < deadline:  # a later request's headers
+            self._header_timer = loop.call_at(deadline, self._check, transport)
+            return
         self._header_timer = None
+        if deadline is None:  # they came in time
+            return
+        self._deadline = None
         self._guard.timed_out += 1
         transport.close()
 
@@ -110,21 +123,20 @@ class GuardedHandler(RequestHandler):
             super().data_received(data)
             return
         between = self._body is None or self._body.is_eof()
-        if data and between and self._header_timer is None and self.transport is not None:
+        if data and between and self._deadline is None and self.transport is not None:
             self._arm(self.transport)  # the first byte of a later request's headers
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed:  # headers complete: aiohttp queued the request
             self._body = self._messages[-1][1] if self._messages else None
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+            self._deadline = None  # (the timer, if still set, finds none and stops)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self._admitted:
             return
         self._admitted = False
         self._guard.open -= 1
+        self._deadline = None
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None

@@ -46,7 +46,7 @@ def _closing(request: web.Request) -> bool:
     client disconnected, and a page that navigates away leaves its poll behind."""
     transport = request.transport
     gone = transport is None or transport.is_closing()
-    return gone or request.config_dict[CLOSING].is_set()
+    return gone or request.app[CLOSING].is_set()
 
 
 async def job_when_changed(

@@ -502,7 +502,12 @@ def _resource_of(request: web.Request) -> Any:
     return info.route.resource
 
 
-def http_middleware(metrics: Metrics) -> Callable[..., Any]:
+def http_middleware(
+    metrics: Metrics, answer_error: Callable[[web.Request, Exception], web.StreamResponse]
+) -> Callable[..., Any]:
+    """Counts and times every request, and (one layer less than a middleware of its own)
+    answers its handler's failures with `answer_error` (server/errors.py `error_answer`),
+    so that it counts the final status."""
     observe = metrics.http.observe
     clock = time.perf_counter
 
@@ -511,10 +516,13 @@ def http_middleware(metrics: Metrics) -> Callable[..., Any]:
         started = clock()
         status = 500
         try:
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except Exception as exc:  # (a cancellation is no Exception: it passes)
+                response = answer_error(request, exc)
             status = response.status
             return response
-        except web.HTTPException as exc:
+        except web.HTTPException as exc:  # a redirect, which answer_error passes on
             status = exc.status
             raise
         finally:

@@ -42,7 +42,7 @@ async def json_object(request: web.Request, *, empty_ok: bool = False) -> dict[s
             code="unsupported_media_type",
         )
     try:
-        async with asyncio.timeout(request.config_dict[SETTINGS].body_timeout_s):
+        async with asyncio.timeout(request.app[SETTINGS].body_timeout_s):
             raw = await request.read()
     except TimeoutError:
         raise RequestTimeout(
@@ -53,7 +53,7 @@ async def json_object(request: web.Request, *, empty_ok: bool = False) -> dict[s
             return {}
         raise BadRequest("the request body is empty; send a JSON object", code="invalid_json")
     try:  # (a large body is parsed on a thread: server/offload.py)
-        value = await request.config_dict[OFFLOAD].run(len(raw), lambda: loads_strict(raw))
+        value = await request.app[OFFLOAD].run(len(raw), lambda: loads_strict(raw))
     except JsonValueError as exc:
         raise BadRequest(
             f"the request body cannot be stored: {exc}",

@@ -19,6 +19,7 @@ from engine.runtime.jobdoc import Ignored
 from server.client_api import decision_of, refused_decision
 from server.errors import NotFound, error_response, json_response
 from server.params import ID
+from server.routing import Area
 from server.state import orchestrator, public_base
 from server.views import approval_path, iso
 
@@ -122,9 +123,9 @@ async def decide_by_link(request: web.Request) -> web.Response:
     return response
 
 
-def public_app() -> web.Application:
-    app = web.Application()
-    app.router.add_get("/status", status)
-    app.router.add_get("/approvals/{job_id}/{token}", describe_approval)
-    app.router.add_post("/approvals/{job_id}/{token}", decide_by_link)
-    return app
+def add_public_routes(app: web.Application) -> None:
+    """The `/_public` routes on `app`'s router: no token."""
+    area = Area(app, "/_public")
+    area.get("/status", status)
+    area.get("/approvals/{job_id}/{token}", describe_approval)
+    area.post("/approvals/{job_id}/{token}", decide_by_link)

@@ -1,7 +1,8 @@
 """Typed application state: the `web.AppKey`s and request keys shared by the API modules.
 
-Values live on the root application (handlers of sub-applications read them through
-`request.config_dict`), so nothing is global: two apps in one process share nothing.
+Values live on the one application (`request.app`: the API areas are routes of it, not
+sub-applications, see server/routing.py), so nothing is global: two apps in one process
+share nothing.
 """
 
 from __future__ import annotations
@@ -35,18 +36,18 @@ WORKER = web.RequestKey("worker", str)  # the authenticated worker id
 
 
 def orchestrator(request: web.Request) -> Orchestrator:
-    return request.config_dict[ORCHESTRATOR]
+    return request.app[ORCHESTRATOR]
 
 
 def settings(request: web.Request) -> Settings:
-    return request.config_dict[SETTINGS]
+    return request.app[SETTINGS]
 
 
 def public_base(request: web.Request) -> str:
     """Where people reach this server: PUBLIC_URL, or else the address the connection came
     in on. Never the request's Host header: anyone can write one, and a link built from it
     would send an approval token to their host."""
-    configured = request.config_dict[SETTINGS]
+    configured = request.app[SETTINGS]
     if configured.public_url:
         return configured.public_url
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
@@ -65,18 +66,18 @@ async def unless_closing(request: web.Request, work: Coroutine[Any, Any, T], fal
     """Await `work` (a long poll), or give `fallback` as soon as the server shuts down, so
     that long polls never hold a graceful shutdown for their full duration. The work runs
     in the request's own task, which the shutdown cancels (see `release_long_polls`)."""
-    if request.config_dict[CLOSING].is_set():
+    if request.app[CLOSING].is_set():
         work.close()  # never started, so nothing to undo
         return fallback
     task = asyncio.current_task()
     assert task is not None
-    polls = request.config_dict[LONG_POLLS]
+    polls = request.app[LONG_POLLS]
     polls.add(task)
     try:
         return await work
     except asyncio.CancelledError:
         # The shutdown's cancellation ends the wait; any other (the request's) goes on.
-        if request.config_dict[CLOSING].is_set() and task.uncancel() == 0:
+        if request.app[CLOSING].is_set() and task.uncancel() == 0:
             return fallback
         raise
     finally:

@@ -34,6 +34,7 @@ from server.params import (
     query_number,
     required_str,
 )
+from server.routing import Area
 from server.state import (
     OFFLOAD,
     WORKER,
@@ -76,9 +77,8 @@ SKILLS = web.AppKey("worker_skills", SkillCache)
 TASK_TYPES: web.RequestKey[TaskTypes] = web.RequestKey("task_types")
 
 
-@web.middleware
-async def worker_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    auth = request.config_dict[WORKER_AUTH]
+def _authenticate(request: web.Request) -> None:
+    auth = request.app[WORKER_AUTH]
     worker_id, task_types = auth.authenticate(
         request.headers.get(WORKER_ID_HEADER), request.headers.get(WORKER_TOKEN_HEADER)
     )
@@ -87,7 +87,23 @@ async def worker_auth_middleware(request: web.Request, handler: Handler) -> web.
         raise auth.mismatch(worker_id, path_id)
     request[WORKER] = worker_id
     request[TASK_TYPES] = task_types
-    return await handler(request)
+
+
+def worker_route(handler: Handler) -> Handler:
+    """`handler` behind the worker's id and token."""
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        _authenticate(request)
+        return await handler(request)
+
+    return route
+
+
+def unmatched_worker(request: web.Request, exc: web.HTTPException) -> web.HTTPException:
+    """A path under /_worker that no route takes: refused without a valid token, else its
+    404 or 405."""
+    _authenticate(request)
+    return exc
 
 
 # -- registration and heartbeats ------------------------------------------------------------
@@ -138,7 +154,7 @@ async def register(request: web.Request) -> web.Response:
         if isinstance(body.get(key), dict):
             registration[key] = body[key]
     await orchestrator(request).register_worker(worker_id, registration)
-    request.config_dict[SKILLS].put(worker_id, skills)
+    request.app[SKILLS].put(worker_id, skills)
     # No access_token: the SDK would switch its X-Worker-Token to it (protocol §2.1).
     return json_response({"status": "registered"})
 
@@ -151,7 +167,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     given = body.get("current_tasks")
     tasks = None if given is None else list(_name_list(given, "current_tasks"))
     alive_ms = settings(request).heartbeat_timeout_ms
-    skills = request.config_dict[SKILLS].get(worker_id) or ()  # seen: for metrics, explain
+    skills = request.app[SKILLS].get(worker_id) or ()  # seen: for metrics, explain
     known, cancels = await orchestrator(request).heartbeat(worker_id, tasks, alive_ms, skills)
     if not known:
         # The SDK re-registers when the text holds "not found" (protocol §6). Only a worker
@@ -175,7 +191,7 @@ async def _asked_skills(request: web.Request, worker_id: str) -> tuple[str, ...]
     skills = tuple(dict.fromkeys(s.strip() for s in given.split(",") if s.strip()))
     if skills:
         return skills
-    cache = request.config_dict[SKILLS]
+    cache = request.app[SKILLS]
     cached = cache.get(worker_id)
     if cached is None:
         registration = await orchestrator(request).worker_registration(worker_id)
@@ -209,8 +225,11 @@ async def next_task(request: web.Request) -> web.Response:
     skills = await _skills(request, worker_id)
     orch = orchestrator(request)
 
+    # Asked before every lease the poll may get: the transport is looked up once (a closed
+    # connection's transport says it is closing).
+    transport = request.transport
+
     def gone() -> bool:  # the worker closed the connection (it died, or gave up waiting)
-        transport = request.transport
         return transport is None or transport.is_closing()
 
     work = orch.next_tasks(worker_id, skills, wait_s, max_tasks or 1, gone)
@@ -245,7 +264,7 @@ def _check_result(body: dict[str, Any]) -> None:
 def _result_check(request: web.Request, size: int) -> Offload | None:
     """How a result's output_schema check runs: off the event loop for a body of at least
     CHECK_OFF_LOOP_BYTES (as a submit's input_schema check), else where it is applied."""
-    offload = request.config_dict[OFFLOAD]
+    offload = request.app[OFFLOAD]
     if size < offload.off_loop_bytes:
         return None
     return functools.partial(offload.run, size)
@@ -319,15 +338,14 @@ async def no_token_service(request: web.Request) -> web.Response:
     )
 
 
-def worker_app() -> web.Application:
-    """The `/_worker` sub-application."""
-    app = web.Application(middlewares=[worker_auth_middleware])
-    app.router.add_post("/workers/register", register)
-    app.router.add_patch("/workers/{worker_id}", heartbeat)
-    app.router.add_get("/workers/{worker_id}/tasks/next", next_task)
-    app.router.add_post("/tasks/result", task_result)
-    app.router.add_post("/tasks/results", task_results)  # Interlock extension
-    app.router.add_post("/events", worker_event)
-    app.router.add_post("/auth/token", no_token_service)
-    app.router.add_post("/auth/token/refresh", no_token_service)
-    return app
+def add_worker_routes(app: web.Application) -> None:
+    """The `/_worker` routes on `app`'s router."""
+    area = Area(app, "/_worker", worker_route, unmatched_worker)
+    area.post("/workers/register", register)
+    area.add("PATCH", "/workers/{worker_id}", heartbeat)
+    area.get("/workers/{worker_id}/tasks/next", next_task)
+    area.post("/tasks/result", task_result)
+    area.post("/tasks/results", task_results)  # Interlock extension
+    area.post("/events", worker_event)
+    area.post("/auth/token", no_token_service)
+    area.post("/auth/token/refresh", no_token_service)
