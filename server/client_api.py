@@ -184,16 +184,22 @@ async def _read_view(
         record = await orch.read(job_id, request[CLIENT])  # shutting down: answer as it is
     if record is None:
         raise job_not_found()
-    view = job_view(
-        record.doc,
-        record.leases,
-        await _retry_types(orch, record.doc),
-        # Only a job waiting for a person shows a link (building the origin costs).
-        public_base=public_base(request) if record.doc.get("approval") else None,
-    )
+    view = await _view(request, orch, record.doc, record.leases)
     if include_input:
         view["initial_data"] = record.doc.get("initial_data")
     return view
+
+
+async def _view(
+    request: web.Request, orch: Orchestrator, doc: Mapping[str, Any], leases: dict[str, str]
+) -> dict[str, Any]:
+    return job_view(
+        doc,
+        leases,
+        await _retry_types(orch, doc),
+        # Only a job waiting for a person shows a link (building the origin costs).
+        public_base=public_base(request) if doc.get("approval") else None,
+    )
 
 
 async def _retry_types(
@@ -495,12 +501,13 @@ async def decide_approval(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     decision = await decision_of(request)
     orch = orchestrator(request)
-    outcome = await orch.decide(job_id, request[CLIENT], decision)
+    outcome = await orch.decide_committed(job_id, request[CLIENT], decision)
     if outcome is None:
         raise job_not_found()
     if isinstance(outcome, Ignored):
         raise await refused_decision(orch, job_id, decision, outcome)
-    return json_response(await _read_view(request, job_id))
+    # The job as the decision left it (a read could find it further on already).
+    return json_response(await _view(request, orch, outcome.doc, outcome.leases))
 
 
 async def decision_of(request: web.Request) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.blueprint.model import Blueprint
@@ -42,9 +42,11 @@ class OrchestratorSettings:
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """A rule's change was committed; `doc` is the job as committed."""
+    """A rule's change was committed; `doc` is the job as committed, `leases` its active
+    tasks' raw leases as committed."""
 
     doc: JobDoc
+    leases: dict[str, str] = field(default_factory=dict)
 
 
 Outcome = Applied | Ignored | None

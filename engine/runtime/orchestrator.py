@@ -287,7 +287,7 @@ class Orchestrator:
             doc["request_fingerprint"] = fingerprint
         machine = await self.registry.machine(blueprint.content_hash, self.store)
         fx = machine.start(doc, now, self.rng)
-        return await self.commit(machine, None, doc, fx, index=(client, now))
+        return await self.commit(machine, None, doc, fx, index=(client, now)) is not None
 
     async def get_job(self, job_id: str, client: str | None) -> JobDoc | None:
         record = await self.read(job_id, client)
@@ -426,6 +426,12 @@ class Orchestrator:
     ) -> dict[str, Any] | Ignored | None:
         """Apply an approval decision by the job's owner (client) or through the approval
         link (token). Returns the new document, Ignored with a reason, or None if unknown."""
+        return _doc_or_reason(await self.decide_committed(job_id, client, decision, token=token))
+
+    async def decide_committed(
+        self, job_id: str, client: str | None, decision: str, *, token: str | None = None
+    ) -> Outcome:
+        """`decide`, answered with the job as the decision committed it (with its leases)."""
         if token is None and await self.get_job(job_id, client) is None:
             return None
         by = "link" if token is not None else f"client:{client}"
@@ -438,7 +444,7 @@ class Orchestrator:
                 return Ignored("invalid_token")
             return machine.on_decision(record.doc, decision, now, self.rng, by=by)
 
-        return _doc_or_reason(await self.apply(job_id, rule))
+        return await self.apply(job_id, rule)
 
     async def _start_child(self, child: ChildJob, client: str) -> None:
         blueprint = self.registry.current(child.blueprint)
@@ -652,8 +658,9 @@ class Orchestrator:
                     # guard checked it: decide again on a fresh read.
                     continue
                 return decided
-            if await self.commit(machine, record, record.doc, decided):
-                return Applied(record.doc)
+            committed = await self.commit(machine, record, record.doc, decided)
+            if committed is not None:
+                return Applied(committed.doc, committed.leases)
             # The usual clash is a lease (one quick script): re-read at once, back off
             # only if clashes persist.
             if retry >= 3:
@@ -713,7 +720,10 @@ class Orchestrator:
         fx: Effects,
         *,
         index: tuple[str, int] | None = None,
-    ) -> bool:
+    ) -> JobRecord | None:
+        """Commit the change `fx` made to the job `record` (None: create it) as `doc`; the
+        job as committed, or None when the version guard refused it (or the outcome is
+        unknown)."""
         now = now_ms()
         doc["updated_at"] = now
         history_start = doc["hseq"]
@@ -796,7 +806,7 @@ class Orchestrator:
             if not applied:  # refused, or unknown (an error): read the job next time
                 self.recent.forget(doc["id"])
         if not applied:
-            return False
+            return None
         self.recent.remember(
             doc["id"],
             version,
@@ -820,7 +830,7 @@ class Orchestrator:
             tasks_read=tasks,
         )
         await self._after_commit(doc, fx, webhook, queued, committed, direct=direct)
-        return True
+        return committed
 
     def _place_tasks(
         self, record: JobRecord | None, fx: Effects, now: int
