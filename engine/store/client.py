@@ -450,15 +450,18 @@ class Store:
                 return record
 
     async def _read_outputs(self, key: str, record: JobRecord, numbers: list[int]) -> bool:
-        """Read the step outputs the document names into `record.kept`; False when the job
-        changed since it was read (or expired): read it again then."""
+        """Read the step outputs the document names into `record.kept`; False when one is
+        gone (the job changed since it was read and replaced it, or expired): read it again
+        then. An output field is written once and never changed, so one still there is the
+        one the document read names, even if the job moved on meanwhile: the job is answered
+        as first read, not as a later version."""
         names = ["v", *map(outputs.field_name, numbers)]
         v, *values = await self.redis.hmget(key, names)
-        if v is None or int(v) != record.version:
+        if v is None or int(v) < record.version:  # gone, or created anew (numbers reused)
             return False
         for n, raw in zip(numbers, values, strict=True):
             if raw is None:
-                return False  # (cannot be at the same version; read again rather than fail)
+                return False
             record.kept.values[n] = loads(raw)
             record.kept.sizes[n] = len(raw)
         return True
