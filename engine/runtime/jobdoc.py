@@ -210,6 +210,8 @@ class JobDoc(TypedDict):
     # Of those, the ones taken back unanswered (timed out, released, cancelled): a late
     # result for one is answered `superseded`. Absent in documents written before it.
     taken_back: NotRequired[list[str]]
+    # Ended tasks whose fields were blanked, not yet deleted (see Orchestrator.commit).
+    blank: NotRequired[list[str]]
     # Set on a job created with an Idempotency-Key: what identifies its request (endpoint
     # and body), so that a retry is told apart from another request with the same key.
     request_fingerprint: NotRequired[str]

@@ -61,7 +61,7 @@ from engine.runtime.registry import Registry
 from engine.runtime.schedules import Schedule
 from engine.runtime.slots import SlotKeeper
 from engine.runtime.waiting import pending_approval
-from engine.store.apart import LEGACY_LEASES, lease_field, stored_doc, task_field
+from engine.store.apart import LEGACY_LEASES, fields_of, lease_field, stored_doc, task_field
 from engine.store.client import (
     Commit,
     DeploymentCounts,
@@ -79,6 +79,7 @@ MAX_CONFLICT_RETRIES = 100
 ITEMS_AHEAD = 128
 # A task result on a job with at least this many active tasks only lowers its timer.
 WIDE_JOB_TASKS = 16
+BLANKED_TASKS = 32  # ended tasks whose fields a narrow job blanks before deleting them all
 BRANCH_MEMORY = 256  # jobs whose read-ahead items are kept between changes (LRU)
 RESULTS_TOGETHER = 64  # results of one job applied as one change, at most
 T = TypeVar("T")
@@ -130,6 +131,30 @@ def _task_fields(
         if task_id in leases:
             fields[lease_field(task_id)] = leases[task_id]
     return drop
+
+
+def _blank_ended(
+    record: JobRecord | None, doc: JobDoc, fx: Effects
+) -> tuple[list[str], list[str], list[str]]:
+    """The ended tasks whose fields (payload, record, lease) the change blanks, the tasks
+    blanked before whose fields it deletes, and the ended tasks it deletes as usual.
+
+    A job with few tasks in flight (a chain of task states) blanks an ended task's fields:
+    it writes them as "" in the HSET it makes anyway, rather than deleting them with one
+    more command a task state. The document lists the tasks blanked (`blank`); once
+    BLANKED_TASKS have gathered, or at the job's end, one change deletes their fields
+    together, so a job that runs on and on keeps at most that many. A wide job deletes
+    each ended task's fields with the change that ends it, as before (its changes end many
+    tasks each)."""
+    before: list[str] = doc.get("blank", [])
+    ended = [] if fx.terminal else fx.dropped
+    narrow = record is not None and record.tasks_apart and len(doc["tasks"]) < WIDE_JOB_TASKS
+    if ended and narrow and not fx.terminal and len(before) + len(ended) <= BLANKED_TASKS:
+        doc["blank"] = [*before, *ended]
+        return ended, [], []
+    if before:
+        doc["blank"] = []
+    return [], before, ended
 
 
 def _waiting_since(doc: JobDoc) -> int | None:
@@ -748,12 +773,13 @@ class Orchestrator:
         # redrive's patch replaces it. So is each step output, as it is produced
         # (engine/runtime/outputs.py), and so are the active tasks (engine/store/apart.py).
         written = outputs.write(doc, record.kept if record else Kept(), fx.outputs)
+        blanked, purged, ended = _blank_ended(record, doc, fx)
         doc_json = dumps(stored_doc(doc, outputs.APART))
         fields = {"v": str(version), "doc": doc_json}
         fields.update(written.fields)
         # (A finished job's hash expires whole: the fields of its last tasks need no deleting.)
-        ended = [] if fx.terminal else fx.dropped
         drop_fields = _task_fields(record, doc, raw_leases, started, ended, fields)
+        drop_fields += [name for task_id in purged for name in fields_of(task_id)]
         input_bytes = None
         if record is None or not record.input_apart or fx.input_changed:
             fields["input"] = dumps(doc["initial_data"])
@@ -775,7 +801,8 @@ class Orchestrator:
             timer_ms=timer_ms,
             timer_lower=lower,
             payloads={e.task_id: dumps(e.payload) for e in fx.enqueue},
-            drop=fx.dropped,
+            drop=fx.dropped if fx.terminal else ended,
+            blank=blanked,
             enqueue=[(e.task_type, e.member, e.score) for e in enqueue],
             dequeue=fx.dequeue,
             ttl_ms=machine.settings.retention_ms if fx.terminal else None,

@@ -39,7 +39,13 @@ def active_ids(job_id: str, active: Iterable[Any]) -> list[str]:
     return [f"{job_id}-{a}" if isinstance(a, int) else str(a) for a in active]
 
 
-ID_LISTS = ("done_tasks", "taken_back")  # lists of task ids the document keeps, as stored
+# Lists of task ids the document keeps, as stored (`blank`: see Orchestrator.commit).
+ID_LISTS = ("done_tasks", "taken_back", "blank")
+
+
+def fields_of(task_id: str) -> tuple[str, str, str]:
+    """The job hash fields of a task: its payload, its record and its lease."""
+    return f"p:{task_id}", task_field(task_id), lease_field(task_id)
 
 
 def stored_doc(

@@ -29,7 +29,7 @@ from engine.runtime import outputs
 from engine.runtime.jobdoc import BranchData, JobDoc
 from engine.runtime.outputs import Kept
 from engine.store import cluster
-from engine.store.apart import ACTIVE, LEGACY_LEASES, lease_field, task_field, unpack
+from engine.store.apart import ACTIVE, LEGACY_LEASES, fields_of, lease_field, task_field, unpack
 from engine.store.changes import Changes
 from engine.store.errors import PartitionMismatch, StoreConfigError, StoreError, StoreUnavailable
 from engine.store.keys import (
@@ -206,6 +206,7 @@ class Commit:
     timer_lower: bool = False
     payloads: dict[str, str] = field(default_factory=dict)  # task id -> payload JSON
     drop: list[str] = field(default_factory=list)  # task ids no longer active (payloads go)
+    blank: list[str] = field(default_factory=list)  # ended tasks: fields written as "" instead
     enqueue: list[tuple[str, str, float]] = field(default_factory=list)  # (type, member, score)
     dequeue: list[tuple[str, str]] = field(default_factory=list)  # (type, member)
     ttl_ms: int | None = None
@@ -622,6 +623,8 @@ class Store:
                 fields[f"i:{n}"] = item
             for n, result in change.branch_results.items():
                 fields[f"r:{n}"] = result
+            for task_id in change.blank:  # (see Orchestrator.commit: `_blank_ended`)
+                fields.update(dict.fromkeys(fields_of(task_id), ""))
             if change.ttl_ms:
                 # The job ends: its tasks' payloads copy what it keeps (its input, an
                 # output) for the whole retention period. Emptied in the HSET the commit
