@@ -59,9 +59,10 @@ async def listen(orch: LoopHost) -> None:
                         task_type, _, partition = line.rpartition("|")
                         with contextlib.suppress(ValueError):
                             orch.dispatcher.task_queued(task_type, int(partition))
-                else:  # "done": job ids
-                    for job_id in message.split():
-                        orch.job_done(job_id)
+                else:  # "done": `<job id>:<version>` words
+                    for word in message.split():
+                        job_id, _, version = word.partition(":")
+                        orch.job_done(job_id, announced=int(version) if version else None)
         except Exception as exc:  # redis-py raises its own ConnectionError tree here
             checkpoint(exc)
             log.warning("notification subscription lost (%s); resubscribing", exc)

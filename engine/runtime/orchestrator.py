@@ -202,7 +202,8 @@ class Orchestrator:
         self.webhook_sender = webhook_sender
         self.schedules = tuple(schedules)
         self._done_waiters: dict[str, list[asyncio.Future[JobRecord | None]]] = {}
-        self._deferred_done: set[str] = set()  # announced ended while we were changing them
+        # Announced ended while we were changing them (job id -> the version announced).
+        self._deferred_done: dict[str, int | None] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # Approval tokens and child job ids come from it: it must be unpredictable.
         self.rng: random.Random = random.SystemRandom()
@@ -339,9 +340,13 @@ class Orchestrator:
         try:
             # What we committed last is good enough to decide whether to wait: had the job
             # ended elsewhere since, its `done` announcement would have dropped the entry.
-            # An end is not (a redrive elsewhere may not be announced here yet): read it.
+            # An end is not (a redrive elsewhere may not be announced here yet): it is the
+            # answer only while the stored version is still the one we committed.
             record = self.recent.record(job_id)
-            if record is None or record.doc["status"] in TERMINAL:
+            if record is not None and record.doc["status"] in TERMINAL:
+                stored = await self.store.version(job_id)
+                record = record if stored == record.version else None
+            if record is None:
                 record = await self.store.read_job(job_id)
             record = self._owned(record, client)
             while record is not None and record.doc["status"] not in TERMINAL:
@@ -734,8 +739,7 @@ class Orchestrator:
             if entry[1] == 0:
                 del self._locks[job_id]
                 if job_id in self._deferred_done:
-                    self._deferred_done.discard(job_id)
-                    self.job_done(job_id)
+                    self.job_done(job_id, announced=self._deferred_done.pop(job_id))
 
     async def commit(
         self,
@@ -942,18 +946,24 @@ class Orchestrator:
                 "follow-up step failed (a periodic check will retry it): %r", task.exception()
             )
 
-    def job_done(self, job_id: str, record: JobRecord | None = None) -> None:
+    def job_done(
+        self, job_id: str, record: JobRecord | None = None, *, announced: int | None = None
+    ) -> None:
         """Wake the waiters of an ended job: with the job as committed here, or with None
-        (it ended elsewhere, or we cannot tell) so that they read it."""
+        (it ended elsewhere, or we cannot tell) so that they read it. `announced`: the
+        version the `done` announcement carries; the one of our own commit leaves what we
+        remember of the job as it is."""
         if record is None:
             if job_id in self._locks:
                 # A change of ours is on its way (the announcement may be its own, read
                 # back before the commit returned): look again once it has landed.
-                self._deferred_done.add(job_id)
+                self._deferred_done[job_id] = announced
                 return
             # Ended elsewhere, or redriven (an end is not final): what we hold may be out of
-            # date. (Waiters present when a job ended here were handed it at its commit.)
-            self.recent.forget(job_id)
+            # date, unless it is the very version announced (our own commit's, read back).
+            # (Waiters present when a job ended here were handed it at its commit.)
+            if announced is None or self.recent.version(job_id) != announced:
+                self.recent.forget(job_id)
         for future in self._done_waiters.get(job_id, []):
             if not future.done():
                 future.set_result(record)

@@ -115,6 +115,11 @@ class RecentJobs:
             record.tasks_apart, record.tasks_read = True, entry.tasks
         return record
 
+    def version(self, job_id: str) -> int | None:
+        """The version of the job remembered, or None."""
+        entry = self._entries.get(job_id)
+        return entry.version if entry is not None else None
+
     def forget(self, job_id: str) -> None:
         entry = self._entries.pop(job_id, None)
         if entry is not None:

@@ -686,7 +686,8 @@ class Store:
                     "ttl": str(change.ttl_ms) if change.ttl_ms else False,
                     "persist": change.persist,
                     "ready": sorted({f"{t}|{partition}" for t, _, _ in change.enqueue}),
-                    "done": change.done,
+                    # announced as `<id>:<version>` (see Orchestrator.job_done)
+                    "done": change.fields["v"] if change.done else False,
                 }
             )
         if self.cluster:  # SPUBLISH: the event goes to this partition's master only
@@ -740,6 +741,12 @@ class Store:
     @translated
     async def exists(self, job_id: str) -> bool:
         return bool(await self.redis.exists(self.keys.job(job_id)))
+
+    @translated
+    async def version(self, job_id: str) -> int | None:
+        """The job's version as stored (None: no such job): one short read."""
+        v = await self.redis.hget(self.keys.job(job_id), "v")
+        return None if v is None else int(v)
 
     @translated
     async def drop_timer(self, job_id: str) -> None:

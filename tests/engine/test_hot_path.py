@@ -4,6 +4,7 @@ batched heartbeats. Each test checks the outcome and what it cost in Redis comma
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,35 @@ async def test_a_wait_on_a_job_that_ends_here_reads_nothing(redis_url: str, tmp_
         assert await orch.read(job_id, "someone-else", 1) is None
 
 
+async def test_a_wait_on_a_job_that_ended_here_reads_only_its_version(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A `?wait` on a job this orchestrator ended answers with the job as committed once
+    the stored version shows nothing changed it since; when something did (a redrive
+    elsewhere, not announced here yet), with what Redis holds."""
+    async with orchestrator(redis_url, tmp_path, LINEAR) as orch:
+        job_id = await submit(orch, 3)
+        await answer_all(orch, "w1", await orch.next_tasks("w1", ("echo",), 5, 1))
+        assert (await finished(orch, job_id))["status"] == "finished"
+        before = await command_calls(redis_url)
+        record = await orch.read(job_id, "c", 5)
+        used = spent(before, await command_calls(redis_url))
+        used.pop("hello", None)  # a connection opened by the counting itself
+        used.pop("zrangebyscore", None)  # the timer loop's look, by the clock
+        assert record is not None
+        assert record.doc["result"] == {"n": 3}
+        assert used == {"hget": 1}, used
+        # changed elsewhere: the stored version moved on
+        key = orch.store.keys.job(job_id)
+        stored = json.loads(str(await orch.store.redis.hget(key, "doc")))
+        await orch.store.redis.hset(
+            key, mapping={"doc": json.dumps({**stored, "status": "running"}), "v": 99}
+        )
+        record = await orch.read(job_id, "c", 0.2)
+        assert record is not None
+        assert (record.version, record.doc["status"]) == (99, "running")
+
+
 async def test_a_job_changed_elsewhere_is_decided_on_what_redis_holds(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -264,7 +294,7 @@ async def test_no_per_job_state_outlives_the_jobs(store_url: str, tmp_path: Path
         )
         assert orch._locks == {}
         assert orch._done_waiters == {}
-        assert orch._deferred_done == set()
+        assert orch._deferred_done == {}
         assert orch.dispatcher.waiters == {}
         assert len(orch.recent) <= 35  # at most one entry per job (and bounded)
 

@@ -20,7 +20,7 @@
 --   humans: KEYS index of the set of jobs waiting for a person; human: score (since when
 --     the job waits) | false (it does not: removed, a no-op for most jobs)
 --   ttl: ms | false     persist: true (an ended job runs again: drop its expiry) | false
---   ready: [message]     done: true | false
+--   ready: [message]     done: the job's new version (announced as `<id>:<version>`) | false
 -- Sorted-set changes are collected and made with one ZREM and one ZADD per key, the
 -- client names with one SADD per key (many jobs of a batch share a client), the
 -- notifications with one `publish` (PUBLISH, or SPUBLISH on the partition's shard channels
@@ -90,7 +90,7 @@ for i, plan in ipairs(batch.plans) do
     if plan.ttl then redis.call('PEXPIRE', job, plan.ttl) end
     if plan.persist then redis.call('PERSIST', job) end
     for _, message in ipairs(plan.ready) do ready[message] = true end
-    if plan.done then done[#done + 1] = plan.id end
+    if plan.done then done[#done + 1] = plan.id .. ':' .. plan.done end
     out[i] = 1
   else
     out[i] = 0
