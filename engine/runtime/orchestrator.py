@@ -137,7 +137,8 @@ def _blank_ended(
     record: JobRecord | None, doc: JobDoc, fx: Effects
 ) -> tuple[list[str], list[str], list[str]]:
     """The ended tasks whose fields (payload, record, lease) the change blanks, the tasks
-    blanked before whose fields it deletes, and the ended tasks it deletes as usual.
+    blanked before whose fields it deletes, and the ended tasks left to the usual way
+    (deleted; at the job's end, their payloads emptied).
 
     A job with few tasks in flight (a chain of task states) blanks an ended task's fields:
     it writes them as "" in the HSET it makes anyway, rather than deleting them with one
@@ -147,7 +148,7 @@ def _blank_ended(
     each ended task's fields with the change that ends it, as before (its changes end many
     tasks each)."""
     before: list[str] = doc.get("blank", [])
-    ended = [] if fx.terminal else fx.dropped
+    ended = fx.dropped
     narrow = record is not None and record.tasks_apart and len(doc["tasks"]) < WIDE_JOB_TASKS
     if ended and narrow and not fx.terminal and len(before) + len(ended) <= BLANKED_TASKS:
         doc["blank"] = [*before, *ended]
@@ -782,7 +783,8 @@ class Orchestrator:
         fields = {"v": str(version), "doc": doc_json}
         fields.update(written.fields)
         # (A finished job's hash expires whole: the fields of its last tasks need no deleting.)
-        drop_fields = _task_fields(record, doc, raw_leases, started, ended, fields)
+        finished = [] if fx.terminal else ended
+        drop_fields = _task_fields(record, doc, raw_leases, started, finished, fields)
         drop_fields += [name for task_id in purged for name in fields_of(task_id)]
         input_bytes = None
         if record is None or not record.input_apart or fx.input_changed:
@@ -805,7 +807,7 @@ class Orchestrator:
             timer_ms=timer_ms,
             timer_lower=lower,
             payloads={e.task_id: dumps(e.payload) for e in fx.enqueue},
-            drop=fx.dropped if fx.terminal else ended,
+            drop=ended,
             blank=blanked,
             enqueue=[(e.task_type, e.member, e.score) for e in enqueue],
             dequeue=fx.dequeue,

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from tests.e2e.test_flow_over_http import client, submit, terminal
 from tests.e2e.test_wide_fanout import echo_workers
-from tests.support.processes import serve
+from tests.support.processes import folder_with, serve
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -37,9 +37,7 @@ states:
 async def test_a_megabyte_of_initial_data_through_three_task_states(
     tmp_path: Path, redis_url: str
 ) -> None:
-    folder = tmp_path / "blueprints"
-    folder.mkdir()
-    (folder / "carry.yaml").write_text(CARRY)
+    folder = folder_with(tmp_path, carry=CARRY)
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         with (

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_flow_over_http import Http, client, events, names, submit, terminal, until, view
-from tests.support.processes import ROOT, WORKER_TOKEN, serve
+from tests.support.processes import ROOT, WORKER_TOKEN, folder_with, serve
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -100,14 +100,6 @@ def sleep_worker(tmp_path: Path, url: str, worker_id: str) -> Iterator[Path]:
     finally:
         process.kill()
         process.wait(timeout=10)
-
-
-def folder_with(tmp_path: Path, **blueprints: str) -> Path:
-    folder = tmp_path / "blueprints"
-    folder.mkdir()
-    for name, text in blueprints.items():
-        (folder / f"{name}.yaml").write_text(text)
-    return folder
 
 
 async def leased(http: Http, job_id: str, count: int) -> list[dict[str, Any]] | None:

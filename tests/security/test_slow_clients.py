@@ -139,14 +139,20 @@ async def dribbled_until_closed(
         writer.close()
 
 
+async def answered_once(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A kept-alive connection on which one good request has been answered."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(STATUS)
+    assert (await response_head(reader)).startswith(b"HTTP/1.1 200")
+    return reader, writer
+
+
 async def test_a_later_request_on_a_kept_connection_has_the_same_header_deadline(
     guarded: tuple[Address, ConnectionGuard],
 ) -> None:
     (host, port), guard = guarded
-    reader, writer = await asyncio.open_connection(host, port)
     # Given one good request answered on a kept-alive connection
-    writer.write(STATUS)
-    assert (await response_head(reader)).startswith(b"HTTP/1.1 200")
+    reader, writer = await answered_once(host, port)
     # When the next request's headers dribble in, then the server closes it at the 1 s
     # deadline, without answering
     assert await dribbled_until_closed(reader, writer) < 3
@@ -174,10 +180,8 @@ async def test_a_later_requests_deadline_runs_from_its_own_first_byte(
     guarded: tuple[Address, ConnectionGuard],
 ) -> None:
     (host, port), guard = guarded
-    reader, writer = await asyncio.open_connection(host, port)
     # Given one good request answered, then 0.6 s of quiet on the kept-alive connection
-    writer.write(STATUS)
-    assert (await response_head(reader)).startswith(b"HTTP/1.1 200")
+    reader, writer = await answered_once(host, port)
     await asyncio.sleep(0.6)
     # When the next request's headers dribble in, then they are cut off 1 s after their
     # first byte, not 1 s after the first request's

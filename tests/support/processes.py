@@ -177,3 +177,12 @@ def worker(
         yield handle
     finally:
         handle.stop()
+
+
+def folder_with(tmp_path: Path, **blueprints: str) -> Path:
+    """A folder of blueprints for `serve`: one `<name>.yaml` for each keyword."""
+    folder = tmp_path / "blueprints"
+    folder.mkdir()
+    for name, text in blueprints.items():
+        (folder / f"{name}.yaml").write_text(text)
+    return folder
