@@ -29,7 +29,7 @@ from engine.runtime import outputs
 from engine.runtime.jobdoc import BranchData, JobDoc
 from engine.runtime.outputs import Kept
 from engine.store import cluster
-from engine.store.apart import ACTIVE, LEGACY_LEASES, fields_of, lease_field, task_field, unpack
+from engine.store.apart import LEGACY_LEASES, fields_of, lease_field, task_field, unpack
 from engine.store.changes import Changes
 from engine.store.errors import PartitionMismatch, StoreConfigError, StoreError, StoreUnavailable
 from engine.store.keys import (
@@ -862,24 +862,18 @@ class Store:
 
     @translated
     async def read_docs(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
-        """The documents of several jobs in one round trip (None for a job that is gone)."""
+        """The documents of several jobs in one round trip (None for a job that is gone),
+        for a listing: without their active tasks' records, which a listing does not show
+        (stored apart, they would take a second round trip)."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(self.keys.job(job_id), ["doc", "input"])
         docs = [
             with_input(loads(raw), given) if raw else None for raw, given in await pipe.execute()
         ]
-        apart = [(job_id, doc) for job_id, doc in zip(job_ids, docs, strict=True) if doc]
-        apart = [(job_id, doc) for job_id, doc in apart if ACTIVE in doc]
-        if apart:  # their active tasks, in a second round trip (no lease: as before)
-            pipe = self.redis.pipeline(transaction=False)
-            for job_id, doc in apart:
-                ids = unpack(doc) or []
-                doc["tasks"] = dict.fromkeys(ids)
-                pipe.hmget(self.keys.job(job_id), [task_field(t) for t in ids] or ["v"])
-            for (_, doc), found in zip(apart, await pipe.execute(), strict=True):
-                tasks = doc["tasks"]
-                doc["tasks"] = {t: loads(r) for t, r in zip(tasks, found, strict=False) if r}
+        for doc in docs:
+            if doc is not None and unpack(doc) is not None:
+                doc["tasks"] = {}
         return docs
 
     # -- tasks and timers ----------------------------------------------------------------------
